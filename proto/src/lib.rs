@@ -1,0 +1,14 @@
+//! Plexus wire messages, generated from the `.proto` files under
+//! `proto/proto/` by prost-build (with protox, so no `protoc` is needed).
+//!
+//! Every message travels uvarint-length-prefixed (protobuf's
+//! length-delimited form, `prost::Message::encode_length_delimited`).
+//! docs/protocol.md gives the byte layout.
+
+/// `plexus.p2p`: MConnection packets ([`p2p::Packet`]), wire-compatible with
+/// CometBFT's `tendermint.p2p.Packet` for ping (1), pong (2) and msg (3).
+pub mod p2p {
+    include!(concat!(env!("OUT_DIR"), "/plexus.p2p.rs"));
+}
+
+pub use prost;
