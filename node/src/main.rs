@@ -9,5 +9,8 @@ struct Cli {}
 
 fn main() {
     let _ = Cli::parse();
-    println!("plexus {}: the node is not built yet; run the p2p throughput example (README.md)", env!("CARGO_PKG_VERSION"));
+    println!(
+        "plexus {}: the node is not built yet; run the p2p throughput example (README.md)",
+        env!("CARGO_PKG_VERSION")
+    );
 }

@@ -32,7 +32,13 @@ fn cometbft_vectors() {
 
 #[test]
 fn cross_check_with_tendermint_proto() {
-    let ours = [ping(), pong(), msg(0x20, true, b"hello"), msg(0, false, b""), msg(255, true, &[0u8; 300])];
+    let ours = [
+        ping(),
+        pong(),
+        msg(0x20, true, b"hello"),
+        msg(0, false, b""),
+        msg(255, true, &[0u8; 300]),
+    ];
     for p in ours {
         let bytes = p.encode_to_vec();
         let theirs = tm::Packet::decode(bytes.as_slice()).expect("tendermint-proto decodes ours");
@@ -41,10 +47,23 @@ fn cross_check_with_tendermint_proto() {
         assert_eq!(back, p);
     }
     let tm_msg = tm::Packet {
-        sum: Some(tm::packet::Sum::PacketMsg(tm::PacketMsg { channel_id: 0x40, eof: true, data: vec![1, 2, 3] })),
+        sum: Some(tm::packet::Sum::PacketMsg(tm::PacketMsg {
+            channel_id: 0x40,
+            eof: true,
+            data: vec![1, 2, 3],
+        })),
     };
     let ours = Packet::decode(tm_msg.encode_to_vec().as_slice()).unwrap();
-    assert_eq!(ours, Packet { sum: Some(Sum::Msg(PacketMsg { channel_id: 0x40, eof: true, data: vec![1u8, 2, 3].into() })) });
+    assert_eq!(
+        ours,
+        Packet {
+            sum: Some(Sum::Msg(PacketMsg {
+                channel_id: 0x40,
+                eof: true,
+                data: vec![1u8, 2, 3].into()
+            }))
+        }
+    );
     let tm_ping = tm::Packet { sum: Some(tm::packet::Sum::PacketPing(tm::PacketPing {})) };
     assert_eq!(hex::encode(tm_ping.encode_to_vec()), "0a00");
 }

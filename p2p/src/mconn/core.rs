@@ -1,0 +1,634 @@
+//! The sans-IO MConnection core: packet scheduling, chunking, reassembly,
+//! credit-based flow control, keepalive timers and send-rate limiting, as a
+//! plain struct with injected time. It never touches a socket; the tokio
+//! driver in [`super::MConnection`] feeds it plaintext and takes packets
+//! from it.
+//!
+//! # Scheduling
+//! Start-time fair queuing (Goyal et al., SIGCOMM '96), a refinement of
+//! CometBFT's "lowest `recently_sent / priority`" rule: every channel keeps a
+//! virtual finish tag; a packet of cost `c` from channel `i` gets start tag
+//! `S = max(V, F_i)` and finish tag `F_i = S + c / priority_i`, and the
+//! channel with the smallest start tag among those that can send goes next
+//! (`V` is the start tag of the last packet sent). Saturated channels then
+//! share bytes exactly in proportion to their priorities, whatever their
+//! message sizes (no starvation of large messages, CometBFT #2954), and a
+//! message arriving on an idle channel starts at `V`, so it waits behind at
+//! most one packet per other channel (bounded latency, CometBFT #2128).
+//! There is no time-based decay to tune.
+//!
+//! # Flow control
+//! Each side grants the other credit per channel, in "credit bytes": a
+//! `PacketMsg` costs `data.len() + PACKET_MSG_COST` credits. The receiver
+//! grants its `recv_buffer_capacity` when the connection starts and grants
+//! again what the application has consumed. A sender only sends what it has
+//! credit for; a peer that exceeds its credit is a protocol violation. So a
+//! slow consumer on one channel holds up only that channel's sender, while
+//! every other channel and ping/pong keep flowing.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, Bytes, BytesMut};
+use plexus_proto::p2p::{packet::Sum, Packet, PacketCredit, PacketMsg, PacketPing, PacketPong};
+use prost::Message;
+
+use super::{ChannelDescriptor, ChannelStats, ConnectionStats, MConnConfig, MConnError};
+use crate::rate::RateLimit;
+
+/// Credit charged per `PacketMsg` on top of its data bytes, so that empty
+/// or tiny packets cannot queue without bound at the receiver.
+pub const PACKET_MSG_COST: u64 = 64;
+
+/// Protobuf overhead of a `Packet{msg}` around its data, bytes: at most
+/// 1 (oneof tag) + 3 (len) + 2 (channel) + 2 (eof) + 1 (data tag) + 4
+/// (data len). A packet whose length prefix exceeds
+/// `max_packet_msg_payload_size + PACKET_OVERHEAD` is refused unread.
+pub const PACKET_OVERHEAD: usize = 16;
+
+/// Scale of virtual time, so that integer division by priority keeps
+/// precision.
+const VT_SCALE: u128 = 1 << 20;
+
+/// One received whole message, with the credit it used (returned to the
+/// peer when the application takes it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// Index of the channel in the descriptor list.
+    pub index: usize,
+    /// The message.
+    pub msg: Bytes,
+    /// Credit bytes the message consumed.
+    pub cost: u64,
+}
+
+/// Why [`MConnCore::push`] refused a message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PushError {
+    /// No channel with this id was declared.
+    UnknownChannel(u8),
+    /// The channel's send queue holds `send_queue_capacity` messages.
+    Full(Bytes),
+}
+
+#[derive(Debug)]
+struct SendChannel {
+    desc: ChannelDescriptor,
+    queue: VecDeque<Bytes>,
+    /// Bytes of the front message already sent.
+    offset: usize,
+    queued_bytes: usize,
+    /// Credit granted by the peer and not yet used.
+    credit: u64,
+    finish: u128,
+    bytes_sent: u64,
+    msgs_sent: u64,
+}
+
+#[derive(Debug)]
+struct RecvChannel {
+    /// Chunks of the message being reassembled.
+    partial: BytesMut,
+    partial_cost: u64,
+    partial_len: usize,
+    in_partial: bool,
+    /// Credit the peer still has on this channel.
+    window: u64,
+    /// Credit consumed by the application and not yet granted back.
+    consumed: u64,
+    /// Credit to announce in the next outgoing packets.
+    grant: u64,
+    /// Messages delivered and not yet consumed.
+    pending_msgs: usize,
+    pending_bytes: usize,
+    bytes_recv: u64,
+    msgs_recv: u64,
+}
+
+/// Bytes per second over the last completed one-second window.
+#[derive(Debug, Clone, Copy)]
+struct RateMeter {
+    start: Instant,
+    bytes: u64,
+    rate: u64,
+}
+
+impl RateMeter {
+    fn new(now: Instant) -> Self {
+        RateMeter { start: now, bytes: 0, rate: 0 }
+    }
+    fn add(&mut self, now: Instant, n: usize) {
+        self.roll(now);
+        self.bytes += n as u64;
+    }
+    fn roll(&mut self, now: Instant) {
+        let dt = now.saturating_duration_since(self.start);
+        if dt >= Duration::from_secs(1) {
+            self.rate = (self.bytes as f64 / dt.as_secs_f64()) as u64;
+            self.bytes = 0;
+            self.start = now;
+        }
+    }
+}
+
+/// The MConnection state machine. See the module docs.
+#[derive(Debug)]
+pub struct MConnCore {
+    config: MConnConfig,
+    index: Box<[Option<u8>; 256]>,
+    send: Vec<SendChannel>,
+    recv: Vec<RecvChannel>,
+    vtime: u128,
+    pong_pending: bool,
+    next_ping: Instant,
+    ping_sent: Option<Instant>,
+    last_rtt: Option<Duration>,
+    send_limit: Option<RateLimit>,
+    rate_blocked_until: Option<Instant>,
+    freed: Vec<usize>,
+    send_meter: RateMeter,
+    recv_meter: RateMeter,
+    closing: bool,
+}
+
+impl MConnCore {
+    /// A core for `channels` at time `now`. The first outgoing packets
+    /// grant the peer each channel's `recv_buffer_capacity` in credit.
+    ///
+    /// # Errors
+    /// [`MConnError::Config`] if the config or a descriptor is invalid
+    /// ([`MConnConfig::validate`], [`ChannelDescriptor::validate`],
+    /// duplicate ids).
+    pub fn new(
+        channels: &[ChannelDescriptor],
+        config: MConnConfig,
+        now: Instant,
+    ) -> Result<MConnCore, MConnError> {
+        config.validate()?;
+        let mut index = Box::new([None; 256]);
+        for (i, d) in channels.iter().enumerate() {
+            d.validate()?;
+            if index[d.id as usize].replace(i as u8).is_some() {
+                return Err(MConnError::Config(format!("channel id {:#04x} declared twice", d.id)));
+            }
+        }
+        if channels.is_empty() {
+            return Err(MConnError::Config("at least one channel is needed".into()));
+        }
+        let send = channels
+            .iter()
+            .map(|d| SendChannel {
+                desc: d.clone(),
+                queue: VecDeque::new(),
+                offset: 0,
+                queued_bytes: 0,
+                credit: 0,
+                finish: 0,
+                bytes_sent: 0,
+                msgs_sent: 0,
+            })
+            .collect();
+        let recv = channels
+            .iter()
+            .map(|d| RecvChannel {
+                partial: BytesMut::new(),
+                partial_cost: 0,
+                partial_len: 0,
+                in_partial: false,
+                window: d.recv_buffer_capacity as u64,
+                consumed: 0,
+                grant: d.recv_buffer_capacity as u64,
+                pending_msgs: 0,
+                pending_bytes: 0,
+                bytes_recv: 0,
+                msgs_recv: 0,
+            })
+            .collect();
+        let send_limit = RateLimit::new(config.send_rate, config.rate_burst(), now);
+        Ok(MConnCore {
+            next_ping: now + config.ping_interval,
+            config,
+            index,
+            send,
+            recv,
+            vtime: 0,
+            pong_pending: false,
+            ping_sent: None,
+            last_rtt: None,
+            send_limit,
+            rate_blocked_until: None,
+            freed: Vec::new(),
+            send_meter: RateMeter::new(now),
+            recv_meter: RateMeter::new(now),
+            closing: false,
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &MConnConfig {
+        &self.config
+    }
+
+    /// Index of channel `id` in the descriptor list, if declared.
+    pub fn channel_index(&self, id: u8) -> Option<usize> {
+        self.index[id as usize].map(usize::from)
+    }
+
+    /// Number of channels.
+    pub fn channel_count(&self) -> usize {
+        self.send.len()
+    }
+
+    /// The descriptor of the channel at `index`.
+    pub fn descriptor(&self, index: usize) -> &ChannelDescriptor {
+        &self.send[index].desc
+    }
+
+    // ----------------------------------------------------------------- send
+
+    /// Queues `msg` on channel `id`.
+    ///
+    /// # Errors
+    /// [`PushError::UnknownChannel`]; [`PushError::Full`] (giving the
+    /// message back) when `send_queue_capacity` messages are queued.
+    pub fn push(&mut self, id: u8, msg: Bytes) -> Result<(), PushError> {
+        let Some(i) = self.channel_index(id) else {
+            return Err(PushError::UnknownChannel(id));
+        };
+        let ch = &mut self.send[i];
+        if ch.queue.len() >= ch.desc.send_queue_capacity {
+            return Err(PushError::Full(msg));
+        }
+        ch.queued_bytes += msg.len();
+        ch.queue.push_back(msg);
+        Ok(())
+    }
+
+    /// Whether channel `index` can take another message now.
+    pub fn has_room(&self, index: usize) -> bool {
+        let ch = &self.send[index];
+        ch.queue.len() < ch.desc.send_queue_capacity
+    }
+
+    /// Channels on which a queued message finished sending since the last
+    /// call (their queues have room again).
+    pub fn take_freed(&mut self) -> impl Iterator<Item = usize> + '_ {
+        self.freed.drain(..)
+    }
+
+    /// Marks the connection as closing: [`MConnCore::is_drained`] tells when
+    /// everything queued has been written (graceful `flush_stop`).
+    pub fn start_closing(&mut self) {
+        self.closing = true;
+    }
+
+    /// Whether [`MConnCore::start_closing`] was called.
+    pub fn is_closing(&self) -> bool {
+        self.closing
+    }
+
+    /// True when no message is queued or half sent and no control packet
+    /// is owed.
+    pub fn is_drained(&self) -> bool {
+        !self.pong_pending && self.send.iter().all(|c| c.queue.is_empty())
+    }
+
+    /// Pops the chunk to send next from channel `i`: `(data, eof)`, with
+    /// `budget` credit available.
+    fn chunk_len(&self, i: usize) -> Option<usize> {
+        let ch = &self.send[i];
+        let msg = ch.queue.front()?;
+        let remaining = msg.len() - ch.offset;
+        let by_credit = ch.credit.checked_sub(PACKET_MSG_COST)? as usize;
+        let len = remaining.min(self.config.max_packet_msg_payload_size).min(by_credit);
+        // A chunk must make progress unless the message itself is empty.
+        if len == 0 && remaining > 0 {
+            return None;
+        }
+        Some(len)
+    }
+
+    fn pick(&self) -> Option<(usize, usize, u128)> {
+        let mut best: Option<(usize, usize, u128)> = None;
+        for i in 0..self.send.len() {
+            let Some(len) = self.chunk_len(i) else { continue };
+            let start = self.vtime.max(self.send[i].finish);
+            let better = match best {
+                None => true,
+                Some((j, _, s)) => {
+                    start < s
+                        || (start == s && self.send[i].desc.priority > self.send[j].desc.priority)
+                }
+            };
+            if better {
+                best = Some((i, len, start));
+            }
+        }
+        best
+    }
+
+    /// Writes packets into `out` (length-delimited `Packet`s, the plaintext
+    /// stream) until about `limit` bytes were added or nothing more may be
+    /// sent now. Control packets (pong, ping when due, credit grants) go
+    /// first and bypass the send-rate limit; data packets are chosen by the
+    /// scheduler. Returns the number of bytes added.
+    pub fn fill(&mut self, now: Instant, out: &mut BytesMut, limit: usize) -> usize {
+        let start_len = out.len();
+        if self.pong_pending {
+            encode(out, Sum::Pong(PacketPong {}));
+            self.pong_pending = false;
+        }
+        if self.ping_sent.is_none() && now >= self.next_ping {
+            encode(out, Sum::Ping(PacketPing {}));
+            self.ping_sent = Some(now);
+            self.next_ping = now + self.config.ping_interval;
+        }
+        for (i, ch) in self.recv.iter_mut().enumerate() {
+            if ch.grant > 0 {
+                let channel_id = self.send[i].desc.id as i32;
+                encode(out, Sum::Credit(PacketCredit { channel_id, bytes: ch.grant }));
+                ch.grant = 0;
+            }
+        }
+        if let Some(t) = self.rate_blocked_until {
+            if now < t {
+                return self.account_sent(now, out.len() - start_len);
+            }
+            self.rate_blocked_until = None;
+        }
+        while out.len() - start_len < limit {
+            let Some((i, len, start)) = self.pick() else { break };
+            if let Some(rl) = self.send_limit.as_mut() {
+                if let Err(until) = rl.try_take(now, len + PACKET_OVERHEAD) {
+                    self.rate_blocked_until = Some(until);
+                    break;
+                }
+            }
+            let cost = len as u64 + PACKET_MSG_COST;
+            let ch = &mut self.send[i];
+            let msg = ch.queue.front().expect("pick returns channels with a message");
+            let eof = ch.offset + len == msg.len();
+            let data = msg.slice(ch.offset..ch.offset + len);
+            encode(out, Sum::Msg(PacketMsg { channel_id: ch.desc.id as i32, eof, data }));
+            ch.credit -= cost;
+            ch.finish = start + (cost as u128 * VT_SCALE) / ch.desc.priority as u128;
+            ch.bytes_sent += len as u64;
+            self.vtime = start;
+            if eof {
+                let msg = ch.queue.pop_front().expect("front exists");
+                ch.queued_bytes -= msg.len();
+                ch.offset = 0;
+                ch.msgs_sent += 1;
+                self.freed.push(i);
+            } else {
+                ch.offset += len;
+            }
+        }
+        self.account_sent(now, out.len() - start_len)
+    }
+
+    fn account_sent(&mut self, now: Instant, n: usize) -> usize {
+        self.send_meter.add(now, n);
+        n
+    }
+
+    /// Whether [`MConnCore::fill`] would write anything at `now`.
+    pub fn wants_to_send(&self, now: Instant) -> bool {
+        if self.pong_pending
+            || (self.ping_sent.is_none() && now >= self.next_ping)
+            || self.recv.iter().any(|c| c.grant > 0)
+        {
+            return true;
+        }
+        if matches!(self.rate_blocked_until, Some(t) if now < t) {
+            return false;
+        }
+        (0..self.send.len()).any(|i| self.chunk_len(i).is_some())
+    }
+
+    /// The next instant at which [`MConnCore::handle_timeout`] or
+    /// [`MConnCore::fill`] has something to do: a ping, the pong deadline,
+    /// or the end of a send-rate wait.
+    pub fn poll_timeout(&self) -> Instant {
+        let mut t = match self.ping_sent {
+            Some(sent) => sent + self.config.pong_timeout,
+            None => self.next_ping,
+        };
+        if let Some(r) = self.rate_blocked_until {
+            t = t.min(r);
+        }
+        t
+    }
+
+    /// Checks the keepalive timers.
+    ///
+    /// # Errors
+    /// [`MConnError::PongTimeout`] when a ping has gone unanswered for
+    /// `pong_timeout`.
+    pub fn handle_timeout(&mut self, now: Instant) -> Result<(), MConnError> {
+        if let Some(sent) = self.ping_sent {
+            if now >= sent + self.config.pong_timeout {
+                return Err(MConnError::PongTimeout(self.config.pong_timeout));
+            }
+        }
+        self.recv_meter.roll(now);
+        self.send_meter.roll(now);
+        Ok(())
+    }
+
+    // -------------------------------------------------------------- receive
+
+    /// Decodes every complete packet at the front of `input` (the decrypted
+    /// byte stream), leaving a partial packet in place. Whole messages are
+    /// appended to `out`; pings, pongs and credit are handled inside.
+    /// Returns true if the core now wants to send (a pong or a grant is
+    /// owed, or new credit lets data go).
+    ///
+    /// # Errors
+    /// Every peer-facing violation closes the connection:
+    /// [`MConnError::PacketTooLarge`], [`MConnError::Malformed`],
+    /// [`MConnError::EmptyPacket`], [`MConnError::UnknownChannel`],
+    /// [`MConnError::MessageTooLarge`], [`MConnError::CreditExceeded`].
+    pub fn receive(
+        &mut self,
+        now: Instant,
+        input: &mut BytesMut,
+        out: &mut Vec<Delivery>,
+    ) -> Result<bool, MConnError> {
+        let mut wake = false;
+        let max = self.config.max_packet_msg_payload_size + PACKET_OVERHEAD;
+        loop {
+            let Some((prefix, len)) = peek_length(input)? else { break };
+            if len > max {
+                return Err(MConnError::PacketTooLarge { len, max });
+            }
+            if input.len() < prefix + len {
+                input.reserve(prefix + len - input.len());
+                break;
+            }
+            input.advance(prefix);
+            let bytes = input.split_to(len).freeze();
+            self.recv_meter.add(now, prefix + len);
+            let packet = Packet::decode(bytes).map_err(|e| MConnError::Malformed(e.to_string()))?;
+            match packet.sum.ok_or(MConnError::EmptyPacket)? {
+                Sum::Ping(_) => {
+                    self.pong_pending = true;
+                    wake = true;
+                }
+                Sum::Pong(_) => {
+                    // An unsolicited pong is harmless; it is ignored.
+                    if let Some(sent) = self.ping_sent.take() {
+                        self.last_rtt = Some(now.saturating_duration_since(sent));
+                    }
+                }
+                Sum::Credit(c) => {
+                    let i = self.lookup(c.channel_id)?;
+                    let ch = &mut self.send[i];
+                    ch.credit = ch.credit.saturating_add(c.bytes);
+                    wake = true;
+                }
+                Sum::Msg(m) => {
+                    if let Some(d) = self.receive_msg(m)? {
+                        out.push(d);
+                    }
+                }
+            }
+        }
+        Ok(wake || self.recv.iter().any(|c| c.grant > 0))
+    }
+
+    fn lookup(&self, channel_id: i32) -> Result<usize, MConnError> {
+        u8::try_from(channel_id)
+            .ok()
+            .and_then(|id| self.channel_index(id))
+            .ok_or(MConnError::UnknownChannel(channel_id))
+    }
+
+    fn receive_msg(&mut self, m: PacketMsg) -> Result<Option<Delivery>, MConnError> {
+        let i = self.lookup(m.channel_id)?;
+        let cap = self.send[i].desc.recv_message_capacity;
+        let ch = &mut self.recv[i];
+        let cost = m.data.len() as u64 + PACKET_MSG_COST;
+        if cost > ch.window {
+            return Err(MConnError::CreditExceeded {
+                channel: m.channel_id as u8,
+                cost,
+                window: ch.window,
+            });
+        }
+        ch.window -= cost;
+        let len = ch.partial_len + m.data.len();
+        if len > cap {
+            return Err(MConnError::MessageTooLarge { channel: m.channel_id as u8, len, max: cap });
+        }
+        ch.bytes_recv += m.data.len() as u64;
+        if !m.eof {
+            ch.partial.extend_from_slice(&m.data);
+            ch.partial_len = len;
+            ch.partial_cost += cost;
+            ch.in_partial = true;
+            self.maybe_grant(i);
+            return Ok(None);
+        }
+        let msg = if ch.in_partial {
+            ch.partial.extend_from_slice(&m.data);
+            ch.partial.split().freeze()
+        } else {
+            m.data
+        };
+        let cost = ch.partial_cost + cost;
+        ch.partial_len = 0;
+        ch.partial_cost = 0;
+        ch.in_partial = false;
+        ch.msgs_recv += 1;
+        ch.pending_msgs += 1;
+        ch.pending_bytes += msg.len();
+        Ok(Some(Delivery { index: i, msg, cost }))
+    }
+
+    /// The application took a message of `len` bytes that used `cost`
+    /// credit from channel `index` (or it was discarded because nobody
+    /// listens). Returns true if a grant is now owed (see
+    /// [`MConnCore::maybe_grant`]).
+    pub fn consumed(&mut self, index: usize, len: usize, cost: u64) -> bool {
+        let ch = &mut self.recv[index];
+        ch.pending_msgs = ch.pending_msgs.saturating_sub(1);
+        ch.pending_bytes = ch.pending_bytes.saturating_sub(len);
+        ch.consumed += cost;
+        self.maybe_grant(index)
+    }
+
+    /// Grants consumed credit back to the peer once a quarter of the window
+    /// has been consumed, or at once when a message is half received and
+    /// the application has taken everything else (the rest of that message
+    /// must be able to arrive, or the channel would deadlock).
+    fn maybe_grant(&mut self, index: usize) -> bool {
+        let window = self.send[index].desc.recv_buffer_capacity as u64;
+        let ch = &mut self.recv[index];
+        let idle_with_partial = ch.in_partial && ch.pending_msgs == 0;
+        if ch.consumed > 0 && (ch.consumed >= (window / 4).max(1) || idle_with_partial) {
+            ch.window += ch.consumed;
+            ch.grant += ch.consumed;
+            ch.consumed = 0;
+            true
+        } else {
+            false
+        }
+    }
+
+    // ---------------------------------------------------------------- stats
+
+    /// A snapshot of per-channel and connection statistics at `now`.
+    pub fn stats(&self, now: Instant) -> ConnectionStats {
+        let mut send_meter = self.send_meter;
+        let mut recv_meter = self.recv_meter;
+        send_meter.roll(now);
+        recv_meter.roll(now);
+        ConnectionStats {
+            send_rate: send_meter.rate,
+            recv_rate: recv_meter.rate,
+            last_rtt: self.last_rtt,
+            channels: self
+                .send
+                .iter()
+                .zip(&self.recv)
+                .map(|(s, r)| ChannelStats {
+                    id: s.desc.id,
+                    bytes_sent: s.bytes_sent,
+                    msgs_sent: s.msgs_sent,
+                    bytes_recv: r.bytes_recv,
+                    msgs_recv: r.msgs_recv,
+                    send_queue_len: s.queue.len(),
+                    send_queue_bytes: s.queued_bytes,
+                    recv_queue_len: r.pending_msgs,
+                    recv_queue_bytes: r.pending_bytes,
+                    send_credit: s.credit,
+                })
+                .collect(),
+        }
+    }
+}
+
+fn encode(out: &mut BytesMut, sum: Sum) {
+    Packet { sum: Some(sum) }.encode_length_delimited(out).expect("BytesMut grows as needed");
+}
+
+/// Reads the uvarint length prefix at the front of `input` without
+/// consuming it: `Some((prefix_len, value))`, or `None` if incomplete.
+fn peek_length(input: &[u8]) -> Result<Option<(usize, usize)>, MConnError> {
+    let mut value: u64 = 0;
+    for (i, &b) in input.iter().enumerate().take(10) {
+        value |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            return Ok(Some((i + 1, usize::try_from(value).unwrap_or(usize::MAX))));
+        }
+        // Any packet we accept has a length prefix of at most 4 bytes.
+        if i >= 4 {
+            return Err(MConnError::Malformed("packet length prefix longer than 5 bytes".into()));
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests;

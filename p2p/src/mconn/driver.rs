@@ -1,0 +1,409 @@
+//! The tokio driver of [`MConnCore`]: a reader task and a writer task per
+//! connection, a send handle and per-channel receivers.
+
+use std::pin::pin;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+
+use super::core::{Delivery, MConnCore, PushError};
+use super::{ChannelDescriptor, ConnectionStats, MConnConfig, MConnError};
+use crate::key::NodeId;
+use crate::rate::RateLimit;
+use crate::secret::{SecretConnection, SecretReader, SecretWriter};
+
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+/// Why [`MConnection::send`] failed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SendError {
+    /// No channel with this id was declared on this connection.
+    #[error("unknown channel id {0:#04x}")]
+    UnknownChannel(u8),
+    /// The queue stayed full for `send_timeout`.
+    #[error("send queue full for the whole send timeout")]
+    Timeout,
+    /// The connection is closed.
+    #[error("connection closed")]
+    Closed,
+}
+
+/// Why [`MConnection::try_send`] failed. `Full` gives the message back.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum TrySendError {
+    /// No channel with this id was declared on this connection.
+    #[error("unknown channel id {0:#04x}")]
+    UnknownChannel(u8),
+    /// The channel's send queue is full.
+    #[error("send queue full")]
+    Full(Bytes),
+    /// The connection is closed.
+    #[error("connection closed")]
+    Closed,
+}
+
+struct Shared {
+    core: Mutex<MConnCore>,
+    writer_wake: Notify,
+    room: Vec<Notify>,
+    cancel: CancellationToken,
+    reason: OnceLock<MConnError>,
+    remote_id: NodeId,
+}
+
+impl Shared {
+    fn close(&self, reason: MConnError) {
+        let first = self.reason.set(reason.clone()).is_ok();
+        if first {
+            tracing::debug!(peer = %self.remote_id, %reason, "mconnection closed");
+        }
+        self.cancel.cancel();
+        for n in &self.room {
+            n.notify_waiters();
+        }
+    }
+
+    fn consumed(&self, d: &Delivery) {
+        if self.core.lock().consumed(d.index, d.msg.len(), d.cost) {
+            self.writer_wake.notify_one();
+        }
+    }
+}
+
+/// A running multiplexed connection (CometBFT's `MConnection`).
+///
+/// Made by [`MConnection::new`] from an established
+/// [`SecretConnection`]; it spawns a reader and a writer task on the current
+/// tokio runtime. Sending goes through this handle; each channel's messages
+/// arrive on its own [`ChannelReceiver`], so a slow consumer of one channel
+/// never holds up another (credit-based flow control, see
+/// [`super::core`]). Dropping the handle stops the connection at once.
+pub struct MConnection {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for MConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MConnection").field("remote_id", &self.shared.remote_id).finish()
+    }
+}
+
+/// Receives the whole messages of one channel, in order.
+///
+/// Taking a message returns its credit to the peer; while the application
+/// does not take messages, the peer can send at most the channel's
+/// `recv_buffer_capacity` more.
+pub struct ChannelReceiver {
+    id: u8,
+    rx: mpsc::UnboundedReceiver<Delivery>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for ChannelReceiver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChannelReceiver").field("id", &self.id).finish()
+    }
+}
+
+impl ChannelReceiver {
+    /// The channel id.
+    pub fn id(&self) -> u8 {
+        self.id
+    }
+
+    /// The next whole message, or `None` once the connection has closed and
+    /// every message received before has been taken.
+    pub async fn recv(&mut self) -> Option<Bytes> {
+        let d = self.rx.recv().await?;
+        self.shared.consumed(&d);
+        Some(d.msg)
+    }
+
+    /// The next message if one is waiting.
+    pub fn try_recv(&mut self) -> Option<Bytes> {
+        let d = self.rx.try_recv().ok()?;
+        self.shared.consumed(&d);
+        Some(d.msg)
+    }
+}
+
+impl MConnection {
+    /// Starts an MConnection over `conn` with `channels` (in priority-free
+    /// declaration order; receivers come back in the same order).
+    ///
+    /// Must be called inside a tokio runtime.
+    ///
+    /// # Errors
+    /// [`MConnError::Config`] for an invalid config or descriptor list.
+    pub fn new<S>(
+        conn: SecretConnection<S>,
+        channels: &[ChannelDescriptor],
+        config: MConnConfig,
+    ) -> Result<(MConnection, Vec<ChannelReceiver>), MConnError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let t = now();
+        let recv_limit = RateLimit::new(config.recv_rate, config.rate_burst(), t);
+        let batch = config.write_batch_size;
+        let throttle = config.flush_throttle;
+        let core = MConnCore::new(channels, config, t)?;
+        let remote_id = conn.remote_id();
+        let shared = Arc::new(Shared {
+            core: Mutex::new(core),
+            writer_wake: Notify::new(),
+            room: channels.iter().map(|_| Notify::new()).collect(),
+            cancel: CancellationToken::new(),
+            reason: OnceLock::new(),
+            remote_id,
+        });
+        let mut senders = Vec::with_capacity(channels.len());
+        let mut receivers = Vec::with_capacity(channels.len());
+        for d in channels {
+            let (tx, rx) = mpsc::unbounded_channel();
+            senders.push(tx);
+            receivers.push(ChannelReceiver { id: d.id, rx, shared: shared.clone() });
+        }
+        let (reader, writer) = conn.split();
+        let s = shared.clone();
+        tokio::spawn(async move {
+            let reason = match reader_loop(&s, reader, senders, recv_limit).await {
+                Ok(()) => MConnError::Stopped,
+                Err(e) => e,
+            };
+            s.close(reason);
+        });
+        let s = shared.clone();
+        tokio::spawn(async move {
+            let reason = match writer_loop(&s, writer, batch, throttle).await {
+                Ok(()) => MConnError::Stopped,
+                Err(e) => e,
+            };
+            s.close(reason);
+        });
+        Ok((MConnection { shared }, receivers))
+    }
+
+    /// The authenticated id of the remote node.
+    pub fn remote_id(&self) -> NodeId {
+        self.shared.remote_id
+    }
+
+    /// Queues `msg` on channel `ch`, waiting up to `send_timeout` for room.
+    ///
+    /// # Errors
+    /// [`SendError::UnknownChannel`], [`SendError::Timeout`],
+    /// [`SendError::Closed`].
+    pub async fn send(&self, ch: u8, msg: impl Into<Bytes>) -> Result<(), SendError> {
+        let mut msg = msg.into();
+        let timeout = self.shared.core.lock().config().send_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.shared.cancel.is_cancelled() {
+                return Err(SendError::Closed);
+            }
+            let mut notified = {
+                let mut core = self.shared.core.lock();
+                match core.push(ch, msg) {
+                    Ok(()) => {
+                        drop(core);
+                        self.shared.writer_wake.notify_one();
+                        return Ok(());
+                    }
+                    Err(PushError::UnknownChannel(id)) => {
+                        return Err(SendError::UnknownChannel(id))
+                    }
+                    Err(PushError::Full(m)) => {
+                        msg = m;
+                        let i = core.channel_index(ch).expect("push found the channel");
+                        let mut n = Box::pin(self.shared.room[i].notified());
+                        // Register before unlocking so a wake-up in between is kept.
+                        n.as_mut().enable();
+                        n
+                    }
+                }
+            };
+            tokio::select! {
+                _ = notified.as_mut() => {}
+                _ = self.shared.cancel.cancelled() => return Err(SendError::Closed),
+                _ = tokio::time::sleep_until(deadline) => return Err(SendError::Timeout),
+            }
+        }
+    }
+
+    /// Queues `msg` on channel `ch` if there is room now.
+    ///
+    /// # Errors
+    /// [`TrySendError::Full`] (with the message), [`TrySendError::UnknownChannel`],
+    /// [`TrySendError::Closed`].
+    pub fn try_send(&self, ch: u8, msg: impl Into<Bytes>) -> Result<(), TrySendError> {
+        if self.shared.cancel.is_cancelled() {
+            return Err(TrySendError::Closed);
+        }
+        let res = self.shared.core.lock().push(ch, msg.into());
+        match res {
+            Ok(()) => {
+                self.shared.writer_wake.notify_one();
+                Ok(())
+            }
+            Err(PushError::UnknownChannel(id)) => Err(TrySendError::UnknownChannel(id)),
+            Err(PushError::Full(m)) => Err(TrySendError::Full(m)),
+        }
+    }
+
+    /// Whether channel `ch` has room for a message now (`false` for an
+    /// unknown channel).
+    pub fn can_send(&self, ch: u8) -> bool {
+        let core = self.shared.core.lock();
+        core.channel_index(ch).is_some_and(|i| core.has_room(i))
+    }
+
+    /// Statistics per channel and for the connection.
+    pub fn stats(&self) -> ConnectionStats {
+        self.shared.core.lock().stats(now())
+    }
+
+    /// Whether the connection has closed.
+    pub fn is_closed(&self) -> bool {
+        self.shared.cancel.is_cancelled()
+    }
+
+    /// Waits until the connection closes and returns why.
+    pub async fn closed(&self) -> MConnError {
+        self.shared.cancel.cancelled().await;
+        self.shared.reason.get().cloned().unwrap_or(MConnError::Stopped)
+    }
+
+    /// Closes at once; queued messages are dropped.
+    pub fn stop(&self) {
+        self.shared.close(MConnError::Stopped);
+    }
+
+    /// Sends everything queued, then closes the stream (CometBFT's
+    /// `FlushStop`). Waits at most `send_timeout` for the queues to drain
+    /// (the peer may withhold credit), then stops anyway. Returns the
+    /// reason the connection ended: [`MConnError::Stopped`] after a clean
+    /// flush.
+    pub async fn flush_stop(&self) -> MConnError {
+        let timeout = {
+            let mut core = self.shared.core.lock();
+            core.start_closing();
+            core.config().send_timeout
+        };
+        self.shared.writer_wake.notify_one();
+        if tokio::time::timeout(timeout, self.shared.cancel.cancelled()).await.is_err() {
+            self.stop();
+        }
+        self.shared.reason.get().cloned().unwrap_or(MConnError::Stopped)
+    }
+}
+
+impl Drop for MConnection {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn reader_loop<R: AsyncRead + Unpin>(
+    shared: &Shared,
+    mut reader: SecretReader<R>,
+    senders: Vec<mpsc::UnboundedSender<Delivery>>,
+    mut recv_limit: Option<RateLimit>,
+) -> Result<(), MConnError> {
+    let mut plain = BytesMut::with_capacity(256 * 1024);
+    let mut out = Vec::new();
+    loop {
+        let n = tokio::select! {
+            res = reader.read_into(&mut plain) => res?,
+            _ = shared.cancel.cancelled() => return Ok(()),
+        };
+        if let Some(rl) = recv_limit.as_mut() {
+            // Pay for what was read before reading more; the peer is held
+            // back by TCP flow control meanwhile.
+            let mut left = n;
+            while left > 0 {
+                let piece = left.min(rl.burst() as usize);
+                match rl.try_take(now(), piece) {
+                    Ok(()) => left -= piece,
+                    Err(until) => tokio::select! {
+                        _ = tokio::time::sleep_until(until.into()) => {}
+                        _ = shared.cancel.cancelled() => return Ok(()),
+                    },
+                }
+            }
+        }
+        let mut wake = shared.core.lock().receive(now(), &mut plain, &mut out)?;
+        for d in out.drain(..) {
+            let index = d.index;
+            if let Err(mpsc::error::SendError(d)) = senders[index].send(d) {
+                // Nobody listens on this channel any more: give the credit
+                // back so the peer is not blocked by a dropped receiver.
+                tracing::trace!(channel = index, "message for a dropped receiver discarded");
+                wake |= shared.core.lock().consumed(index, d.msg.len(), d.cost);
+            }
+        }
+        if wake {
+            shared.writer_wake.notify_one();
+        }
+    }
+}
+
+async fn writer_loop<W: AsyncWrite + Unpin>(
+    shared: &Shared,
+    mut writer: SecretWriter<W>,
+    batch: usize,
+    throttle: std::time::Duration,
+) -> Result<(), MConnError> {
+    let mut buf = BytesMut::with_capacity(batch + 128 * 1024);
+    loop {
+        let (next, finished) = {
+            let mut core = shared.core.lock();
+            let t = now();
+            core.handle_timeout(t)?;
+            core.fill(t, &mut buf, batch);
+            for i in core.take_freed() {
+                shared.room[i].notify_waiters();
+            }
+            (core.poll_timeout(), core.is_closing() && core.is_drained())
+        };
+        if !throttle.is_zero() && !buf.is_empty() && buf.len() < batch {
+            // Light load: wait up to flush_throttle to gather more packets.
+            tokio::select! {
+                _ = tokio::time::sleep(throttle) => {}
+                _ = shared.cancel.cancelled() => return Ok(()),
+            }
+            let mut core = shared.core.lock();
+            let room = batch - buf.len();
+            core.fill(now(), &mut buf, room);
+            for i in core.take_freed() {
+                shared.room[i].notify_waiters();
+            }
+        }
+        if !buf.is_empty() {
+            tokio::select! {
+                res = writer.write_all(&buf) => res?,
+                _ = shared.cancel.cancelled() => return Ok(()),
+            }
+            buf.clear();
+            continue;
+        }
+        if finished {
+            let _ = writer.flush().await;
+            let _ = writer.shutdown().await;
+            return Ok(());
+        }
+        let wake = pin!(shared.writer_wake.notified());
+        tokio::select! {
+            _ = wake => {}
+            _ = tokio::time::sleep_until(next.into()) => {}
+            _ = shared.cancel.cancelled() => return Ok(()),
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! MConnection: many prioritized channels multiplexed over one
+//! [`SecretConnection`](crate::SecretConnection), as in CometBFT's
+//! `p2p/conn/connection.go`, with its known faults fixed (see
+//! ARCHITECTURE.md).
+//!
+//! - [`core::MConnCore`] is the sans-IO state machine (scheduler, chunking,
+//!   reassembly, credit flow control, keepalive, send-rate limit).
+//! - [`MConnection`] drives it with two tokio tasks (reader and writer) and
+//!   gives the application a handle to send and one [`ChannelReceiver`] per
+//!   channel to receive.
+
+pub mod core;
+mod driver;
+
+use std::time::Duration;
+
+pub use driver::{ChannelReceiver, MConnection, SendError, TrySendError};
+
+use crate::secret::SecretError;
+
+/// A channel as declared by a reactor (CometBFT's `ChannelDescriptor`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelDescriptor {
+    /// Channel id, unique on a connection (PEX 0x00, consensus 0x20,
+    /// mempool 0x30, blocksync 0x40; applications take others).
+    pub id: u8,
+    /// Relative share of bandwidth when channels compete (≥ 1): two
+    /// saturated channels of priorities 1 and 5 get bytes in ratio 1:5.
+    pub priority: u32,
+    /// Messages that may wait in the send queue (≥ 1). `send` waits and
+    /// `try_send` fails when it is full.
+    pub send_queue_capacity: usize,
+    /// Largest message accepted from the peer, bytes. A larger one closes
+    /// the connection with [`MConnError::MessageTooLarge`].
+    pub recv_message_capacity: usize,
+    /// Receive window, in credit bytes (data bytes plus 64 per packet):
+    /// how much the peer may have in flight or waiting for the application
+    /// on this channel. Must be at least `recv_message_capacity` plus the
+    /// per-packet cost of one message, so one whole message always fits.
+    pub recv_buffer_capacity: usize,
+}
+
+impl ChannelDescriptor {
+    /// A descriptor with defaults: priority 1, send queue of 64 messages,
+    /// messages up to 4 MiB, receive window 8 MiB.
+    pub fn new(id: u8) -> Self {
+        ChannelDescriptor {
+            id,
+            priority: 1,
+            send_queue_capacity: 64,
+            recv_message_capacity: 4 << 20,
+            recv_buffer_capacity: 8 << 20,
+        }
+    }
+
+    /// Sets the priority.
+    pub fn priority(mut self, p: u32) -> Self {
+        self.priority = p;
+        self
+    }
+
+    /// Sets the send queue capacity, in messages.
+    pub fn send_queue_capacity(mut self, n: usize) -> Self {
+        self.send_queue_capacity = n;
+        self
+    }
+
+    /// Sets the largest accepted message, in bytes, and raises the receive
+    /// window to twice that if it was smaller than needed.
+    pub fn recv_message_capacity(mut self, n: usize) -> Self {
+        self.recv_message_capacity = n;
+        if self.recv_buffer_capacity < self.min_window() {
+            self.recv_buffer_capacity = 2 * self.min_window();
+        }
+        self
+    }
+
+    /// Sets the receive window, in credit bytes.
+    pub fn recv_buffer_capacity(mut self, n: usize) -> Self {
+        self.recv_buffer_capacity = n;
+        self
+    }
+
+    fn min_window(&self) -> usize {
+        // One whole message in 1-byte chunks would cost more; senders chunk
+        // at max_packet_msg_payload_size, so allow 64 bytes per 1 KiB.
+        self.recv_message_capacity
+            + self.recv_message_capacity / 16
+            + core::PACKET_MSG_COST as usize
+    }
+
+    /// Checks the descriptor.
+    ///
+    /// # Errors
+    /// [`MConnError::Config`] naming the bad field.
+    pub fn validate(&self) -> Result<(), MConnError> {
+        let bad =
+            |what: String| Err(MConnError::Config(format!("channel {:#04x}: {what}", self.id)));
+        if self.priority == 0 {
+            return bad("priority must be at least 1".into());
+        }
+        if self.send_queue_capacity == 0 {
+            return bad("send_queue_capacity must be at least 1".into());
+        }
+        if self.recv_buffer_capacity < self.min_window() {
+            return bad(format!(
+                "recv_buffer_capacity {} is below recv_message_capacity {} plus chunk overhead ({})",
+                self.recv_buffer_capacity,
+                self.recv_message_capacity,
+                self.min_window()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Connection-wide settings. Every field is read by the code; defaults are
+/// in [`MConnConfig::default`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct MConnConfig {
+    /// Largest data chunk in one `PacketMsg`, bytes. Default 64 KiB, chosen
+    /// by measurement (ARCHITECTURE.md): 1 KiB (CometBFT) spends most of the
+    /// time in per-packet work; above 64 KiB throughput no longer rises
+    /// while the wait of a high-priority message behind a bulk packet grows.
+    pub max_packet_msg_payload_size: usize,
+    /// Plaintext bytes gathered into one write (many packets share one
+    /// write and Noise frames of up to 65519 bytes). Default 256 KiB.
+    pub write_batch_size: usize,
+    /// Longest time the writer waits to coalesce more packets before it
+    /// writes what it has. Default 0: the writer drains everything queued
+    /// into one write and sends at once, so batching comes from load, not
+    /// from delay, and a lone small message leaves immediately. A positive
+    /// value trades latency for fewer, larger writes under light load.
+    pub flush_throttle: Duration,
+    /// Time between pings. Default 60 s.
+    pub ping_interval: Duration,
+    /// Time to wait for a pong before closing with
+    /// [`MConnError::PongTimeout`]. Default 45 s; must be below
+    /// `ping_interval`.
+    pub pong_timeout: Duration,
+    /// Send limit in bytes/s of data packets (0 = unlimited, the default).
+    /// Pings, pongs and credit packets are never held back by it.
+    pub send_rate: u64,
+    /// Receive limit in bytes/s (0 = unlimited, the default): reading from
+    /// the stream pauses while over it.
+    pub recv_rate: u64,
+    /// Token-bucket depth in bytes for both limits. Default 0 means
+    /// `max(rate / 10, 2 × largest packet)`; it is never below one packet.
+    pub rate_burst: u64,
+    /// How long `send(..).await` waits for room in a full queue before it
+    /// fails with [`SendError::Timeout`]. Default 10 s (CometBFT's
+    /// `defaultSendTimeout`).
+    pub send_timeout: Duration,
+}
+
+impl Default for MConnConfig {
+    fn default() -> Self {
+        MConnConfig {
+            max_packet_msg_payload_size: 64 * 1024,
+            write_batch_size: 256 * 1024,
+            flush_throttle: Duration::ZERO,
+            ping_interval: Duration::from_secs(60),
+            pong_timeout: Duration::from_secs(45),
+            send_rate: 0,
+            recv_rate: 0,
+            rate_burst: 0,
+            send_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl MConnConfig {
+    /// Checks the settings.
+    ///
+    /// # Errors
+    /// [`MConnError::Config`] naming the bad field: `pong_timeout` not below
+    /// `ping_interval`, a zero interval, a packet payload of 0 or above
+    /// 16 MiB, a zero write batch, a burst below one packet.
+    pub fn validate(&self) -> Result<(), MConnError> {
+        let bad = |s: &str| Err(MConnError::Config(s.to_string()));
+        if self.ping_interval.is_zero() {
+            return bad("ping_interval must be positive");
+        }
+        if self.pong_timeout >= self.ping_interval {
+            return bad("pong_timeout must be less than ping_interval");
+        }
+        if self.max_packet_msg_payload_size == 0 || self.max_packet_msg_payload_size > 16 << 20 {
+            return bad("max_packet_msg_payload_size must be between 1 byte and 16 MiB");
+        }
+        if self.write_batch_size == 0 {
+            return bad("write_batch_size must be positive");
+        }
+        if self.rate_burst != 0 && self.rate_burst < self.packet_wire_max() as u64 {
+            return bad(
+                "rate_burst must hold at least one packet (max_packet_msg_payload_size + 16)",
+            );
+        }
+        Ok(())
+    }
+
+    fn packet_wire_max(&self) -> usize {
+        self.max_packet_msg_payload_size + core::PACKET_OVERHEAD
+    }
+
+    /// The effective token-bucket depth in bytes (see `rate_burst`).
+    pub fn rate_burst(&self) -> u64 {
+        if self.rate_burst != 0 {
+            return self.rate_burst;
+        }
+        let rate = self.send_rate.max(self.recv_rate);
+        (rate / 10).max(2 * self.packet_wire_max() as u64)
+    }
+}
+
+/// Why an MConnection closed. Peer-facing variants mean the peer broke the
+/// protocol; the switch scores or bans it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum MConnError {
+    /// Invalid local configuration (not the peer's fault).
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// The secret connection failed (I/O, EOF, decryption).
+    #[error("secret connection: {0}")]
+    Secret(std::sync::Arc<SecretError>),
+    /// A packet's length prefix exceeds the largest allowed packet.
+    #[error("packet of {len} bytes exceeds the limit of {max} bytes")]
+    PacketTooLarge {
+        /// Announced length, bytes.
+        len: usize,
+        /// Limit, bytes.
+        max: usize,
+    },
+    /// A packet is not valid protobuf.
+    #[error("malformed packet: {0}")]
+    Malformed(String),
+    /// A packet with none of ping, pong, msg or credit set.
+    #[error("packet carries no message")]
+    EmptyPacket,
+    /// A `PacketMsg` or credit for a channel that is not declared (a
+    /// `PacketMsg` without a channel field is channel 0 in proto3).
+    #[error("unknown channel id {0}")]
+    UnknownChannel(i32),
+    /// A message grew past the channel's `recv_message_capacity`.
+    #[error("message on channel {channel:#04x} of at least {len} bytes exceeds {max} bytes")]
+    MessageTooLarge {
+        /// Channel id.
+        channel: u8,
+        /// Length reached, bytes.
+        len: usize,
+        /// `recv_message_capacity`, bytes.
+        max: usize,
+    },
+    /// The peer sent more than the credit we granted on a channel.
+    #[error(
+        "peer exceeded its credit on channel {channel:#04x}: packet costs {cost}, window {window}"
+    )]
+    CreditExceeded {
+        /// Channel id.
+        channel: u8,
+        /// Credit cost of the packet.
+        cost: u64,
+        /// Credit the peer had left.
+        window: u64,
+    },
+    /// No pong arrived within `pong_timeout` of a ping.
+    #[error("no pong within {0:?}")]
+    PongTimeout(Duration),
+    /// Closed locally by `stop` or `flush_stop`.
+    #[error("connection stopped")]
+    Stopped,
+}
+
+impl From<SecretError> for MConnError {
+    fn from(e: SecretError) -> Self {
+        MConnError::Secret(std::sync::Arc::new(e))
+    }
+}
+
+/// Per-channel statistics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelStats {
+    /// Channel id.
+    pub id: u8,
+    /// Data bytes sent.
+    pub bytes_sent: u64,
+    /// Whole messages sent.
+    pub msgs_sent: u64,
+    /// Data bytes received.
+    pub bytes_recv: u64,
+    /// Whole messages received.
+    pub msgs_recv: u64,
+    /// Messages waiting to be sent (including one partly sent).
+    pub send_queue_len: usize,
+    /// Bytes of the messages waiting to be sent.
+    pub send_queue_bytes: usize,
+    /// Messages received and not yet taken by the application.
+    pub recv_queue_len: usize,
+    /// Bytes of those messages.
+    pub recv_queue_bytes: usize,
+    /// Credit the peer has granted us and we have not used, credit bytes.
+    pub send_credit: u64,
+}
+
+/// Connection statistics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionStats {
+    /// Plaintext bytes/s written over the last whole second.
+    pub send_rate: u64,
+    /// Plaintext bytes/s read over the last whole second.
+    pub recv_rate: u64,
+    /// Round trip of the last answered ping.
+    pub last_rtt: Option<Duration>,
+    /// One entry per channel, in declaration order.
+    pub channels: Vec<ChannelStats>,
+}
