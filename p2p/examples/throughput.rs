@@ -124,9 +124,21 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
 }
 
 async fn tcp_pair() -> anyhow::Result<(TcpStream, TcpStream)> {
-    let l = TcpListener::bind("127.0.0.1:0").await?;
+    let buf: Option<u32> = std::env::var("SOCKBUF").ok().and_then(|v| v.parse().ok());
+    let ls = tokio::net::TcpSocket::new_v4()?;
+    if let Some(b) = buf {
+        ls.set_recv_buffer_size(b)?;
+        ls.set_send_buffer_size(b)?;
+    }
+    ls.bind("127.0.0.1:0".parse()?)?;
+    let l = ls.listen(16)?;
     let addr = l.local_addr()?;
-    let (a, b) = tokio::join!(TcpStream::connect(addr), l.accept());
+    let cs = tokio::net::TcpSocket::new_v4()?;
+    if let Some(b) = buf {
+        cs.set_recv_buffer_size(b)?;
+        cs.set_send_buffer_size(b)?;
+    }
+    let (a, b) = tokio::join!(cs.connect(addr), l.accept());
     let (a, b) = (a?, b?.0);
     a.set_nodelay(true)?;
     b.set_nodelay(true)?;

@@ -335,10 +335,13 @@ impl<R: AsyncRead + Unpin> SecretReader<R> {
         }
         let at = out.len();
         out.resize(at + frame.len() - TAG_LEN, 0);
-        let n = self
-            .cipher
-            .read_message(self.nonce, frame, &mut out[at..])
-            .map_err(|_| SecretError::Decrypt)?;
+        let n = match self.cipher.read_message(self.nonce, frame, &mut out[at..]) {
+            Ok(n) => n,
+            Err(_) => {
+                out.truncate(at);
+                return Err(SecretError::Decrypt);
+            }
+        };
         out.truncate(at + n);
         self.nonce += 1;
         Ok(())

@@ -30,7 +30,9 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use plexus_proto::p2p::{packet::Sum, Packet, PacketCredit, PacketMsg, PacketPing, PacketPong};
+use plexus_proto::p2p::{
+    packet::Sum, Packet, PacketAck, PacketCredit, PacketMsg, PacketPing, PacketPong,
+};
 use prost::Message;
 
 use super::{ChannelDescriptor, ChannelStats, ConnectionStats, MConnConfig, MConnError};
@@ -45,6 +47,11 @@ pub const PACKET_MSG_COST: u64 = 64;
 /// (data len). A packet whose length prefix exceeds
 /// `max_packet_msg_payload_size + PACKET_OVERHEAD` is refused unread.
 pub const PACKET_OVERHEAD: usize = 16;
+
+/// A receiver acknowledges PacketMsg bytes whenever this many (64 KiB) are
+/// unacknowledged; a sender's `max_unacked_bytes` must be at least twice
+/// this, so acks always arrive before it blocks.
+pub const ACK_EVERY: u64 = 64 * 1024;
 
 /// Scale of virtual time, so that integer division by priority keeps
 /// precision.
@@ -145,6 +152,12 @@ pub struct MConnCore {
     last_rtt: Option<Duration>,
     send_limit: Option<RateLimit>,
     rate_blocked_until: Option<Instant>,
+    /// PacketMsg wire bytes written and not yet acknowledged by the peer.
+    unacked: u64,
+    /// PacketMsg wire bytes read and not yet acknowledged to the peer.
+    to_ack: u64,
+    /// An ack is owed.
+    ack_owed: u64,
     freed: Vec<usize>,
     send_meter: RateMeter,
     recv_meter: RateMeter,
@@ -217,6 +230,9 @@ impl MConnCore {
             last_rtt: None,
             send_limit,
             rate_blocked_until: None,
+            unacked: 0,
+            to_ack: 0,
+            ack_owed: 0,
             freed: Vec::new(),
             send_meter: RateMeter::new(now),
             recv_meter: RateMeter::new(now),
@@ -290,7 +306,7 @@ impl MConnCore {
     /// True when no message is queued or half sent and no control packet
     /// is owed.
     pub fn is_drained(&self) -> bool {
-        !self.pong_pending && self.send.iter().all(|c| c.queue.is_empty())
+        !self.pong_pending && self.ack_owed == 0 && self.send.iter().all(|c| c.queue.is_empty())
     }
 
     /// Pops the chunk to send next from channel `i`: `(data, eof)`, with
@@ -350,13 +366,17 @@ impl MConnCore {
                 ch.grant = 0;
             }
         }
+        if self.ack_owed > 0 {
+            encode(out, Sum::Ack(PacketAck { bytes: self.ack_owed }));
+            self.ack_owed = 0;
+        }
         if let Some(t) = self.rate_blocked_until {
             if now < t {
                 return self.account_sent(now, out.len() - start_len);
             }
             self.rate_blocked_until = None;
         }
-        while out.len() - start_len < limit {
+        while out.len() - start_len < limit && !self.window_full() {
             let Some((i, len, start)) = self.pick() else { break };
             if let Some(rl) = self.send_limit.as_mut() {
                 if let Err(until) = rl.try_take(now, len + PACKET_OVERHEAD) {
@@ -369,7 +389,9 @@ impl MConnCore {
             let msg = ch.queue.front().expect("pick returns channels with a message");
             let eof = ch.offset + len == msg.len();
             let data = msg.slice(ch.offset..ch.offset + len);
+            let before = out.len();
             encode(out, Sum::Msg(PacketMsg { channel_id: ch.desc.id as i32, eof, data }));
+            self.unacked += (out.len() - before) as u64;
             ch.credit -= cost;
             ch.finish = start + (cost as u128 * VT_SCALE) / ch.desc.priority as u128;
             ch.bytes_sent += len as u64;
@@ -387,6 +409,12 @@ impl MConnCore {
         self.account_sent(now, out.len() - start_len)
     }
 
+    /// Whether `max_unacked_bytes` of data are in flight.
+    fn window_full(&self) -> bool {
+        let max = self.config.max_unacked_bytes;
+        max != 0 && self.unacked >= max
+    }
+
     fn account_sent(&mut self, now: Instant, n: usize) -> usize {
         self.send_meter.add(now, n);
         n
@@ -395,12 +423,13 @@ impl MConnCore {
     /// Whether [`MConnCore::fill`] would write anything at `now`.
     pub fn wants_to_send(&self, now: Instant) -> bool {
         if self.pong_pending
+            || self.ack_owed > 0
             || (self.ping_sent.is_none() && now >= self.next_ping)
             || self.recv.iter().any(|c| c.grant > 0)
         {
             return true;
         }
-        if matches!(self.rate_blocked_until, Some(t) if now < t) {
+        if matches!(self.rate_blocked_until, Some(t) if now < t) || self.window_full() {
             return false;
         }
         (0..self.send.len()).any(|i| self.chunk_len(i).is_some())
@@ -487,14 +516,29 @@ impl MConnCore {
                     ch.credit = ch.credit.saturating_add(c.bytes);
                     wake = true;
                 }
+                Sum::Ack(a) => {
+                    if a.bytes > self.unacked {
+                        return Err(MConnError::Malformed(format!(
+                            "ack of {} bytes exceeds the {} bytes in flight",
+                            a.bytes, self.unacked
+                        )));
+                    }
+                    self.unacked -= a.bytes;
+                    wake = true;
+                }
                 Sum::Msg(m) => {
+                    self.to_ack += (prefix + len) as u64;
+                    if self.to_ack >= ACK_EVERY {
+                        self.ack_owed += self.to_ack;
+                        self.to_ack = 0;
+                    }
                     if let Some(d) = self.receive_msg(m)? {
                         out.push(d);
                     }
                 }
             }
         }
-        Ok(wake || self.recv.iter().any(|c| c.grant > 0))
+        Ok(wake || self.ack_owed > 0 || self.recv.iter().any(|c| c.grant > 0))
     }
 
     fn lookup(&self, channel_id: i32) -> Result<usize, MConnError> {

@@ -352,6 +352,7 @@ async fn reader_loop<R: AsyncRead + Unpin>(
         if wake {
             shared.writer_wake.notify_one();
         }
+        tokio::task::yield_now().await;
     }
 }
 
@@ -392,6 +393,10 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
                 _ = shared.cancel.cancelled() => return Ok(()),
             }
             buf.clear();
+            // A writable socket completes writes without suspending; yield
+            // so the tasks that feed the queues (and other connections on
+            // this worker) run between batches instead of every 128 writes.
+            tokio::task::yield_now().await;
             continue;
         }
         if finished {

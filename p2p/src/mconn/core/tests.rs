@@ -415,3 +415,38 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn unacked_window_bounds_data_in_flight() {
+    let config = MConnConfig { max_unacked_bytes: 128 * 1024, ..cfg() };
+    let mut p = Pair::new(&[ch(1).send_queue_capacity(100)], config);
+    for _ in 0..100 {
+        p.a.push(1, vec![0u8; 10_000].into()).unwrap();
+    }
+    // b reads nothing: a stops at the window (plus at most one packet).
+    let mut wire = BytesMut::new();
+    p.a.fill(p.now, &mut wire, usize::MAX);
+    assert!(wire.len() >= 128 * 1024 && wire.len() < 128 * 1024 + 1100, "{}", wire.len());
+    assert!(!p.a.wants_to_send(p.now));
+    // b reads it and acks; a may send again.
+    p.b.receive(p.now, &mut wire, &mut p.got_b).unwrap();
+    p.b.fill(p.now, &mut p.b_to_a, usize::MAX);
+    p.a.receive(p.now, &mut p.b_to_a, &mut p.got_a).unwrap();
+    assert!(p.a.wants_to_send(p.now));
+    // And everything arrives in the end.
+    let mut n = 0;
+    for _ in 0..1000 {
+        p.step(64 * 1024);
+        n += p.consume_b().len();
+    }
+    assert_eq!(n + p.got_b.len(), 100);
+}
+
+#[test]
+fn acking_more_than_sent_is_an_error() {
+    let mut a = MConnCore::new(&[ch(1)], cfg(), Instant::now()).unwrap();
+    let mut input = BytesMut::new();
+    encode(&mut input, Sum::Ack(PacketAck { bytes: 1 }));
+    let err = a.receive(Instant::now(), &mut input, &mut Vec::new()).unwrap_err();
+    assert!(matches!(err, MConnError::Malformed(_)), "{err}");
+}
