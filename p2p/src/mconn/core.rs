@@ -486,8 +486,7 @@ impl MConnCore {
     ) -> Result<bool, MConnError> {
         let mut wake = false;
         let max = self.config.max_packet_msg_payload_size + PACKET_OVERHEAD;
-        loop {
-            let Some((prefix, len)) = peek_length(input)? else { break };
+        while let Some((prefix, len)) = peek_length(input)? {
             if len > max {
                 return Err(MConnError::PacketTooLarge { len, max });
             }
