@@ -9,7 +9,8 @@
 //! - `raw_noise_mb_s`: `--bytes` of payload (default 1e9; 1 MB = 1e6 bytes)
 //!   through bare snow transport frames (ring resolver), the ceiling;
 //! - `mconn_mb_s`: the same bytes as 1 MiB messages over one MConnection
-//!   channel, and `ratio` = mconn / raw;
+//!   channel, and `ratio` = mconn / raw (each the median of `--repeat`
+//!   alternating runs);
 //! - `two_channel_share`: bytes delivered on a priority-5 channel over a
 //!   priority-1 channel, both saturated (ideal 5.0);
 //! - `hi_prio_latency_us_p50` / `_p99`: 100-byte messages on a priority-10
@@ -51,6 +52,9 @@ struct Args {
     /// Sequential handshakes to time.
     #[arg(long, default_value_t = 2000)]
     handshakes: u32,
+    /// Alternating runs of the ceiling and the MConnection (median kept).
+    #[arg(long, default_value_t = 3)]
+    repeat: u32,
     /// Round trips to time.
     #[arg(long, default_value_t = 5000)]
     round_trips: u32,
@@ -72,10 +76,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
         config.max_packet_msg_payload_size = p;
     }
     let mut out = serde_json::Map::new();
-    let raw = raw_noise_throughput(args.bytes, CryptoBackend::Ring).await?;
     // The ceiling uses snow's ring resolver (cipher from ring) whatever
-    // backend the MConnection uses.
-    let mconn = mconn_throughput(args.bytes, &config).await?;
+    // backend the MConnection uses. Ceiling and MConnection runs alternate
+    // and each figure is the median of its runs, so a noisy neighbour on
+    // the machine affects both alike.
+    let (mut raws, mut mconns) = (Vec::new(), Vec::new());
+    for _ in 0..args.repeat.max(1) {
+        raws.push(raw_noise_throughput(args.bytes, CryptoBackend::Ring).await?);
+        mconns.push(mconn_throughput(args.bytes, &config).await?);
+    }
+    let raw = percentile(&mut raws, 0.5);
+    let mconn = percentile(&mut mconns, 0.5);
+    out.insert("repeat".into(), args.repeat.into());
     out.insert("bytes".into(), args.bytes.into());
     out.insert("max_packet_msg_payload_size".into(), config.max_packet_msg_payload_size.into());
     out.insert("raw_noise_mb_s".into(), round(raw).into());

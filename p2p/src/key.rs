@@ -221,7 +221,7 @@ impl NodeKey {
             return Err(invalid(format!("private_key is {} bytes, expected 32", private.len())));
         }
         let key = NodeKey::from_private_key(&private).map_err(|e| invalid(e.to_string()))?;
-        if hex::encode(key.public) != file.public_key {
+        if hex::decode(&file.public_key).ok().as_deref() != Some(&key.public[..]) {
             return Err(invalid("public_key does not match private_key".into()));
         }
         Ok(key)

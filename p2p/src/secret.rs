@@ -11,7 +11,9 @@
 //!
 //! The transport phase uses snow's `StatelessTransportState` with explicit
 //! nonces so the connection splits into a [`SecretReader`] and a
-//! [`SecretWriter`] that run on different tasks (and cores) without a lock.
+//! [`SecretWriter`] that run on different tasks (and cores) sharing the
+//! cipher state without a lock (the stream itself is split with
+//! `tokio::io::split`, which takes a brief lock per I/O call).
 //! Each direction counts its own nonce from 0; a reordered, replayed or
 //! altered frame fails authentication ([`SecretError::Decrypt`]).
 
@@ -362,6 +364,7 @@ impl<W: AsyncWrite + Unpin> SecretWriter<W> {
     ///
     /// # Errors
     /// I/O errors of the stream.
+    /// Does not flush; call [`SecretWriter::flush`] for buffered streams.
     pub async fn write_all(&mut self, plain: &[u8]) -> Result<(), SecretError> {
         self.seal(plain);
         let res = self.io.write_all(&self.out).await;

@@ -299,9 +299,12 @@ async fn expect_closed_by(bytes: Vec<u8>, want: fn(&MConnError) -> bool) {
 
 #[tokio::test]
 async fn malformed_packets_close_the_connection_with_typed_errors() {
+    // Largest packet: the largest recv_message_capacity (here 1000, raised
+    // to the 1 KiB floor) plus 16.
     let mut too_big = Vec::new();
-    prost::encoding::encode_varint(5000, &mut too_big);
-    expect_closed_by(too_big, |e| matches!(e, MConnError::PacketTooLarge { len: 5000, .. })).await;
+    prost::encoding::encode_varint(1024 + 17, &mut too_big);
+    expect_closed_by(too_big, |e| matches!(e, MConnError::PacketTooLarge { len: 1041, max: 1040 }))
+        .await;
     expect_closed_by(vec![4, 0xff, 0xff, 0xff, 0xff], |e| matches!(e, MConnError::Malformed(_)))
         .await;
     expect_closed_by(Packet { sum: None }.encode_length_delimited_to_vec(), |e| {
@@ -331,8 +334,8 @@ async fn malformed_packets_close_the_connection_with_typed_errors() {
         })));
     }
     expect_closed_by(flood, |e| matches!(e, MConnError::CreditExceeded { channel: 1, .. })).await;
-    let bad_credit = packet(Sum::Credit(PacketCredit { channel_id: 99, bytes: 1 }));
-    expect_closed_by(bad_credit, |e| matches!(e, MConnError::UnknownChannel(99))).await;
+    let bad_credit = packet(Sum::Credit(PacketCredit { channel_id: 300, bytes: 1 }));
+    expect_closed_by(bad_credit, |e| matches!(e, MConnError::UnknownChannel(300))).await;
 }
 
 #[tokio::test]
@@ -403,4 +406,59 @@ async fn priorities_share_bandwidth_under_saturation() {
     for f in feeders {
         f.await.unwrap();
     }
+}
+
+/// A dropped receiver gives its credit back: the peer keeps sending
+/// (into the void) instead of stalling on that channel.
+#[tokio::test]
+async fn dropped_receiver_does_not_stall_the_sender() {
+    let chans = [ch(1).recv_message_capacity(10_000).recv_buffer_capacity(30_000), ch(2)];
+    let ((a, _ra), (_b, mut rb)) = pipe_pair(&chans, MConnConfig::default()).await;
+    let fast = rb.remove(1);
+    drop(rb); // channel 1's receiver, with whatever it had queued
+    for _ in 0..100 {
+        tokio::time::timeout(Duration::from_secs(5), a.send(1, vec![0u8; 10_000]))
+            .await
+            .expect("sender stalled")
+            .unwrap();
+    }
+    drop(fast);
+}
+
+/// A peer that stops reading cannot block the writer forever: the
+/// keepalive deadline closes the connection.
+#[tokio::test(start_paused = true)]
+async fn peer_that_stops_reading_is_dropped_at_the_keepalive_deadline() {
+    let config = MConnConfig {
+        ping_interval: Duration::from_secs(60),
+        pong_timeout: Duration::from_secs(45),
+        max_unacked_bytes: 0,
+        ..MConnConfig::default()
+    };
+    // A tiny pipe, and a peer that never reads from it.
+    let (a, b) = tokio::io::duplex(1024);
+    let (ka, kb) = (NodeKey::generate(), NodeKey::generate());
+    let cfg = SecretConfig::default();
+    let (x, y) = tokio::join!(
+        SecretConnection::connect(a, &ka, None, &cfg),
+        SecretConnection::accept(b, &kb, &cfg)
+    );
+    // The peer grants plenty of credit, then never reads again.
+    let (_peer_r, mut peer_w) = y.unwrap().split();
+    peer_w
+        .write_all(&packet(Sum::Credit(PacketCredit { channel_id: 1, bytes: 1 << 30 })))
+        .await
+        .unwrap();
+    let chans = [ch(1).send_queue_capacity(10)];
+    let (conn, _rx) = MConnection::new(x.unwrap(), &chans, config).unwrap();
+    for _ in 0..10 {
+        conn.try_send(1, vec![0u8; 100_000]).unwrap();
+    }
+    let t0 = tokio::time::Instant::now();
+    let reason = conn.closed().await;
+    assert!(matches!(reason, MConnError::PongTimeout(_)), "{reason}");
+    // The ping due at 60 s could not be sent; 45 s later the writer gives up.
+    assert_eq!(t0.elapsed(), Duration::from_secs(105));
+    // (Without the deadline on blocked writes this test never ends: the
+    // writer would wait on the full pipe forever.)
 }

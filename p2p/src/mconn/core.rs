@@ -42,16 +42,21 @@ use crate::rate::RateLimit;
 /// or tiny packets cannot queue without bound at the receiver.
 pub const PACKET_MSG_COST: u64 = 64;
 
-/// Protobuf overhead of a `Packet{msg}` around its data, bytes: at most
-/// 1 (oneof tag) + 3 (len) + 2 (channel) + 2 (eof) + 1 (data tag) + 4
-/// (data len). A packet whose length prefix exceeds
-/// `max_packet_msg_payload_size + PACKET_OVERHEAD` is refused unread.
+/// Protobuf overhead of a `Packet{msg}` around its data, in bytes: at most
+/// 1 (oneof tag) + 4 (msg length) + 3 (channel) + 2 (eof) + 1 (data tag)
+/// + 4 (data length) = 15, rounded up. A packet whose length prefix
+/// exceeds the largest `recv_message_capacity` + 16 is refused unread.
 pub const PACKET_OVERHEAD: usize = 16;
 
 /// A receiver acknowledges PacketMsg bytes whenever this many (64 KiB) are
 /// unacknowledged; a sender's `max_unacked_bytes` must be at least twice
 /// this, so acks always arrive before it blocks.
 pub const ACK_EVERY: u64 = 64 * 1024;
+
+/// Single-chunk messages of at least this many bytes (64 KiB) are handed
+/// to the application as slices of the read buffer, without a copy;
+/// smaller ones are copied out so they do not pin the buffer.
+pub const ZERO_COPY_MIN: usize = 64 * 1024;
 
 /// Scale of virtual time, so that integer division by priority keeps
 /// precision.
@@ -76,6 +81,8 @@ pub enum PushError {
     UnknownChannel(u8),
     /// The channel's send queue holds `send_queue_capacity` messages.
     Full(Bytes),
+    /// The connection is flushing for a graceful stop.
+    Closing(Bytes),
 }
 
 #[derive(Debug)]
@@ -162,6 +169,9 @@ pub struct MConnCore {
     send_meter: RateMeter,
     recv_meter: RateMeter,
     closing: bool,
+    /// Largest packet accepted: the largest `recv_message_capacity` plus
+    /// [`PACKET_OVERHEAD`], so a peer may chunk as coarsely as it likes.
+    max_recv_packet: usize,
 }
 
 impl MConnCore {
@@ -237,6 +247,13 @@ impl MConnCore {
             send_meter: RateMeter::new(now),
             recv_meter: RateMeter::new(now),
             closing: false,
+            max_recv_packet: channels
+                .iter()
+                .map(|d| d.recv_message_capacity)
+                .max()
+                .unwrap_or(0)
+                .max(1024)
+                + PACKET_OVERHEAD,
         })
     }
 
@@ -271,6 +288,9 @@ impl MConnCore {
         let Some(i) = self.channel_index(id) else {
             return Err(PushError::UnknownChannel(id));
         };
+        if self.closing {
+            return Err(PushError::Closing(msg));
+        }
         let ch = &mut self.send[i];
         if ch.queue.len() >= ch.desc.send_queue_capacity {
             return Err(PushError::Full(msg));
@@ -309,19 +329,16 @@ impl MConnCore {
         !self.pong_pending && self.ack_owed == 0 && self.send.iter().all(|c| c.queue.is_empty())
     }
 
-    /// Pops the chunk to send next from channel `i`: `(data, eof)`, with
-    /// `budget` credit available.
+    /// Length of the next chunk channel `i` may send now, if any. A chunk
+    /// is always the full `min(remaining, max_packet_msg_payload_size)`:
+    /// it waits for enough credit rather than being cut short, so a
+    /// message's credit cost is fixed (`len + 64 × chunks`) and always fits
+    /// a window the receiver validated for it.
     fn chunk_len(&self, i: usize) -> Option<usize> {
         let ch = &self.send[i];
         let msg = ch.queue.front()?;
-        let remaining = msg.len() - ch.offset;
-        let by_credit = ch.credit.checked_sub(PACKET_MSG_COST)? as usize;
-        let len = remaining.min(self.config.max_packet_msg_payload_size).min(by_credit);
-        // A chunk must make progress unless the message itself is empty.
-        if len == 0 && remaining > 0 {
-            return None;
-        }
-        Some(len)
+        let len = (msg.len() - ch.offset).min(self.config.max_packet_msg_payload_size);
+        (ch.credit >= len as u64 + PACKET_MSG_COST).then_some(len)
     }
 
     fn pick(&self) -> Option<(usize, usize, u128)> {
@@ -449,6 +466,13 @@ impl MConnCore {
         t
     }
 
+    /// The instant past which a writer stuck on a full socket should give
+    /// up: the pong deadline of the outstanding ping, or `pong_timeout`
+    /// after the ping that could not be sent.
+    pub fn stall_deadline(&self) -> Instant {
+        self.ping_sent.unwrap_or(self.next_ping) + self.config.pong_timeout
+    }
+
     /// Checks the keepalive timers.
     ///
     /// # Errors
@@ -485,7 +509,7 @@ impl MConnCore {
         out: &mut Vec<Delivery>,
     ) -> Result<bool, MConnError> {
         let mut wake = false;
-        let max = self.config.max_packet_msg_payload_size + PACKET_OVERHEAD;
+        let max = self.max_recv_packet;
         while let Some((prefix, len)) = peek_length(input)? {
             if len > max {
                 return Err(MConnError::PacketTooLarge { len, max });
@@ -510,10 +534,15 @@ impl MConnCore {
                     }
                 }
                 Sum::Credit(c) => {
-                    let i = self.lookup(c.channel_id)?;
-                    let ch = &mut self.send[i];
-                    ch.credit = ch.credit.saturating_add(c.bytes);
-                    wake = true;
+                    // Credit for a channel only the peer declared is
+                    // harmless: we never send on it.
+                    let id = u8::try_from(c.channel_id)
+                        .map_err(|_| MConnError::UnknownChannel(c.channel_id))?;
+                    if let Some(i) = self.channel_index(id) {
+                        let ch = &mut self.send[i];
+                        ch.credit = ch.credit.saturating_add(c.bytes);
+                        wake = true;
+                    }
                 }
                 Sum::Ack(a) => {
                     if a.bytes > self.unacked {
@@ -576,6 +605,10 @@ impl MConnCore {
         let msg = if ch.in_partial {
             ch.partial.extend_from_slice(&m.data);
             ch.partial.split().freeze()
+        } else if m.data.len() < ZERO_COPY_MIN {
+            // A small message sliced from the read buffer would keep the
+            // whole buffer alive as long as the application holds it.
+            Bytes::copy_from_slice(&m.data)
         } else {
             m.data
         };
@@ -602,14 +635,19 @@ impl MConnCore {
     }
 
     /// Grants consumed credit back to the peer once a quarter of the window
-    /// has been consumed, or at once when a message is half received and
-    /// the application has taken everything else (the rest of that message
-    /// must be able to arrive, or the channel would deadlock).
+    /// has been consumed, or as soon as the application has taken every
+    /// delivered message while the peer could otherwise be stuck: a message
+    /// is half received, or the peer's remaining credit is below one chunk
+    /// of the largest message (`recv_message_capacity + 64`). Chatty
+    /// traffic thus costs one grant per quarter window, and no sender ever
+    /// waits for credit that an idle receiver holds back.
     fn maybe_grant(&mut self, index: usize) -> bool {
-        let window = self.send[index].desc.recv_buffer_capacity as u64;
+        let desc = &self.send[index].desc;
+        let window = desc.recv_buffer_capacity as u64;
+        let one_chunk = desc.recv_message_capacity as u64 + PACKET_MSG_COST;
         let ch = &mut self.recv[index];
-        let idle_with_partial = ch.in_partial && ch.pending_msgs == 0;
-        if ch.consumed > 0 && (ch.consumed >= (window / 4).max(1) || idle_with_partial) {
+        let idle = ch.pending_msgs == 0 && (ch.in_partial || ch.window < one_chunk);
+        if ch.consumed > 0 && (ch.consumed >= (window / 4).max(1) || idle) {
             ch.window += ch.consumed;
             ch.grant += ch.consumed;
             ch.consumed = 0;
@@ -665,7 +703,7 @@ fn peek_length(input: &[u8]) -> Result<Option<(usize, usize)>, MConnError> {
         if b & 0x80 == 0 {
             return Ok(Some((i + 1, usize::try_from(value).unwrap_or(usize::MAX))));
         }
-        // Any packet we accept has a length prefix of at most 4 bytes.
+        // Any packet we accept has a length prefix of at most 5 bytes.
         if i >= 4 {
             return Err(MConnError::Malformed("packet length prefix longer than 5 bytes".into()));
         }

@@ -134,6 +134,17 @@ impl ChannelReceiver {
     }
 }
 
+impl Drop for ChannelReceiver {
+    /// Messages still queued are discarded and their credit returned, so
+    /// the peer is not blocked by a receiver nobody reads.
+    fn drop(&mut self) {
+        self.rx.close();
+        while let Ok(d) = self.rx.try_recv() {
+            self.shared.consumed(&d);
+        }
+    }
+}
+
 impl MConnection {
     /// Starts an MConnection over `conn` with `channels` (in priority-free
     /// declaration order; receivers come back in the same order).
@@ -220,6 +231,7 @@ impl MConnection {
                     Err(PushError::UnknownChannel(id)) => {
                         return Err(SendError::UnknownChannel(id))
                     }
+                    Err(PushError::Closing(_)) => return Err(SendError::Closed),
                     Err(PushError::Full(m)) => {
                         msg = m;
                         let i = core.channel_index(ch).expect("push found the channel");
@@ -255,6 +267,7 @@ impl MConnection {
             }
             Err(PushError::UnknownChannel(id)) => Err(TrySendError::UnknownChannel(id)),
             Err(PushError::Full(m)) => Err(TrySendError::Full(m)),
+            Err(PushError::Closing(_)) => Err(TrySendError::Closed),
         }
     }
 
@@ -364,7 +377,7 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
 ) -> Result<(), MConnError> {
     let mut buf = BytesMut::with_capacity(batch + 128 * 1024);
     loop {
-        let (next, finished) = {
+        let (next, finished, stall) = {
             let mut core = shared.core.lock();
             let t = now();
             core.handle_timeout(t)?;
@@ -372,7 +385,7 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
             for i in core.take_freed() {
                 shared.room[i].notify_waiters();
             }
-            (core.poll_timeout(), core.is_closing() && core.is_drained())
+            (core.poll_timeout(), core.is_closing() && core.is_drained(), core.stall_deadline())
         };
         if !throttle.is_zero() && !buf.is_empty() && buf.len() < batch {
             // Light load: wait up to flush_throttle to gather more packets.
@@ -388,9 +401,18 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
             }
         }
         if !buf.is_empty() {
+            // A peer that stops reading blocks the write; the keepalive
+            // deadline still applies to it.
+            let pong_timeout = shared.core.lock().config().pong_timeout;
             tokio::select! {
-                res = writer.write_all(&buf) => res?,
+                res = async {
+                    writer.write_all(&buf).await?;
+                    writer.flush().await
+                } => res?,
                 _ = shared.cancel.cancelled() => return Ok(()),
+                _ = tokio::time::sleep_until(stall.into()) => {
+                    return Err(MConnError::PongTimeout(pong_timeout));
+                }
             }
             buf.clear();
             // A writable socket completes writes without suspending; yield

@@ -31,12 +31,13 @@ pub struct ChannelDescriptor {
     /// `try_send` fails when it is full.
     pub send_queue_capacity: usize,
     /// Largest message accepted from the peer, bytes. A larger one closes
-    /// the connection with [`MConnError::MessageTooLarge`].
+    /// the connection with [`MConnError::MessageTooLarge`]. The largest
+    /// capacity over all channels also caps one packet's data.
     pub recv_message_capacity: usize,
     /// Receive window, in credit bytes (data bytes plus 64 per packet):
     /// how much the peer may have in flight or waiting for the application
-    /// on this channel. Must be at least `recv_message_capacity` plus the
-    /// per-packet cost of one message, so one whole message always fits.
+    /// on this channel. Must be at least [`ChannelDescriptor::min_window`],
+    /// so one whole message always fits.
     pub recv_buffer_capacity: usize,
 }
 
@@ -81,12 +82,12 @@ impl ChannelDescriptor {
         self
     }
 
-    fn min_window(&self) -> usize {
-        // One whole message in 1-byte chunks would cost more; senders chunk
-        // at max_packet_msg_payload_size, so allow 64 bytes per 1 KiB.
-        self.recv_message_capacity
-            + self.recv_message_capacity / 16
-            + core::PACKET_MSG_COST as usize
+    /// Smallest valid window: one whole message of `recv_message_capacity`
+    /// sent in chunks of at least 1 KiB (the smallest allowed
+    /// `max_packet_msg_payload_size`), each costing 64 credit bytes.
+    pub fn min_window(&self) -> usize {
+        let chunks = self.recv_message_capacity.div_ceil(1024).max(1);
+        self.recv_message_capacity + chunks * core::PACKET_MSG_COST as usize
     }
 
     /// Checks the descriptor.
@@ -193,8 +194,8 @@ impl MConnConfig {
         if self.pong_timeout >= self.ping_interval {
             return bad("pong_timeout must be less than ping_interval");
         }
-        if self.max_packet_msg_payload_size == 0 || self.max_packet_msg_payload_size > 16 << 20 {
-            return bad("max_packet_msg_payload_size must be between 1 byte and 16 MiB");
+        if self.max_packet_msg_payload_size < 1024 || self.max_packet_msg_payload_size > 16 << 20 {
+            return bad("max_packet_msg_payload_size must be between 1 KiB and 16 MiB");
         }
         if self.max_unacked_bytes != 0 && self.max_unacked_bytes < 2 * core::ACK_EVERY {
             return bad("max_unacked_bytes must be 0 (no limit) or at least 128 KiB");

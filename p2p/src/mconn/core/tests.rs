@@ -239,7 +239,7 @@ fn delimited(p: Packet) -> Vec<u8> {
 fn malformed_input_is_a_typed_error() {
     // Length prefix above max packet size: refused before the body.
     let mut big = Vec::new();
-    prost::encoding::encode_varint(1024 + PACKET_OVERHEAD as u64 + 1, &mut big);
+    prost::encoding::encode_varint((1 << 20) + PACKET_OVERHEAD as u64 + 1, &mut big);
     assert!(matches!(bad_input(big), MConnError::PacketTooLarge { .. }));
     // Garbage protobuf.
     assert!(matches!(bad_input(vec![3, 0xff, 0xff, 0xff]), MConnError::Malformed(_)));
@@ -449,4 +449,43 @@ fn acking_more_than_sent_is_an_error() {
     encode(&mut input, Sum::Ack(PacketAck { bytes: 1 }));
     let err = a.receive(Instant::now(), &mut input, &mut Vec::new()).unwrap_err();
     assert!(matches!(err, MConnError::Malformed(_)), "{err}");
+}
+
+/// The case a review found by model: a window at exactly `min_window`,
+/// messages the application takes only after the sender ran out of
+/// credit. Chunks are never cut short by credit, so the last message
+/// still completes.
+#[test]
+fn tight_window_never_deadlocks() {
+    let d = ch(1).recv_message_capacity(4096);
+    let d = d.clone().recv_buffer_capacity(d.min_window());
+    let mut p = Pair::new(&[d], cfg());
+    for n in [1100usize, 100, 4096, 4096, 1, 4096] {
+        p.a.push(1, vec![7u8; n].into()).unwrap();
+    }
+    // Let the sender run dry before the application reads anything.
+    for _ in 0..20 {
+        p.step(usize::MAX);
+    }
+    let mut got = Vec::new();
+    for _ in 0..200 {
+        got.extend(p.consume_b().into_iter().map(|d| d.msg.len()));
+        p.step(usize::MAX);
+    }
+    assert_eq!(got, vec![1100, 100, 4096, 4096, 1, 4096]);
+}
+
+#[test]
+fn credit_for_a_channel_we_lack_is_ignored() {
+    let mut a = MConnCore::new(&[ch(1)], cfg(), Instant::now()).unwrap();
+    let mut input = BytesMut::new();
+    encode(&mut input, Sum::Credit(PacketCredit { channel_id: 0x42, bytes: 1000 }));
+    a.receive(Instant::now(), &mut input, &mut Vec::new()).unwrap();
+}
+
+#[test]
+fn push_after_start_closing_is_refused() {
+    let mut a = MConnCore::new(&[ch(1)], cfg(), Instant::now()).unwrap();
+    a.start_closing();
+    assert!(matches!(a.push(1, Bytes::new()), Err(PushError::Closing(_))));
 }
