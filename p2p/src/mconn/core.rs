@@ -43,9 +43,9 @@ use crate::rate::RateLimit;
 pub const PACKET_MSG_COST: u64 = 64;
 
 /// Protobuf overhead of a `Packet{msg}` around its data, in bytes: at most
-/// 1 (oneof tag) + 4 (msg length) + 3 (channel) + 2 (eof) + 1 (data tag)
-/// + 4 (data length) = 15, rounded up. A packet whose length prefix
-/// exceeds the largest `recv_message_capacity` + 16 is refused unread.
+/// 1 (oneof tag), 4 (msg length), 3 (channel), 2 (eof), 1 (data tag) and 4
+/// (data length), 15 in all, rounded up. A packet whose length prefix
+/// exceeds the largest `recv_message_capacity` plus 16 is refused unread.
 pub const PACKET_OVERHEAD: usize = 16;
 
 /// A receiver acknowledges PacketMsg bytes whenever this many (64 KiB) are
