@@ -9,19 +9,24 @@
 //! version, so a peer speaking another version fails the handshake. After the
 //! handshake each side knows the other's static key, hence its [`NodeId`].
 //!
-//! The transport phase uses snow's `StatelessTransportState` with explicit
-//! nonces so the connection splits into a [`SecretReader`] and a
-//! [`SecretWriter`] that run on different tasks (and cores) sharing the
-//! cipher state without a lock (the stream itself is split with
-//! `tokio::io::split`, which takes a brief lock per I/O call).
-//! Each direction counts its own nonce from 0; a reordered, replayed or
+//! The transport phase follows the Noise spec's `CipherState` with the two
+//! keys of `Split()` (taken from snow with its `risky-raw-split` feature):
+//! ChaCha20-Poly1305 from ring, empty associated data, and the 96-bit nonce
+//! `0x00000000 || LE64(n)` with `n` counting frames from 0 in each
+//! direction. ring seals and opens in place, so neither side copies a frame
+//! (snow's transport API copies every frame once). A reordered, replayed or
 //! altered frame fails authentication ([`SecretError::Decrypt`]).
+//!
+//! The connection splits into a [`SecretReader`] and a [`SecretWriter`]
+//! that run on different tasks (and cores); each owns its direction's key
+//! and nonce. The stream itself is split with `tokio::io::split`, which
+//! takes a brief lock per I/O call.
 
-use std::io;
-use std::sync::Arc;
+use std::io::{self, IoSlice};
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305};
 use snow::resolvers::DefaultResolver;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 
@@ -184,7 +189,8 @@ async fn write_frame<W: AsyncWrite + Unpin>(io: &mut W, body: &[u8]) -> io::Resu
 pub struct SecretConnection<S> {
     io: S,
     rbuf: BytesMut,
-    cipher: Arc<snow::StatelessTransportState>,
+    send_key: LessSafeKey,
+    recv_key: LessSafeKey,
     remote_id: NodeId,
     remote_public_key: [u8; 32],
 }
@@ -261,11 +267,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SecretConnection<S> {
             .get_remote_static()
             .and_then(|k| k.try_into().ok())
             .ok_or(SecretError::Handshake(snow::Error::Input))?;
-        let cipher = hs.into_stateless_transport_mode().map_err(SecretError::Handshake)?;
+        // Split(): the first key encrypts initiator -> responder.
+        let (k1, k2) = hs.dangerously_get_raw_split();
+        let (send, recv) = if initiator { (k1, k2) } else { (k2, k1) };
         Ok(SecretConnection {
             io,
             rbuf,
-            cipher: Arc::new(cipher),
+            send_key: chacha_key(&send),
+            recv_key: chacha_key(&recv),
             remote_id: NodeId::from_public_key(&remote),
             remote_public_key: remote,
         })
@@ -285,36 +294,90 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SecretConnection<S> {
     pub fn split(self) -> (SecretReader<ReadHalf<S>>, SecretWriter<WriteHalf<S>>) {
         let (r, w) = tokio::io::split(self.io);
         (
-            SecretReader { io: r, rbuf: self.rbuf, cipher: self.cipher.clone(), nonce: 0 },
-            SecretWriter { io: w, cipher: self.cipher, nonce: 0, out: Vec::new() },
+            SecretReader { io: r, rbuf: self.rbuf, key: self.recv_key, nonce: 0, failed: None },
+            SecretWriter {
+                io: w,
+                key: self.send_key,
+                nonce: 0,
+                heads: Vec::new(),
+                tags: Vec::new(),
+                out: Vec::new(),
+            },
         )
     }
+}
+
+/// Cuts `len` plaintext bytes into frames: each frame ends at the last of
+/// the ascending `cuts` that keeps it within [`MAX_FRAME_PAYLOAD`] bytes, or
+/// at that size when no cut fits.
+fn frame_ranges(len: usize, cuts: &[usize]) -> Vec<std::ops::Range<usize>> {
+    let (mut out, mut start, mut k) = (Vec::new(), 0usize, 0usize);
+    while start < len {
+        let limit = (start + MAX_FRAME_PAYLOAD).min(len);
+        let mut end = start;
+        while k < cuts.len() && cuts[k] <= limit {
+            if cuts[k] > start {
+                end = cuts[k];
+            }
+            k += 1;
+        }
+        if end == start {
+            end = limit;
+        }
+        out.push(start..end);
+        start = end;
+    }
+    out
+}
+
+fn chacha_key(k: &[u8; 32]) -> LessSafeKey {
+    LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, k).expect("32-byte ChaCha20 key"))
+}
+
+/// The Noise ChaChaPoly nonce for counter `n`: four zero bytes, then `n`
+/// little-endian (Noise spec §12.3).
+fn nonce(n: u64) -> Nonce {
+    let mut b = [0u8; 12];
+    b[4..].copy_from_slice(&n.to_le_bytes());
+    Nonce::assume_unique_for_key(b)
 }
 
 /// The receiving half of a [`SecretConnection`].
 pub struct SecretReader<R> {
     io: R,
     rbuf: BytesMut,
-    cipher: Arc<snow::StatelessTransportState>,
+    key: LessSafeKey,
     nonce: u64,
+    failed: Option<SecretError>,
 }
+
+/// Bytes requested from the stream per read: two full frames.
+const READ_CHUNK: usize = 2 * (MAX_FRAME_LEN + 2);
 
 impl<R: AsyncRead + Unpin> SecretReader<R> {
     /// Waits for at least one frame, then decrypts every complete frame
-    /// already received, appending the plaintext to `out`. Returns the
-    /// number of plaintext bytes appended (0 for an empty frame).
+    /// already received, in place, and appends each frame's plaintext to
+    /// `out` as a zero-copy slice of the read buffer. Returns the number of
+    /// plaintext bytes appended (0 for empty frames).
     ///
     /// # Errors
     /// [`SecretError::Closed`] on a clean EOF between frames,
     /// [`SecretError::Truncated`] on EOF inside one,
     /// [`SecretError::FrameTooShort`], [`SecretError::Decrypt`], I/O errors.
-    pub async fn read_into(&mut self, out: &mut BytesMut) -> Result<usize, SecretError> {
-        let start = out.len();
+    pub async fn read_frames(&mut self, out: &mut Vec<Bytes>) -> Result<usize, SecretError> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
+        if self.rbuf.capacity() - self.rbuf.len() < MAX_FRAME_LEN + 2 {
+            self.rbuf.reserve(READ_CHUNK);
+        }
         let Some(frame) = read_frame(&mut self.io, &mut self.rbuf, MAX_FRAME_LEN).await? else {
             return Err(SecretError::Closed);
         };
-        self.decrypt(&frame, out)?;
-        // Drain frames that are already complete in the buffer, no more I/O.
+        let mut n = self.open(frame, out)?;
+        // Frames already complete in the buffer, without more I/O. A bad
+        // one among them is reported on the next call, after the good
+        // frames before it have been handed over.
         while self.rbuf.len() >= 2 {
             let len = u16::from_be_bytes([self.rbuf[0], self.rbuf[1]]) as usize;
             if self.rbuf.len() < 2 + len {
@@ -322,72 +385,123 @@ impl<R: AsyncRead + Unpin> SecretReader<R> {
             }
             self.rbuf.advance(2);
             let frame = self.rbuf.split_to(len);
-            self.decrypt(&frame, out)?;
+            match self.open(frame, out) {
+                Ok(k) => n += k,
+                Err(e) => {
+                    self.failed = Some(e);
+                    break;
+                }
+            }
         }
-        // Keep the read buffer large enough for a full 64 KiB socket read.
-        if self.rbuf.capacity() < 2 * (MAX_FRAME_LEN + 2) {
-            self.rbuf.reserve(2 * (MAX_FRAME_LEN + 2));
-        }
-        Ok(out.len() - start)
+        Ok(n)
     }
 
-    fn decrypt(&mut self, frame: &[u8], out: &mut BytesMut) -> Result<(), SecretError> {
+    /// Like [`SecretReader::read_frames`], copying the plaintext into one
+    /// contiguous buffer.
+    ///
+    /// # Errors
+    /// As [`SecretReader::read_frames`].
+    pub async fn read_into(&mut self, out: &mut BytesMut) -> Result<usize, SecretError> {
+        let mut frames = Vec::new();
+        let n = self.read_frames(&mut frames).await?;
+        for f in frames {
+            out.extend_from_slice(&f);
+        }
+        Ok(n)
+    }
+
+    fn open(&mut self, mut frame: BytesMut, out: &mut Vec<Bytes>) -> Result<usize, SecretError> {
         if frame.len() < TAG_LEN {
             return Err(SecretError::FrameTooShort(frame.len()));
         }
-        let at = out.len();
-        out.resize(at + frame.len() - TAG_LEN, 0);
-        let n = match self.cipher.read_message(self.nonce, frame, &mut out[at..]) {
-            Ok(n) => n,
-            Err(_) => {
-                out.truncate(at);
-                return Err(SecretError::Decrypt);
-            }
-        };
-        out.truncate(at + n);
+        let n = self
+            .key
+            .open_in_place(nonce(self.nonce), Aad::empty(), &mut frame)
+            .map_err(|_| SecretError::Decrypt)?
+            .len();
         self.nonce += 1;
-        Ok(())
+        frame.truncate(n);
+        out.push(frame.freeze());
+        Ok(n)
     }
 }
 
 /// The sending half of a [`SecretConnection`].
 pub struct SecretWriter<W> {
     io: W,
-    cipher: Arc<snow::StatelessTransportState>,
+    key: LessSafeKey,
     nonce: u64,
+    heads: Vec<[u8; 2]>,
+    tags: Vec<ring::aead::Tag>,
     out: Vec<u8>,
 }
 
 impl<W: AsyncWrite + Unpin> SecretWriter<W> {
     /// Encrypts `plain` as frames of at most [`MAX_FRAME_PAYLOAD`] bytes and
-    /// writes them all with one `write_all`. An empty `plain` writes nothing.
+    /// writes them all. An empty `plain` writes nothing. Does not flush.
     ///
     /// # Errors
     /// I/O errors of the stream.
-    /// Does not flush; call [`SecretWriter::flush`] for buffered streams.
     pub async fn write_all(&mut self, plain: &[u8]) -> Result<(), SecretError> {
-        self.seal(plain);
-        let res = self.io.write_all(&self.out).await;
-        self.out.clear();
-        res.map_err(SecretError::Io)
+        let mut buf = plain.to_vec();
+        self.write_stream(&mut buf, &[]).await
     }
 
-    fn seal(&mut self, plain: &[u8]) {
-        self.out.clear();
-        let frames = plain.len().div_ceil(MAX_FRAME_PAYLOAD);
-        self.out.reserve(plain.len() + frames * (2 + TAG_LEN));
-        for chunk in plain.chunks(MAX_FRAME_PAYLOAD) {
-            let at = self.out.len();
-            let len = chunk.len() + TAG_LEN;
-            self.out.extend_from_slice(&(len as u16).to_be_bytes());
-            self.out.resize(at + 2 + len, 0);
-            let n = self
-                .cipher
-                .write_message(self.nonce, chunk, &mut self.out[at + 2..])
-                .expect("chunk + tag fits the 65535-byte Noise limit and the buffer");
-            debug_assert_eq!(n, len);
+    /// Encrypts `buf` in place as frames and writes them. `cuts` are
+    /// ascending offsets where a frame may end (ends of packets): each
+    /// frame ends at the last cut that keeps it within
+    /// [`MAX_FRAME_PAYLOAD`] bytes, or is cut at that size when no cut
+    /// fits, so whole packets travel in one frame whenever they can. The
+    /// contents of `buf` are ciphertext afterwards. Uses one vectored write
+    /// when the stream supports it, else copies into one buffer.
+    ///
+    /// # Errors
+    /// I/O errors of the stream.
+    pub async fn write_stream(
+        &mut self,
+        buf: &mut [u8],
+        cuts: &[usize],
+    ) -> Result<(), SecretError> {
+        self.heads.clear();
+        self.tags.clear();
+        let ranges = frame_ranges(buf.len(), cuts);
+        for r in &ranges {
+            let tag = self
+                .key
+                .seal_in_place_separate_tag(nonce(self.nonce), Aad::empty(), &mut buf[r.clone()])
+                .expect("ChaCha20-Poly1305 seals up to 2^38 bytes");
             self.nonce += 1;
+            self.heads.push(((r.len() + TAG_LEN) as u16).to_be_bytes());
+            self.tags.push(tag);
         }
+        if ranges.is_empty() {
+            return Ok(());
+        }
+        if self.io.is_write_vectored() {
+            let mut slices = Vec::with_capacity(3 * ranges.len());
+            for (i, r) in ranges.iter().enumerate() {
+                slices.push(IoSlice::new(&self.heads[i]));
+                slices.push(IoSlice::new(&buf[r.clone()]));
+                slices.push(IoSlice::new(self.tags[i].as_ref()));
+            }
+            let mut rest = &mut slices[..];
+            while !rest.is_empty() {
+                let n = self.io.write_vectored(rest).await?;
+                if n == 0 {
+                    return Err(SecretError::Io(io::ErrorKind::WriteZero.into()));
+                }
+                IoSlice::advance_slices(&mut rest, n);
+            }
+        } else {
+            self.out.clear();
+            for (i, r) in ranges.iter().enumerate() {
+                self.out.extend_from_slice(&self.heads[i]);
+                self.out.extend_from_slice(&buf[r.clone()]);
+                self.out.extend_from_slice(self.tags[i].as_ref());
+            }
+            self.io.write_all(&self.out).await?;
+        }
+        Ok(())
     }
 
     /// Flushes the stream.
@@ -404,5 +518,71 @@ impl<W: AsyncWrite + Unpin> SecretWriter<W> {
     /// I/O errors of the stream.
     pub async fn shutdown(&mut self) -> Result<(), SecretError> {
         self.io.shutdown().await.map_err(SecretError::Io)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Our in-place transport is the Noise transport: frames sealed here
+    /// open with snow's own `TransportState`, and the other way round.
+    #[tokio::test]
+    async fn transport_matches_snow() {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let (ka, kb) = (NodeKey::generate(), NodeKey::generate());
+        let cfg = SecretConfig::default();
+        // Our side is the initiator; the responder is plain snow.
+        let responder = tokio::spawn(async move {
+            let mut io = b;
+            let mut hs = noise_builder(CryptoBackend::RustCrypto)
+                .local_private_key(kb.private_key())
+                .unwrap()
+                .prologue(PROLOGUE)
+                .unwrap()
+                .build_responder()
+                .unwrap();
+            let mut rbuf = BytesMut::new();
+            let (mut m, mut p) = (vec![0u8; 65535], vec![0u8; 65535]);
+            let f = read_frame(&mut io, &mut rbuf, 1024).await.unwrap().unwrap();
+            hs.read_message(&f, &mut p).unwrap();
+            let n = hs.write_message(&[], &mut m).unwrap();
+            write_frame(&mut io, &m[..n]).await.unwrap();
+            let f = read_frame(&mut io, &mut rbuf, 1024).await.unwrap().unwrap();
+            hs.read_message(&f, &mut p).unwrap();
+            let mut t = hs.into_transport_mode().unwrap();
+            // Two frames from us: 70000 bytes cut at 65519.
+            let mut got = Vec::new();
+            for _ in 0..2 {
+                let f = read_frame(&mut io, &mut rbuf, MAX_FRAME_LEN).await.unwrap().unwrap();
+                let n = t.read_message(&f, &mut p).unwrap();
+                got.extend_from_slice(&p[..n]);
+            }
+            let n = t.write_message(b"from snow", &mut m).unwrap();
+            write_frame(&mut io, &m[..n]).await.unwrap();
+            got
+        });
+        let conn = SecretConnection::connect(a, &ka, None, &cfg).await.unwrap();
+        let (mut r, mut w) = conn.split();
+        let data: Vec<u8> = (0..70_000u32).map(|i| (i % 251) as u8).collect();
+        w.write_all(&data).await.unwrap();
+        let mut back = BytesMut::new();
+        r.read_into(&mut back).await.unwrap();
+        assert_eq!(&back[..], b"from snow");
+        assert_eq!(responder.await.unwrap(), data);
+    }
+
+    #[test]
+    fn frames_end_at_cuts() {
+        let frames = |len, cuts: &[usize]| -> Vec<usize> {
+            frame_ranges(len, cuts).iter().map(|r| r.len()).collect()
+        };
+        assert_eq!(frames(100, &[]), vec![100]);
+        assert_eq!(frames(70_000, &[]), vec![65519, 4481]);
+        // Three 30000-byte packets: two fit a frame.
+        assert_eq!(frames(90_000, &[30_000, 60_000, 90_000]), vec![60_000, 30_000]);
+        // A packet larger than a frame is split.
+        assert_eq!(frames(100_000, &[10, 100_000]), vec![10, 65519, 34471]);
+        assert!(frames(0, &[]).is_empty());
     }
 }

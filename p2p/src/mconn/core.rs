@@ -101,8 +101,9 @@ struct SendChannel {
 
 #[derive(Debug)]
 struct RecvChannel {
-    /// Chunks of the message being reassembled.
-    partial: BytesMut,
+    /// Chunks of the message being reassembled, as zero-copy slices of the
+    /// read buffers; joined with one copy of exactly the right size at eof.
+    partial: Vec<Bytes>,
     partial_cost: u64,
     partial_len: usize,
     in_partial: bool,
@@ -172,6 +173,8 @@ pub struct MConnCore {
     /// Largest packet accepted: the largest `recv_message_capacity` plus
     /// [`PACKET_OVERHEAD`], so a peer may chunk as coarsely as it likes.
     max_recv_packet: usize,
+    /// The start of a packet split across Noise frames.
+    stitch: BytesMut,
 }
 
 impl MConnCore {
@@ -214,7 +217,7 @@ impl MConnCore {
         let recv = channels
             .iter()
             .map(|d| RecvChannel {
-                partial: BytesMut::new(),
+                partial: Vec::new(),
                 partial_cost: 0,
                 partial_len: 0,
                 in_partial: false,
@@ -254,6 +257,7 @@ impl MConnCore {
                 .unwrap_or(0)
                 .max(1024)
                 + PACKET_OVERHEAD,
+            stitch: BytesMut::new(),
         })
     }
 
@@ -366,13 +370,28 @@ impl MConnCore {
     /// first and bypass the send-rate limit; data packets are chosen by the
     /// scheduler. Returns the number of bytes added.
     pub fn fill(&mut self, now: Instant, out: &mut BytesMut, limit: usize) -> usize {
+        self.fill_with_cuts(now, out, limit, &mut Vec::new())
+    }
+
+    /// As [`MConnCore::fill`], also pushing to `cuts` the offset in `out`
+    /// where each packet ends, so the writer can cut Noise frames at packet
+    /// boundaries ([`crate::secret::SecretWriter::write_stream`]).
+    pub fn fill_with_cuts(
+        &mut self,
+        now: Instant,
+        out: &mut BytesMut,
+        limit: usize,
+        cuts: &mut Vec<usize>,
+    ) -> usize {
         let start_len = out.len();
         if self.pong_pending {
             encode(out, Sum::Pong(PacketPong {}));
+            cuts.push(out.len());
             self.pong_pending = false;
         }
         if self.ping_sent.is_none() && now >= self.next_ping {
             encode(out, Sum::Ping(PacketPing {}));
+            cuts.push(out.len());
             self.ping_sent = Some(now);
             self.next_ping = now + self.config.ping_interval;
         }
@@ -380,11 +399,13 @@ impl MConnCore {
             if ch.grant > 0 {
                 let channel_id = self.send[i].desc.id as i32;
                 encode(out, Sum::Credit(PacketCredit { channel_id, bytes: ch.grant }));
+                cuts.push(out.len());
                 ch.grant = 0;
             }
         }
         if self.ack_owed > 0 {
             encode(out, Sum::Ack(PacketAck { bytes: self.ack_owed }));
+            cuts.push(out.len());
             self.ack_owed = 0;
         }
         if let Some(t) = self.rate_blocked_until {
@@ -408,6 +429,7 @@ impl MConnCore {
             let data = msg.slice(ch.offset..ch.offset + len);
             let before = out.len();
             encode(out, Sum::Msg(PacketMsg { channel_id: ch.desc.id as i32, eof, data }));
+            cuts.push(out.len());
             self.unacked += (out.len() - before) as u64;
             ch.credit -= cost;
             ch.finish = start + (cost as u128 * VT_SCALE) / ch.desc.priority as u128;
@@ -509,64 +531,123 @@ impl MConnCore {
         out: &mut Vec<Delivery>,
     ) -> Result<bool, MConnError> {
         let mut wake = false;
-        let max = self.max_recv_packet;
-        while let Some((prefix, len)) = peek_length(input)? {
-            if len > max {
-                return Err(MConnError::PacketTooLarge { len, max });
-            }
+        while let Some((prefix, len)) = self.next_packet(input)? {
             if input.len() < prefix + len {
                 input.reserve(prefix + len - input.len());
                 break;
             }
             input.advance(prefix);
-            let bytes = input.split_to(len).freeze();
-            self.recv_meter.add(now, prefix + len);
-            let packet = Packet::decode(bytes).map_err(|e| MConnError::Malformed(e.to_string()))?;
-            match packet.sum.ok_or(MConnError::EmptyPacket)? {
-                Sum::Ping(_) => {
-                    self.pong_pending = true;
-                    wake = true;
+            let packet = input.split_to(len).freeze();
+            wake |= self.handle_packet(now, prefix + len, packet, out)?;
+        }
+        Ok(wake || self.control_owed())
+    }
+
+    /// As [`MConnCore::receive`], for one decrypted Noise frame. When the
+    /// frame holds whole packets (Plexus senders cut frames at packet ends),
+    /// packets are decoded straight from it without a copy; a packet split
+    /// across frames is stitched together in an internal buffer.
+    ///
+    /// # Errors
+    /// As [`MConnCore::receive`].
+    pub fn receive_frame(
+        &mut self,
+        now: Instant,
+        mut frame: Bytes,
+        out: &mut Vec<Delivery>,
+    ) -> Result<bool, MConnError> {
+        if !self.stitch.is_empty() {
+            let mut stitch = std::mem::take(&mut self.stitch);
+            stitch.extend_from_slice(&frame);
+            let res = self.receive(now, &mut stitch, out);
+            self.stitch = stitch;
+            return res;
+        }
+        let mut wake = false;
+        while let Some((prefix, len)) = self.next_packet(&frame)? {
+            if frame.len() < prefix + len {
+                break;
+            }
+            frame.advance(prefix);
+            let packet = frame.split_to(len);
+            wake |= self.handle_packet(now, prefix + len, packet, out)?;
+        }
+        if !frame.is_empty() {
+            self.stitch.extend_from_slice(&frame);
+        }
+        Ok(wake || self.control_owed())
+    }
+
+    /// The length prefix at the front of `input`, checked against the
+    /// largest packet accepted.
+    fn next_packet(&self, input: &[u8]) -> Result<Option<(usize, usize)>, MConnError> {
+        let Some((prefix, len)) = peek_length(input)? else { return Ok(None) };
+        let max = self.max_recv_packet;
+        if len > max {
+            return Err(MConnError::PacketTooLarge { len, max });
+        }
+        Ok(Some((prefix, len)))
+    }
+
+    fn control_owed(&self) -> bool {
+        self.ack_owed > 0 || self.recv.iter().any(|c| c.grant > 0)
+    }
+
+    /// Handles one packet of `wire_len` bytes (prefix included). Returns
+    /// true if the writer has something new to do.
+    fn handle_packet(
+        &mut self,
+        now: Instant,
+        wire_len: usize,
+        bytes: Bytes,
+        out: &mut Vec<Delivery>,
+    ) -> Result<bool, MConnError> {
+        self.recv_meter.add(now, wire_len);
+        let packet = Packet::decode(bytes).map_err(|e| MConnError::Malformed(e.to_string()))?;
+        match packet.sum.ok_or(MConnError::EmptyPacket)? {
+            Sum::Ping(_) => {
+                self.pong_pending = true;
+                return Ok(true);
+            }
+            Sum::Pong(_) => {
+                // An unsolicited pong is harmless; it is ignored.
+                if let Some(sent) = self.ping_sent.take() {
+                    self.last_rtt = Some(now.saturating_duration_since(sent));
                 }
-                Sum::Pong(_) => {
-                    // An unsolicited pong is harmless; it is ignored.
-                    if let Some(sent) = self.ping_sent.take() {
-                        self.last_rtt = Some(now.saturating_duration_since(sent));
-                    }
+            }
+            Sum::Credit(c) => {
+                // Credit for a channel only the peer declared is harmless:
+                // we never send on it.
+                let id = u8::try_from(c.channel_id)
+                    .map_err(|_| MConnError::UnknownChannel(c.channel_id))?;
+                if let Some(i) = self.channel_index(id) {
+                    let ch = &mut self.send[i];
+                    ch.credit = ch.credit.saturating_add(c.bytes);
+                    return Ok(true);
                 }
-                Sum::Credit(c) => {
-                    // Credit for a channel only the peer declared is
-                    // harmless: we never send on it.
-                    let id = u8::try_from(c.channel_id)
-                        .map_err(|_| MConnError::UnknownChannel(c.channel_id))?;
-                    if let Some(i) = self.channel_index(id) {
-                        let ch = &mut self.send[i];
-                        ch.credit = ch.credit.saturating_add(c.bytes);
-                        wake = true;
-                    }
+            }
+            Sum::Ack(a) => {
+                if a.bytes > self.unacked {
+                    return Err(MConnError::Malformed(format!(
+                        "ack of {} bytes exceeds the {} bytes in flight",
+                        a.bytes, self.unacked
+                    )));
                 }
-                Sum::Ack(a) => {
-                    if a.bytes > self.unacked {
-                        return Err(MConnError::Malformed(format!(
-                            "ack of {} bytes exceeds the {} bytes in flight",
-                            a.bytes, self.unacked
-                        )));
-                    }
-                    self.unacked -= a.bytes;
-                    wake = true;
+                self.unacked -= a.bytes;
+                return Ok(true);
+            }
+            Sum::Msg(m) => {
+                self.to_ack += wire_len as u64;
+                if self.to_ack >= ACK_EVERY {
+                    self.ack_owed += self.to_ack;
+                    self.to_ack = 0;
                 }
-                Sum::Msg(m) => {
-                    self.to_ack += (prefix + len) as u64;
-                    if self.to_ack >= ACK_EVERY {
-                        self.ack_owed += self.to_ack;
-                        self.to_ack = 0;
-                    }
-                    if let Some(d) = self.receive_msg(m)? {
-                        out.push(d);
-                    }
+                if let Some(d) = self.receive_msg(m)? {
+                    out.push(d);
                 }
             }
         }
-        Ok(wake || self.ack_owed > 0 || self.recv.iter().any(|c| c.grant > 0))
+        Ok(false)
     }
 
     fn lookup(&self, channel_id: i32) -> Result<usize, MConnError> {
@@ -595,7 +676,7 @@ impl MConnCore {
         }
         ch.bytes_recv += m.data.len() as u64;
         if !m.eof {
-            ch.partial.extend_from_slice(&m.data);
+            ch.partial.push(m.data);
             ch.partial_len = len;
             ch.partial_cost += cost;
             ch.in_partial = true;
@@ -603,8 +684,12 @@ impl MConnCore {
             return Ok(None);
         }
         let msg = if ch.in_partial {
-            ch.partial.extend_from_slice(&m.data);
-            ch.partial.split().freeze()
+            let mut whole = BytesMut::with_capacity(len);
+            for chunk in ch.partial.drain(..) {
+                whole.extend_from_slice(&chunk);
+            }
+            whole.extend_from_slice(&m.data);
+            whole.freeze()
         } else if m.data.len() < ZERO_COPY_MIN {
             // A small message sliced from the read buffer would keep the
             // whole buffer alive as long as the application holds it.

@@ -330,11 +330,11 @@ async fn reader_loop<R: AsyncRead + Unpin>(
     senders: Vec<mpsc::UnboundedSender<Delivery>>,
     mut recv_limit: Option<RateLimit>,
 ) -> Result<(), MConnError> {
-    let mut plain = BytesMut::with_capacity(256 * 1024);
+    let mut frames = Vec::new();
     let mut out = Vec::new();
     loop {
         let n = tokio::select! {
-            res = reader.read_into(&mut plain) => res?,
+            res = reader.read_frames(&mut frames) => res?,
             _ = shared.cancel.cancelled() => return Ok(()),
         };
         if let Some(rl) = recv_limit.as_mut() {
@@ -352,7 +352,14 @@ async fn reader_loop<R: AsyncRead + Unpin>(
                 }
             }
         }
-        let mut wake = shared.core.lock().receive(now(), &mut plain, &mut out)?;
+        let mut wake = false;
+        {
+            let mut core = shared.core.lock();
+            let t = now();
+            for frame in frames.drain(..) {
+                wake |= core.receive_frame(t, frame, &mut out)?;
+            }
+        }
         for d in out.drain(..) {
             let index = d.index;
             if let Err(mpsc::error::SendError(d)) = senders[index].send(d) {
@@ -376,12 +383,13 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
     throttle: std::time::Duration,
 ) -> Result<(), MConnError> {
     let mut buf = BytesMut::with_capacity(batch + 128 * 1024);
+    let mut cuts = Vec::new();
     loop {
         let (next, finished, stall) = {
             let mut core = shared.core.lock();
             let t = now();
             core.handle_timeout(t)?;
-            core.fill(t, &mut buf, batch);
+            core.fill_with_cuts(t, &mut buf, batch, &mut cuts);
             for i in core.take_freed() {
                 shared.room[i].notify_waiters();
             }
@@ -395,7 +403,7 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
             }
             let mut core = shared.core.lock();
             let room = batch - buf.len();
-            core.fill(now(), &mut buf, room);
+            core.fill_with_cuts(now(), &mut buf, room, &mut cuts);
             for i in core.take_freed() {
                 shared.room[i].notify_waiters();
             }
@@ -406,7 +414,7 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
             let pong_timeout = shared.core.lock().config().pong_timeout;
             tokio::select! {
                 res = async {
-                    writer.write_all(&buf).await?;
+                    writer.write_stream(&mut buf, &cuts).await?;
                     writer.flush().await
                 } => res?,
                 _ = shared.cancel.cancelled() => return Ok(()),
@@ -415,6 +423,7 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
                 }
             }
             buf.clear();
+            cuts.clear();
             // A writable socket completes writes without suspending; yield
             // so the tasks that feed the queues (and other connections on
             // this worker) run between batches instead of every 128 writes.
