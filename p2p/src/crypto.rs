@@ -19,6 +19,10 @@
 //! to snow's default resolver for anything else. All three are sound,
 //! constant-time implementations of the same primitives, so every backend
 //! interoperates with every other.
+//!
+//! The backend chooses the handshake's primitives. After the handshake the
+//! transport always uses ring's ChaCha20-Poly1305 directly, sealing and
+//! opening in place (see [`crate::secret`]), the fastest cipher measured.
 
 use snow::params::{CipherChoice, DHChoice, HashChoice};
 use snow::resolvers::{

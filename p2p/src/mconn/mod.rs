@@ -139,10 +139,13 @@ pub struct MConnConfig {
     /// Largest amount of PacketMsg bytes (length prefix included) written
     /// and not yet acknowledged by the peer's reader (0 = no limit). Keeps
     /// bulk data from piling up in socket buffers, which bounds how long a
-    /// high-priority message waits behind it. Default 1 MiB: enough for
-    /// about 10 MB/s at 100 ms round trip, far above CometBFT's default
-    /// send rate of 5 MB/s; raise it for faster long-distance links. At
-    /// least 128 KiB (twice the peer's 64 KiB ack step).
+    /// high-priority message waits behind it. Default 512 KiB, chosen by
+    /// measurement (ARCHITECTURE.md): on loopback it keeps full throughput
+    /// and holds a priority message's p99 wait near 1 ms, where 1 MiB lets
+    /// it reach 2 ms. It caps one connection at about 5 MB/s per 100 ms of
+    /// round trip (CometBFT's default send rate is 5 MB/s); raise it, or
+    /// set 0, for fast long-distance links. 0 or at least 128 KiB (twice
+    /// the peer's 64 KiB ack step).
     pub max_unacked_bytes: u64,
     /// Time between pings. Default 60 s.
     pub ping_interval: Duration,
@@ -171,7 +174,7 @@ impl Default for MConnConfig {
             max_packet_msg_payload_size: 63 * 1024,
             write_batch_size: 256 * 1024,
             flush_throttle: Duration::ZERO,
-            max_unacked_bytes: 1 << 20,
+            max_unacked_bytes: 512 * 1024,
             ping_interval: Duration::from_secs(60),
             pong_timeout: Duration::from_secs(45),
             send_rate: 0,
