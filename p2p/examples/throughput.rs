@@ -19,6 +19,8 @@
 //! - `rtt_us_p50` (64-byte message echoed over an MConnection channel) and
 //!   `raw_noise_rtt_us_p50` (the same over bare snow frames), and their ratio.
 //!
+//! `--tendermint` adds `tendermint_handshakes_per_s` and `tendermint_mb_s`,
+//! tendermint-rs's SecretConnection measured in the same run.
 //! `--backend-compare` adds `raw_noise_rustcrypto_mb_s` and the handshake
 //! rate with each backend, the measurement behind [`CryptoBackend`]'s
 //! default. `--payload-size N` overrides `max_packet_msg_payload_size`.
@@ -52,6 +54,10 @@ struct Args {
     /// MConnection max_unacked_bytes (0 = no limit).
     #[arg(long)]
     max_unacked: Option<u64>,
+    /// Also measure tendermint-rs's SecretConnection (tendermint-p2p) in the
+    /// same run: sequential handshakes, and 200 MB through one connection.
+    #[arg(long)]
+    tendermint: bool,
     /// Only run the MConnection throughput (for profiling).
     #[arg(long)]
     mconn_only: bool,
@@ -131,6 +137,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
     out.insert("hi_prio_latency_us_p99".into(), round(p99).into());
     let hs = handshakes(args.handshakes, CryptoBackend::default()).await?;
     out.insert("handshakes_per_s".into(), round(hs).into());
+    let n = args.handshakes;
+    let hs1 = tokio::task::spawn_blocking(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        rt.block_on(handshakes(n, CryptoBackend::default()))
+    })
+    .await??;
+    out.insert("handshakes_per_s_one_thread".into(), round(hs1).into());
+    if args.tendermint {
+        let (ths, tmbs) =
+            tokio::task::spawn_blocking(move || tendermint_baseline(n, 200_000_000)).await??;
+        out.insert("tendermint_handshakes_per_s".into(), round(ths).into());
+        out.insert("tendermint_mb_s".into(), round(tmbs).into());
+    }
     let rtt = mconn_rtt(args.round_trips, &config).await?;
     let raw_rtt = raw_noise_rtt(args.round_trips).await?;
     out.insert("rtt_us_p50".into(), round(rtt).into());
@@ -486,4 +505,57 @@ async fn raw_noise_rtt(n: u32) -> anyhow::Result<f64> {
     }
     echo.abort();
     Ok(percentile(&mut rtts, 0.5))
+}
+
+/// tendermint-rs's SecretConnection (blocking std sockets, two threads):
+/// sequential TCP connect + handshake rate, then MB/s of 1 MiB writes.
+fn tendermint_baseline(n: u32, bytes: u64) -> anyhow::Result<(f64, f64)> {
+    use std::io::{Read, Write};
+    use tendermint_p2p::secret_connection::{SecretConnection as TmConn, Version};
+    let key = || ed25519_consensus::SigningKey::from(rand::random::<[u8; 32]>());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let server_key = key();
+    let server = std::thread::spawn(move || -> anyhow::Result<()> {
+        for i in 0..=n {
+            let (s, _) = listener.accept()?;
+            s.set_nodelay(true)?;
+            let mut c = TmConn::new(s, server_key.clone(), Version::V0_34)
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            if i == n {
+                let mut buf = vec![0u8; 1 << 20];
+                let mut got = 0u64;
+                while got < bytes {
+                    let k = c.read(&mut buf)?;
+                    anyhow::ensure!(k > 0, "tendermint sender closed early");
+                    got += k as u64;
+                }
+                c.write_all(b"done")?;
+            }
+        }
+        Ok(())
+    });
+    let client_key = key();
+    let start = Instant::now();
+    for _ in 0..n {
+        let s = std::net::TcpStream::connect(addr)?;
+        s.set_nodelay(true)?;
+        TmConn::new(s, client_key.clone(), Version::V0_34).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    let hs = n as f64 / start.elapsed().as_secs_f64();
+    let s = std::net::TcpStream::connect(addr)?;
+    let mut c = TmConn::new(s, client_key, Version::V0_34).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let chunk = vec![3u8; 1 << 20];
+    let start = Instant::now();
+    let mut left = bytes;
+    while left > 0 {
+        let k = left.min(chunk.len() as u64) as usize;
+        c.write_all(&chunk[..k])?;
+        left -= k as u64;
+    }
+    let mut done = [0u8; 4];
+    c.read_exact(&mut done)?;
+    let mbs = bytes as f64 / start.elapsed().as_secs_f64() / 1e6;
+    server.join().expect("server thread")?;
+    Ok((hs, mbs))
 }

@@ -70,6 +70,11 @@ impl Shared {
         }
     }
 
+    /// Closes with the reason a task ended: its error, or `Stopped`.
+    fn close_with(&self, ended: Result<(), MConnError>) {
+        self.close(ended.err().unwrap_or(MConnError::Stopped));
+    }
+
     fn consumed(&self, d: &Delivery) {
         if self.core.lock().consumed(d.index, d.msg.len(), d.cost) {
             self.writer_wake.notify_one();
@@ -184,21 +189,11 @@ impl MConnection {
         }
         let (reader, writer) = conn.split();
         let s = shared.clone();
-        tokio::spawn(async move {
-            let reason = match reader_loop(&s, reader, senders, recv_limit).await {
-                Ok(()) => MConnError::Stopped,
-                Err(e) => e,
-            };
-            s.close(reason);
-        });
+        tokio::spawn(
+            async move { s.close_with(reader_loop(&s, reader, senders, recv_limit).await) },
+        );
         let s = shared.clone();
-        tokio::spawn(async move {
-            let reason = match writer_loop(&s, writer, batch, throttle).await {
-                Ok(()) => MConnError::Stopped,
-                Err(e) => e,
-            };
-            s.close(reason);
-        });
+        tokio::spawn(async move { s.close_with(writer_loop(&s, writer, batch, throttle).await) });
         Ok((MConnection { shared }, receivers))
     }
 
