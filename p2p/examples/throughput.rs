@@ -467,40 +467,46 @@ async fn mconn_rtt(n: u32, config: &MConnConfig) -> anyhow::Result<f64> {
 async fn raw_noise_rtt(n: u32) -> anyhow::Result<f64> {
     let (mut a, mut b) = tcp_pair().await?;
     let (mut ta, mut tb) = raw_handshake(&mut a, &mut b, CryptoBackend::Ring).await?;
+    /// Sends `send` as one frame, or (with `None`) reads one frame into
+    /// `plain`; `buf` and `plain` are reused across calls.
     async fn frame_io(
         s: &mut TcpStream,
         t: &mut snow::TransportState,
         send: Option<&[u8]>,
-    ) -> anyhow::Result<Vec<u8>> {
-        let mut buf = vec![0u8; 2 + 65535];
+        buf: &mut [u8],
+        plain: &mut Vec<u8>,
+    ) -> anyhow::Result<()> {
         if let Some(p) = send {
             let len = t.write_message(p, &mut buf[2..])?;
             buf[..2].copy_from_slice(&(len as u16).to_be_bytes());
             s.write_all(&buf[..2 + len]).await?;
-            return Ok(Vec::new());
+            return Ok(());
         }
         s.read_exact(&mut buf[..2]).await?;
         let len = u16::from_be_bytes([buf[0], buf[1]]) as usize;
         s.read_exact(&mut buf[2..2 + len]).await?;
-        let mut plain = vec![0u8; len];
-        let n = t.read_message(&buf[2..2 + len], &mut plain)?;
+        plain.resize(len, 0);
+        let n = t.read_message(&buf[2..2 + len], plain)?;
         plain.truncate(n);
-        Ok(plain)
+        Ok(())
     }
     let echo = tokio::spawn(async move {
+        let (mut buf, mut plain) = (vec![0u8; 2 + 65535], Vec::new());
         loop {
-            let m = frame_io(&mut b, &mut tb, None).await?;
-            frame_io(&mut b, &mut tb, Some(&m)).await?;
+            frame_io(&mut b, &mut tb, None, &mut buf, &mut plain).await?;
+            let m = plain.clone();
+            frame_io(&mut b, &mut tb, Some(&m), &mut buf, &mut plain).await?;
         }
         #[allow(unreachable_code)]
         anyhow::Ok(())
     });
+    let (mut buf, mut plain) = (vec![0u8; 2 + 65535], Vec::new());
     let msg = vec![5u8; 64];
     let mut rtts = Vec::with_capacity(n as usize);
     for _ in 0..n {
         let t = Instant::now();
-        frame_io(&mut a, &mut ta, Some(&msg)).await?;
-        frame_io(&mut a, &mut ta, None).await?;
+        frame_io(&mut a, &mut ta, Some(&msg), &mut buf, &mut plain).await?;
+        frame_io(&mut a, &mut ta, None, &mut buf, &mut plain).await?;
         rtts.push(t.elapsed().as_secs_f64() * 1e6);
     }
     echo.abort();

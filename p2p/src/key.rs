@@ -165,7 +165,8 @@ impl NodeKey {
     }
 
     /// Writes the key as JSON to `path` with permissions 0600 (on Unix),
-    /// creating or truncating the file.
+    /// atomically: into a temporary file beside it (created 0600), synced,
+    /// then renamed over `path`, so a crash never leaves a truncated key.
     ///
     /// # Errors
     /// [`NodeKeyError::Io`] if the file cannot be written.
@@ -178,23 +179,26 @@ impl NodeKey {
             public_key: hex::encode(self.public),
         };
         let json = serde_json::to_vec_pretty(&file).expect("serialising plain strings succeeds");
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = std::path::PathBuf::from(tmp);
         let mut opts = std::fs::OpenOptions::new();
         opts.write(true).create(true).truncate(true);
         #[cfg(unix)]
         {
             use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
             opts.mode(0o600);
-            let mut f = opts.open(path).map_err(io)?;
+            let f = opts.open(&tmp).map_err(io)?;
             // The mode above applies only to a new file; tighten an old one.
             f.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(io)?;
-            std::io::Write::write_all(&mut f, &json).map_err(io)?;
-            f.sync_all().map_err(io)?;
         }
-        #[cfg(not(unix))]
-        {
-            let mut f = opts.open(path).map_err(io)?;
-            std::io::Write::write_all(&mut f, &json).map_err(io)?;
-            f.sync_all().map_err(io)?;
+        let mut f = opts.open(&tmp).map_err(io)?;
+        std::io::Write::write_all(&mut f, &json).map_err(io)?;
+        f.sync_all().map_err(io)?;
+        std::fs::rename(&tmp, path).map_err(io)?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            // Make the rename itself durable; not every platform allows it.
+            let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
         }
         Ok(())
     }

@@ -462,3 +462,44 @@ async fn peer_that_stops_reading_is_dropped_at_the_keepalive_deadline() {
     // (Without the deadline on blocked writes this test never ends: the
     // writer would wait on the full pipe forever.)
 }
+
+#[tokio::test]
+async fn oversized_send_is_refused_before_queueing() {
+    let chans = [ch(1).recv_message_capacity(1000)];
+    let ((a, _ra), _b) = pipe_pair(&chans, MConnConfig::default()).await;
+    assert_eq!(a.send(1, vec![0u8; 1001]).await, Err(SendError::TooLarge { len: 1001, max: 1000 }));
+    assert_eq!(
+        a.try_send(1, vec![0u8; 1001]),
+        Err(TrySendError::TooLarge { len: 1001, max: 1000 })
+    );
+}
+
+/// With a flush throttle, a lone message still arrives, after at most
+/// the throttle.
+#[tokio::test(start_paused = true)]
+async fn flush_throttle_delays_a_lone_message_at_most_the_throttle() {
+    let config =
+        MConnConfig { flush_throttle: Duration::from_millis(10), ..MConnConfig::default() };
+    let ((a, _ra), (_b, mut rb)) = pipe_pair(&[ch(1)], config).await;
+    tokio::time::sleep(Duration::from_millis(50)).await; // let the initial grants settle
+    let t0 = tokio::time::Instant::now();
+    a.send(1, Bytes::from_static(b"x")).await.unwrap();
+    assert_eq!(&rb[0].recv().await.unwrap()[..], b"x");
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_millis(10) && waited <= Duration::from_millis(11),
+        "{waited:?}"
+    );
+}
+
+#[tokio::test]
+async fn flush_stop_waits_for_the_peer_to_close() {
+    let ((a, _ra), (b, mut rb)) = pipe_pair(&[ch(1)], MConnConfig::default()).await;
+    a.send(1, Bytes::from_static(b"last words")).await.unwrap();
+    let stop = tokio::spawn(async move { a.flush_stop().await });
+    assert_eq!(&rb[0].recv().await.unwrap()[..], b"last words");
+    // b sees the end of the stream and closes; then a's flush_stop returns.
+    assert!(matches!(b.closed().await, MConnError::Secret(_)));
+    drop(b);
+    assert!(matches!(stop.await.unwrap(), MConnError::Stopped));
+}

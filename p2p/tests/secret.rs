@@ -101,6 +101,16 @@ async fn dialer_expecting_another_id_gets_wrong_peer() {
 }
 
 #[tokio::test]
+async fn garbage_over_tcp_is_a_handshake_error() {
+    let (mut a, b) = tcp_pair().await;
+    let kb = NodeKey::generate();
+    a.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let err = SecretConnection::accept(b, &kb, cfg()).await.unwrap_err();
+    // "GE" read as a length of 0x4745 = 18245 bytes: over the handshake limit.
+    assert!(matches!(err, SecretError::FrameTooLarge { len: 18245, max: 1024 }), "{err}");
+}
+
+#[tokio::test]
 async fn garbage_from_the_dialer_is_a_handshake_error() {
     let (mut a, b) = pipe();
     let kb = NodeKey::generate();

@@ -83,6 +83,13 @@ pub enum PushError {
     Full(Bytes),
     /// The connection is flushing for a graceful stop.
     Closing(Bytes),
+    /// The message exceeds the channel's `recv_message_capacity`.
+    TooLarge {
+        /// Message length, bytes.
+        len: usize,
+        /// The capacity, bytes.
+        max: usize,
+    },
 }
 
 #[derive(Debug)]
@@ -295,6 +302,10 @@ impl MConnCore {
         if self.closing {
             return Err(PushError::Closing(msg));
         }
+        let max = self.send[i].desc.recv_message_capacity;
+        if msg.len() > max {
+            return Err(PushError::TooLarge { len: msg.len(), max });
+        }
         let ch = &mut self.send[i];
         if ch.queue.len() >= ch.desc.send_queue_capacity {
             return Err(PushError::Full(msg));
@@ -366,8 +377,8 @@ impl MConnCore {
 
     /// Writes packets into `out` (length-delimited `Packet`s, the plaintext
     /// stream) until about `limit` bytes were added or nothing more may be
-    /// sent now. Control packets (pong, ping when due, credit grants) go
-    /// first and bypass the send-rate limit; data packets are chosen by the
+    /// sent now. Control packets (pong, ping when due, credit grants, ack)
+    /// go first and bypass the send-rate limit and the in-flight window; data packets are chosen by the
     /// scheduler. Returns the number of bytes added.
     pub fn fill(&mut self, now: Instant, out: &mut BytesMut, limit: usize) -> usize {
         self.fill_with_cuts(now, out, limit, &mut Vec::new())
@@ -676,7 +687,13 @@ impl MConnCore {
         }
         ch.bytes_recv += m.data.len() as u64;
         if !m.eof {
-            ch.partial.push(m.data);
+            // Small chunks are copied: a slice would pin a whole read
+            // buffer for a few bytes of credit.
+            ch.partial.push(if m.data.len() < ZERO_COPY_MIN {
+                Bytes::copy_from_slice(&m.data)
+            } else {
+                m.data
+            });
             ch.partial_len = len;
             ch.partial_cost += cost;
             ch.in_partial = true;

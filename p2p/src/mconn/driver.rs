@@ -15,7 +15,7 @@ use super::core::{Delivery, MConnCore, PushError};
 use super::{ChannelDescriptor, ConnectionStats, MConnConfig, MConnError};
 use crate::key::NodeId;
 use crate::rate::RateLimit;
-use crate::secret::{SecretConnection, SecretReader, SecretWriter};
+use crate::secret::{SecretConnection, SecretError, SecretReader, SecretWriter};
 
 fn now() -> Instant {
     tokio::time::Instant::now().into_std()
@@ -27,6 +27,16 @@ pub enum SendError {
     /// No channel with this id was declared on this connection.
     #[error("unknown channel id {0:#04x}")]
     UnknownChannel(u8),
+    /// The message exceeds the channel's `recv_message_capacity`: a peer
+    /// declaring the same channel would refuse it, and it could never fit
+    /// the peer's window.
+    #[error("message of {len} bytes exceeds the channel's capacity of {max} bytes")]
+    TooLarge {
+        /// Message length, bytes.
+        len: usize,
+        /// The channel's `recv_message_capacity`, bytes.
+        max: usize,
+    },
     /// The queue stayed full for `send_timeout`.
     #[error("send queue full for the whole send timeout")]
     Timeout,
@@ -41,6 +51,14 @@ pub enum TrySendError {
     /// No channel with this id was declared on this connection.
     #[error("unknown channel id {0:#04x}")]
     UnknownChannel(u8),
+    /// The message exceeds the channel's `recv_message_capacity`.
+    #[error("message of {len} bytes exceeds the channel's capacity of {max} bytes")]
+    TooLarge {
+        /// Message length, bytes.
+        len: usize,
+        /// The channel's `recv_message_capacity`, bytes.
+        max: usize,
+    },
     /// The channel's send queue is full.
     #[error("send queue full")]
     Full(Bytes),
@@ -205,8 +223,8 @@ impl MConnection {
     /// Queues `msg` on channel `ch`, waiting up to `send_timeout` for room.
     ///
     /// # Errors
-    /// [`SendError::UnknownChannel`], [`SendError::Timeout`],
-    /// [`SendError::Closed`].
+    /// [`SendError::UnknownChannel`], [`SendError::TooLarge`],
+    /// [`SendError::Timeout`], [`SendError::Closed`].
     pub async fn send(&self, ch: u8, msg: impl Into<Bytes>) -> Result<(), SendError> {
         let mut msg = msg.into();
         let timeout = self.shared.core.lock().config().send_timeout;
@@ -227,6 +245,9 @@ impl MConnection {
                         return Err(SendError::UnknownChannel(id))
                     }
                     Err(PushError::Closing(_)) => return Err(SendError::Closed),
+                    Err(PushError::TooLarge { len, max }) => {
+                        return Err(SendError::TooLarge { len, max })
+                    }
                     Err(PushError::Full(m)) => {
                         msg = m;
                         let i = core.channel_index(ch).expect("push found the channel");
@@ -263,6 +284,7 @@ impl MConnection {
             Err(PushError::UnknownChannel(id)) => Err(TrySendError::UnknownChannel(id)),
             Err(PushError::Full(m)) => Err(TrySendError::Full(m)),
             Err(PushError::Closing(_)) => Err(TrySendError::Closed),
+            Err(PushError::TooLarge { len, max }) => Err(TrySendError::TooLarge { len, max }),
         }
     }
 
@@ -294,9 +316,10 @@ impl MConnection {
         self.shared.close(MConnError::Stopped);
     }
 
-    /// Sends everything queued, then closes the stream (CometBFT's
-    /// `FlushStop`). Waits at most `send_timeout` for the queues to drain
-    /// (the peer may withhold credit), then stops anyway. Returns the
+    /// Sends everything queued, closes the write side, and waits for the
+    /// peer to close its side (CometBFT's `FlushStop`). Waits at most
+    /// `send_timeout` in all (the peer may withhold credit or never close),
+    /// then stops anyway. Returns the
     /// reason the connection ended: [`MConnError::Stopped`] after a clean
     /// flush.
     pub async fn flush_stop(&self) -> MConnError {
@@ -329,24 +352,15 @@ async fn reader_loop<R: AsyncRead + Unpin>(
     let mut out = Vec::new();
     loop {
         let n = tokio::select! {
-            res = reader.read_frames(&mut frames) => res?,
+            res = reader.read_frames(&mut frames) => match res {
+                Ok(n) => n,
+                // The peer closing after our graceful flush is the end we
+                // waited for.
+                Err(SecretError::Closed) if shared.core.lock().is_closing() => return Ok(()),
+                Err(e) => return Err(e.into()),
+            },
             _ = shared.cancel.cancelled() => return Ok(()),
         };
-        if let Some(rl) = recv_limit.as_mut() {
-            // Pay for what was read before reading more; the peer is held
-            // back by TCP flow control meanwhile.
-            let mut left = n;
-            while left > 0 {
-                let piece = left.min(rl.burst() as usize);
-                match rl.try_take(now(), piece) {
-                    Ok(()) => left -= piece,
-                    Err(until) => tokio::select! {
-                        _ = tokio::time::sleep_until(until.into()) => {}
-                        _ = shared.cancel.cancelled() => return Ok(()),
-                    },
-                }
-            }
-        }
         let mut wake = false;
         {
             let mut core = shared.core.lock();
@@ -366,6 +380,22 @@ async fn reader_loop<R: AsyncRead + Unpin>(
         }
         if wake {
             shared.writer_wake.notify_one();
+        }
+        if let Some(rl) = recv_limit.as_mut() {
+            // Pay for what was just read and handled (pings included, so
+            // they are answered at once) before reading more; the peer is
+            // held back by TCP flow control meanwhile.
+            let mut left = n;
+            while left > 0 {
+                let piece = left.min(rl.burst() as usize);
+                match rl.try_take(now(), piece) {
+                    Ok(()) => left -= piece,
+                    Err(until) => tokio::select! {
+                        _ = tokio::time::sleep_until(until.into()) => {}
+                        _ = shared.cancel.cancelled() => return Ok(()),
+                    },
+                }
+            }
         }
         tokio::task::yield_now().await;
     }
@@ -428,6 +458,11 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
         if finished {
             let _ = writer.flush().await;
             let _ = writer.shutdown().await;
+            // Keep the reader running until the peer closes its side too
+            // (or `flush_stop`'s timeout), so data still arriving is read
+            // rather than answered with a reset that could destroy what we
+            // just flushed.
+            shared.cancel.cancelled().await;
             return Ok(());
         }
         let wake = pin!(shared.writer_wake.notified());

@@ -67,7 +67,8 @@ impl ChannelDescriptor {
     }
 
     /// Sets the largest accepted message, in bytes, and raises the receive
-    /// window to twice that if it was smaller than needed.
+    /// window to twice [`ChannelDescriptor::min_window`] if it was below
+    /// the minimum.
     pub fn recv_message_capacity(mut self, n: usize) -> Self {
         self.recv_message_capacity = n;
         if self.recv_buffer_capacity < self.min_window() {
@@ -190,12 +191,30 @@ impl MConnConfig {
     ///
     /// # Errors
     /// [`MConnError::Config`] naming the bad field: `pong_timeout` not below
-    /// `ping_interval`, a zero interval, a packet payload of 0 or above
-    /// 16 MiB, a zero write batch, a burst below one packet.
+    /// `ping_interval`, a zero interval, an interval or `send_timeout` over
+    /// a day, a `flush_throttle` over 1 s, a packet payload below 1 KiB or
+    /// above 16 MiB, a zero write batch, a burst below one packet, an
+    /// in-flight window below 128 KiB, a `recv_rate` too low to let a pong
+    /// through a full in-flight window within `pong_timeout`.
     pub fn validate(&self) -> Result<(), MConnError> {
         let bad = |s: &str| Err(MConnError::Config(s.to_string()));
+        const DAY: Duration = Duration::from_secs(86_400);
         if self.ping_interval.is_zero() {
             return bad("ping_interval must be positive");
+        }
+        if self.ping_interval > DAY || self.send_timeout > DAY {
+            return bad("ping_interval and send_timeout must be at most one day");
+        }
+        if self.flush_throttle > Duration::from_secs(1) {
+            return bad("flush_throttle must be at most 1 s");
+        }
+        if self.recv_rate != 0
+            && (self.recv_rate as f64) * self.pong_timeout.as_secs_f64()
+                < 2.0 * self.max_unacked_bytes as f64
+        {
+            // A pong may sit behind a full in-flight window of data that
+            // the receive limit lets in only at recv_rate.
+            return bad("recv_rate × pong_timeout must be at least 2 × max_unacked_bytes, or pongs arrive late");
         }
         if self.pong_timeout >= self.ping_interval {
             return bad("pong_timeout must be less than ping_interval");
@@ -256,8 +275,10 @@ pub enum MConnError {
     /// A packet with none of ping, pong, msg, credit or ack set.
     #[error("packet carries no message")]
     EmptyPacket,
-    /// A `PacketMsg` or credit for a channel that is not declared (a
-    /// `PacketMsg` without a channel field is channel 0 in proto3).
+    /// A `PacketMsg` for a channel that is not declared, or a `PacketMsg`
+    /// or credit with an id outside 0..=255. (A `PacketMsg` without a
+    /// channel field is channel 0 in proto3: accepted only where channel 0
+    /// is declared.) Credit for a valid undeclared id is ignored.
     #[error("unknown channel id {0}")]
     UnknownChannel(i32),
     /// A message grew past the channel's `recv_message_capacity`.
@@ -324,9 +345,10 @@ pub struct ChannelStats {
 /// Connection statistics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnectionStats {
-    /// Plaintext bytes/s written over the last whole second.
+    /// Packet bytes/s written (prefixes included), averaged over the last
+    /// completed measuring window of at least one second.
     pub send_rate: u64,
-    /// Plaintext bytes/s read over the last whole second.
+    /// Packet bytes/s read, measured the same way.
     pub recv_rate: u64,
     /// Round trip of the last answered ping.
     pub last_rtt: Option<Duration>,

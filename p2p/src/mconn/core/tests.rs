@@ -489,3 +489,71 @@ fn push_after_start_closing_is_refused() {
     a.start_closing();
     assert!(matches!(a.push(1, Bytes::new()), Err(PushError::Closing(_))));
 }
+
+proptest! {
+    /// The same, with the byte stream cut into arbitrary "frames" fed to
+    /// `receive_frame`: packets split across frames are stitched, whole
+    /// ones are decoded in place, and the result is identical.
+    #[test]
+    fn any_frame_cuts_roundtrip(
+        msgs in proptest::collection::vec((0u8..2, proptest::collection::vec(any::<u8>(), 0..3000)), 1..20),
+        cuts in proptest::collection::vec(1usize..5000, 1..50),
+    ) {
+        let chans = [ch(0).send_queue_capacity(64), ch(1).send_queue_capacity(64)];
+        let now = Instant::now();
+        let mut a = MConnCore::new(&chans, cfg(), now).unwrap();
+        let mut b = MConnCore::new(&chans, cfg(), now).unwrap();
+        // b's initial grant reaches a.
+        let mut grant = BytesMut::new();
+        b.fill(now, &mut grant, usize::MAX);
+        a.receive(now, &mut grant, &mut Vec::new()).unwrap();
+        for (c, m) in &msgs {
+            a.push(*c, m.clone().into()).unwrap();
+        }
+        let mut wire = BytesMut::new();
+        a.fill(now, &mut wire, usize::MAX);
+        let mut wire = wire.freeze();
+        let mut got = Vec::new();
+        let mut k = 0;
+        while !wire.is_empty() {
+            let n = cuts[k % cuts.len()].min(wire.len());
+            k += 1;
+            b.receive_frame(now, wire.split_to(n), &mut got).unwrap();
+        }
+        prop_assert_eq!(got.len(), msgs.len());
+        for c in 0..2u8 {
+            let want: Vec<&Vec<u8>> = msgs.iter().filter(|(x, _)| *x == c).map(|(_, m)| m).collect();
+            let have: Vec<&[u8]> = got.iter().filter(|d| d.index == c as usize).map(|d| &d.msg[..]).collect();
+            prop_assert_eq!(have.len(), want.len());
+            for (h, w) in have.iter().zip(want) {
+                prop_assert_eq!(*h, &w[..]);
+            }
+        }
+    }
+}
+
+#[test]
+fn oversized_message_is_refused_locally() {
+    let mut a =
+        MConnCore::new(&[ch(1).recv_message_capacity(1000)], cfg(), Instant::now()).unwrap();
+    assert_eq!(
+        a.push(1, vec![0u8; 1001].into()),
+        Err(PushError::TooLarge { len: 1001, max: 1000 })
+    );
+    a.push(1, vec![0u8; 1000].into()).unwrap();
+}
+
+#[test]
+fn absurd_durations_and_rates_are_config_errors() {
+    let now = Instant::now();
+    for bad in [
+        MConnConfig { ping_interval: Duration::MAX, pong_timeout: Duration::from_secs(1), ..cfg() },
+        MConnConfig { send_timeout: Duration::from_secs(90_000), ..cfg() },
+        MConnConfig { flush_throttle: Duration::from_secs(2), ..cfg() },
+        MConnConfig { recv_rate: 1000, ..cfg() },
+        MConnConfig { max_packet_msg_payload_size: 100, ..cfg() },
+        MConnConfig { max_unacked_bytes: 1000, ..cfg() },
+    ] {
+        assert!(matches!(MConnCore::new(&[ch(1)], bad, now), Err(MConnError::Config(_))));
+    }
+}
