@@ -386,6 +386,18 @@ fn bad_config_is_a_typed_error() {
     assert!(matches!(MConnCore::new(&[], cfg(), now), Err(MConnError::Config(_))));
 }
 
+/// Delivered messages grouped by channel index, in arrival order.
+fn per_channel(got: &[Delivery], n: usize) -> Vec<Vec<Vec<u8>>> {
+    (0..n).map(|c| got.iter().filter(|d| d.index == c).map(|d| d.msg.to_vec()).collect()).collect()
+}
+
+/// Sent messages grouped by channel id (= index in these tests), in order.
+fn want_per_channel(msgs: &[(u8, Vec<u8>)], n: usize) -> Vec<Vec<Vec<u8>>> {
+    (0..n)
+        .map(|c| msgs.iter().filter(|(x, _)| *x as usize == c).map(|(_, m)| m.clone()).collect())
+        .collect()
+}
+
 proptest! {
     /// Any sequence of messages on any channels arrives whole and in order
     /// per channel, whatever the write sizes.
@@ -405,14 +417,7 @@ proptest! {
             p.step(limit);
             got.extend(p.consume_b());
         }
-        for c in 0..3u8 {
-            let want: Vec<&Vec<u8>> = msgs.iter().filter(|(x, _)| *x == c).map(|(_, m)| m).collect();
-            let have: Vec<&[u8]> = got.iter().filter(|d| d.index == c as usize).map(|d| &d.msg[..]).collect();
-            prop_assert_eq!(have.len(), want.len());
-            for (h, w) in have.iter().zip(want) {
-                prop_assert_eq!(*h, &w[..]);
-            }
-        }
+        prop_assert_eq!(per_channel(&got, 3), want_per_channel(&msgs, 3));
     }
 }
 
@@ -521,14 +526,7 @@ proptest! {
             b.receive_frame(now, wire.split_to(n), &mut got).unwrap();
         }
         prop_assert_eq!(got.len(), msgs.len());
-        for c in 0..2u8 {
-            let want: Vec<&Vec<u8>> = msgs.iter().filter(|(x, _)| *x == c).map(|(_, m)| m).collect();
-            let have: Vec<&[u8]> = got.iter().filter(|d| d.index == c as usize).map(|d| &d.msg[..]).collect();
-            prop_assert_eq!(have.len(), want.len());
-            for (h, w) in have.iter().zip(want) {
-                prop_assert_eq!(*h, &w[..]);
-            }
-        }
+        prop_assert_eq!(per_channel(&got, 2), want_per_channel(&msgs, 2));
     }
 }
 
