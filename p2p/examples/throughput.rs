@@ -138,11 +138,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let hs = handshakes(args.handshakes, CryptoBackend::default()).await?;
     out.insert("handshakes_per_s".into(), round(hs).into());
     let n = args.handshakes;
-    let hs1 = tokio::task::spawn_blocking(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        rt.block_on(handshakes(n, CryptoBackend::default()))
-    })
-    .await??;
+    let hs1 = on_one_thread(move || handshakes(n, CryptoBackend::default())).await?;
     out.insert("handshakes_per_s_one_thread".into(), round(hs1).into());
     if args.tendermint {
         let (ths, tmbs) =
@@ -155,6 +151,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     out.insert("rtt_us_p50".into(), round(rtt).into());
     out.insert("raw_noise_rtt_us_p50".into(), round(raw_rtt).into());
     out.insert("rtt_ratio".into(), round3(rtt / raw_rtt).into());
+    let (n, cfg1) = (args.round_trips, config.clone());
+    let (rtt1, raw1) = on_one_thread(move || async move {
+        anyhow::Ok((mconn_rtt(n, &cfg1).await?, raw_noise_rtt(n).await?))
+    })
+    .await?;
+    out.insert("rtt_us_p50_one_thread".into(), round(rtt1).into());
+    out.insert("raw_noise_rtt_us_p50_one_thread".into(), round(raw1).into());
+    out.insert("rtt_ratio_one_thread".into(), round3(rtt1 / raw1).into());
     if args.json {
         println!("{}", serde_json::Value::Object(out));
     } else {
@@ -163,6 +167,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Runs a future on a fresh current-thread runtime (both ends of a
+/// connection on one thread: the cost of the work itself, without the
+/// cross-thread wake-ups of the two-worker runtime).
+async fn on_one_thread<F, Fut, T>(f: F) -> anyhow::Result<T>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        rt.block_on(f())
+    })
+    .await?
 }
 
 fn round(x: f64) -> f64 {

@@ -397,9 +397,16 @@ async fn reader_loop<R: AsyncRead + Unpin>(
                 }
             }
         }
-        tokio::task::yield_now().await;
+        if n >= YIELD_AFTER_READ {
+            // As in the writer: a busy socket never suspends the read.
+            tokio::task::yield_now().await;
+        }
     }
 }
+
+/// Plaintext bytes after which the reader yields to the scheduler (one
+/// full Noise frame): bulk reads yield, single small messages do not.
+const YIELD_AFTER_READ: usize = crate::secret::MAX_FRAME_PAYLOAD;
 
 async fn writer_loop<W: AsyncWrite + Unpin>(
     shared: &Shared,
@@ -447,12 +454,17 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
                     return Err(MConnError::PongTimeout(pong_timeout));
                 }
             }
+            let full = buf.len() >= batch;
             buf.clear();
             cuts.clear();
-            // A writable socket completes writes without suspending; yield
-            // so the tasks that feed the queues (and other connections on
-            // this worker) run between batches instead of every 128 writes.
-            tokio::task::yield_now().await;
+            // A writable socket completes writes without suspending; after a
+            // full batch, yield so the tasks that feed the queues (and other
+            // connections on this worker) run between batches instead of
+            // every 128 writes. After a short batch the queues are empty and
+            // the next wait suspends anyway.
+            if full {
+                tokio::task::yield_now().await;
+            }
             continue;
         }
         if finished {
