@@ -49,7 +49,7 @@ impl fmt::Debug for NodeId {
 }
 
 /// Why a string is not a [`NodeId`].
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum NodeIdError {
     /// Not 40 characters long.
     #[error("node id must be 40 hex characters, got {0}")]

@@ -12,11 +12,15 @@
 pub mod crypto;
 pub mod key;
 pub mod mconn;
+pub mod netaddr;
 pub mod rate;
 pub mod secret;
+pub mod transport;
 
 pub use key::{NodeId, NodeKey};
 pub use mconn::{
     ChannelDescriptor, ChannelReceiver, ConnectionStats, MConnConfig, MConnError, MConnection,
 };
+pub use netaddr::{Host, NetAddress, NetAddressError};
 pub use secret::{CryptoBackend, SecretConfig, SecretConnection, SecretError};
+pub use transport::{Listener, MemoryTransport, TcpTransport, Transport};
