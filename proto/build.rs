@@ -2,7 +2,7 @@
 //! and prost-build. `bytes` fields become `bytes::Bytes` so decoding from a
 //! `Bytes` buffer slices instead of copying.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/plexus/p2p/conn.proto"];
+    let files = ["proto/plexus/p2p/conn.proto", "proto/plexus/p2p/types.proto"];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

@@ -13,6 +13,7 @@ pub mod crypto;
 pub mod key;
 pub mod mconn;
 pub mod netaddr;
+pub mod node_info;
 pub mod rate;
 pub mod secret;
 pub mod transport;
@@ -22,5 +23,6 @@ pub use mconn::{
     ChannelDescriptor, ChannelReceiver, ConnectionStats, MConnConfig, MConnError, MConnection,
 };
 pub use netaddr::{Host, NetAddress, NetAddressError};
+pub use node_info::{NodeInfo, NodeType, ProtocolVersion};
 pub use secret::{CryptoBackend, SecretConfig, SecretConnection, SecretError};
 pub use transport::{Listener, MemoryTransport, TcpTransport, Transport};

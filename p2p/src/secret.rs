@@ -191,6 +191,8 @@ pub struct SecretConnection<S> {
     rbuf: BytesMut,
     send_key: LessSafeKey,
     recv_key: LessSafeKey,
+    send_nonce: u64,
+    recv_nonce: u64,
     remote_id: NodeId,
     remote_public_key: [u8; 32],
 }
@@ -275,6 +277,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SecretConnection<S> {
             rbuf,
             send_key: chacha_key(&send),
             recv_key: chacha_key(&recv),
+            send_nonce: 0,
+            recv_nonce: 0,
             remote_id: NodeId::from_public_key(&remote),
             remote_public_key: remote,
         })
@@ -290,15 +294,64 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SecretConnection<S> {
         &self.remote_public_key
     }
 
+    /// Sends `plain` (at most [`MAX_FRAME_PAYLOAD`] bytes) as one
+    /// transport frame, before the connection is split: used for the
+    /// NodeInfo exchange.
+    ///
+    /// # Errors
+    /// [`SecretError::FrameTooLarge`] for more than one frame; I/O errors.
+    pub async fn send_frame(&mut self, plain: &[u8]) -> Result<(), SecretError> {
+        if plain.len() > MAX_FRAME_PAYLOAD {
+            return Err(SecretError::FrameTooLarge { len: plain.len(), max: MAX_FRAME_PAYLOAD });
+        }
+        let mut body = plain.to_vec();
+        let tag = self
+            .send_key
+            .seal_in_place_separate_tag(nonce(self.send_nonce), Aad::empty(), &mut body)
+            .expect("ChaCha20-Poly1305 seals a frame");
+        self.send_nonce += 1;
+        body.extend_from_slice(tag.as_ref());
+        write_frame(&mut self.io, &body).await?;
+        Ok(())
+    }
+
+    /// Receives one transport frame's plaintext, before the connection is
+    /// split. Frames after it stay buffered for the split reader.
+    ///
+    /// # Errors
+    /// As [`SecretReader::read_frames`].
+    pub async fn recv_frame(&mut self) -> Result<Bytes, SecretError> {
+        let mut frame = read_frame(&mut self.io, &mut self.rbuf, MAX_FRAME_LEN)
+            .await?
+            .ok_or(SecretError::Closed)?;
+        if frame.len() < TAG_LEN {
+            return Err(SecretError::FrameTooShort(frame.len()));
+        }
+        let n = self
+            .recv_key
+            .open_in_place(nonce(self.recv_nonce), Aad::empty(), &mut frame)
+            .map_err(|_| SecretError::Decrypt)?
+            .len();
+        self.recv_nonce += 1;
+        frame.truncate(n);
+        Ok(frame.freeze())
+    }
+
     /// Splits into independently usable read and write halves.
     pub fn split(self) -> (SecretReader<ReadHalf<S>>, SecretWriter<WriteHalf<S>>) {
         let (r, w) = tokio::io::split(self.io);
         (
-            SecretReader { io: r, rbuf: self.rbuf, key: self.recv_key, nonce: 0, failed: None },
+            SecretReader {
+                io: r,
+                rbuf: self.rbuf,
+                key: self.recv_key,
+                nonce: self.recv_nonce,
+                failed: None,
+            },
             SecretWriter {
                 io: w,
                 key: self.send_key,
-                nonce: 0,
+                nonce: self.send_nonce,
                 heads: Vec::new(),
                 tags: Vec::new(),
                 out: Vec::new(),

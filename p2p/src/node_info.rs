@@ -1,0 +1,398 @@
+//! [`NodeInfo`]: what each side tells the other right after the secret
+//! handshake (CometBFT's `DefaultNodeInfo` with Chia's node type and
+//! capabilities), its validation and the compatibility check, and the
+//! exchange itself.
+//!
+//! Wire form: one transport frame holding the uvarint-length-prefixed
+//! protobuf `plexus.p2p.NodeInfo`, at most [`MAX_NODE_INFO_SIZE`] bytes.
+//! Both sides send theirs at once, then read the other's.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use plexus_proto::p2p as pb;
+use prost::Message;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::key::NodeId;
+use crate::secret::{SecretConnection, SecretError};
+
+/// Largest encoded NodeInfo accepted, bytes (10 KiB).
+pub const MAX_NODE_INFO_SIZE: usize = 10 * 1024;
+/// Most channels a NodeInfo may list (CometBFT's `maxNumChannels`).
+pub const MAX_CHANNELS: usize = 16;
+/// Longest moniker, bytes.
+pub const MAX_MONIKER_LEN: usize = 64;
+
+/// Protocol versions: p2p (this wire protocol), block (the chain's rules)
+/// and app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ProtocolVersion {
+    /// p2p protocol version.
+    pub p2p: u64,
+    /// Block protocol version; peers must agree.
+    pub block: u64,
+    /// Application version.
+    pub app: u64,
+}
+
+/// The kind of node (Chia's `NodeType`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum NodeType {
+    /// Stores and serves the full chain.
+    #[default]
+    FullNode,
+    /// A seed / introducer: hands out addresses, then disconnects.
+    Introducer,
+    /// Mines blocks.
+    Miner,
+    /// A wallet or light client.
+    Wallet,
+}
+
+impl NodeType {
+    fn to_pb(self) -> pb::NodeType {
+        match self {
+            NodeType::FullNode => pb::NodeType::FullNode,
+            NodeType::Introducer => pb::NodeType::Introducer,
+            NodeType::Miner => pb::NodeType::Miner,
+            NodeType::Wallet => pb::NodeType::Wallet,
+        }
+    }
+    fn from_pb(v: i32) -> Option<NodeType> {
+        match pb::NodeType::try_from(v).ok()? {
+            pb::NodeType::FullNode => Some(NodeType::FullNode),
+            pb::NodeType::Introducer => Some(NodeType::Introducer),
+            pb::NodeType::Miner => Some(NodeType::Miner),
+            pb::NodeType::Wallet => Some(NodeType::Wallet),
+            pb::NodeType::Unspecified => None,
+        }
+    }
+}
+
+/// A node's self-description.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// Protocol versions.
+    pub protocol_version: ProtocolVersion,
+    /// The node's id; must equal the id its handshake proved.
+    pub node_id: NodeId,
+    /// Where the node accepts connections (`host:port`), for PEX.
+    pub listen_addr: String,
+    /// Network name: the genesis hash (Chia's `network_id`); peers must agree.
+    pub network: String,
+    /// Software version, informational.
+    pub version: String,
+    /// Channel ids the node serves, unique, at most 16.
+    pub channels: Vec<u8>,
+    /// Human-readable name, printable ASCII, at most 64 bytes.
+    pub moniker: String,
+    /// Node type.
+    pub node_type: NodeType,
+    /// Capabilities as (id, value) pairs (Chia's Handshake).
+    pub capabilities: Vec<(u16, String)>,
+}
+
+/// Why a NodeInfo is refused or its exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeInfoError {
+    /// The secret connection failed during the exchange.
+    #[error("secret connection: {0}")]
+    Secret(#[from] SecretError),
+    /// The exchange did not finish in time.
+    #[error("node info exchange timed out after {0:?}")]
+    Timeout(Duration),
+    /// The frame is not one length-prefixed message of at most 10 KiB.
+    #[error("node info frame malformed: {0}")]
+    Malformed(String),
+    /// The NodeInfo breaks a rule of [`NodeInfo::validate`].
+    #[error("invalid node info: {0}")]
+    Invalid(String),
+}
+
+impl NodeInfo {
+    /// Checks the rules every NodeInfo must follow: at most 16 unique
+    /// channels, a printable moniker of at most 64 bytes, a `listen_addr`
+    /// that parses as `host:port`, known node type, capability ids unique.
+    ///
+    /// # Errors
+    /// [`NodeInfoError::Invalid`] naming the rule broken.
+    pub fn validate(&self) -> Result<(), NodeInfoError> {
+        let bad = |s: String| Err(NodeInfoError::Invalid(s));
+        if self.channels.len() > MAX_CHANNELS {
+            return bad(format!("{} channels, at most {MAX_CHANNELS}", self.channels.len()));
+        }
+        let mut seen = [false; 256];
+        for &c in &self.channels {
+            if std::mem::replace(&mut seen[c as usize], true) {
+                return bad(format!("channel {c:#04x} listed twice"));
+            }
+        }
+        if self.moniker.len() > MAX_MONIKER_LEN
+            || !self.moniker.bytes().all(|b| (0x20..0x7f).contains(&b))
+        {
+            return bad(format!(
+                "moniker {:?} is not printable ASCII of at most 64 bytes",
+                self.moniker
+            ));
+        }
+        if self.listen_addr.parse::<SocketAddr>().is_err() {
+            let ok = self
+                .listen_addr
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0));
+            if !ok {
+                return bad(format!("listen_addr {:?} is not host:port", self.listen_addr));
+            }
+        }
+        let mut ids: Vec<u16> = self.capabilities.iter().map(|c| c.0).collect();
+        ids.sort_unstable();
+        if ids.windows(2).any(|w| w[0] == w[1]) {
+            return bad("capability id listed twice".into());
+        }
+        Ok(())
+    }
+
+    /// Whether a peer with `other` may connect to us: same network, same
+    /// block protocol version, and at least one channel in common.
+    ///
+    /// # Errors
+    /// A message naming the mismatch.
+    pub fn compatible_with(&self, other: &NodeInfo) -> Result<(), String> {
+        if self.network != other.network {
+            return Err(format!(
+                "peer is on network {:?}, we are on {:?}",
+                other.network, self.network
+            ));
+        }
+        if self.protocol_version.block != other.protocol_version.block {
+            return Err(format!(
+                "peer speaks block protocol {}, we speak {}",
+                other.protocol_version.block, self.protocol_version.block
+            ));
+        }
+        if !self.channels.iter().any(|c| other.channels.contains(c)) {
+            return Err(format!(
+                "no channel in common (peer has {:x?}, we have {:x?})",
+                other.channels, self.channels
+            ));
+        }
+        Ok(())
+    }
+
+    /// The protobuf form.
+    pub fn to_proto(&self) -> pb::NodeInfo {
+        pb::NodeInfo {
+            protocol_version: Some(pb::ProtocolVersion {
+                p2p: self.protocol_version.p2p,
+                block: self.protocol_version.block,
+                app: self.protocol_version.app,
+            }),
+            node_id: self.node_id.to_string(),
+            listen_addr: self.listen_addr.clone(),
+            network: self.network.clone(),
+            version: self.version.clone(),
+            channels: self.channels.clone().into(),
+            moniker: self.moniker.clone(),
+            node_type: self.node_type.to_pb() as i32,
+            capabilities: self
+                .capabilities
+                .iter()
+                .map(|(id, value)| pb::Capability { id: u32::from(*id), value: value.clone() })
+                .collect(),
+        }
+    }
+
+    /// From the protobuf form, then [`NodeInfo::validate`].
+    ///
+    /// # Errors
+    /// [`NodeInfoError::Invalid`] for a bad id, node type, capability id or
+    /// any rule of `validate`.
+    pub fn from_proto(p: pb::NodeInfo) -> Result<NodeInfo, NodeInfoError> {
+        let bad = |s: String| NodeInfoError::Invalid(s);
+        let v = p.protocol_version.unwrap_or_default();
+        let info = NodeInfo {
+            protocol_version: ProtocolVersion { p2p: v.p2p, block: v.block, app: v.app },
+            node_id: p.node_id.parse().map_err(|e| bad(format!("node_id: {e}")))?,
+            listen_addr: p.listen_addr,
+            network: p.network,
+            version: p.version,
+            channels: p.channels.to_vec(),
+            moniker: p.moniker,
+            node_type: NodeType::from_pb(p.node_type)
+                .ok_or_else(|| bad(format!("node_type {}", p.node_type)))?,
+            capabilities: p
+                .capabilities
+                .into_iter()
+                .map(|c| {
+                    Ok((
+                        u16::try_from(c.id).map_err(|_| bad(format!("capability id {}", c.id)))?,
+                        c.value,
+                    ))
+                })
+                .collect::<Result<_, NodeInfoError>>()?,
+        };
+        info.validate()?;
+        Ok(info)
+    }
+}
+
+/// Sends `ours` and reads the peer's NodeInfo over `conn`, within `timeout`.
+///
+/// # Errors
+/// [`NodeInfoError`]: a frame that is not one message of at most 10 KiB,
+/// protobuf that does not decode, a NodeInfo that fails validation, a
+/// timeout, or a connection failure.
+pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut SecretConnection<S>,
+    ours: &NodeInfo,
+    timeout: Duration,
+) -> Result<NodeInfo, NodeInfoError> {
+    tokio::time::timeout(timeout, async {
+        let bytes = ours.to_proto().encode_length_delimited_to_vec();
+        if bytes.len() > MAX_NODE_INFO_SIZE {
+            return Err(NodeInfoError::Invalid(format!("our node info is {} bytes", bytes.len())));
+        }
+        conn.send_frame(&bytes).await?;
+        let frame = conn.recv_frame().await?;
+        let mut buf = &frame[..];
+        let len = prost::encoding::decode_varint(&mut buf)
+            .map_err(|e| NodeInfoError::Malformed(e.to_string()))?;
+        if len as usize > MAX_NODE_INFO_SIZE {
+            return Err(NodeInfoError::Malformed(format!(
+                "{len} bytes, at most {MAX_NODE_INFO_SIZE}"
+            )));
+        }
+        if len as usize != buf.len() {
+            return Err(NodeInfoError::Malformed(format!(
+                "length prefix says {len} bytes, frame holds {}",
+                buf.len()
+            )));
+        }
+        let p = pb::NodeInfo::decode(buf).map_err(|e| NodeInfoError::Malformed(e.to_string()))?;
+        NodeInfo::from_proto(p)
+    })
+    .await
+    .map_err(|_| NodeInfoError::Timeout(timeout))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{NodeKey, SecretConfig};
+
+    pub(crate) fn info(key: &NodeKey) -> NodeInfo {
+        NodeInfo {
+            protocol_version: ProtocolVersion { p2p: 1, block: 1, app: 0 },
+            node_id: key.node_id(),
+            listen_addr: "127.0.0.1:26656".into(),
+            network: "devnet-abc".into(),
+            version: "0.1.0".into(),
+            channels: vec![0x00, 0x20],
+            moniker: "node-1".into(),
+            node_type: NodeType::FullNode,
+            capabilities: vec![(1, "1".into())],
+        }
+    }
+
+    #[test]
+    fn roundtrips_through_proto() {
+        let k = NodeKey::generate();
+        let i = info(&k);
+        assert_eq!(NodeInfo::from_proto(i.to_proto()).unwrap(), i);
+    }
+
+    #[test]
+    fn validation_rules() {
+        let k = NodeKey::generate();
+        let check = |f: &dyn Fn(&mut NodeInfo)| {
+            let mut i = info(&k);
+            f(&mut i);
+            i.validate()
+        };
+        assert!(check(&|_| {}).is_ok());
+        assert!(check(&|i| i.channels = (0..17).collect()).is_err());
+        assert!(check(&|i| i.channels = vec![1, 1]).is_err());
+        assert!(check(&|i| i.moniker = "bad\nname".into()).is_err());
+        assert!(check(&|i| i.moniker = "x".repeat(65)).is_err());
+        assert!(check(&|i| i.listen_addr = "nowhere".into()).is_err());
+        assert!(check(&|i| i.listen_addr = "[::1]:26656".into()).is_ok());
+        assert!(check(&|i| i.listen_addr = "seed.example:26656".into()).is_ok());
+        assert!(check(&|i| i.capabilities = vec![(1, "a".into()), (1, "b".into())]).is_err());
+    }
+
+    #[test]
+    fn compatibility() {
+        let k = NodeKey::generate();
+        let a = info(&k);
+        let mut b = info(&k);
+        assert!(a.compatible_with(&b).is_ok());
+        b.network = "other".into();
+        assert!(a.compatible_with(&b).unwrap_err().contains("network"));
+        let mut b = info(&k);
+        b.protocol_version.block = 2;
+        assert!(a.compatible_with(&b).unwrap_err().contains("block protocol"));
+        let mut b = info(&k);
+        b.channels = vec![0x77];
+        assert!(a.compatible_with(&b).unwrap_err().contains("no channel"));
+    }
+
+    #[tokio::test]
+    async fn exchange_over_a_secret_connection_then_data_still_flows() {
+        let (x, y) = tokio::io::duplex(1 << 16);
+        let (ka, kb) = (NodeKey::generate(), NodeKey::generate());
+        let cfg = SecretConfig::default();
+        let (a, b) = tokio::join!(
+            SecretConnection::connect(x, &ka, None, &cfg),
+            SecretConnection::accept(y, &kb, &cfg)
+        );
+        let (mut a, mut b) = (a.unwrap(), b.unwrap());
+        let (ia, ib) = (info(&ka), info(&kb));
+        let t = Duration::from_secs(5);
+        let (ra, rb) = tokio::join!(exchange(&mut a, &ia, t), exchange(&mut b, &ib, t));
+        assert_eq!(ra.unwrap(), ib);
+        assert_eq!(rb.unwrap(), ia);
+        // Nonces carry over into the split halves.
+        let (_, mut aw) = a.split();
+        let (mut br, _) = b.split();
+        aw.write_all(b"after").await.unwrap();
+        let mut got = bytes::BytesMut::new();
+        br.read_into(&mut got).await.unwrap();
+        assert_eq!(&got[..], b"after");
+    }
+
+    #[tokio::test]
+    async fn oversized_or_garbage_node_info_is_refused() {
+        let (x, y) = tokio::io::duplex(1 << 16);
+        let (ka, kb) = (NodeKey::generate(), NodeKey::generate());
+        let cfg = SecretConfig::default();
+        let (a, b) = tokio::join!(
+            SecretConnection::connect(x, &ka, None, &cfg),
+            SecretConnection::accept(y, &kb, &cfg)
+        );
+        let (mut a, mut b) = (a.unwrap(), b.unwrap());
+        let mut big = Vec::new();
+        prost::encoding::encode_varint(20_000, &mut big);
+        big.resize(20_003, 0);
+        a.send_frame(&big).await.unwrap();
+        let err = exchange(&mut b, &info(&kb), Duration::from_secs(5)).await.unwrap_err();
+        assert!(matches!(err, NodeInfoError::Malformed(_)), "{err}");
+        a.send_frame(&[3, 0xff, 0xff, 0xff]).await.unwrap();
+        let err = exchange(&mut b, &info(&kb), Duration::from_secs(5)).await.unwrap_err();
+        assert!(matches!(err, NodeInfoError::Malformed(_)), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silent_peer_times_out() {
+        let (x, y) = tokio::io::duplex(1 << 16);
+        let (ka, kb) = (NodeKey::generate(), NodeKey::generate());
+        let cfg = SecretConfig::default();
+        let (a, _b) = tokio::join!(
+            SecretConnection::connect(x, &ka, None, &cfg),
+            SecretConnection::accept(y, &kb, &cfg)
+        );
+        let mut a = a.unwrap();
+        let err = exchange(&mut a, &info(&ka), Duration::from_secs(10)).await.unwrap_err();
+        assert!(matches!(err, NodeInfoError::Timeout(_)), "{err}");
+    }
+}
