@@ -16,6 +16,7 @@ pub mod netaddr;
 pub mod node_info;
 pub mod rate;
 pub mod secret;
+pub mod switch;
 pub mod transport;
 
 pub use key::{NodeId, NodeKey};
@@ -25,4 +26,8 @@ pub use mconn::{
 pub use netaddr::{Host, NetAddress, NetAddressError};
 pub use node_info::{NodeInfo, NodeType, ProtocolVersion};
 pub use secret::{CryptoBackend, SecretConfig, SecretConnection, SecretError};
+pub use switch::{
+    Direction, Envelope, MisbehaviorKind, Peer, PeerMisbehavior, Reactor, RejectReason, StopReason,
+    Switch, SwitchConfig,
+};
 pub use transport::{Listener, MemoryTransport, TcpTransport, Transport};

@@ -1,0 +1,483 @@
+//! Multi-switch tests over the in-memory transport (and one over loopback
+//! TCP): connect and disconnect, every upgrade rejection, limits,
+//! persistent redial, bans, broadcast, reactor isolation, the chat example.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use plexus_p2p::node_info::{self, NodeInfo};
+use plexus_p2p::switch::SwitchBuildError;
+use plexus_p2p::{
+    ChannelDescriptor, Envelope, MemoryTransport, MisbehaviorKind, NetAddress, NodeKey,
+    PeerMisbehavior, Reactor, RejectReason, SecretConfig, SecretConnection, SecretError,
+    StopReason, Switch, SwitchConfig, TcpTransport, Transport,
+};
+use prost::Message;
+
+#[allow(dead_code)]
+#[path = "../examples/chat.rs"]
+mod chat;
+
+use chat::{chat_info, ChatLine, ChatReactor, CHAT};
+
+/// Counts messages; optionally sleeps in `receive` (a slow reactor);
+/// reports misbehaviour for the text "bad".
+#[derive(Default)]
+struct Probe {
+    ch: u8,
+    got: AtomicUsize,
+    added: AtomicUsize,
+    removed: parking_lot::Mutex<Vec<String>>,
+    slow: bool,
+}
+
+impl Probe {
+    fn on(ch: u8) -> Self {
+        Probe { ch, ..Probe::default() }
+    }
+}
+
+impl Reactor for Probe {
+    type Message = ChatLine;
+    fn channels(&self) -> Vec<ChannelDescriptor> {
+        vec![ChannelDescriptor::new(self.ch).recv_message_capacity(4096).send_queue_capacity(4)]
+    }
+    async fn add_peer(&self, _peer: &plexus_p2p::Peer) {
+        self.added.fetch_add(1, Ordering::SeqCst);
+    }
+    async fn remove_peer(&self, _peer: &plexus_p2p::Peer, reason: &StopReason) {
+        self.removed.lock().push(reason.to_string());
+    }
+    async fn receive(&self, env: Envelope<ChatLine>) {
+        if env.message.text == "bad" {
+            let m = PeerMisbehavior {
+                kind: MisbehaviorKind::InvalidData,
+                score: 100,
+                reason: "said bad".into(),
+            };
+            env.switch.report(&env.peer, m).await;
+            return;
+        }
+        if self.slow {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        self.got.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn config() -> SwitchConfig {
+    SwitchConfig { listen_addr: Some("127.0.0.1:0".parse().unwrap()), ..SwitchConfig::default() }
+}
+
+async fn node_with<T: Transport>(
+    t: T,
+    cfg: SwitchConfig,
+    network: &str,
+    probes: Vec<Arc<Probe>>,
+) -> Switch {
+    let mut info = chat_info("n", "127.0.0.1:1");
+    info.network = network.into();
+    let mut b = Switch::builder(NodeKey::generate(), info, cfg, t);
+    for p in probes {
+        b = b.shared_reactor(p);
+    }
+    let sw = b.build().unwrap();
+    sw.start().await.unwrap();
+    sw
+}
+
+async fn node(net: &MemoryTransport, probes: Vec<Arc<Probe>>) -> Switch {
+    node_with(net.clone(), config(), "test", probes).await
+}
+
+/// A NodeInfo template on the "test" network.
+fn test_info(name: &str) -> NodeInfo {
+    let mut i = chat_info(name, "127.0.0.1:1");
+    i.network = "test".into();
+    i
+}
+
+fn line(text: &str) -> Vec<u8> {
+    ChatLine { id: 1, from: "t".into(), text: text.into() }.encode_to_vec()
+}
+
+async fn eventually(mut f: impl FnMut() -> bool) {
+    for _ in 0..2000 {
+        if f() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("condition never held");
+}
+
+#[tokio::test]
+async fn connect_exchange_and_disconnect() {
+    let net = MemoryTransport::new();
+    let (pa, pb) = (Arc::new(Probe::on(1)), Arc::new(Probe::on(1)));
+    let a = node(&net, vec![pa.clone()]).await;
+    let b = node(&net, vec![pb.clone()]).await;
+    let peer = a.dial(&b.net_address().unwrap()).await.unwrap();
+    assert!(peer.is_outbound());
+    assert_eq!(peer.id(), b.node_id());
+    eventually(|| b.peer(&a.node_id()).is_some()).await;
+    assert_eq!(a.num_peers(), (1, 0));
+    assert_eq!(b.num_peers(), (0, 1));
+    peer.send(1, line("hi")).await.unwrap();
+    eventually(|| pb.got.load(Ordering::SeqCst) == 1).await;
+    assert_eq!(pb.added.load(Ordering::SeqCst), 1);
+    a.stop_peer_for_error(&peer, "test says bye").await;
+    eventually(|| a.peers().is_empty() && b.peers().is_empty()).await;
+    assert!(matches!(a.last_stop_reason(&b.node_id()), Some(StopReason::Error(_))));
+    assert_eq!(pa.removed.lock().len(), 1);
+    eventually(|| pb.removed.lock().len() == 1).await;
+}
+
+#[test]
+fn channel_clash_is_a_build_error() {
+    let b = Switch::builder(
+        NodeKey::generate(),
+        chat_info("n", "127.0.0.1:1"),
+        config(),
+        MemoryTransport::new(),
+    )
+    .reactor(Probe::on(7))
+    .reactor(Probe::on(7));
+    assert!(matches!(b.build(), Err(SwitchBuildError::ChannelClash(7))));
+}
+
+#[tokio::test]
+async fn other_network_is_refused_before_any_traffic() {
+    let net = MemoryTransport::new();
+    let pb = Arc::new(Probe::on(1));
+    let a = node_with(net.clone(), config(), "mainnet", vec![Arc::new(Probe::on(1))]).await;
+    let b = node_with(net.clone(), config(), "testnet", vec![pb.clone()]).await;
+    let err = a.dial(&b.net_address().unwrap()).await.unwrap_err();
+    match err {
+        RejectReason::Incompatible(why) => assert!(why.contains("network"), "{why}"),
+        other => panic!("{other}"),
+    }
+    assert_eq!(pb.added.load(Ordering::SeqCst), 0);
+    assert!(b.peers().is_empty());
+}
+
+#[tokio::test]
+async fn no_shared_channel_is_incompatible() {
+    let net = MemoryTransport::new();
+    let a = node(&net, vec![Arc::new(Probe::on(1))]).await;
+    let b = node(&net, vec![Arc::new(Probe::on(2))]).await;
+    let err = a.dial(&b.net_address().unwrap()).await.unwrap_err();
+    assert!(matches!(err, RejectReason::Incompatible(ref w) if w.contains("no channel")), "{err}");
+}
+
+#[tokio::test]
+async fn self_duplicate_and_wrong_id() {
+    let net = MemoryTransport::new();
+    let a = node(&net, vec![Arc::new(Probe::on(1))]).await;
+    let b = node(&net, vec![Arc::new(Probe::on(1))]).await;
+    // Ourselves, by our real address.
+    let err = a.dial(&a.net_address().unwrap()).await.unwrap_err();
+    assert!(matches!(err, RejectReason::SelfConnection), "{err}");
+    // Wrong expected id.
+    let mut wrong = b.net_address().unwrap();
+    wrong.id = NodeKey::generate().node_id();
+    let err = a.dial(&wrong).await.unwrap_err();
+    assert!(matches!(err, RejectReason::Handshake(SecretError::WrongPeer { .. })), "{err}");
+    // Duplicate.
+    a.dial(&b.net_address().unwrap()).await.unwrap();
+    let err = a.dial(&b.net_address().unwrap()).await.unwrap_err();
+    assert!(matches!(err, RejectReason::Duplicate(id) if id == b.node_id()), "{err}");
+    assert!(a.counters().rejected["duplicate"] >= 1);
+}
+
+#[tokio::test]
+async fn too_many_from_one_ip() {
+    let net = MemoryTransport::new();
+    let b = node(&net, vec![Arc::new(Probe::on(1))]).await;
+    let far = net.with_ip("10.0.0.9".parse().unwrap());
+    let a1 = node_with(far.clone(), config(), "test", vec![Arc::new(Probe::on(1))]).await;
+    let a2 = node_with(far, config(), "test", vec![Arc::new(Probe::on(1))]).await;
+    a1.dial(&b.net_address().unwrap()).await.unwrap();
+    eventually(|| b.num_peers().1 == 1).await;
+    assert!(a2.dial(&b.net_address().unwrap()).await.is_err());
+    eventually(|| b.counters().rejected.get("too_many_from_ip") == Some(&1)).await;
+    // Loopback is exempt by default.
+    let c = node(&net, vec![Arc::new(Probe::on(1))]).await;
+    let d = node(&net, vec![Arc::new(Probe::on(1))]).await;
+    c.dial(&b.net_address().unwrap()).await.unwrap();
+    d.dial(&b.net_address().unwrap()).await.unwrap();
+}
+
+#[tokio::test]
+async fn filters_by_address_and_by_id() {
+    let net = MemoryTransport::new();
+    let a = node(&net, vec![Arc::new(Probe::on(1))]).await;
+    let b = node(&net, vec![Arc::new(Probe::on(1))]).await;
+    let blocked = b.node_id();
+    let sw = Switch::builder(NodeKey::generate(), test_info("f"), config(), net.clone())
+        .reactor(Probe::on(1))
+        .filter_peer(move |info: NodeInfo| async move {
+            if info.node_id == blocked {
+                Err("blocked id".into())
+            } else {
+                Ok(())
+            }
+        })
+        .build()
+        .unwrap();
+    sw.start().await.unwrap();
+    let err = sw.dial(&b.net_address().unwrap()).await.unwrap_err();
+    assert!(matches!(err, RejectReason::Filtered(ref w) if w == "blocked id"), "{err}");
+    sw.dial(&a.net_address().unwrap()).await.unwrap();
+
+    let by_addr = Switch::builder(NodeKey::generate(), test_info("g"), config(), net.clone())
+        .reactor(Probe::on(1))
+        .filter_addr(|addr: std::net::SocketAddr| async move { Err(format!("no dialing {addr}")) })
+        .build()
+        .unwrap();
+    let err = by_addr.dial(&a.net_address().unwrap()).await.unwrap_err();
+    assert!(matches!(err, RejectReason::Filtered(_)), "{err}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_filter_times_out() {
+    let net = MemoryTransport::new();
+    let a = node(&net, vec![Arc::new(Probe::on(1))]).await;
+    let cfg = SwitchConfig { filter_timeout: Duration::from_secs(2), ..config() };
+    let sw = Switch::builder(NodeKey::generate(), test_info("s"), cfg, net.clone())
+        .reactor(Probe::on(1))
+        .filter_addr(|_| async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            Ok(())
+        })
+        .build()
+        .unwrap();
+    let t0 = tokio::time::Instant::now();
+    let err = sw.dial(&a.net_address().unwrap()).await.unwrap_err();
+    assert!(matches!(err, RejectReason::FilterTimeout), "{err}");
+    assert_eq!(t0.elapsed(), Duration::from_secs(2));
+}
+
+/// A hand-made peer that completes the handshake and then sends `info`.
+async fn raw_dial(
+    net: &MemoryTransport,
+    to: &Switch,
+    info: impl FnOnce(&NodeKey) -> NodeInfo,
+) -> RejectReason {
+    let key = NodeKey::generate();
+    let before = to.counters().rejected.values().sum::<u64>();
+    let stream = net.dial(to.listen_addr().unwrap()).await.unwrap();
+    let mut conn =
+        SecretConnection::connect(stream, &key, None, &SecretConfig::default()).await.unwrap();
+    let ours = info(&key);
+    // Our side of the exchange fails or succeeds; the switch refuses.
+    let _ = node_info::exchange(&mut conn, &ours, Duration::from_secs(5)).await;
+    eventually(|| to.counters().rejected.values().sum::<u64>() > before).await;
+    drop(conn);
+    RejectReason::Stopped
+}
+
+#[tokio::test]
+async fn node_info_id_mismatch_and_invalid_node_info_are_refused() {
+    let net = MemoryTransport::new();
+    let b = node(&net, vec![Arc::new(Probe::on(1))]).await;
+    raw_dial(&net, &b, |_| {
+        let mut i = chat_info("liar", "127.0.0.1:1");
+        i.network = "test".into();
+        i.channels = vec![1];
+        i.node_id = NodeKey::generate().node_id();
+        i
+    })
+    .await;
+    assert_eq!(b.counters().rejected.get("node_info_id"), Some(&1));
+    raw_dial(&net, &b, |k| {
+        let mut i = chat_info("bad\u{7}moniker", "127.0.0.1:1");
+        i.network = "test".into();
+        i.channels = vec![1];
+        i.node_id = k.node_id();
+        i
+    })
+    .await;
+    eventually(|| b.counters().rejected.get("node_info") == Some(&1)).await;
+    assert!(b.peers().is_empty());
+}
+
+#[tokio::test]
+async fn inbound_and_outbound_limits() {
+    let net = MemoryTransport::new();
+    let cfg = SwitchConfig { max_inbound: 1, ..config() };
+    let b = node_with(net.clone(), cfg, "test", vec![Arc::new(Probe::on(1))]).await;
+    let a1 = node(&net, vec![Arc::new(Probe::on(1))]).await;
+    let a2 = node(&net, vec![Arc::new(Probe::on(1))]).await;
+    a1.dial(&b.net_address().unwrap()).await.unwrap();
+    eventually(|| b.num_peers().1 == 1).await;
+    let _ = a2.dial(&b.net_address().unwrap()).await;
+    eventually(|| b.counters().rejected.get("inbound_full") == Some(&1)).await;
+    assert_eq!(b.num_peers().1, 1);
+
+    let cfg = SwitchConfig { max_outbound: 1, ..config() };
+    let c = node_with(net.clone(), cfg, "test", vec![Arc::new(Probe::on(1))]).await;
+    c.dial(&a1.net_address().unwrap()).await.unwrap();
+    let err = c.dial(&a2.net_address().unwrap()).await.unwrap_err();
+    assert!(matches!(err, RejectReason::OutboundFull), "{err}");
+}
+
+#[tokio::test]
+async fn misbehaviour_disconnects_and_bans() {
+    let net = MemoryTransport::new();
+    let a = node(&net, vec![Arc::new(Probe::on(1))]).await;
+    let b = node(&net, vec![Arc::new(Probe::on(1))]).await;
+    let peer = a.dial(&b.net_address().unwrap()).await.unwrap();
+    peer.send(1, line("bad")).await.unwrap();
+    eventually(|| b.peers().is_empty()).await;
+    assert!(matches!(b.last_stop_reason(&a.node_id()), Some(StopReason::Misbehavior(_))));
+    assert_eq!(b.counters().bans, 1);
+    // b refuses a while banned (by IP before the handshake: loopback here).
+    eventually(|| a.peers().is_empty()).await;
+    let _ = a.dial(&b.net_address().unwrap()).await;
+    eventually(|| b.counters().rejected.get("banned") == Some(&1)).await;
+    // And b will not dial a.
+    let err = b.dial(&a.net_address().unwrap()).await.unwrap_err();
+    assert!(matches!(err, RejectReason::Banned(_)), "{err}");
+}
+
+#[tokio::test]
+async fn undecodable_message_is_a_protocol_error() {
+    let net = MemoryTransport::new();
+    let a = node(&net, vec![Arc::new(Probe::on(1))]).await;
+    let b = node(&net, vec![Arc::new(Probe::on(1))]).await;
+    let peer = a.dial(&b.net_address().unwrap()).await.unwrap();
+    peer.send(1, vec![0xff, 0xff, 0xff]).await.unwrap();
+    eventually(|| b.peers().is_empty()).await;
+    assert!(
+        matches!(b.last_stop_reason(&a.node_id()), Some(StopReason::Misbehavior(ref w)) if w.contains("undecodable"))
+    );
+}
+
+#[tokio::test]
+async fn broadcast_reaches_every_peer() {
+    let net = MemoryTransport::new();
+    let hub = node(&net, vec![Arc::new(Probe::on(1))]).await;
+    let mut probes = Vec::new();
+    for _ in 0..4 {
+        let p = Arc::new(Probe::on(1));
+        let n = node(&net, vec![p.clone()]).await;
+        hub.dial(&n.net_address().unwrap()).await.unwrap();
+        probes.push((p, n));
+    }
+    let sent = hub.broadcast(1, line("all")).await;
+    assert_eq!(sent.len(), 4);
+    assert!(sent.iter().all(|(_, ok)| *ok));
+    for (p, _) in &probes {
+        eventually(|| p.got.load(Ordering::SeqCst) == 1).await;
+    }
+    let except = probes[0].1.node_id();
+    let sent = hub.broadcast_except(&except, 1, line("most")).await;
+    assert_eq!(sent.len(), 3);
+    assert!(sent.iter().all(|(id, _)| *id != except));
+}
+
+/// A reactor stuck in `receive` holds back only its own channel.
+#[tokio::test]
+async fn blocking_reactor_does_not_stall_another() {
+    let net = MemoryTransport::new();
+    let slow = Arc::new(Probe { slow: true, ..Probe::on(1) });
+    let fast = Arc::new(Probe::on(2));
+    let a = node(&net, vec![Arc::new(Probe::on(1)), Arc::new(Probe::on(2))]).await;
+    let b = node(&net, vec![slow.clone(), fast.clone()]).await;
+    let peer = a.dial(&b.net_address().unwrap()).await.unwrap();
+    // Enough to fill the slow channel's queue and window.
+    for _ in 0..20 {
+        let _ = peer.try_send(1, line("stuck"));
+    }
+    for i in 0..100 {
+        peer.send(2, line(&format!("m{i}"))).await.unwrap();
+    }
+    eventually(|| fast.got.load(Ordering::SeqCst) == 100).await;
+    assert_eq!(slow.got.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn persistent_peer_is_redialed_after_it_restarts() {
+    let net = MemoryTransport::new();
+    let key_b = NodeKey::generate();
+    let addr: std::net::SocketAddr = "127.0.0.1:30001".parse().unwrap();
+    let start_b = |key: NodeKey| {
+        let net = net.clone();
+        async move {
+            let cfg = SwitchConfig { listen_addr: Some(addr), ..SwitchConfig::default() };
+            let mut info = chat_info("b", "127.0.0.1:30001");
+            info.network = "test".into();
+            let sw = Switch::builder(key, info, cfg, net).reactor(Probe::on(1)).build().unwrap();
+            sw.start().await.unwrap();
+            sw
+        }
+    };
+    let b = start_b(key_b.clone()).await;
+    let target = NetAddress::new(key_b.node_id(), addr);
+    let cfg = SwitchConfig { persistent_peers: vec![target.clone()], ..config() };
+    let a = node_with(net.clone(), cfg, "test", vec![Arc::new(Probe::on(1))]).await;
+    eventually(|| a.peer(&key_b.node_id()).is_some()).await;
+    // b goes away; a keeps trying with backoff; b comes back on the same
+    // address; a reconnects.
+    b.stop().await;
+    drop(b);
+    eventually(|| a.peer(&key_b.node_id()).is_none()).await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let _b2 = start_b(key_b.clone()).await;
+    eventually(|| a.peer(&key_b.node_id()).is_some()).await;
+    assert!(a.peer(&key_b.node_id()).unwrap().is_persistent());
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_peer_is_disconnected_despite_heartbeats() {
+    let net = MemoryTransport::new();
+    let cfg = SwitchConfig {
+        idle_timeout: Duration::from_secs(120),
+        mconn: plexus_p2p::MConnConfig {
+            ping_interval: Duration::from_secs(10),
+            pong_timeout: Duration::from_secs(5),
+            ..Default::default()
+        },
+        ..config()
+    };
+    let a = node_with(net.clone(), cfg.clone(), "test", vec![Arc::new(Probe::on(1))]).await;
+    let b = node_with(net.clone(), cfg, "test", vec![Arc::new(Probe::on(1))]).await;
+    let t0 = tokio::time::Instant::now();
+    a.dial(&b.net_address().unwrap()).await.unwrap();
+    // Heartbeats flow all along (ping every 10 s), yet no message does.
+    tokio::time::sleep(Duration::from_secs(100)).await;
+    assert_eq!(a.peers().len(), 1, "still connected before idle_timeout");
+    assert!(a.peers()[0].stats().last_rtt.is_some());
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    eventually(|| a.peers().is_empty()).await;
+    assert!(t0.elapsed() >= Duration::from_secs(120));
+    assert!(matches!(a.last_stop_reason(&b.node_id()), Some(StopReason::Idle(_))));
+}
+
+/// The chat example: three nodes in a line over loopback TCP; a line
+/// typed at one end reaches the other end through the middle.
+#[tokio::test]
+async fn chat_example_gossips_across_a_line_of_nodes() {
+    let mut nodes = Vec::new();
+    for name in ["left", "middle", "right"] {
+        let r = Arc::new(ChatReactor::default());
+        let info = chat_info(name, "127.0.0.1:1");
+        let sw = Switch::builder(NodeKey::generate(), info, config(), TcpTransport)
+            .shared_reactor(r.clone())
+            .build()
+            .unwrap();
+        sw.start().await.unwrap();
+        nodes.push((sw, r));
+    }
+    nodes[0].0.dial(&nodes[1].0.net_address().unwrap()).await.unwrap();
+    nodes[1].0.dial(&nodes[2].0.net_address().unwrap()).await.unwrap();
+    eventually(|| nodes[2].0.peers().len() == 1 && nodes[0].0.peers().len() == 1).await;
+    nodes[0].1.say(&nodes[0].0, "hello from the left").await;
+    eventually(|| nodes[2].1.lines.lock().unwrap().len() == 1).await;
+    let got = nodes[2].1.lines.lock().unwrap()[0].clone();
+    assert_eq!((got.from.as_str(), got.text.as_str()), ("left", "hello from the left"));
+    assert_eq!(nodes[1].1.lines.lock().unwrap().len(), 1);
+    assert_eq!(CHAT, 0x70);
+}
