@@ -562,6 +562,18 @@ fn now_ms(since: Instant) -> u64 {
     tokio::time::Instant::now().into_std().saturating_duration_since(since).as_millis() as u64
 }
 
+/// `Err` while `key` is banned; forgets an expired ban.
+fn check_ban<K: std::hash::Hash + Eq>(bans: &mut HashMap<K, Instant>, key: &K) -> Result<(), ()> {
+    match bans.get(key) {
+        Some(until) if *until > std_now() => Err(()),
+        Some(_) => {
+            bans.remove(key);
+            Ok(())
+        }
+        None => Ok(()),
+    }
+}
+
 fn std_now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
@@ -801,27 +813,13 @@ impl Switch {
     }
 
     fn check_ban_id(&self, id: &NodeId) -> Result<(), RejectReason> {
-        let mut bans = self.0.bans_id.lock();
-        match bans.get(id) {
-            Some(until) if *until > std_now() => Err(RejectReason::Banned(format!("id {id}"))),
-            Some(_) => {
-                bans.remove(id);
-                Ok(())
-            }
-            None => Ok(()),
-        }
+        check_ban(&mut self.0.bans_id.lock(), id)
+            .map_err(|_| RejectReason::Banned(format!("id {id}")))
     }
 
     fn check_ban_ip(&self, ip: IpAddr) -> Result<(), RejectReason> {
-        let mut bans = self.0.bans_ip.lock();
-        match bans.get(&ip) {
-            Some(until) if *until > std_now() => Err(RejectReason::Banned(format!("ip {ip}"))),
-            Some(_) => {
-                bans.remove(&ip);
-                Ok(())
-            }
-            None => Ok(()),
-        }
+        check_ban(&mut self.0.bans_ip.lock(), &ip)
+            .map_err(|_| RejectReason::Banned(format!("ip {ip}")))
     }
 
     fn count_reject(&self, e: &RejectReason) {
