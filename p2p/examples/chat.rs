@@ -26,8 +26,8 @@ use std::sync::Mutex;
 
 use clap::Parser;
 use plexus_p2p::{
-    ChannelDescriptor, Envelope, NetAddress, NodeInfo, NodeKey, NodeType, ProtocolVersion, Reactor,
-    Switch, SwitchConfig, TcpTransport,
+    ChannelDescriptor, Envelope, NetAddress, NodeInfo, NodeKey, Reactor, Switch, SwitchConfig,
+    TcpTransport,
 };
 use prost::Message;
 
@@ -86,21 +86,6 @@ impl ChatReactor {
     }
 }
 
-/// A NodeInfo for the chat network.
-pub fn chat_info(moniker: &str, listen: &str) -> NodeInfo {
-    NodeInfo {
-        protocol_version: ProtocolVersion { p2p: 1, block: 0, app: 0 },
-        node_id: NodeKey::generate().node_id(), // replaced by the switch
-        listen_addr: listen.into(),
-        network: "plexus-chat".into(),
-        version: env!("CARGO_PKG_VERSION").into(),
-        channels: vec![],
-        moniker: moniker.into(),
-        node_type: NodeType::FullNode,
-        capabilities: vec![],
-    }
-}
-
 #[derive(Parser)]
 struct Args {
     /// Address to listen on.
@@ -120,7 +105,7 @@ async fn main() -> anyhow::Result<()> {
     let config =
         SwitchConfig { listen_addr: Some(args.listen.parse()?), ..SwitchConfig::default() };
     let chat = std::sync::Arc::new(ChatReactor::default());
-    let info = chat_info(&args.name, &args.listen);
+    let info = NodeInfo::new("plexus-chat", &args.name);
     let switch = Switch::builder(NodeKey::generate(), info, config, TcpTransport)
         .shared_reactor(chat.clone())
         .build()?;

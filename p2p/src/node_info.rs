@@ -111,6 +111,24 @@ pub enum NodeInfoError {
 }
 
 impl NodeInfo {
+    /// A NodeInfo for `network` with `moniker`: a full node speaking p2p
+    /// protocol 1, block and app 0, no capabilities. The switch fills in
+    /// `node_id` and `channels` when it is built, and `listen_addr` from
+    /// its config when left empty.
+    pub fn new(network: &str, moniker: &str) -> NodeInfo {
+        NodeInfo {
+            protocol_version: ProtocolVersion { p2p: 1, block: 0, app: 0 },
+            node_id: NodeId::from_public_key(&[0; 32]),
+            listen_addr: String::new(),
+            network: network.into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            channels: Vec::new(),
+            moniker: moniker.into(),
+            node_type: NodeType::FullNode,
+            capabilities: Vec::new(),
+        }
+    }
+
     /// Checks the rules every NodeInfo must follow: at most 16 unique
     /// channels, a printable moniker of at most 64 bytes, a `listen_addr`
     /// that parses as `host:port`, known node type, capability ids unique.

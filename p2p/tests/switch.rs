@@ -19,7 +19,13 @@ use prost::Message;
 #[path = "../examples/chat.rs"]
 mod chat;
 
-use chat::{chat_info, ChatLine, ChatReactor, CHAT};
+use chat::{ChatLine, ChatReactor, CHAT};
+
+fn chat_info(moniker: &str, listen: &str) -> NodeInfo {
+    let mut i = NodeInfo::new("plexus-chat", moniker);
+    i.listen_addr = listen.into();
+    i
+}
 
 /// Counts messages; optionally sleeps in `receive` (a slow reactor);
 /// reports misbehaviour for the text "bad".

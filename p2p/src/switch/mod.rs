@@ -533,6 +533,11 @@ impl SwitchBuilder {
         self.config.mconn.validate().map_err(|e| SwitchBuildError::Config(e.to_string()))?;
         self.info.node_id = self.key.node_id();
         self.info.channels = channels.iter().map(|d| d.id).collect();
+        if self.info.listen_addr.is_empty() {
+            let addr =
+                self.config.listen_addr.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+            self.info.listen_addr = addr.to_string();
+        }
         self.info.validate().map_err(|e| SwitchBuildError::Config(e.to_string()))?;
         let persistent = self.config.persistent_peers.iter().map(|a| (a.id, a.clone())).collect();
         Ok(Switch(Arc::new(Inner {
