@@ -487,3 +487,31 @@ async fn chat_example_gossips_across_a_line_of_nodes() {
     assert_eq!(nodes[1].1.lines.lock().unwrap().len(), 1);
     assert_eq!(CHAT, 0x70);
 }
+
+#[tokio::test]
+async fn metrics_count_peers_messages_and_rejections() {
+    let net = MemoryTransport::new();
+    let pb = Arc::new(Probe::on(1));
+    let a = node(&net, vec![Arc::new(Probe::on(1))]).await;
+    let b = node(&net, vec![pb.clone()]).await;
+    let mut registry = prometheus_client::registry::Registry::default();
+    a.metrics().register(&mut registry);
+    let mut rb = prometheus_client::registry::Registry::default();
+    b.metrics().register(&mut rb);
+    let peer = a.dial(&b.net_address().unwrap()).await.unwrap();
+    peer.send(1, line("counted")).await.unwrap();
+    eventually(|| pb.got.load(Ordering::SeqCst) == 1).await;
+    let _ = a.dial(&b.net_address().unwrap()).await; // duplicate
+    let text = |r: &prometheus_client::registry::Registry| {
+        let mut s = String::new();
+        prometheus_client::encoding::text::encode(&mut s, r).unwrap();
+        s
+    };
+    let ta = text(&registry);
+    assert!(ta.contains("plexus_p2p_peers{direction=\"Outbound\"} 1"), "{ta}");
+    assert!(ta.contains("plexus_p2p_messages_sent_total{channel=\"0x01\"} 1"), "{ta}");
+    assert!(ta.contains("plexus_p2p_dial_failures_total{reason=\"duplicate\"} 1"), "{ta}");
+    let tb = text(&rb);
+    assert!(tb.contains("plexus_p2p_messages_received_total{channel=\"0x01\"} 1"), "{tb}");
+    assert!(tb.contains("plexus_p2p_peers{direction=\"Inbound\"} 1"), "{tb}");
+}

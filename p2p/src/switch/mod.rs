@@ -20,6 +20,7 @@
 //! application filter by id, and the inbound or outbound limit
 //! (unconditional peers exempt).
 
+mod metrics;
 mod reactor;
 
 use std::collections::{HashMap, HashSet};
@@ -36,6 +37,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+pub use metrics::SwitchMetrics;
+use metrics::{ChannelLabel, DirLabel, ReasonLabel};
 use reactor::{BoxFuture, DynReactor};
 pub use reactor::{Envelope, Reactor};
 
@@ -270,6 +273,7 @@ struct PeerInner {
     last_msg_ms: AtomicU64,
     score: AtomicU64,
     stop_reason: Mutex<Option<StopReason>>,
+    metrics: SwitchMetrics,
 }
 
 /// A connected peer: its NodeInfo, direction and connection. Cheap to
@@ -325,7 +329,17 @@ impl Peer {
     /// # Errors
     /// [`SendError`].
     pub async fn send(&self, channel: u8, msg: impl Into<Bytes>) -> Result<(), SendError> {
-        self.0.conn.send(channel, msg).await
+        let msg = msg.into();
+        let len = msg.len() as u64;
+        self.0.conn.send(channel, msg).await?;
+        self.count_sent(channel, len);
+        Ok(())
+    }
+
+    fn count_sent(&self, channel: u8, len: u64) {
+        let l = ChannelLabel::of(channel);
+        self.0.metrics.bytes_sent.get_or_create(&l).inc_by(len);
+        self.0.metrics.messages_sent.get_or_create(&l).inc();
     }
     /// Encodes and sends a protobuf message on a channel.
     ///
@@ -336,7 +350,13 @@ impl Peer {
     }
     /// Queues raw bytes if there is room now; `false` otherwise.
     pub fn try_send(&self, channel: u8, msg: impl Into<Bytes>) -> bool {
-        self.0.conn.try_send(channel, msg).is_ok()
+        let msg = msg.into();
+        let len = msg.len() as u64;
+        let ok = self.0.conn.try_send(channel, msg).is_ok();
+        if ok {
+            self.count_sent(channel, len);
+        }
+        ok
     }
 }
 
@@ -442,6 +462,7 @@ struct Inner {
     id_filter: Option<IdFilter>,
     listen: Mutex<Option<SocketAddr>>,
     cancel: CancellationToken,
+    metrics: SwitchMetrics,
 }
 
 /// The switch. Cheap to clone; every clone is the same switch.
@@ -559,6 +580,7 @@ impl SwitchBuilder {
             id_filter: self.id_filter,
             listen: Mutex::new(None),
             cancel: CancellationToken::new(),
+            metrics: SwitchMetrics::default(),
         })))
     }
 }
@@ -681,6 +703,12 @@ impl Switch {
         self.0.last_stop.lock().get(id).cloned()
     }
 
+    /// The switch's Prometheus metrics; register them with
+    /// [`SwitchMetrics::register`].
+    pub fn metrics(&self) -> &SwitchMetrics {
+        &self.0.metrics
+    }
+
     /// Rejection and ban counters.
     pub fn counters(&self) -> SwitchCounters {
         self.0.counters.lock().clone()
@@ -730,6 +758,11 @@ impl Switch {
         let res = self.dial_inner(addr).await;
         if let Err(e) = &res {
             self.count_reject(e);
+            self.0
+                .metrics
+                .dial_failures
+                .get_or_create(&ReasonLabel { reason: e.label().into() })
+                .inc();
             tracing::debug!(peer = %addr, reason = %e, "dial failed");
         }
         res
@@ -784,6 +817,10 @@ impl Switch {
             tokio::spawn(async move {
                 if let Err(e) = sw.accept_one(stream, remote).await {
                     sw.count_reject(&e);
+                    sw.0.metrics
+                        .rejected
+                        .get_or_create(&ReasonLabel { reason: e.label().into() })
+                        .inc();
                     tracing::debug!(%remote, reason = %e, "inbound connection refused");
                 }
             });
@@ -884,6 +921,7 @@ impl Switch {
             last_msg_ms: AtomicU64::new(0),
             score: AtomicU64::new(0),
             stop_reason: Mutex::new(None),
+            metrics: self.0.metrics.clone(),
         }));
         {
             let mut set = self.0.peers.lock();
@@ -908,6 +946,7 @@ impl Switch {
             }
             set.peers.insert(actual, peer.clone());
         }
+        self.0.metrics.peers.get_or_create(&DirLabel { direction: direction.into() }).inc();
         self.run_peer(peer.clone(), receivers).await;
         Ok(peer)
     }
@@ -927,8 +966,11 @@ impl Switch {
             let (sw, p) = (self.clone(), peer.clone());
             tasks.spawn(
                 async move {
+                    let label = ChannelLabel::of(ch);
                     while let Some(bytes) = rx.recv().await {
                         p.0.last_msg_ms.store(now_ms(p.0.connected_at).max(1), Ordering::Relaxed);
+                        p.0.metrics.bytes_received.get_or_create(&label).inc_by(bytes.len() as u64);
+                        p.0.metrics.messages_received.get_or_create(&label).inc();
                         if let Err(e) = reactor.receive(sw.clone(), p.clone(), ch, bytes).await {
                             let why = format!("undecodable message on channel {ch:#04x}: {e}");
                             sw.report(
@@ -963,6 +1005,10 @@ impl Switch {
                     r.remove_peer(&peer, &reason).await;
                 }
                 sw.0.peers.lock().peers.remove(&peer.id());
+                sw.0.metrics
+                    .peers
+                    .get_or_create(&DirLabel { direction: peer.direction().into() })
+                    .dec();
                 tracing::info!(%reason, "peer removed");
                 sw.0.last_stop.lock().insert(peer.id(), reason);
             }
@@ -1024,6 +1070,7 @@ impl Switch {
             self.0.bans_ip.lock().insert(ip, until);
         }
         self.0.counters.lock().bans += 1;
+        self.0.metrics.bans.inc();
     }
 
     /// Sends `msg` on `channel` to every peer at once, each bounded by
