@@ -2,7 +2,11 @@
 //! and prost-build. `bytes` fields become `bytes::Bytes` so decoding from a
 //! `Bytes` buffer slices instead of copying.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["proto/plexus/p2p/conn.proto", "proto/plexus/p2p/types.proto"];
+    let files = [
+        "proto/plexus/p2p/conn.proto",
+        "proto/plexus/p2p/types.proto",
+        "proto/plexus/p2p/rpc.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");
     }

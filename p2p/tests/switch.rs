@@ -515,3 +515,91 @@ async fn metrics_count_peers_messages_and_rejections() {
     assert!(tb.contains("plexus_p2p_messages_received_total{channel=\"0x01\"} 1"), "{tb}");
     assert!(tb.contains("plexus_p2p_peers{direction=\"Inbound\"} 1"), "{tb}");
 }
+
+/// Serves "upper-case this" requests and makes its own; silent when told.
+struct Upper {
+    rpc: plexus_p2p::switch::rpc::Requester,
+    silent: bool,
+    unsolicited: AtomicUsize,
+}
+
+impl Reactor for Upper {
+    type Message = plexus_p2p::switch::rpc::RpcFrame;
+    fn channels(&self) -> Vec<ChannelDescriptor> {
+        vec![ChannelDescriptor::new(0x40)]
+    }
+    async fn remove_peer(&self, peer: &plexus_p2p::Peer, _reason: &StopReason) {
+        self.rpc.peer_gone(&peer.id());
+    }
+    async fn receive(&self, env: Envelope<Self::Message>) {
+        match self.rpc.handle(&env.peer, env.message) {
+            Ok(Some(req)) if !self.silent => {
+                let line = ChatLine::decode(req.payload).unwrap();
+                let up = ChatLine { text: line.text.to_uppercase(), ..line };
+                plexus_p2p::switch::rpc::respond(&env.peer, 0x40, req.id, &up).await.unwrap();
+            }
+            Ok(_) => {}
+            Err(_) => {
+                self.unsolicited.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+fn upper(silent: bool) -> Arc<Upper> {
+    Arc::new(Upper {
+        rpc: plexus_p2p::switch::rpc::Requester::new(Duration::from_secs(5), 8),
+        silent,
+        unsolicited: AtomicUsize::new(0),
+    })
+}
+
+async fn rpc_node(net: &MemoryTransport, r: Arc<Upper>) -> Switch {
+    let sw = Switch::builder(NodeKey::generate(), test_info("rpc"), config(), net.clone())
+        .shared_reactor(r)
+        .build()
+        .unwrap();
+    sw.start().await.unwrap();
+    sw
+}
+
+#[tokio::test(start_paused = true)]
+async fn request_response_matches_ids_and_times_out() {
+    use plexus_p2p::switch::rpc::{RequestError, RpcFrame};
+    let net = MemoryTransport::new();
+    let (client, server, mute) = (upper(false), upper(false), upper(true));
+    let c = rpc_node(&net, client.clone()).await;
+    let s = rpc_node(&net, server.clone()).await;
+    let m = rpc_node(&net, mute.clone()).await;
+    let to_s = c.dial(&s.net_address().unwrap()).await.unwrap();
+    // Several requests in flight at once each get their own answer.
+    let reqs = ["a", "bb", "ccc"].map(|t| {
+        let (client, to_s) = (client.clone(), to_s.clone());
+        tokio::spawn(async move {
+            let r: ChatLine = client
+                .rpc
+                .request(&to_s, 0x40, &ChatLine { id: 0, from: "c".into(), text: t.into() })
+                .await
+                .unwrap();
+            r.text
+        })
+    });
+    let mut got = Vec::new();
+    for r in reqs {
+        got.push(r.await.unwrap());
+    }
+    assert_eq!(got, ["A", "BB", "CCC"]);
+    assert_eq!(client.rpc.pending(), 0);
+    // A peer that never answers: Timeout after 5 s.
+    let to_m = c.dial(&m.net_address().unwrap()).await.unwrap();
+    let t0 = tokio::time::Instant::now();
+    let err =
+        client.rpc.request::<_, ChatLine>(&to_m, 0x40, &ChatLine::default()).await.unwrap_err();
+    assert!(matches!(err, RequestError::Timeout(_)), "{err}");
+    assert_eq!(t0.elapsed(), Duration::from_secs(5));
+    // A response nobody asked for is reported.
+    to_s.send_msg(0x40, &RpcFrame { id: 999, response: true, payload: Default::default() })
+        .await
+        .unwrap();
+    eventually(|| server.unsolicited.load(Ordering::SeqCst) == 1).await;
+}

@@ -22,6 +22,7 @@
 
 mod metrics;
 mod reactor;
+pub mod rpc;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
