@@ -21,8 +21,7 @@
 //! sees an id for the first time prints the line and forwards it to every
 //! peer but the sender (`broadcast_except`).
 
-use std::collections::HashSet;
-use std::sync::Mutex;
+use std::{collections::HashSet, sync::Mutex};
 
 use clap::Parser;
 use plexus_p2p::{
@@ -52,8 +51,9 @@ pub struct ChatLine {
 #[derive(Default)]
 pub struct ChatReactor {
     seen: Mutex<HashSet<u64>>,
-    /// Every line received, in order (for tests).
+    /// Every line received, in order, and a wake-up for each (for tests).
     pub lines: Mutex<Vec<ChatLine>>,
+    pub heard: tokio::sync::Notify,
 }
 
 impl Reactor for ChatReactor {
@@ -69,6 +69,7 @@ impl Reactor for ChatReactor {
         }
         println!("<{}> {}", env.message.from, env.message.text);
         self.lines.lock().unwrap().push(env.message.clone());
+        self.heard.notify_waiters();
         env.switch.broadcast_except(&env.peer.id(), CHAT, env.message.encode_to_vec()).await;
     }
 }
@@ -104,8 +105,8 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config =
         SwitchConfig { listen_addr: Some(args.listen.parse()?), ..SwitchConfig::default() };
-    let chat = std::sync::Arc::new(ChatReactor::default());
-    let info = NodeInfo::new("plexus-chat", &args.name);
+    let (chat, info) =
+        (std::sync::Arc::new(ChatReactor::default()), NodeInfo::new("plexus-chat", &args.name));
     let switch = Switch::builder(NodeKey::generate(), info, config, TcpTransport)
         .shared_reactor(chat.clone())
         .build()?;

@@ -28,6 +28,6 @@ pub use node_info::{NodeInfo, NodeType, ProtocolVersion};
 pub use secret::{CryptoBackend, SecretConfig, SecretConnection, SecretError};
 pub use switch::{
     Direction, Envelope, MisbehaviorKind, Peer, PeerMisbehavior, Reactor, RejectReason, StopReason,
-    Switch, SwitchConfig,
+    Switch, SwitchConfig, SwitchEvent,
 };
 pub use transport::{Listener, MemoryTransport, TcpTransport, Transport};

@@ -51,9 +51,11 @@ impl Reactor for Probe {
     }
     async fn add_peer(&self, _peer: &plexus_p2p::Peer) {
         self.added.fetch_add(1, Ordering::SeqCst);
+        changed();
     }
     async fn remove_peer(&self, _peer: &plexus_p2p::Peer, reason: &StopReason) {
         self.removed.lock().push(reason.to_string());
+        changed();
     }
     async fn receive(&self, env: Envelope<ChatLine>) {
         if env.message.text == "bad" {
@@ -69,6 +71,7 @@ impl Reactor for Probe {
             tokio::time::sleep(Duration::from_secs(3600)).await;
         }
         self.got.fetch_add(1, Ordering::SeqCst);
+        changed();
     }
 }
 
@@ -90,6 +93,7 @@ async fn node_with<T: Transport>(
     }
     let sw = b.build().unwrap();
     sw.start().await.unwrap();
+    watch(&sw);
     sw
 }
 
@@ -108,14 +112,43 @@ fn line(text: &str) -> Vec<u8> {
     ChatLine { id: 1, from: "t".into(), text: text.into() }.encode_to_vec()
 }
 
-async fn eventually(mut f: impl FnMut() -> bool) {
-    for _ in 0..2000 {
-        if f() {
-            return;
+/// Woken on every change the tests watch: switch events (forwarded by
+/// [`watch`]) and probe updates. Conditions are re-checked on each wake,
+/// so no test sleeps to synchronise.
+static CHANGED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+fn changed() {
+    CHANGED.notify_waiters();
+}
+
+/// Forwards a switch's events to [`CHANGED`].
+fn watch(sw: &Switch) {
+    let mut rx = sw.subscribe();
+    tokio::spawn(async move {
+        while !matches!(rx.recv().await, Err(tokio::sync::broadcast::error::RecvError::Closed)) {
+            changed();
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    panic!("condition never held");
+    });
+}
+
+async fn eventually(f: impl FnMut() -> bool) {
+    until(&CHANGED, f).await
+}
+
+/// Waits until `f` holds, re-checking whenever `n` is notified.
+async fn until(n: &tokio::sync::Notify, mut f: impl FnMut() -> bool) {
+    let wait = async {
+        loop {
+            let woken = n.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if f() {
+                return;
+            }
+            woken.await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(60), wait).await.expect("condition never held");
 }
 
 #[tokio::test]
@@ -233,6 +266,7 @@ async fn filters_by_address_and_by_id() {
         .build()
         .unwrap();
     sw.start().await.unwrap();
+    watch(&sw);
     let err = sw.dial(&b.net_address().unwrap()).await.unwrap_err();
     assert!(matches!(err, RejectReason::Filtered(ref w) if w == "blocked id"), "{err}");
     sw.dial(&a.net_address().unwrap()).await.unwrap();
@@ -417,6 +451,7 @@ async fn persistent_peer_is_redialed_after_it_restarts() {
             info.network = "test".into();
             let sw = Switch::builder(key, info, cfg, net).reactor(Probe::on(1)).build().unwrap();
             sw.start().await.unwrap();
+            watch(&sw);
             sw
         }
     };
@@ -475,13 +510,15 @@ async fn chat_example_gossips_across_a_line_of_nodes() {
             .build()
             .unwrap();
         sw.start().await.unwrap();
+        watch(&sw);
         nodes.push((sw, r));
     }
     nodes[0].0.dial(&nodes[1].0.net_address().unwrap()).await.unwrap();
     nodes[1].0.dial(&nodes[2].0.net_address().unwrap()).await.unwrap();
     eventually(|| nodes[2].0.peers().len() == 1 && nodes[0].0.peers().len() == 1).await;
     nodes[0].1.say(&nodes[0].0, "hello from the left").await;
-    eventually(|| nodes[2].1.lines.lock().unwrap().len() == 1).await;
+    let far = nodes[2].1.clone();
+    until(&far.heard, || far.lines.lock().unwrap().len() == 1).await;
     let got = nodes[2].1.lines.lock().unwrap()[0].clone();
     assert_eq!((got.from.as_str(), got.text.as_str()), ("left", "hello from the left"));
     assert_eq!(nodes[1].1.lines.lock().unwrap().len(), 1);
@@ -541,6 +578,7 @@ impl Reactor for Upper {
             Ok(_) => {}
             Err(_) => {
                 self.unsolicited.fetch_add(1, Ordering::SeqCst);
+                changed();
             }
         }
     }
@@ -560,6 +598,7 @@ async fn rpc_node(net: &MemoryTransport, r: Arc<Upper>) -> Switch {
         .build()
         .unwrap();
     sw.start().await.unwrap();
+    watch(&sw);
     sw
 }
 

@@ -240,6 +240,33 @@ pub enum StopReason {
     Graceful,
 }
 
+/// What happened to the switch's peers, for subscribers
+/// ([`Switch::subscribe`]): the node's RPC, dashboards and tests.
+#[derive(Debug, Clone)]
+pub enum SwitchEvent {
+    /// A peer passed every check and reactors know it.
+    PeerAdded {
+        /// The peer.
+        id: NodeId,
+        /// Who dialed.
+        direction: Direction,
+    },
+    /// A peer left; reactors have seen `remove_peer`.
+    PeerRemoved {
+        /// The peer.
+        id: NodeId,
+        /// Why.
+        reason: StopReason,
+    },
+    /// A connection was refused.
+    Rejected {
+        /// Who dialed.
+        direction: Direction,
+        /// [`RejectReason::label`].
+        reason: &'static str,
+    },
+}
+
 /// Kinds of misbehaviour a reactor reports, each with its ban time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MisbehaviorKind {
@@ -464,6 +491,9 @@ struct Inner {
     listen: Mutex<Option<SocketAddr>>,
     cancel: CancellationToken,
     metrics: SwitchMetrics,
+    events: tokio::sync::broadcast::Sender<SwitchEvent>,
+    /// Woken whenever a peer leaves the set.
+    peer_left: tokio::sync::Notify,
 }
 
 /// The switch. Cheap to clone; every clone is the same switch.
@@ -582,6 +612,8 @@ impl SwitchBuilder {
             listen: Mutex::new(None),
             cancel: CancellationToken::new(),
             metrics: SwitchMetrics::default(),
+            events: tokio::sync::broadcast::channel(1024).0,
+            peer_left: tokio::sync::Notify::new(),
         })))
     }
 }
@@ -704,6 +736,16 @@ impl Switch {
         self.0.last_stop.lock().get(id).cloned()
     }
 
+    /// Events about peers from now on (a bounded broadcast of 1024; a
+    /// subscriber that falls behind skips the oldest).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<SwitchEvent> {
+        self.0.events.subscribe()
+    }
+
+    fn emit(&self, e: SwitchEvent) {
+        let _ = self.0.events.send(e);
+    }
+
     /// The switch's Prometheus metrics; register them with
     /// [`SwitchMetrics::register`].
     pub fn metrics(&self) -> &SwitchMetrics {
@@ -759,6 +801,7 @@ impl Switch {
         let res = self.dial_inner(addr).await;
         if let Err(e) = &res {
             self.count_reject(e);
+            self.emit(SwitchEvent::Rejected { direction: Direction::Outbound, reason: e.label() });
             self.0
                 .metrics
                 .dial_failures
@@ -818,6 +861,10 @@ impl Switch {
             tokio::spawn(async move {
                 if let Err(e) = sw.accept_one(stream, remote).await {
                     sw.count_reject(&e);
+                    sw.emit(SwitchEvent::Rejected {
+                        direction: Direction::Inbound,
+                        reason: e.label(),
+                    });
                     sw.0.metrics
                         .rejected
                         .get_or_create(&ReasonLabel { reason: e.label().into() })
@@ -960,6 +1007,7 @@ impl Switch {
             r.add_peer(&peer).await;
         }
         tracing::info!(parent: &span, moniker = %peer.node_info().moniker, "peer added");
+        self.emit(SwitchEvent::PeerAdded { id: peer.id(), direction: peer.direction() });
         let mut tasks = tokio::task::JoinSet::new();
         for mut rx in receivers {
             let ch = rx.id();
@@ -1005,13 +1053,15 @@ impl Switch {
                 for r in &sw.0.reactors {
                     r.remove_peer(&peer, &reason).await;
                 }
+                sw.0.last_stop.lock().insert(peer.id(), reason.clone());
                 sw.0.peers.lock().peers.remove(&peer.id());
                 sw.0.metrics
                     .peers
                     .get_or_create(&DirLabel { direction: peer.direction().into() })
                     .dec();
                 tracing::info!(%reason, "peer removed");
-                sw.0.last_stop.lock().insert(peer.id(), reason);
+                sw.0.peer_left.notify_waiters();
+                sw.emit(SwitchEvent::PeerRemoved { id: peer.id(), reason });
             }
             .instrument(span),
         );
@@ -1134,8 +1184,14 @@ impl Switch {
                         _ = sw.0.cancel.cancelled() => return,
                     }
                     // Let the removal finish before redialing.
-                    while sw.peer(&addr.id).is_some() {
-                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    loop {
+                        let left = sw.0.peer_left.notified();
+                        tokio::pin!(left);
+                        left.as_mut().enable();
+                        if sw.peer(&addr.id).is_none() {
+                            break;
+                        }
+                        left.await;
                     }
                 }
                 // Exponential backoff with up to 25% jitter, capped.
