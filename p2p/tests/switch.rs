@@ -210,24 +210,69 @@ async fn no_shared_channel_is_incompatible() {
     assert!(matches!(err, RejectReason::Incompatible(ref w) if w.contains("no channel")), "{err}");
 }
 
+async fn pair(net: &MemoryTransport) -> (Switch, Switch) {
+    (node(net, vec![Arc::new(Probe::on(1))]).await, node(net, vec![Arc::new(Probe::on(1))]).await)
+}
+
 #[tokio::test]
-async fn self_duplicate_and_wrong_id() {
+async fn dialing_ourselves_is_refused() {
     let net = MemoryTransport::new();
-    let a = node(&net, vec![Arc::new(Probe::on(1))]).await;
-    let b = node(&net, vec![Arc::new(Probe::on(1))]).await;
-    // Ourselves, by our real address.
+    let (a, _) = pair(&net).await;
     let err = a.dial(&a.net_address().unwrap()).await.unwrap_err();
     assert!(matches!(err, RejectReason::SelfConnection), "{err}");
-    // Wrong expected id.
+}
+
+#[tokio::test]
+async fn wrong_expected_id_is_refused() {
+    let net = MemoryTransport::new();
+    let (a, b) = pair(&net).await;
     let mut wrong = b.net_address().unwrap();
     wrong.id = NodeKey::generate().node_id();
     let err = a.dial(&wrong).await.unwrap_err();
     assert!(matches!(err, RejectReason::Handshake(SecretError::WrongPeer { .. })), "{err}");
-    // Duplicate.
+}
+
+#[tokio::test]
+async fn duplicate_connection_is_refused() {
+    let net = MemoryTransport::new();
+    let (a, b) = pair(&net).await;
     a.dial(&b.net_address().unwrap()).await.unwrap();
     let err = a.dial(&b.net_address().unwrap()).await.unwrap_err();
     assert!(matches!(err, RejectReason::Duplicate(id) if id == b.node_id()), "{err}");
-    assert!(a.counters().rejected["duplicate"] >= 1);
+    assert_eq!(a.counters().rejected["duplicate"], 1);
+    // From the other side too: b already has a as a peer.
+    eventually(|| b.peer(&a.node_id()).is_some()).await;
+    let err = b.dial(&a.net_address().unwrap()).await.unwrap_err();
+    assert!(matches!(err, RejectReason::Duplicate(_)), "{err}");
+}
+
+#[tokio::test]
+async fn other_block_protocol_is_incompatible() {
+    let net = MemoryTransport::new();
+    let a = node(&net, vec![Arc::new(Probe::on(1))]).await;
+    let mut info = test_info("v2");
+    info.protocol_version.block = 2;
+    let b = Switch::builder(NodeKey::generate(), info, config(), net.clone())
+        .reactor(Probe::on(1))
+        .build()
+        .unwrap();
+    b.start().await.unwrap();
+    let err = a.dial(&b.net_address().unwrap()).await.unwrap_err();
+    assert!(
+        matches!(err, RejectReason::Incompatible(ref w) if w.contains("block protocol")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn garbage_instead_of_a_handshake_is_refused() {
+    use tokio::io::AsyncWriteExt;
+    let net = MemoryTransport::new();
+    let (_, b) = pair(&net).await;
+    let mut s = net.dial(b.listen_addr().unwrap()).await.unwrap();
+    s.write_all(b"\x00\x05hello").await.unwrap();
+    eventually(|| b.counters().rejected.get("handshake") == Some(&1)).await;
+    assert!(b.peers().is_empty());
 }
 
 #[tokio::test]
@@ -319,27 +364,32 @@ async fn raw_dial(
 }
 
 #[tokio::test]
-async fn node_info_id_mismatch_and_invalid_node_info_are_refused() {
+async fn node_info_with_another_id_is_refused() {
     let net = MemoryTransport::new();
     let b = node(&net, vec![Arc::new(Probe::on(1))]).await;
     raw_dial(&net, &b, |_| {
-        let mut i = chat_info("liar", "127.0.0.1:1");
-        i.network = "test".into();
+        let mut i = test_info("liar");
         i.channels = vec![1];
         i.node_id = NodeKey::generate().node_id();
         i
     })
     .await;
     assert_eq!(b.counters().rejected.get("node_info_id"), Some(&1));
+    assert!(b.peers().is_empty());
+}
+
+#[tokio::test]
+async fn invalid_node_info_is_refused() {
+    let net = MemoryTransport::new();
+    let b = node(&net, vec![Arc::new(Probe::on(1))]).await;
     raw_dial(&net, &b, |k| {
-        let mut i = chat_info("bad\u{7}moniker", "127.0.0.1:1");
-        i.network = "test".into();
+        let mut i = test_info("bad\u{7}moniker");
         i.channels = vec![1];
         i.node_id = k.node_id();
         i
     })
     .await;
-    eventually(|| b.counters().rejected.get("node_info") == Some(&1)).await;
+    assert_eq!(b.counters().rejected.get("node_info"), Some(&1));
     assert!(b.peers().is_empty());
 }
 
