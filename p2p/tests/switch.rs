@@ -153,19 +153,29 @@ async fn until(n: &tokio::sync::Notify, mut f: impl FnMut() -> bool) {
 
 #[tokio::test]
 async fn connect_exchange_and_disconnect() {
-    let net = MemoryTransport::new();
+    connect_exchange_and_disconnect_over(MemoryTransport::new()).await;
+}
+
+#[tokio::test]
+async fn connect_exchange_and_disconnect_over_tcp() {
+    connect_exchange_and_disconnect_over(TcpTransport).await;
+}
+
+async fn connect_exchange_and_disconnect_over<T: Transport>(t: T) {
     let (pa, pb) = (Arc::new(Probe::on(1)), Arc::new(Probe::on(1)));
-    let a = node(&net, vec![pa.clone()]).await;
-    let b = node(&net, vec![pb.clone()]).await;
+    let a = node_with(t.clone(), config(), "test", vec![pa.clone()]).await;
+    let b = node_with(t, config(), "test", vec![pb.clone()]).await;
     let peer = a.dial(&b.net_address().unwrap()).await.unwrap();
     assert!(peer.is_outbound());
     assert_eq!(peer.id(), b.node_id());
     eventually(|| b.peer(&a.node_id()).is_some()).await;
     assert_eq!(a.num_peers(), (1, 0));
     assert_eq!(b.num_peers(), (0, 1));
+    assert_eq!(b.peer(&a.node_id()).unwrap().node_info().moniker, "n");
     peer.send(1, line("hi")).await.unwrap();
     eventually(|| pb.got.load(Ordering::SeqCst) == 1).await;
     assert_eq!(pb.added.load(Ordering::SeqCst), 1);
+    assert_eq!(peer.stats().channels[0].msgs_sent, 1);
     a.stop_peer_for_error(&peer, "test says bye").await;
     eventually(|| a.peers().is_empty() && b.peers().is_empty()).await;
     assert!(matches!(a.last_stop_reason(&b.node_id()), Some(StopReason::Error(_))));
