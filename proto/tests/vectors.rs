@@ -67,3 +67,13 @@ fn cross_check_with_tendermint_proto() {
     let tm_ping = tm::Packet { sum: Some(tm::packet::Sum::PacketPing(tm::PacketPing {})) };
     assert_eq!(hex::encode(tm_ping.encode_to_vec()), "0a00");
 }
+
+/// The RpcFrame examples of docs/protocol.md §5.
+#[test]
+fn rpc_frame_vectors() {
+    use plexus_proto::p2p::RpcFrame;
+    let req = RpcFrame { id: 1, response: false, payload: vec![0x08, 0x07].into() };
+    assert_eq!(enc(&req), "08011a020807");
+    let resp = RpcFrame { id: 1, response: true, payload: vec![0x10, 0x01].into() };
+    assert_eq!(enc(&resp), "080110011a021001");
+}
