@@ -154,14 +154,18 @@ impl NodeInfo {
                 self.moniker
             ));
         }
-        if self.listen_addr.parse::<SocketAddr>().is_err() {
-            let ok = self
+        let ok = match self.listen_addr.parse::<SocketAddr>() {
+            Ok(a) => a.port() != 0,
+            Err(_) => self
                 .listen_addr
                 .rsplit_once(':')
-                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0));
-            if !ok {
-                return bad(format!("listen_addr {:?} is not host:port", self.listen_addr));
-            }
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0)),
+        };
+        if !ok {
+            return bad(format!(
+                "listen_addr {:?} is not host:port with a port of 1..=65535",
+                self.listen_addr
+            ));
         }
         let mut ids: Vec<u16> = self.capabilities.iter().map(|c| c.0).collect();
         ids.sort_unstable();
@@ -334,6 +338,7 @@ mod tests {
         assert!(check(&|i| i.moniker = "bad\nname".into()).is_err());
         assert!(check(&|i| i.moniker = "x".repeat(65)).is_err());
         assert!(check(&|i| i.listen_addr = "nowhere".into()).is_err());
+        assert!(check(&|i| i.listen_addr = "127.0.0.1:0".into()).is_err());
         assert!(check(&|i| i.listen_addr = "[::1]:26656".into()).is_ok());
         assert!(check(&|i| i.listen_addr = "seed.example:26656".into()).is_ok());
         assert!(check(&|i| i.capabilities = vec![(1, "a".into()), (1, "b".into())]).is_err());

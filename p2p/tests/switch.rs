@@ -702,3 +702,137 @@ async fn request_response_matches_ids_and_times_out() {
         .unwrap();
     eventually(|| server.unsolicited.load(Ordering::SeqCst) == 1).await;
 }
+
+/// A transport whose dials never complete and whose listener accepts
+/// nothing: for dial and handshake timeouts.
+#[derive(Clone)]
+struct Blackhole(MemoryTransport);
+
+impl Transport for Blackhole {
+    type Stream = tokio::io::DuplexStream;
+    type Listener = plexus_p2p::transport::MemoryListener;
+    async fn listen(&self, addr: std::net::SocketAddr) -> std::io::Result<Self::Listener> {
+        self.0.listen(addr).await
+    }
+    async fn dial(&self, _addr: std::net::SocketAddr) -> std::io::Result<Self::Stream> {
+        std::future::pending().await
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn dial_timeout_is_read() {
+    let net = MemoryTransport::new();
+    let (_, b) = pair(&net).await;
+    let cfg = SwitchConfig { dial_timeout: Duration::from_secs(3), ..config() };
+    let a = node_with(Blackhole(net.clone()), cfg, "test", vec![Arc::new(Probe::on(1))]).await;
+    let t0 = tokio::time::Instant::now();
+    let err = a.dial(&b.net_address().unwrap()).await.unwrap_err();
+    assert!(
+        matches!(err, RejectReason::Dial(ref e) if e.kind() == std::io::ErrorKind::TimedOut),
+        "{err}"
+    );
+    assert_eq!(t0.elapsed(), Duration::from_secs(3));
+}
+
+#[tokio::test(start_paused = true)]
+async fn handshake_timeout_is_read() {
+    let net = MemoryTransport::new();
+    // A listener that accepts the connection and never says a word.
+    let mut silent = net.listen("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr =
+        NetAddress::new(NodeKey::generate().node_id(), plexus_p2p::Listener::local_addr(&silent));
+    tokio::spawn(async move {
+        let _keep = plexus_p2p::Listener::accept(&mut silent).await;
+        std::future::pending::<()>().await;
+    });
+    let cfg = SwitchConfig { handshake_timeout: Duration::from_secs(7), ..config() };
+    let a = node_with(net.clone(), cfg, "test", vec![Arc::new(Probe::on(1))]).await;
+    let t0 = tokio::time::Instant::now();
+    let err = a.dial(&addr).await.unwrap_err();
+    assert!(matches!(err, RejectReason::Handshake(SecretError::Timeout(_))), "{err}");
+    assert_eq!(t0.elapsed(), Duration::from_secs(7));
+}
+
+#[tokio::test]
+async fn refused_dial_and_stopped_switch() {
+    let net = MemoryTransport::new();
+    let (a, b) = pair(&net).await;
+    let nobody = NetAddress::new(NodeKey::generate().node_id(), "127.0.0.1:9".parse().unwrap());
+    let err = a.dial(&nobody).await.unwrap_err();
+    assert!(matches!(err, RejectReason::Dial(_)), "{err}");
+    a.stop().await;
+    let err = a.dial(&b.net_address().unwrap()).await.unwrap_err();
+    assert!(matches!(err, RejectReason::Stopped), "{err}");
+}
+
+#[tokio::test]
+async fn unconditional_peers_pass_the_inbound_limit() {
+    let net = MemoryTransport::new();
+    let a1 = node(&net, vec![Arc::new(Probe::on(1))]).await;
+    let vip_key = NodeKey::generate();
+    let cfg = SwitchConfig {
+        max_inbound: 1,
+        unconditional_peer_ids: vec![vip_key.node_id()],
+        ..config()
+    };
+    let b = node_with(net.clone(), cfg, "test", vec![Arc::new(Probe::on(1))]).await;
+    a1.dial(&b.net_address().unwrap()).await.unwrap();
+    eventually(|| b.num_peers().1 == 1).await;
+    let vip = Switch::builder(vip_key, test_info("vip"), config(), net.clone())
+        .reactor(Probe::on(1))
+        .build()
+        .unwrap();
+    vip.dial(&b.net_address().unwrap()).await.unwrap();
+    eventually(|| b.num_peers().1 == 2).await;
+}
+
+/// Each side dials the other at the same moment: both end up with the one
+/// connection dialed by the lower id, and only that.
+#[tokio::test]
+async fn simultaneous_dials_keep_one_connection() {
+    let net = MemoryTransport::new();
+    for _ in 0..5 {
+        let (a, b) = pair(&net).await;
+        let (na, nb) = (a.net_address().unwrap(), b.net_address().unwrap());
+        let (ra, rb) = tokio::join!(a.dial(&nb), b.dial(&na));
+        let _ = (ra, rb);
+        let lower_dialed = |sw: &Switch, other: &Switch| {
+            sw.peer(&other.node_id())
+                .is_some_and(|p| p.is_outbound() == (sw.node_id() < other.node_id()))
+        };
+        eventually(|| lower_dialed(&a, &b) && lower_dialed(&b, &a)).await;
+        assert_eq!(a.peers().len(), 1);
+        assert_eq!(b.peers().len(), 1);
+    }
+}
+
+/// A peer whose reactor is stuck in `receive` still leaves the switch
+/// after `remove_grace`, so it can reconnect.
+#[tokio::test(start_paused = true)]
+async fn stuck_reactor_does_not_keep_a_dead_peer() {
+    let net = MemoryTransport::new();
+    let slow = Arc::new(Probe { slow: true, ..Probe::on(1) });
+    let a = node(&net, vec![Arc::new(Probe::on(1))]).await;
+    let cfg = SwitchConfig { remove_grace: Duration::from_secs(5), ..config() };
+    let b = node_with(net.clone(), cfg, "test", vec![slow.clone()]).await;
+    let peer = a.dial(&b.net_address().unwrap()).await.unwrap();
+    peer.send(1, line("stuck")).await.unwrap();
+    eventually(|| b.peer(&a.node_id()).is_some()).await;
+    a.stop_peer_for_error(&peer, "bye").await;
+    eventually(|| b.peers().is_empty()).await;
+    assert_eq!(slow.removed.lock().len(), 1);
+    a.dial(&b.net_address().unwrap()).await.unwrap();
+}
+
+#[tokio::test]
+async fn abandoned_dial_leaves_no_trace() {
+    let net = MemoryTransport::new();
+    let (a, b) = pair(&net).await;
+    // Give up on the dial at once; the switch finishes (or drops) it alone.
+    let _ = tokio::time::timeout(Duration::from_micros(1), a.dial(&b.net_address().unwrap())).await;
+    eventually(|| a.peer(&b.node_id()).is_some()).await;
+    a.stop_peer_for_error(&a.peer(&b.node_id()).unwrap(), "again").await;
+    eventually(|| a.peers().is_empty()).await;
+    // Not stuck as "dialing" or "duplicate".
+    a.dial(&b.net_address().unwrap()).await.unwrap();
+}

@@ -16,8 +16,10 @@
 //! 9. not ourselves;
 //! 10. compatible: same network and block protocol, a shared channel;
 //!
-//! then, now that the id is known: a ban on the id, duplicate by id, the
-//! application filter by id, and the inbound or outbound limit
+//! then, now that the id is known: a ban on the id, the application filter
+//! by id, and, under the peer-set lock, the switch not stopping, duplicate
+//! by id (a simultaneous pair of connections keeps the one dialed by the
+//! lower id), the per-IP limit again, and the inbound or outbound limit
 //! (unconditional peers exempt).
 
 mod metrics;
@@ -98,6 +100,16 @@ pub struct SwitchConfig {
     /// Ban for consensus errors (lying about the chain). Default 600 s
     /// (Chia).
     pub ban_consensus_error: Duration,
+    /// Grace period for reactors to finish the messages of a peer that
+    /// disconnected; a `receive` still running after it is aborted so the
+    /// peer can leave. Default 5 s.
+    pub remove_grace: Duration,
+    /// Most inbound connections in the handshake at once; more are dropped
+    /// unanswered. Default 64.
+    pub max_pending_handshakes: usize,
+    /// Pause after a failed accept (e.g. out of file descriptors) before
+    /// accepting again. Default 100 ms.
+    pub accept_retry_delay: Duration,
     /// Channel settings.
     pub mconn: MConnConfig,
     /// Handshake settings (its timeout is replaced by `handshake_timeout`).
@@ -125,6 +137,9 @@ impl Default for SwitchConfig {
             ban_protocol_error: Duration::from_secs(10),
             ban_invalid_data: Duration::from_secs(60),
             ban_consensus_error: Duration::from_secs(600),
+            remove_grace: Duration::from_secs(5),
+            max_pending_handshakes: 64,
+            accept_retry_delay: Duration::from_millis(100),
             mconn: MConnConfig::default(),
             secret: SecretConfig::default(),
         }
@@ -192,6 +207,9 @@ pub enum RejectReason {
     /// `max_outbound` reached.
     #[error("outbound peer limit reached")]
     OutboundFull,
+    /// `max_pending_handshakes` inbound handshakes already running.
+    #[error("too many handshakes in progress")]
+    TooManyHandshakes,
     /// The switch is stopping.
     #[error("switch stopped")]
     Stopped,
@@ -215,6 +233,7 @@ impl RejectReason {
             RejectReason::Incompatible(_) => "incompatible",
             RejectReason::InboundFull => "inbound_full",
             RejectReason::OutboundFull => "outbound_full",
+            RejectReason::TooManyHandshakes => "too_many_handshakes",
             RejectReason::Stopped => "stopped",
         }
     }
@@ -472,7 +491,7 @@ pub struct SwitchCounters {
 
 struct Inner {
     key: NodeKey,
-    info: NodeInfo,
+    info: parking_lot::RwLock<NodeInfo>,
     config: SwitchConfig,
     transport: Box<dyn DynTransport>,
     reactors: Vec<Arc<dyn DynReactor>>,
@@ -492,6 +511,9 @@ struct Inner {
     cancel: CancellationToken,
     metrics: SwitchMetrics,
     events: tokio::sync::broadcast::Sender<SwitchEvent>,
+    handshakes: Arc<tokio::sync::Semaphore>,
+    started: std::sync::atomic::AtomicBool,
+    persistent_running: Mutex<HashSet<NodeId>>,
     /// Woken whenever a peer leaves the set.
     peer_left: tokio::sync::Notify,
 }
@@ -592,9 +614,35 @@ impl SwitchBuilder {
         }
         self.info.validate().map_err(|e| SwitchBuildError::Config(e.to_string()))?;
         let persistent = self.config.persistent_peers.iter().map(|a| (a.id, a.clone())).collect();
+        if self.config.redial_initial.is_zero()
+            || self.config.redial_max < self.config.redial_initial
+        {
+            return Err(SwitchBuildError::Config(
+                "redial_initial must be positive and at most redial_max".into(),
+            ));
+        }
+        let c = &self.config;
+        let year = Duration::from_secs(365 * 86_400);
+        for (name, d) in [
+            ("dial_timeout", c.dial_timeout),
+            ("handshake_timeout", c.handshake_timeout),
+            ("filter_timeout", c.filter_timeout),
+            ("idle_timeout", c.idle_timeout),
+            ("redial_max", c.redial_max),
+            ("remove_grace", c.remove_grace),
+            ("accept_retry_delay", c.accept_retry_delay),
+        ] {
+            if d > year {
+                return Err(SwitchBuildError::Config(format!("{name} must be at most a year")));
+            }
+        }
+        if self.config.max_pending_handshakes == 0 {
+            return Err(SwitchBuildError::Config("max_pending_handshakes must be positive".into()));
+        }
         Ok(Switch(Arc::new(Inner {
+            handshakes: Arc::new(tokio::sync::Semaphore::new(self.config.max_pending_handshakes)),
             key: self.key,
-            info: self.info,
+            info: parking_lot::RwLock::new(self.info),
             config: self.config,
             transport: self.transport,
             reactors: self.reactors,
@@ -614,6 +662,8 @@ impl SwitchBuilder {
             metrics: SwitchMetrics::default(),
             events: tokio::sync::broadcast::channel(1024).0,
             peer_left: tokio::sync::Notify::new(),
+            started: std::sync::atomic::AtomicBool::new(false),
+            persistent_running: Mutex::new(HashSet::new()),
         })))
     }
 }
@@ -663,9 +713,9 @@ impl Switch {
         self.0.key.node_id()
     }
 
-    /// Our NodeInfo.
-    pub fn node_info(&self) -> &NodeInfo {
-        &self.0.info
+    /// Our NodeInfo (its `listen_addr` is the bound address once started).
+    pub fn node_info(&self) -> NodeInfo {
+        self.0.info.read().clone()
     }
 
     /// The config in force.
@@ -689,9 +739,20 @@ impl Switch {
     /// # Errors
     /// The listener could not bind.
     pub async fn start(&self) -> io::Result<()> {
+        if self.0.started.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
         if let Some(addr) = self.0.config.listen_addr {
             let listener = self.0.transport.listen(addr).await?;
-            *self.0.listen.lock() = Some(listener.local_addr());
+            let bound = listener.local_addr();
+            *self.0.listen.lock() = Some(bound);
+            {
+                // Advertise the port actually bound (the config may say 0).
+                let mut info = self.0.info.write();
+                if info.listen_addr == addr.to_string() {
+                    info.listen_addr = bound.to_string();
+                }
+            }
             let sw = self.clone();
             tokio::spawn(async move { sw.accept_loop(listener).await });
         }
@@ -762,8 +823,10 @@ impl Switch {
         self.0.config.private_peer_ids.contains(id)
     }
 
-    /// Dials `addrs` concurrently; with `persistent`, they are also kept
-    /// connected from now on. Returns each address's outcome.
+    /// Dials `addrs` concurrently and returns each outcome. With
+    /// `persistent`, addresses not yet persistent become so and are dialed
+    /// (and redialed) by their own background task instead, so they are not
+    /// in the returned list.
     pub async fn dial_peers(
         &self,
         addrs: Vec<NetAddress>,
@@ -798,7 +861,12 @@ impl Switch {
     /// # Errors
     /// The [`RejectReason`].
     pub async fn dial(&self, addr: &NetAddress) -> Result<Peer, RejectReason> {
-        let res = self.dial_inner(addr).await;
+        // The upgrade runs in its own task: if the caller stops waiting,
+        // the connection is still either fully set up or fully dropped.
+        let (sw, a) = (self.clone(), addr.clone());
+        let res = tokio::spawn(async move { sw.dial_inner(&a).await })
+            .await
+            .unwrap_or_else(|_| Err(RejectReason::Stopped));
         if let Err(e) = &res {
             self.count_reject(e);
             self.emit(SwitchEvent::Rejected { direction: Direction::Outbound, reason: e.label() });
@@ -854,11 +922,22 @@ impl Switch {
                 Ok(x) => x,
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(self.0.config.accept_retry_delay).await;
                     continue;
                 }
             };
+            let Ok(permit) = self.0.handshakes.clone().try_acquire_owned() else {
+                let e = RejectReason::TooManyHandshakes;
+                self.count_reject(&e);
+                self.emit(SwitchEvent::Rejected {
+                    direction: Direction::Inbound,
+                    reason: e.label(),
+                });
+                continue;
+            };
             let sw = self.clone();
             tokio::spawn(async move {
+                let _permit = permit;
                 if let Err(e) = sw.accept_one(stream, remote).await {
                     sw.count_reject(&e);
                     sw.emit(SwitchEvent::Rejected {
@@ -936,9 +1015,9 @@ impl Switch {
         }
         .map_err(RejectReason::Handshake)?;
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let info = node_info::exchange(&mut conn, &self.0.info, left)
-            .await
-            .map_err(RejectReason::NodeInfo)?;
+        let ours = self.node_info();
+        let info =
+            node_info::exchange(&mut conn, &ours, left).await.map_err(RejectReason::NodeInfo)?;
         let actual = conn.remote_id();
         if info.node_id != actual {
             return Err(RejectReason::NodeInfoIdMismatch { claimed: info.node_id, actual });
@@ -946,7 +1025,7 @@ impl Switch {
         if actual == self.node_id() {
             return Err(RejectReason::SelfConnection);
         }
-        self.0.info.compatible_with(&info).map_err(RejectReason::Incompatible)?;
+        ours.compatible_with(&info).map_err(RejectReason::Incompatible)?;
         self.check_ban_id(&actual)?;
         if let Some(f) = &self.0.id_filter {
             tokio::time::timeout(cfg.filter_timeout, f(info.clone()))
@@ -971,32 +1050,69 @@ impl Switch {
             stop_reason: Mutex::new(None),
             metrics: self.0.metrics.clone(),
         }));
-        {
-            let mut set = self.0.peers.lock();
-            if set.get(&actual).is_some() {
-                return Err(RejectReason::Duplicate(actual));
-            }
-            let unconditional = self.is_unconditional(&actual);
-            match direction {
-                Direction::Inbound
-                    if !unconditional && set.count(Direction::Inbound) >= cfg.max_inbound =>
-                {
-                    return Err(RejectReason::InboundFull)
-                }
-                Direction::Outbound
-                    if !unconditional
-                        && !persistent
-                        && set.count(Direction::Outbound) >= cfg.max_outbound =>
-                {
-                    return Err(RejectReason::OutboundFull)
-                }
-                _ => {}
-            }
-            set.peers.insert(actual, peer.clone());
-        }
+        self.admit(&peer, persistent).await?;
         self.0.metrics.peers.get_or_create(&DirLabel { direction: direction.into() }).inc();
         self.run_peer(peer.clone(), receivers).await;
         Ok(peer)
+    }
+
+    /// The checks made under the peer-set lock, then the insert. Of two
+    /// simultaneous connections between the same pair (each side dialed),
+    /// both sides keep the one dialed by the lower id: a new preferred
+    /// connection waits for the other one to be stopped and removed.
+    async fn admit(&self, peer: &Peer, persistent: bool) -> Result<(), RejectReason> {
+        let cfg = &self.0.config;
+        let id = peer.id();
+        let we_dialed_lower = self.node_id() < id;
+        let preferred = |p: &Peer| p.is_outbound() == we_dialed_lower;
+        loop {
+            let left = self.0.peer_left.notified();
+            tokio::pin!(left);
+            left.as_mut().enable();
+            let replaced = {
+                let mut set = self.0.peers.lock();
+                if self.0.cancel.is_cancelled() {
+                    return Err(RejectReason::Stopped);
+                }
+                match set.get(&id) {
+                    Some(old) if preferred(peer) && !preferred(old) => old.clone(),
+                    Some(_) => return Err(RejectReason::Duplicate(id)),
+                    None => {
+                        let unconditional = self.is_unconditional(&id);
+                        let ip = peer.socket_addr().ip();
+                        let exempt = cfg.per_ip_exempt_loopback && ip.is_loopback();
+                        match peer.direction() {
+                            Direction::Inbound
+                                if cfg.max_inbound_per_ip != 0
+                                    && !exempt
+                                    && set.inbound_from(ip) >= cfg.max_inbound_per_ip =>
+                            {
+                                return Err(RejectReason::TooManyFromIp(ip))
+                            }
+                            Direction::Inbound
+                                if !unconditional
+                                    && set.count(Direction::Inbound) >= cfg.max_inbound =>
+                            {
+                                return Err(RejectReason::InboundFull)
+                            }
+                            Direction::Outbound
+                                if !unconditional
+                                    && !persistent
+                                    && set.count(Direction::Outbound) >= cfg.max_outbound =>
+                            {
+                                return Err(RejectReason::OutboundFull)
+                            }
+                            _ => {}
+                        }
+                        set.peers.insert(id, peer.clone());
+                        return Ok(());
+                    }
+                }
+            };
+            let why = "replaced by the connection dialed by the lower id";
+            self.stop_peer(&replaced, StopReason::Error(why.into())).await;
+            left.await;
+        }
     }
 
     /// Notifies reactors, starts one task per channel, and a task that
@@ -1042,8 +1158,21 @@ impl Switch {
         tokio::spawn(
             async move {
                 let conn_reason = peer.0.conn.closed().await;
-                // Let every reactor see the last messages before remove_peer.
-                while tasks.join_next().await.is_some() {}
+                // Let every reactor see the last messages before remove_peer,
+                // within the grace period; a stuck receive is aborted.
+                let grace = sw.0.config.remove_grace;
+                let drained = tokio::time::timeout(grace, async {
+                    while tasks.join_next().await.is_some() {}
+                })
+                .await;
+                if drained.is_err() {
+                    tracing::warn!(
+                        ?grace,
+                        "a reactor did not finish in time; aborting its receive"
+                    );
+                    tasks.abort_all();
+                    while tasks.join_next().await.is_some() {}
+                }
                 let reason = peer
                     .0
                     .stop_reason
@@ -1053,8 +1182,19 @@ impl Switch {
                 for r in &sw.0.reactors {
                     r.remove_peer(&peer, &reason).await;
                 }
-                sw.0.last_stop.lock().insert(peer.id(), reason.clone());
-                sw.0.peers.lock().peers.remove(&peer.id());
+                {
+                    let mut last = sw.0.last_stop.lock();
+                    if last.len() >= 1024 {
+                        last.clear();
+                    }
+                    last.insert(peer.id(), reason.clone());
+                }
+                {
+                    let mut set = sw.0.peers.lock();
+                    if set.get(&peer.id()).is_some_and(|p| Arc::ptr_eq(&p.0, &peer.0)) {
+                        set.peers.remove(&peer.id());
+                    }
+                }
                 sw.0.metrics
                     .peers
                     .get_or_create(&DirLabel { direction: peer.direction().into() })
@@ -1094,13 +1234,12 @@ impl Switch {
     /// Records misbehaviour; at `ban_threshold` the peer is disconnected
     /// and its id and IP banned for the kind's time.
     pub async fn report(&self, peer: &Peer, m: PeerMisbehavior) {
-        let score = peer
-            .0
-            .score
-            .fetch_add(u64::from(m.score), Ordering::Relaxed)
-            .saturating_add(u64::from(m.score));
+        let before = peer.0.score.fetch_add(u64::from(m.score), Ordering::Relaxed);
+        let score = before.saturating_add(u64::from(m.score));
         tracing::debug!(peer = %peer.id(), kind = ?m.kind, score, reason = %m.reason, "misbehaviour");
-        if score < u64::from(self.0.config.ban_threshold) {
+        let threshold = u64::from(self.0.config.ban_threshold);
+        // Ban once, when the score first reaches the threshold.
+        if score < threshold || before >= threshold {
             return;
         }
         let dur = match m.kind {
@@ -1114,11 +1253,23 @@ impl Switch {
 
     /// Bans an id (and optionally an IP) for `dur`; checked on accept and
     /// dial.
+    /// A ban never shortens one already in force; expired bans are pruned.
     pub fn ban(&self, id: NodeId, ip: Option<IpAddr>, dur: Duration) {
-        let until = std_now() + dur;
-        self.0.bans_id.lock().insert(id, until);
+        let now = std_now();
+        let until = now.checked_add(dur).unwrap_or(now + Duration::from_secs(100 * 365 * 86_400));
+        fn put<K: std::hash::Hash + Eq>(
+            m: &mut HashMap<K, Instant>,
+            k: K,
+            until: Instant,
+            now: Instant,
+        ) {
+            m.retain(|_, t| *t > now);
+            let e = m.entry(k).or_insert(until);
+            *e = (*e).max(until);
+        }
+        put(&mut self.0.bans_id.lock(), id, until, now);
         if let Some(ip) = ip {
-            self.0.bans_ip.lock().insert(ip, until);
+            put(&mut self.0.bans_ip.lock(), ip, until, now);
         }
         self.0.counters.lock().bans += 1;
         self.0.metrics.bans.inc();
@@ -1165,6 +1316,9 @@ impl Switch {
     }
 
     fn spawn_persistent(&self, addr: NetAddress) {
+        if !self.0.persistent_running.lock().insert(addr.id) {
+            return;
+        }
         let sw = self.clone();
         tokio::spawn(async move {
             let cfg = &sw.0.config;

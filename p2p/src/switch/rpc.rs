@@ -1,5 +1,6 @@
-//! Request/response over a channel: [`Requester`] gives each request a
-//! per-connection id and waits for the matching response with a timeout
+//! Request/response over a channel: [`Requester`] gives each request an id
+//! (from one counter per requester, matched per peer, so ids are unique on
+//! each connection) and waits for the matching response with a timeout
 //! (Chia's optional message id), so reactors need not hand-roll it.
 //!
 //! Wire form: every message on the channel is a `plexus.p2p.RpcFrame`
@@ -104,18 +105,21 @@ impl Requester {
             }
             pending.insert(key, tx);
         }
-        let frame = RpcFrame { id, response: false, payload: req.encode_to_vec().into() };
-        let result = async {
-            peer.send_msg(channel, &frame).await?;
-            match tokio::time::timeout(self.timeout, rx).await {
-                Err(_) => Err(RequestError::Timeout(self.timeout)),
-                Ok(Err(_)) => Err(RequestError::Disconnected),
-                Ok(Ok(bytes)) => Ok(Resp::decode(bytes)?),
+        // Removes the entry however this future ends, dropped included.
+        struct Pending<'a>(&'a Requester, (NodeId, u64));
+        impl Drop for Pending<'_> {
+            fn drop(&mut self) {
+                self.0.pending.lock().remove(&self.1);
             }
         }
-        .await;
-        self.pending.lock().remove(&key);
-        result
+        let _pending = Pending(self, key);
+        let frame = RpcFrame { id, response: false, payload: req.encode_to_vec().into() };
+        peer.send_msg(channel, &frame).await?;
+        match tokio::time::timeout(self.timeout, rx).await {
+            Err(_) => Err(RequestError::Timeout(self.timeout)),
+            Ok(Err(_)) => Err(RequestError::Disconnected),
+            Ok(Ok(bytes)) => Ok(Resp::decode(bytes)?),
+        }
     }
 
     /// Handles a frame received from `peer`: a response completes its
