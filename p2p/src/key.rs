@@ -48,6 +48,20 @@ impl fmt::Debug for NodeId {
     }
 }
 
+impl Serialize for NodeId {
+    /// As its 40-hex-digit string.
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for NodeId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// Why a string is not a [`NodeId`].
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum NodeIdError {
