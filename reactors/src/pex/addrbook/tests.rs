@@ -134,9 +134,9 @@ fn selection_size_and_exclusions() {
     assert!(again.iter().all(|a| !private.contains(&a.id)));
 }
 
-#[test]
-fn test_before_evict() {
-    // One tried bucket with one slot: every good peer collides.
+/// A book with one tried bucket of one slot (every good peer collides)
+/// and two addresses in new.
+fn one_tried_slot() -> (AddrBook, NetAddress, NetAddress) {
     let cfg = AddrBookConfig {
         new_buckets: 8,
         tried_buckets: 1,
@@ -148,6 +148,12 @@ fn test_before_evict() {
     let (a1, a2) = (na(1, [8, 1, 0, 1]), na(2, [8, 2, 0, 1]));
     b.add(&a1, src([1, 0, 0, 1]), NOW, 1, NOW).unwrap();
     b.add(&a2, src([2, 0, 0, 1]), NOW, 1, NOW).unwrap();
+    (b, a1, a2)
+}
+
+#[test]
+fn test_before_evict() {
+    let (mut b, a1, a2) = one_tried_slot();
     assert_eq!(b.mark_good(&a1.id, NOW), Good::Tried);
     assert_eq!(b.mark_good(&a2.id, NOW + 10), Good::Collision { incumbent: a1.id });
     assert_eq!(b.collision_to_test().unwrap().id, a1.id);
@@ -167,17 +173,7 @@ fn test_before_evict() {
 
 #[test]
 fn unresolved_collision_goes_to_the_newcomer_after_40_min() {
-    let cfg = AddrBookConfig {
-        new_buckets: 8,
-        tried_buckets: 1,
-        bucket_size: 1,
-        strict: false,
-        ..AddrBookConfig::default()
-    };
-    let mut b = AddrBook::new(cfg, rng(5));
-    let (a1, a2) = (na(1, [8, 1, 0, 1]), na(2, [8, 2, 0, 1]));
-    b.add(&a1, src([1, 0, 0, 1]), NOW, 1, NOW).unwrap();
-    b.add(&a2, src([2, 0, 0, 1]), NOW, 1, NOW).unwrap();
+    let (mut b, a1, a2) = one_tried_slot();
     b.mark_good(&a1.id, NOW);
     b.mark_good(&a2.id, NOW);
     b.resolve_collisions(NOW + 2399);
