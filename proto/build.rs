@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/plexus/p2p/conn.proto",
         "proto/plexus/p2p/types.proto",
         "proto/plexus/p2p/rpc.proto",
+        "proto/plexus/pex/pex.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

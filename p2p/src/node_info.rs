@@ -154,18 +154,15 @@ impl NodeInfo {
                 self.moniker
             ));
         }
-        let ok = match self.listen_addr.parse::<SocketAddr>() {
-            Ok(a) => a.port() != 0,
-            Err(_) => self
+        // Port 0 means the node does not accept connections (dial-only);
+        // address books refuse such an address.
+        let ok = self.listen_addr.parse::<SocketAddr>().is_ok()
+            || self
                 .listen_addr
                 .rsplit_once(':')
-                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p != 0)),
-        };
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok());
         if !ok {
-            return bad(format!(
-                "listen_addr {:?} is not host:port with a port of 1..=65535",
-                self.listen_addr
-            ));
+            return bad(format!("listen_addr {:?} is not host:port", self.listen_addr));
         }
         let mut ids: Vec<u16> = self.capabilities.iter().map(|c| c.0).collect();
         ids.sort_unstable();
@@ -338,7 +335,7 @@ mod tests {
         assert!(check(&|i| i.moniker = "bad\nname".into()).is_err());
         assert!(check(&|i| i.moniker = "x".repeat(65)).is_err());
         assert!(check(&|i| i.listen_addr = "nowhere".into()).is_err());
-        assert!(check(&|i| i.listen_addr = "127.0.0.1:0".into()).is_err());
+        assert!(check(&|i| i.listen_addr = "127.0.0.1:0".into()).is_ok(), "dial-only");
         assert!(check(&|i| i.listen_addr = "[::1]:26656".into()).is_ok());
         assert!(check(&|i| i.listen_addr = "seed.example:26656".into()).is_ok());
         assert!(check(&|i| i.capabilities = vec![(1, "a".into()), (1, "b".into())]).is_err());

@@ -11,4 +11,10 @@ pub mod p2p {
     include!(concat!(env!("OUT_DIR"), "/plexus.p2p.rs"));
 }
 
+/// `plexus.pex`: peer exchange messages (channel 0x00), field numbers as in
+/// CometBFT's `tendermint.p2p` pex.proto.
+pub mod pex {
+    include!(concat!(env!("OUT_DIR"), "/plexus.pex.rs"));
+}
+
 pub use prost;

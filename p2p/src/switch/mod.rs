@@ -776,6 +776,11 @@ impl Switch {
         }
     }
 
+    /// Resolves once [`Switch::stop`] has been called.
+    pub async fn stopped(&self) {
+        self.0.cancel.cancelled().await
+    }
+
     /// The connected peers.
     pub fn peers(&self) -> Vec<Peer> {
         self.0.peers.lock().iter().cloned().collect()

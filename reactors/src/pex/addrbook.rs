@@ -580,11 +580,18 @@ impl AddrBook {
         }
         let use_tried = has_tried && (!has_new || self.rng.random::<f64>() < tried_bias);
         let mut factor = 1.0;
-        for _ in 0..100_000 {
+        // A random bucket, then the first entry from a random position in
+        // it (Bitcoin Core's Select); empty buckets are redrawn. The factor
+        // makes acceptance certain after ~45 refusals, so this ends.
+        for _ in 0..1_000_000 {
             let table = if use_tried { &self.tried } else { &self.new };
             let b = self.rng.random_range(0..table.len());
-            let s = self.rng.random_range(0..self.cfg.bucket_size);
-            let Some(id) = table[b][s] else { continue };
+            let start = self.rng.random_range(0..self.cfg.bucket_size);
+            let Some(id) = (0..self.cfg.bucket_size)
+                .find_map(|i| table[b][(start + i) % self.cfg.bucket_size])
+            else {
+                continue;
+            };
             let e = &self.entries[&id];
             if e.is_banned(now) {
                 continue;

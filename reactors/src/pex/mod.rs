@@ -2,5 +2,7 @@
 //! and, next, the PEX reactor on channel 0x00.
 
 pub mod addrbook;
+pub mod reactor;
 
 pub use addrbook::{AddrBook, AddrBookConfig, AddrBookError, KnownAddress};
+pub use reactor::{PexConfig, PexReactor, PEX_CHANNEL};

@@ -294,3 +294,21 @@ proptest! {
         prop_assert_eq!(again.to_json(), b.to_json());
     }
 }
+
+#[test]
+fn select_reaches_every_tried_entry() {
+    let mut b = AddrBook::new(AddrBookConfig::default(), rng(13));
+    for n in 0..4u64 {
+        let a = na(n, [31, n as u8 + 1, 0, 1]);
+        b.add(&a, src([31, 1, 0, 1]), NOW, 1, NOW).unwrap();
+        b.mark_attempt(&a.id, NOW);
+        assert_eq!(b.mark_good(&a.id, NOW), Good::Tried);
+    }
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..40 {
+        if let Some(a) = b.select(0.5, NOW + 100) {
+            seen.insert(a.id);
+        }
+    }
+    assert_eq!(seen.len(), 4, "{seen:?}");
+}

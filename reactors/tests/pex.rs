@@ -1,0 +1,236 @@
+//! PEX over the in-memory transport with tokio's paused clock: a network
+//! that starts from one seed, the abuse rules, and a restart from a saved
+//! book.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use plexus_p2p::{
+    Envelope, MemoryTransport, NodeId, NodeInfo, NodeKey, Reactor, StopReason, Switch,
+    SwitchConfig, SwitchEvent,
+};
+use plexus_proto::pex::{self as pb, message::Sum};
+use plexus_reactors::pex::{AddrBook, AddrBookConfig, PexConfig, PexReactor, PEX_CHANNEL};
+use rand::SeedableRng;
+
+fn book(seed: u64) -> AddrBook {
+    AddrBook::new(AddrBookConfig::default(), Box::new(rand::rngs::StdRng::seed_from_u64(seed)))
+}
+
+struct Node {
+    sw: Switch,
+    pex: Arc<PexReactor>,
+}
+
+async fn start_node(
+    net: &MemoryTransport,
+    ip: IpAddr,
+    key: NodeKey,
+    pex_cfg: PexConfig,
+    b: AddrBook,
+) -> Node {
+    let t = net.with_ip(ip);
+    let cfg = SwitchConfig { listen_addr: Some(SocketAddr::new(ip, 0)), ..SwitchConfig::default() };
+    let pex = Arc::new(PexReactor::new(pex_cfg, b));
+    let sw = Switch::builder(key, NodeInfo::new("sim", "n"), cfg, t)
+        .shared_reactor(pex.clone())
+        .build()
+        .unwrap();
+    sw.start().await.unwrap();
+    pex.start(&sw);
+    Node { sw, pex }
+}
+
+fn ip(i: usize) -> IpAddr {
+    IpAddr::from([31, i as u8, 0, 1])
+}
+
+/// Whether the graph of connections is connected (BFS from node 0).
+fn connected(nodes: &[Node]) -> bool {
+    let idx: HashMap<NodeId, usize> =
+        nodes.iter().enumerate().map(|(i, n)| (n.sw.node_id(), i)).collect();
+    let mut seen = HashSet::from([1usize]);
+    let mut q = VecDeque::from([1usize]);
+    while let Some(i) = q.pop_front() {
+        for p in nodes[i].sw.peers() {
+            if let Some(&j) = idx.get(&p.id()) {
+                if seen.insert(j) {
+                    q.push_back(j);
+                }
+            }
+        }
+    }
+    // Node 0 is the seed, which keeps no peers.
+    seen.len() == nodes.len() - 1
+}
+
+/// 100 nodes, each knowing only the seed: every non-seed node reaches its
+/// outbound target (8) and the graph is connected.
+#[tokio::test(start_paused = true)]
+async fn hundred_nodes_from_one_seed() {
+    const N: usize = 100;
+    let net = MemoryTransport::new();
+    let seed_key = NodeKey::generate();
+    let seed_cfg = PexConfig { seed_mode: true, ..PexConfig::default() };
+    let mut nodes = vec![start_node(&net, ip(0), seed_key.clone(), seed_cfg, book(0)).await];
+    let seed_addr = nodes[0].sw.net_address().unwrap();
+    for i in 1..N {
+        let cfg = PexConfig { seeds: vec![seed_addr.clone()], ..PexConfig::default() };
+        nodes.push(start_node(&net, ip(i), NodeKey::generate(), cfg, book(i as u64)).await);
+    }
+    let period = PexConfig::default().ensure_peers_period;
+    let mut rounds = 0;
+    loop {
+        tokio::time::sleep(period).await;
+        rounds += 1;
+        let done = nodes[1..].iter().all(|n| n.sw.num_peers().0 >= 8) && connected(&nodes);
+        if done || rounds >= 40 {
+            break;
+        }
+    }
+    let msgs: u64 = nodes
+        .iter()
+        .map(|n| {
+            n.sw.peers()
+                .iter()
+                .map(|p| {
+                    p.stats()
+                        .channels
+                        .iter()
+                        .filter(|c| c.id == PEX_CHANNEL)
+                        .map(|c| c.msgs_sent)
+                        .sum::<u64>()
+                })
+                .sum::<u64>()
+        })
+        .sum();
+    let reached = nodes[1..].iter().filter(|n| n.sw.num_peers().0 >= 8).count();
+    println!("pex simulation: {N} nodes, {rounds} rounds of {period:?}, {reached}/{} at the outbound target, connected: {}, PEX messages on live connections: {msgs}", N - 1, connected(&nodes));
+    assert_eq!(reached, N - 1, "after {rounds} rounds");
+    assert!(connected(&nodes));
+    assert!(rounds <= 20, "took {rounds} rounds");
+    assert!(nodes[0].sw.peers().len() < 40, "the seed keeps no long-lived peers");
+    for n in &nodes {
+        n.sw.stop().await;
+    }
+}
+
+/// A node restarted with its saved book reconnects without any seed.
+#[tokio::test(start_paused = true)]
+async fn restart_from_saved_book_needs_no_seed() {
+    let net = MemoryTransport::new();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("addrbook.json");
+    let mut others = Vec::new();
+    for i in 1..5 {
+        others.push(
+            start_node(&net, ip(i), NodeKey::generate(), PexConfig::default(), book(i as u64))
+                .await,
+        );
+    }
+    let key = NodeKey::generate();
+    let cfg = PexConfig {
+        seeds: vec![others[0].sw.net_address().unwrap()],
+        book_path: Some(path.clone()),
+        ..PexConfig::default()
+    };
+    let me = start_node(&net, ip(50), key.clone(), cfg, book(50)).await;
+    // Let it learn the others through the first one.
+    for o in &others[1..] {
+        o.sw.dial(&others[0].sw.net_address().unwrap()).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert!(me.pex.book().lock().len() >= 4, "learned {}", me.pex.book().lock().len());
+    me.sw.stop().await;
+    me.pex.save();
+    drop(me);
+    // Restart: same key, no seeds, the saved book.
+    let saved = AddrBook::load(
+        AddrBookConfig::default(),
+        &path,
+        Box::new(rand::rngs::StdRng::seed_from_u64(51)),
+    );
+    assert!(saved.len() >= 4);
+    let again = start_node(&net, ip(51), key, PexConfig::default(), saved).await;
+    tokio::time::sleep(Duration::from_secs(90)).await;
+
+    assert!(again.sw.num_peers().0 >= 3, "reconnected to {}", again.sw.num_peers().0);
+}
+
+/// Sends raw PEX messages (no PEX reactor of its own).
+struct Raw;
+impl Reactor for Raw {
+    type Message = pb::Message;
+    fn channels(&self) -> Vec<plexus_p2p::ChannelDescriptor> {
+        vec![plexus_p2p::ChannelDescriptor::new(PEX_CHANNEL).recv_message_capacity(64 * 1024)]
+    }
+    async fn receive(&self, _env: Envelope<pb::Message>) {}
+}
+
+async fn abuse(msgs: Vec<pb::Message>) -> StopReason {
+    let net = MemoryTransport::new();
+    let victim = start_node(&net, ip(1), NodeKey::generate(), PexConfig::default(), book(1)).await;
+    let mut events = victim.sw.subscribe();
+    let cfg =
+        SwitchConfig { listen_addr: Some(SocketAddr::new(ip(2), 0)), ..SwitchConfig::default() };
+    let raw =
+        Switch::builder(NodeKey::generate(), NodeInfo::new("sim", "raw"), cfg, net.with_ip(ip(2)))
+            .reactor(Raw)
+            .build()
+            .unwrap();
+    raw.start().await.unwrap();
+    let mut raw_events = raw.subscribe();
+    // The victim dials the raw node, so the raw node is an outbound peer.
+    victim.sw.dial(&raw.net_address().unwrap()).await.unwrap();
+    while !matches!(raw_events.recv().await.unwrap(), SwitchEvent::PeerAdded { .. }) {}
+    let back = raw.peer(&victim.sw.node_id()).unwrap();
+    for m in msgs {
+        let _ = back.send_msg(PEX_CHANNEL, &m).await;
+    }
+    loop {
+        match events.recv().await.unwrap() {
+            SwitchEvent::PeerRemoved { reason, .. } => return reason,
+            _ => continue,
+        }
+    }
+}
+
+fn addrs(n: usize) -> pb::Message {
+    let addrs = (0..n)
+        .map(|i| pb::NetAddress {
+            id: NodeKey::generate().node_id().to_string(),
+            ip: format!("32.{}.0.1", i % 250),
+            port: 26656,
+        })
+        .collect();
+    pb::Message { sum: Some(Sum::PexAddrs(pb::PexAddrs { addrs })) }
+}
+
+#[tokio::test(start_paused = true)]
+async fn unsolicited_addrs_are_misbehaviour() {
+    // The victim asks its new outbound peer at once, so the first PexAddrs
+    // is solicited; the second is not.
+    let reason = abuse(vec![addrs(3), addrs(3)]).await;
+    assert!(
+        matches!(reason, StopReason::Misbehavior(ref w) if w.contains("unsolicited")),
+        "{reason}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn too_many_addrs_are_misbehaviour() {
+    let reason = abuse(vec![addrs(251)]).await;
+    assert!(matches!(reason, StopReason::Misbehavior(ref w) if w.contains("251")), "{reason}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn asking_too_often_is_misbehaviour() {
+    let req = pb::Message { sum: Some(Sum::PexRequest(pb::PexRequest {})) };
+    let reason = abuse(vec![req.clone(), req]).await;
+    assert!(
+        matches!(reason, StopReason::Misbehavior(ref w) if w.contains("too often")),
+        "{reason}"
+    );
+}
