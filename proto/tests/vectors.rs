@@ -77,3 +77,20 @@ fn rpc_frame_vectors() {
     let resp = RpcFrame { id: 1, response: true, payload: vec![0x10, 0x01].into() };
     assert_eq!(enc(&resp), "080110011a021001");
 }
+
+/// The PEX examples of docs/protocol.md §6.
+#[test]
+fn pex_vectors() {
+    use plexus_proto::pex::{message::Sum, Message, NetAddress, PexAddrs, PexRequest};
+    let req = Message { sum: Some(Sum::PexRequest(PexRequest {})) };
+    assert_eq!(enc(&req), "0a00");
+    let id = "0123456789abcdef0123456789abcdef01234567".to_string();
+    let addrs = Message {
+        sum: Some(Sum::PexAddrs(PexAddrs {
+            addrs: vec![NetAddress { id: id.clone(), ip: "1.2.3.4".into(), port: 26656 }],
+        })),
+    };
+    let want =
+        format!("123a0a380a28{}12073{}18e0d001", hex::encode(&id), &hex::encode("1.2.3.4")[1..]);
+    assert_eq!(enc(&addrs), want);
+}
