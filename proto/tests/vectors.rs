@@ -90,7 +90,6 @@ fn pex_vectors() {
             addrs: vec![NetAddress { id: id.clone(), ip: "1.2.3.4".into(), port: 26656 }],
         })),
     };
-    let want =
-        format!("123a0a380a28{}12073{}18e0d001", hex::encode(&id), &hex::encode("1.2.3.4")[1..]);
+    let want = format!("12390a370a28{}1207{}18a0d001", hex::encode(&id), hex::encode("1.2.3.4"));
     assert_eq!(enc(&addrs), want);
 }
