@@ -155,27 +155,35 @@ impl NetAddress {
     pub async fn resolve(&self) -> Result<Vec<SocketAddr>, ResolveError> {
         match &self.host {
             Host::Ip(ip) => Ok(vec![SocketAddr::new(*ip, self.port)]),
-            Host::Dns(name) => {
-                let err = |reason: String| ResolveError { name: name.clone(), reason };
-                // `localhost` is answered locally, as the OS resolver would.
-                if name == "localhost" {
-                    return Ok(vec![SocketAddr::new(IpAddr::from([127, 0, 0, 1]), self.port)]);
-                }
-                let resolver = hickory_resolver::Resolver::builder_tokio()
-                    .map_err(|e| err(e.to_string()))?
-                    .build()
-                    .map_err(|e| err(e.to_string()))?;
-                let ips =
-                    resolver.lookup_ip(name.as_str()).await.map_err(|e| err(e.to_string()))?;
-                let out: Vec<SocketAddr> =
-                    ips.iter().map(|ip| SocketAddr::new(ip, self.port)).collect();
-                if out.is_empty() {
-                    return Err(err("no addresses".into()));
-                }
-                Ok(out)
-            }
+            Host::Dns(name) => Ok(resolve_host(name)
+                .await?
+                .into_iter()
+                .map(|ip| SocketAddr::new(ip, self.port))
+                .collect()),
         }
     }
+}
+
+/// The IP addresses (A and AAAA) of a DNS name, from the system resolver
+/// configuration through hickory-resolver; `localhost` is answered locally.
+///
+/// # Errors
+/// [`ResolveError`] if the name does not resolve or has no address.
+pub async fn resolve_host(name: &str) -> Result<Vec<IpAddr>, ResolveError> {
+    let err = |reason: String| ResolveError { name: name.to_string(), reason };
+    if name == "localhost" {
+        return Ok(vec![IpAddr::from([127, 0, 0, 1])]);
+    }
+    let resolver = hickory_resolver::Resolver::builder_tokio()
+        .map_err(|e| err(e.to_string()))?
+        .build()
+        .map_err(|e| err(e.to_string()))?;
+    let ips = resolver.lookup_ip(name).await.map_err(|e| err(e.to_string()))?;
+    let out: Vec<IpAddr> = ips.iter().collect();
+    if out.is_empty() {
+        return Err(err("no addresses".into()));
+    }
+    Ok(out)
 }
 
 #[cfg(test)]

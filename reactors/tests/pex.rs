@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use plexus_p2p::{
-    Envelope, MemoryTransport, NodeId, NodeInfo, NodeKey, Reactor, StopReason, Switch,
+    Envelope, MemoryTransport, NetAddress, NodeId, NodeInfo, NodeKey, Reactor, StopReason, Switch,
     SwitchConfig, SwitchEvent,
 };
 use plexus_proto::pex::{self as pb, message::Sum};
@@ -233,4 +233,121 @@ async fn asking_too_often_is_misbehaviour() {
         matches!(reason, StopReason::Misbehavior(ref w) if w.contains("too often")),
         "{reason}"
     );
+}
+
+/// Answers DNS seed lookups from a table; fails a number of times first.
+#[derive(Debug)]
+struct FakeDns {
+    table: HashMap<String, Vec<IpAddr>>,
+    fail_first: std::sync::atomic::AtomicUsize,
+    lookups: std::sync::atomic::AtomicUsize,
+}
+
+impl plexus_reactors::pex::SeedResolver for FakeDns {
+    fn resolve<'a>(
+        &'a self,
+        host: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Vec<IpAddr>, String>> + Send + 'a>>
+    {
+        use std::sync::atomic::Ordering::SeqCst;
+        Box::pin(async move {
+            self.lookups.fetch_add(1, SeqCst);
+            if self.fail_first.load(SeqCst) > 0 {
+                self.fail_first.fetch_sub(1, SeqCst);
+                return Err("SERVFAIL".into());
+            }
+            self.table.get(host).cloned().ok_or_else(|| "NXDOMAIN".to_string())
+        })
+    }
+}
+
+/// A node with nothing but a DNS seed name finds the network; lookup
+/// failures are retried with backoff, never fatal.
+#[tokio::test(start_paused = true)]
+async fn dns_seed_bootstraps_after_failed_lookups() {
+    let net = MemoryTransport::new();
+    // The node behind the DNS name listens on the network's default port.
+    let target_ip = ip(7);
+    let cfg = SwitchConfig {
+        listen_addr: Some(SocketAddr::new(target_ip, 26656)),
+        ..SwitchConfig::default()
+    };
+    let pex = Arc::new(PexReactor::new(PexConfig::default(), book(7)));
+    let target = Switch::builder(
+        NodeKey::generate(),
+        NodeInfo::new("sim", "t"),
+        cfg,
+        net.with_ip(target_ip),
+    )
+    .shared_reactor(pex.clone())
+    .build()
+    .unwrap();
+    target.start().await.unwrap();
+    let dns = Arc::new(FakeDns {
+        table: HashMap::from([("seed.plexus.test".to_string(), vec![target_ip])]),
+        fail_first: std::sync::atomic::AtomicUsize::new(3),
+        lookups: std::sync::atomic::AtomicUsize::new(0),
+    });
+    let cfg = PexConfig {
+        dns_seeds: vec!["seed.plexus.test".into()],
+        resolver: dns.clone(),
+        ..PexConfig::default()
+    };
+    let me = start_node(&net, ip(8), NodeKey::generate(), cfg, book(8)).await;
+    let mut events = me.sw.subscribe();
+    loop {
+        if let SwitchEvent::PeerAdded { id, .. } = events.recv().await.unwrap() {
+            assert_eq!(id, target.node_id(), "the id was learned from the handshake");
+            break;
+        }
+    }
+    assert!(
+        dns.lookups.load(std::sync::atomic::Ordering::SeqCst) >= 4,
+        "three failures, then a success"
+    );
+}
+
+/// A seed crawls: it dials addresses from its book, asks them, learns their
+/// peers, and disconnects; it keeps no peers.
+#[tokio::test(start_paused = true)]
+async fn seed_crawls_and_keeps_no_peers() {
+    let net = MemoryTransport::new();
+    let mut nodes = Vec::new();
+    for i in 1..6 {
+        nodes.push(
+            start_node(&net, ip(i), NodeKey::generate(), PexConfig::default(), book(i as u64))
+                .await,
+        );
+    }
+    // The nodes know each other (a line), the seed knows only the first.
+    for w in 0..nodes.len() - 1 {
+        nodes[w].sw.dial(&nodes[w + 1].sw.net_address().unwrap()).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let mut seed_book = book(60);
+    let first = nodes[0].sw.net_address().unwrap();
+    seed_book.add(&first, ip(60), 0, 1, 1).ok();
+    let seed_cfg = PexConfig { seed_mode: true, ..PexConfig::default() };
+    let seed = start_node(&net, ip(60), NodeKey::generate(), seed_cfg, seed_book).await;
+    tokio::time::sleep(Duration::from_secs(150)).await;
+    let learned = seed.pex.book().lock().len();
+    assert!(learned >= 4, "the seed learned {learned} addresses by crawling");
+    assert!(seed.sw.peers().is_empty(), "the seed disconnects what it crawled");
+}
+
+/// An address that keeps failing is banned in the book after
+/// `max_dial_failures` attempts.
+#[tokio::test(start_paused = true)]
+async fn repeatedly_failing_address_is_banned() {
+    let net = MemoryTransport::new();
+    let mut b = book(70);
+    let dead = NetAddress::new(NodeKey::generate().node_id(), SocketAddr::new(ip(71), 1234));
+    b.add(&dead, ip(72), 0, 1, 1).unwrap();
+    let cfg = PexConfig { max_dial_failures: 2, ..PexConfig::default() };
+    let me = start_node(&net, ip(70), NodeKey::generate(), cfg, b).await;
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    let book = me.pex.book();
+    let e = book.lock().get(&dead.id).cloned().unwrap();
+    assert!(e.banned_until > 0, "{e:?}");
+    assert_eq!(e.attempts, 2);
 }

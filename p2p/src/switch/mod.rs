@@ -903,18 +903,55 @@ impl Switch {
             }
             let sockets = addr.resolve().await.map_err(|e| RejectReason::Resolve(e.to_string()))?;
             let socket = sockets[0];
-            self.check_ban_ip(socket.ip())?;
-            self.run_addr_filter(socket).await?;
-            let stream =
-                tokio::time::timeout(self.0.config.dial_timeout, self.0.transport.dial(socket))
-                    .await
-                    .map_err(|_| RejectReason::Dial(io::ErrorKind::TimedOut.into()))?
-                    .map_err(RejectReason::Dial)?;
-            self.upgrade(stream, socket, Direction::Outbound, Some(addr.id), persistent).await
+            self.connect_out(socket, Some(addr.id), persistent).await
         }
         .await;
         self.0.dialing.lock().remove(&addr.id);
         res
+    }
+
+    /// Dials a socket address whose node id is not known yet (a DNS seed
+    /// answer): the id is learned from the handshake, and all the other
+    /// upgrade checks apply.
+    ///
+    /// # Errors
+    /// The [`RejectReason`].
+    pub async fn dial_unknown(&self, socket: SocketAddr) -> Result<Peer, RejectReason> {
+        let sw = self.clone();
+        let res = tokio::spawn(async move {
+            if sw.0.cancel.is_cancelled() {
+                return Err(RejectReason::Stopped);
+            }
+            if sw.num_peers().0 >= sw.0.config.max_outbound {
+                return Err(RejectReason::OutboundFull);
+            }
+            sw.connect_out(socket, None, false).await
+        })
+        .await
+        .unwrap_or_else(|_| Err(RejectReason::Stopped));
+        if let Err(e) = &res {
+            self.count_reject(e);
+            self.emit(SwitchEvent::Rejected { direction: Direction::Outbound, reason: e.label() });
+        }
+        res
+    }
+
+    /// IP ban, address filter, transport dial within `dial_timeout`, then
+    /// the upgrade of an outbound connection.
+    async fn connect_out(
+        &self,
+        socket: SocketAddr,
+        expected: Option<NodeId>,
+        persistent: bool,
+    ) -> Result<Peer, RejectReason> {
+        self.check_ban_ip(socket.ip())?;
+        self.run_addr_filter(socket).await?;
+        let stream =
+            tokio::time::timeout(self.0.config.dial_timeout, self.0.transport.dial(socket))
+                .await
+                .map_err(|_| RejectReason::Dial(io::ErrorKind::TimedOut.into()))?
+                .map_err(RejectReason::Dial)?;
+        self.upgrade(stream, socket, Direction::Outbound, expected, persistent).await
     }
 
     async fn accept_loop(&self, mut listener: Box<dyn DynListener>) {

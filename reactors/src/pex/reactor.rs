@@ -19,10 +19,10 @@
 //!   [`PexReactor::save`].
 //!
 //! - Seed mode (`seed_mode`): answer each requester once, then disconnect
-//!   it (Chia's introducer).
-//!
-//! Still to come (issue 4): the seed's 30 s crawl, DNS seeds, feeler
-//! connections for tried collisions.
+//!   it, and crawl the network every round (Chia's introducer).
+//! - DNS seeds: looked up with hickory-resolver when we are alone, dialed at
+//!   the network's default port; failures are retried with backoff.
+//! - Tried collisions get a feeler connection to the incumbent.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -63,9 +63,29 @@ pub struct PexConfig {
     /// How often the book is saved. Default 2 min.
     pub save_period: Duration,
     /// Seed (introducer) mode, Chia's `get_peers_introducer`: answer each
-    /// requester once with a selection, then disconnect it; keep no
-    /// long-lived peers and dial nobody. Default false.
+    /// requester once with a selection, then disconnect it; every
+    /// `ensure_peers_period`, crawl: dial up to `crawl_batch` addresses from
+    /// the book, ask each for addresses, disconnect it on the answer; keep
+    /// no long-lived peers. Default false.
     pub seed_mode: bool,
+    /// Addresses a seed crawls per round. Default 8.
+    pub crawl_batch: usize,
+    /// DNS seeds: host names whose A/AAAA records are dialed at
+    /// `dns_seed_port` when we have no peer; the id is learned from the
+    /// handshake.
+    pub dns_seeds: Vec<String>,
+    /// The network's default port, for DNS seed answers. Default 26656.
+    pub dns_seed_port: u16,
+    /// First retry delay after a DNS seed lookup fails (doubling, capped
+    /// at `max_dial_backoff`). Default 5 s.
+    pub dns_retry_initial: Duration,
+    /// Failed dials in a row after which an address is banned in the book
+    /// for `failure_ban`. Default 16.
+    pub max_dial_failures: u32,
+    /// How long such an address is banned. Default 1 day.
+    pub failure_ban: Duration,
+    /// Resolves DNS seed names (default: hickory-resolver).
+    pub resolver: Arc<dyn SeedResolver>,
     /// Largest per-address redial delay (the `2^attempts` s backoff is
     /// capped here). Default 1 h.
     pub max_dial_backoff: Duration,
@@ -84,12 +104,43 @@ impl Default for PexConfig {
             save_period: Duration::from_secs(120),
             max_dial_backoff: Duration::from_secs(3600),
             seed_mode: false,
+            crawl_batch: 8,
+            dns_seeds: Vec::new(),
+            dns_seed_port: 26656,
+            dns_retry_initial: Duration::from_secs(5),
+            max_dial_failures: 16,
+            failure_ban: Duration::from_secs(86_400),
+            resolver: Arc::new(HickoryResolver),
         }
+    }
+}
+
+/// Resolves a DNS seed's name to IP addresses. Pluggable so tests and
+/// simulations can answer without DNS.
+pub trait SeedResolver: Send + Sync + std::fmt::Debug {
+    /// The A/AAAA addresses of `host`.
+    fn resolve<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Result<Vec<IpAddr>, String>>;
+}
+
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// The system resolver configuration through hickory-resolver.
+#[derive(Debug, Clone, Copy)]
+pub struct HickoryResolver;
+
+impl SeedResolver for HickoryResolver {
+    fn resolve<'a>(&'a self, host: &'a str) -> BoxFuture<'a, Result<Vec<IpAddr>, String>> {
+        Box::pin(
+            async move { plexus_p2p::netaddr::resolve_host(host).await.map_err(|e| e.to_string()) },
+        )
     }
 }
 
 #[derive(Default)]
 struct State {
+    /// DNS seeds: the next lookup not before, and the current retry delay.
+    dns_next: Option<tokio::time::Instant>,
+    dns_delay: Duration,
     /// Peers we asked and that have not answered yet.
     asked: HashSet<NodeId>,
     /// When each peer last asked us.
@@ -176,41 +227,18 @@ impl PexReactor {
     }
 
     /// One round of the ensure-peers loop (public for tests and the node).
+    ///
+    /// Bootstrap order: persistent peers (the switch redials them), the
+    /// book, the configured seeds (when we have no peer), then DNS seeds
+    /// (when we still have none).
     pub async fn ensure_peers(&self, sw: &Switch) {
-        if self.cfg.seed_mode {
-            return; // a seed only answers (crawling is still to come)
-        }
-        let (out, _) = sw.num_peers();
-        let target = sw.config().max_outbound;
         let now = unix_now();
+        self.book.lock().resolve_collisions(now);
+        let (out, _) = sw.num_peers();
+        let target =
+            if self.cfg.seed_mode { self.cfg.crawl_batch } else { sw.config().max_outbound };
         if out < target {
-            let connected: HashSet<NodeId> = sw.peers().iter().map(|p| p.id()).collect();
-            let mut picks = Vec::new();
-            {
-                let mut book = self.book.lock();
-                for _ in 0..(target - out) * 3 {
-                    if picks.len() >= target - out {
-                        break;
-                    }
-                    let Some(a) = book.select(self.cfg.tried_bias, now) else { break };
-                    if a.id == sw.node_id()
-                        || connected.contains(&a.id)
-                        || picks.iter().any(|p: &NetAddress| p.id == a.id)
-                    {
-                        continue;
-                    }
-                    let e = book.get(&a.id).expect("selected from the book");
-                    let backoff = Duration::from_secs(1u64 << e.attempts.min(20))
-                        .min(self.cfg.max_dial_backoff);
-                    let jitter = rand::rng().random_range(0..=backoff.as_secs() / 4 + 1);
-                    if e.last_attempt != 0 && now < e.last_attempt + backoff.as_secs() + jitter {
-                        continue;
-                    }
-                    book.mark_attempt(&a.id, now);
-                    picks.push(a);
-                }
-            }
-            tracing::debug!(picks = picks.len(), out, target, "ensure_peers");
+            let picks = self.pick_candidates(sw, target - out, now);
             if !picks.is_empty() {
                 // Outcomes reach the book through add_peer (success); a
                 // failure already counted as an attempt.
@@ -219,6 +247,10 @@ impl PexReactor {
                     sw2.dial_peers(picks, false).await;
                 });
             }
+            self.feeler(sw, now);
+        }
+        if self.cfg.seed_mode {
+            return;
         }
         let book_low = self.book.lock().len() < self.cfg.book_low_water;
         if book_low {
@@ -228,11 +260,104 @@ impl PexReactor {
                 self.request(p).await;
             }
         }
-        if sw.peers().is_empty() && !self.cfg.seeds.is_empty() {
+        if sw.peers().is_empty() {
+            if !self.cfg.seeds.is_empty() {
+                let sw2 = sw.clone();
+                let seeds = self.cfg.seeds.clone();
+                tokio::spawn(async move {
+                    sw2.dial_peers(seeds, false).await;
+                });
+            }
+            self.dns_seeds(sw).await;
+        }
+    }
+
+    /// Up to `n` addresses from the book to dial now: not ourselves, not
+    /// connected, not inside their `2^attempts` s backoff; an address that
+    /// failed `max_dial_failures` times in a row is banned instead.
+    fn pick_candidates(&self, sw: &Switch, n: usize, now: u64) -> Vec<NetAddress> {
+        let connected: HashSet<NodeId> = sw.peers().iter().map(|p| p.id()).collect();
+        let mut picks: Vec<NetAddress> = Vec::new();
+        let mut book = self.book.lock();
+        for _ in 0..n * 3 {
+            if picks.len() >= n {
+                break;
+            }
+            let Some(a) = book.select(self.cfg.tried_bias, now) else { break };
+            if a.id == sw.node_id()
+                || connected.contains(&a.id)
+                || picks.iter().any(|p| p.id == a.id)
+            {
+                continue;
+            }
+            let e = book.get(&a.id).expect("selected from the book");
+            if e.attempts >= self.cfg.max_dial_failures {
+                book.ban(&a.id, now + self.cfg.failure_ban.as_secs());
+                continue;
+            }
+            let backoff =
+                Duration::from_secs(1u64 << e.attempts.min(20)).min(self.cfg.max_dial_backoff);
+            let jitter = rand::rng().random_range(0..=backoff.as_secs() / 4 + 1);
+            if e.last_attempt != 0 && now < e.last_attempt + backoff.as_secs() + jitter {
+                continue;
+            }
+            book.mark_attempt(&a.id, now);
+            picks.push(a);
+        }
+        picks
+    }
+
+    /// Test-before-evict: a short feeler connection to the incumbent of the
+    /// oldest tried collision. If it answers, `add_peer` marks it good (it
+    /// keeps its slot) and the feeler is closed; if not, the failed attempt
+    /// lets the newcomer take the slot at the next `resolve_collisions`.
+    fn feeler(&self, sw: &Switch, now: u64) {
+        let Some(incumbent) = self.book.lock().collision_to_test() else { return };
+        if sw.peer(&incumbent.id).is_some() {
+            self.book.lock().mark_good(&incumbent.id, now);
+            return;
+        }
+        self.book.lock().mark_attempt(&incumbent.id, now);
+        let sw2 = sw.clone();
+        tokio::spawn(async move {
+            if let Ok(p) = sw2.dial(&incumbent).await {
+                sw2.stop_peer_gracefully(&p).await;
+            }
+        });
+    }
+
+    /// Looks up the DNS seeds (at most once per retry delay, which doubles
+    /// after a round that found nothing) and dials what they return. A
+    /// failure is logged, never fatal.
+    async fn dns_seeds(&self, sw: &Switch) {
+        if self.cfg.dns_seeds.is_empty() {
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        if self.state.lock().dns_next.is_some_and(|t| now < t) {
+            return;
+        }
+        let mut found = Vec::new();
+        for host in &self.cfg.dns_seeds {
+            match self.cfg.resolver.resolve(host).await {
+                Ok(ips) => found
+                    .extend(ips.into_iter().map(|ip| SocketAddr::new(ip, self.cfg.dns_seed_port))),
+                Err(e) => tracing::warn!(%host, error = %e, "DNS seed lookup failed; will retry"),
+            }
+        }
+        {
+            let mut st = self.state.lock();
+            st.dns_delay = if found.is_empty() {
+                (st.dns_delay * 2).clamp(self.cfg.dns_retry_initial, self.cfg.max_dial_backoff)
+            } else {
+                self.cfg.dns_retry_initial
+            };
+            st.dns_next = Some(now + st.dns_delay);
+        }
+        for socket in found {
             let sw2 = sw.clone();
-            let seeds = self.cfg.seeds.clone();
             tokio::spawn(async move {
-                sw2.dial_peers(seeds, false).await;
+                let _ = sw2.dial_unknown(socket).await;
             });
         }
     }
@@ -280,9 +405,9 @@ impl Reactor for PexReactor {
     async fn add_peer(&self, peer: &Peer) {
         self.learn(peer);
         // As CometBFT: ask a new outbound peer at once while the book is low.
+        // A seed asks every peer it crawls.
         if peer.is_outbound()
-            && !self.cfg.seed_mode
-            && self.book.lock().len() < self.cfg.book_low_water
+            && (self.cfg.seed_mode || self.book.lock().len() < self.cfg.book_low_water)
         {
             self.request(peer).await;
         }
@@ -335,11 +460,17 @@ impl Reactor for PexReactor {
                 }
                 let now = unix_now();
                 let source = peer.socket_addr().ip();
-                let mut book = self.book.lock();
-                for a in list.addrs.iter().filter_map(from_pb) {
-                    if a.id != env.switch.node_id() {
-                        let _ = book.add(&a, source, now, 0, now);
+                {
+                    let mut book = self.book.lock();
+                    for a in list.addrs.iter().filter_map(from_pb) {
+                        if a.id != env.switch.node_id() {
+                            let _ = book.add(&a, source, now, 0, now);
+                        }
                     }
+                }
+                if self.cfg.seed_mode {
+                    // A crawled peer has answered: done with it.
+                    env.switch.stop_peer_gracefully(peer).await;
                 }
             }
             None => env.switch.report(peer, misbehave("empty PEX message".into())).await,
