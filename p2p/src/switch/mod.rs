@@ -868,8 +868,21 @@ impl Switch {
     pub async fn dial(&self, addr: &NetAddress) -> Result<Peer, RejectReason> {
         // The upgrade runs in its own task: if the caller stops waiting,
         // the connection is still either fully set up or fully dropped.
+        self.dial_with(addr, false).await
+    }
+
+    /// Dials a short-lived feeler connection (addrman's test-before-evict),
+    /// exempt from `max_outbound`; the caller closes it.
+    ///
+    /// # Errors
+    /// The [`RejectReason`].
+    pub async fn dial_feeler(&self, addr: &NetAddress) -> Result<Peer, RejectReason> {
+        self.dial_with(addr, true).await
+    }
+
+    async fn dial_with(&self, addr: &NetAddress, exempt: bool) -> Result<Peer, RejectReason> {
         let (sw, a) = (self.clone(), addr.clone());
-        let res = tokio::spawn(async move { sw.dial_inner(&a).await })
+        let res = tokio::spawn(async move { sw.dial_inner(&a, exempt).await })
             .await
             .unwrap_or_else(|_| Err(RejectReason::Stopped));
         if let Err(e) = &res {
@@ -885,7 +898,7 @@ impl Switch {
         res
     }
 
-    async fn dial_inner(&self, addr: &NetAddress) -> Result<Peer, RejectReason> {
+    async fn dial_inner(&self, addr: &NetAddress, exempt: bool) -> Result<Peer, RejectReason> {
         if self.0.cancel.is_cancelled() {
             return Err(RejectReason::Stopped);
         }
@@ -895,7 +908,8 @@ impl Switch {
         }
         let res = async {
             let persistent = self.0.persistent.lock().contains_key(&addr.id);
-            if !persistent
+            let persistent_or_exempt = persistent || exempt;
+            if !persistent_or_exempt
                 && !self.is_unconditional(&addr.id)
                 && self.num_peers().0 >= self.0.config.max_outbound
             {
@@ -903,7 +917,7 @@ impl Switch {
             }
             let sockets = addr.resolve().await.map_err(|e| RejectReason::Resolve(e.to_string()))?;
             let socket = sockets[0];
-            self.connect_out(socket, Some(addr.id), persistent).await
+            self.connect_out(socket, Some(addr.id), persistent, exempt).await
         }
         .await;
         self.0.dialing.lock().remove(&addr.id);
@@ -925,7 +939,7 @@ impl Switch {
             if sw.num_peers().0 >= sw.0.config.max_outbound {
                 return Err(RejectReason::OutboundFull);
             }
-            sw.connect_out(socket, None, false).await
+            sw.connect_out(socket, None, false, false).await
         })
         .await
         .unwrap_or_else(|_| Err(RejectReason::Stopped));
@@ -943,6 +957,7 @@ impl Switch {
         socket: SocketAddr,
         expected: Option<NodeId>,
         persistent: bool,
+        exempt: bool,
     ) -> Result<Peer, RejectReason> {
         self.check_ban_ip(socket.ip())?;
         self.run_addr_filter(socket).await?;
@@ -951,7 +966,7 @@ impl Switch {
                 .await
                 .map_err(|_| RejectReason::Dial(io::ErrorKind::TimedOut.into()))?
                 .map_err(RejectReason::Dial)?;
-        self.upgrade(stream, socket, Direction::Outbound, expected, persistent).await
+        self.upgrade(stream, socket, Direction::Outbound, expected, persistent, exempt).await
     }
 
     async fn accept_loop(&self, mut listener: Box<dyn DynListener>) {
@@ -1008,7 +1023,7 @@ impl Switch {
             return Err(RejectReason::TooManyFromIp(remote.ip()));
         }
         self.run_addr_filter(remote).await?;
-        self.upgrade(stream, remote, Direction::Inbound, None, false).await
+        self.upgrade(stream, remote, Direction::Inbound, None, false, false).await
     }
 
     async fn run_addr_filter(&self, addr: SocketAddr) -> Result<(), RejectReason> {
@@ -1044,6 +1059,7 @@ impl Switch {
         direction: Direction,
         dialed: Option<NodeId>,
         persistent: bool,
+        exempt: bool,
     ) -> Result<Peer, RejectReason> {
         let cfg = &self.0.config;
         let secret_cfg =
@@ -1092,7 +1108,7 @@ impl Switch {
             stop_reason: Mutex::new(None),
             metrics: self.0.metrics.clone(),
         }));
-        self.admit(&peer, persistent).await?;
+        self.admit(&peer, persistent || exempt).await?;
         self.0.metrics.peers.get_or_create(&DirLabel { direction: direction.into() }).inc();
         self.run_peer(peer.clone(), receivers).await;
         Ok(peer)

@@ -107,10 +107,11 @@ pub struct KnownAddress {
 const DAY: u64 = 86_400;
 
 impl KnownAddress {
-    /// Bitcoin Core's `IsTerrible`: not worth keeping or selecting. True if
-    /// tried in the last minute is false and any of: last seen more than
-    /// 10 min in the future, not seen for 30 days, 3 failed attempts and
-    /// never a success, 10 failures and no success in 7 days.
+    /// Bitcoin Core's `IsTerrible`: not worth keeping or selecting. Never
+    /// for an address tried in the last minute; otherwise true if it was
+    /// last seen more than 10 min in the future, never seen or not seen for
+    /// 30 days, failed 3 attempts without ever a success, or failed 10
+    /// with no success in 7 days.
     pub fn is_terrible(&self, now: u64) -> bool {
         if self.last_attempt != 0 && now.saturating_sub(self.last_attempt) < 60 {
             return false; // never remove things tried in the last minute
@@ -234,6 +235,10 @@ pub fn group(ip: IpAddr) -> Vec<u8> {
                 vec![0xff, 4]
             } else if v4.is_link_local() {
                 vec![0xff, 5]
+            } else if o[0] == 100 && (64..128).contains(&o[1]) {
+                vec![0xff, 8] // carrier-grade NAT
+            } else if o[0] == 0 || o[0] >= 240 {
+                vec![0xff, 9] // "this network", reserved and broadcast
             } else {
                 vec![4, o[0], o[1]]
             }
@@ -374,10 +379,9 @@ impl AddrBook {
                 return Err(AddrBookError::Banned(addr.id));
             }
             e.last_seen = e.last_seen.max(seen);
-            if e.addr != sock && !e.in_tried {
-                // The peer moved; keep the newer address.
-                e.addr = sock;
-            }
+            // Gossip never moves a known id to another address (an attacker
+            // could point honest ids at dead IPs); only `set_addr`, fed by
+            // authenticated connections, does.
             if e.in_tried || e.new_refs >= self.cfg.max_new_copies {
                 return Ok(false);
             }
@@ -462,7 +466,17 @@ impl AddrBook {
         }
     }
 
-    /// A connection attempt to `id` is starting.
+    /// `id` was authenticated at `addr` (its NodeInfo listen address on a
+    /// live connection): record the address if it moved.
+    pub fn set_addr(&mut self, id: &NodeId, addr: SocketAddr) {
+        if let Some(e) = self.entries.get_mut(id) {
+            if e.addr != addr && !e.in_tried {
+                e.addr = addr;
+            }
+        }
+    }
+
+    /// A connection attempt to `id` is failing or starting.
     pub fn mark_attempt(&mut self, id: &NodeId, now: u64) {
         if let Some(e) = self.entries.get_mut(id) {
             e.last_attempt = now;
@@ -495,13 +509,13 @@ impl AddrBook {
                 Good::Collision { incumbent }
             }
             _ => {
-                self.move_to_tried(*id, b, s);
+                self.move_to_tried(*id, b, s, now);
                 Good::Tried
             }
         }
     }
 
-    fn move_to_tried(&mut self, id: NodeId, b: usize, s: usize) {
+    fn move_to_tried(&mut self, id: NodeId, b: usize, s: usize, now: u64) {
         self.clear_new_refs(id);
         if let Some(old) = self.tried[b][s].replace(id) {
             if old != id {
@@ -509,7 +523,6 @@ impl AddrBook {
                 if let Some(o) = self.entries.get_mut(&old) {
                     o.in_tried = false;
                     let source = o.source;
-                    let now = o.last_seen;
                     if !self.place_new(old, source, now) {
                         self.entries.remove(&old);
                     }
@@ -541,7 +554,7 @@ impl AddrBook {
             let b = self.tried_bucket(&addr);
             let s = self.slot(b"tried", b, &addr);
             let Some(inc) = self.tried[b][s] else {
-                self.move_to_tried(newcomer, b, s);
+                self.move_to_tried(newcomer, b, s, now);
                 continue;
             };
             let i = &self.entries[&inc];
@@ -552,7 +565,7 @@ impl AddrBook {
                 continue; // the incumbent stays; the newcomer stays in new
             }
             if failed || now.saturating_sub(at) >= self.cfg.collision_timeout {
-                self.move_to_tried(newcomer, b, s);
+                self.move_to_tried(newcomer, b, s, now);
             } else {
                 self.collisions.push_back((newcomer, at));
             }
@@ -579,6 +592,10 @@ impl AddrBook {
             return None;
         }
         let use_tried = has_tried && (!has_new || self.rng.random::<f64>() < tried_bias);
+        // Every candidate banned: nothing to return (and nothing to spin on).
+        if !self.entries.values().any(|e| e.in_tried == use_tried && !e.is_banned(now)) {
+            return None;
+        }
         let mut factor = 1.0;
         // A random bucket, then the first entry from a random position in
         // it (Bitcoin Core's Select); empty buckets are redrawn. The factor
@@ -668,8 +685,13 @@ impl AddrBook {
         Ok(AddrBook::from_saved(cfg, parse(json)?, rng))
     }
 
-    fn from_saved(cfg: AddrBookConfig, saved: Saved, rng: Box<dyn RngCore + Send>) -> AddrBook {
+    fn from_saved(cfg: AddrBookConfig, mut saved: Saved, rng: Box<dyn RngCore + Send>) -> AddrBook {
         let shape = (cfg.new_buckets, cfg.tried_buckets, cfg.bucket_size);
+        // Judge terribleness as of the newest sighting in the file (about
+        // when it was saved), and keep one record per id.
+        let now = saved.entries.iter().map(|e| e.last_seen).max().unwrap_or(0);
+        let mut seen = std::collections::HashSet::new();
+        saved.entries.retain(|e| seen.insert(e.id));
         let mut book = AddrBook::new(cfg, rng);
         book.key = saved.key;
         if saved.shape == shape {
@@ -708,7 +730,7 @@ impl AddrBook {
             book.entries.insert(id, e);
             if in_tried {
                 tried.push(id);
-            } else if !book.place_new(id, source, 0) {
+            } else if !book.place_new(id, source, now) {
                 book.entries.remove(&id);
             }
         }
@@ -717,8 +739,8 @@ impl AddrBook {
             let b = book.tried_bucket(&addr);
             let s = book.slot(b"tried", b, &addr);
             if book.tried[b][s].is_none() {
-                book.move_to_tried(id, b, s);
-            } else if !book.place_new(id, book.entries[&id].source, 0) {
+                book.move_to_tried(id, b, s, now);
+            } else if !book.place_new(id, book.entries[&id].source, now) {
                 book.entries.remove(&id);
             }
         }
@@ -730,12 +752,21 @@ impl AddrBook {
     /// # Errors
     /// [`AddrBookError::Io`].
     pub fn save(&self, path: &Path) -> Result<(), AddrBookError> {
+        AddrBook::write_json(path, &self.to_json())
+    }
+
+    /// Writes `json` (from [`AddrBook::to_json`]) to `path` atomically:
+    /// temporary file, fsync, rename.
+    ///
+    /// # Errors
+    /// [`AddrBookError::Io`].
+    pub fn write_json(path: &Path, json: &str) -> Result<(), AddrBookError> {
         let io = |e: std::io::Error| AddrBookError::Io(format!("{}: {e}", path.display()));
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(".tmp");
         let tmp = std::path::PathBuf::from(tmp);
         let mut f = std::fs::File::create(&tmp).map_err(io)?;
-        std::io::Write::write_all(&mut f, self.to_json().as_bytes()).map_err(io)?;
+        std::io::Write::write_all(&mut f, json.as_bytes()).map_err(io)?;
         f.sync_all().map_err(io)?;
         std::fs::rename(&tmp, path).map_err(io)?;
         Ok(())
@@ -745,7 +776,7 @@ impl AddrBook {
     /// corrupt or truncated one is moved aside (`<path>.corrupt`) with a
     /// warning and an empty book is returned: never a crash.
     pub fn load(cfg: AddrBookConfig, path: &Path, rng: Box<dyn RngCore + Send>) -> AddrBook {
-        let text = match std::fs::read_to_string(path) {
+        let bytes = match std::fs::read(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return AddrBook::new(cfg, rng),
             Err(e) => {
@@ -753,7 +784,8 @@ impl AddrBook {
                 return AddrBook::new(cfg, rng);
             }
         };
-        match parse(&text) {
+        let text = String::from_utf8(bytes).map_err(|e| e.to_string());
+        match text.and_then(|t| parse(&t)) {
             Ok(saved) => AddrBook::from_saved(cfg, saved, rng),
             Err(why) => {
                 let mut aside = path.as_os_str().to_owned();

@@ -33,7 +33,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 use plexus_p2p::{
     ChannelDescriptor, Envelope, MisbehaviorKind, NetAddress, NodeId, Peer, PeerMisbehavior,
-    Reactor, Switch,
+    Reactor, RejectReason, Switch,
 };
 use plexus_proto::pex::{self as pb, message::Sum};
 use rand::Rng;
@@ -86,6 +86,14 @@ pub struct PexConfig {
     pub failure_ban: Duration,
     /// Resolves DNS seed names (default: hickory-resolver).
     pub resolver: Arc<dyn SeedResolver>,
+    /// Deadline for one DNS seed lookup. Default 10 s.
+    pub dns_timeout: Duration,
+    /// In seed mode, peers connected longer than this are disconnected
+    /// (a seed keeps no long-lived peers). Default 30 s.
+    pub seed_peer_lifetime: Duration,
+    /// How long a peer that broke a PEX rule stays banned in the book.
+    /// Default 1 h.
+    pub misbehaviour_ban: Duration,
     /// Largest per-address redial delay (the `2^attempts` s backoff is
     /// capped here). Default 1 h.
     pub max_dial_backoff: Duration,
@@ -111,6 +119,9 @@ impl Default for PexConfig {
             max_dial_failures: 16,
             failure_ban: Duration::from_secs(86_400),
             resolver: Arc::new(HickoryResolver),
+            dns_timeout: Duration::from_secs(10),
+            seed_peer_lifetime: Duration::from_secs(30),
+            misbehaviour_ban: Duration::from_secs(3600),
         }
     }
 }
@@ -151,6 +162,8 @@ struct State {
 /// [`PexReactor::start`] with the built switch.
 pub struct PexReactor {
     cfg: PexConfig,
+    /// Seed mode: `cfg.seed_mode`, or set by `start` for an introducer.
+    seed: std::sync::atomic::AtomicBool,
     book: Arc<Mutex<AddrBook>>,
     state: Mutex<State>,
 }
@@ -191,7 +204,24 @@ fn from_pb(a: &pb::NetAddress) -> Option<NetAddress> {
 impl PexReactor {
     /// A reactor around `book`.
     pub fn new(cfg: PexConfig, book: AddrBook) -> Self {
-        PexReactor { cfg, book: Arc::new(Mutex::new(book)), state: Mutex::new(State::default()) }
+        let seed = std::sync::atomic::AtomicBool::new(cfg.seed_mode);
+        PexReactor {
+            cfg,
+            seed,
+            book: Arc::new(Mutex::new(book)),
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    /// Reports a PEX rule broken by `peer` to the switch (disconnect and
+    /// ban) and bans its address in the book.
+    async fn punish(&self, sw: &Switch, peer: &Peer, m: PeerMisbehavior) {
+        self.book.lock().ban(&peer.id(), unix_now() + self.cfg.misbehaviour_ban.as_secs());
+        sw.report(peer, m).await;
+    }
+
+    fn is_seed(&self) -> bool {
+        self.seed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The address book (shared).
@@ -208,9 +238,25 @@ impl PexReactor {
         }
     }
 
+    /// Serialises the book under its lock, then writes it on a blocking
+    /// thread so the runtime never waits for the disk.
+    fn save_in_background(&self) {
+        if let Some(path) = self.cfg.book_path.clone() {
+            let json = self.book.lock().to_json();
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = AddrBook::write_json(&path, &json) {
+                    tracing::warn!(error = %e, "saving the address book failed");
+                }
+            });
+        }
+    }
+
     /// Starts the ensure-peers and save loops for `switch`; they end when
     /// the switch stops.
     pub fn start(self: &Arc<Self>, switch: &Switch) {
+        if switch.node_info().node_type == plexus_p2p::NodeType::Introducer {
+            self.seed.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let (me, sw) = (self.clone(), switch.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(me.cfg.ensure_peers_period);
@@ -218,7 +264,7 @@ impl PexReactor {
             loop {
                 tokio::select! {
                     _ = tick.tick() => me.ensure_peers(&sw).await,
-                    _ = save.tick() => me.save(),
+                    _ = save.tick() => me.save_in_background(),
                     _ = sw.stopped() => break,
                 }
             }
@@ -235,8 +281,7 @@ impl PexReactor {
         let now = unix_now();
         self.book.lock().resolve_collisions(now);
         let (out, _) = sw.num_peers();
-        let target =
-            if self.cfg.seed_mode { self.cfg.crawl_batch } else { sw.config().max_outbound };
+        let target = if self.is_seed() { self.cfg.crawl_batch } else { sw.config().max_outbound };
         if out < target {
             let picks = self.pick_candidates(sw, target - out, now);
             if !picks.is_empty() {
@@ -247,9 +292,14 @@ impl PexReactor {
                     sw2.dial_peers(picks, false).await;
                 });
             }
-            self.feeler(sw, now);
         }
-        if self.cfg.seed_mode {
+        self.feeler(sw, now);
+        if self.is_seed() {
+            for p in sw.peers() {
+                if p.uptime() > self.cfg.seed_peer_lifetime {
+                    sw.stop_peer_gracefully(&p).await;
+                }
+            }
             return;
         }
         let book_low = self.book.lock().len() < self.cfg.book_low_water;
@@ -257,7 +307,13 @@ impl PexReactor {
             let outbound: Vec<Peer> = sw.peers().into_iter().filter(Peer::is_outbound).collect();
             if !outbound.is_empty() {
                 let p = &outbound[rand::rng().random_range(0..outbound.len())];
-                self.request(p).await;
+                if sw.peer(&p.id()).is_some() {
+                    self.request(p).await;
+                    // It may have left meanwhile; forget the question then.
+                    if sw.peer(&p.id()).is_none() {
+                        self.state.lock().asked.remove(&p.id());
+                    }
+                }
             }
         }
         if sw.peers().is_empty() {
@@ -317,11 +373,26 @@ impl PexReactor {
             self.book.lock().mark_good(&incumbent.id, now);
             return;
         }
-        self.book.lock().mark_attempt(&incumbent.id, now);
-        let sw2 = sw.clone();
+        let (sw2, book) = (sw.clone(), self.book.clone());
         tokio::spawn(async move {
-            if let Ok(p) = sw2.dial(&incumbent).await {
-                sw2.stop_peer_gracefully(&p).await;
+            match sw2.dial_feeler(&incumbent).await {
+                // It answered: add_peer marked it good; close the feeler.
+                Ok(p) => sw2.stop_peer_gracefully(&p).await,
+                // Refused on our side (limits, duplicate, stopping): no verdict.
+                Err(
+                    RejectReason::Duplicate(_)
+                    | RejectReason::OutboundFull
+                    | RejectReason::Stopped
+                    | RejectReason::Filtered(_)
+                    | RejectReason::FilterTimeout,
+                ) => {}
+                // It did not answer: the newcomer takes the slot.
+                Err(_) => {
+                    let now = unix_now();
+                    let mut b = book.lock();
+                    b.mark_attempt(&incumbent.id, now);
+                    b.resolve_collisions(now);
+                }
             }
         });
     }
@@ -339,7 +410,9 @@ impl PexReactor {
         }
         let mut found = Vec::new();
         for host in &self.cfg.dns_seeds {
-            match self.cfg.resolver.resolve(host).await {
+            let lookup =
+                tokio::time::timeout(self.cfg.dns_timeout, self.cfg.resolver.resolve(host)).await;
+            match lookup.unwrap_or_else(|_| Err("timed out".into())) {
                 Ok(ips) => found
                     .extend(ips.into_iter().map(|ip| SocketAddr::new(ip, self.cfg.dns_seed_port))),
                 Err(e) => tracing::warn!(%host, error = %e, "DNS seed lookup failed; will retry"),
@@ -382,6 +455,9 @@ impl PexReactor {
         let now = unix_now();
         let mut book = self.book.lock();
         let _ = book.add(&addr, peer.socket_addr().ip(), now, info.node_type as u8, now);
+        if let plexus_p2p::Host::Ip(ip) = addr.host {
+            book.set_addr(&peer.id(), SocketAddr::new(ip, addr.port));
+        }
         if peer.is_outbound() {
             if let Good::Collision { incumbent } = book.mark_good(&peer.id(), now) {
                 tracing::debug!(%incumbent, "tried collision queued");
@@ -407,7 +483,7 @@ impl Reactor for PexReactor {
         // As CometBFT: ask a new outbound peer at once while the book is low.
         // A seed asks every peer it crawls.
         if peer.is_outbound()
-            && (self.cfg.seed_mode || self.book.lock().len() < self.cfg.book_low_water)
+            && (self.is_seed() || self.book.lock().len() < self.cfg.book_low_water)
         {
             self.request(peer).await;
         }
@@ -435,7 +511,8 @@ impl Reactor for PexReactor {
                     last.is_some_and(|t| now.duration_since(t) < self.cfg.min_request_interval)
                 };
                 if too_soon {
-                    env.switch.report(peer, misbehave("PEX requests too often".into())).await;
+                    self.punish(&env.switch, peer, misbehave("PEX requests too often".into()))
+                        .await;
                     return;
                 }
                 let private = &env.switch.config().private_peer_ids;
@@ -444,18 +521,18 @@ impl Reactor for PexReactor {
                     addrs.iter().filter_map(to_pb).take(self.cfg.max_addrs_per_msg).collect();
                 let reply = pb::Message { sum: Some(Sum::PexAddrs(pb::PexAddrs { addrs })) };
                 let _ = peer.send_msg(PEX_CHANNEL, &reply).await;
-                if self.cfg.seed_mode {
+                if self.is_seed() {
                     env.switch.stop_peer_gracefully(peer).await;
                 }
             }
             Some(Sum::PexAddrs(list)) => {
                 if !self.state.lock().asked.remove(&peer.id()) {
-                    env.switch.report(peer, misbehave("unsolicited PexAddrs".into())).await;
+                    self.punish(&env.switch, peer, misbehave("unsolicited PexAddrs".into())).await;
                     return;
                 }
                 if list.addrs.len() > self.cfg.max_addrs_per_msg {
                     let why = format!("{} addresses in one PexAddrs", list.addrs.len());
-                    env.switch.report(peer, misbehave(why)).await;
+                    self.punish(&env.switch, peer, misbehave(why)).await;
                     return;
                 }
                 let now = unix_now();
@@ -468,12 +545,12 @@ impl Reactor for PexReactor {
                         }
                     }
                 }
-                if self.cfg.seed_mode {
+                if self.is_seed() {
                     // A crawled peer has answered: done with it.
                     env.switch.stop_peer_gracefully(peer).await;
                 }
             }
-            None => env.switch.report(peer, misbehave("empty PEX message".into())).await,
+            None => self.punish(&env.switch, peer, misbehave("empty PEX message".into())).await,
         }
     }
 }

@@ -4,6 +4,7 @@ use super::*;
 use plexus_p2p::NodeKey;
 use proptest::prelude::{prop_assert, prop_assert_eq, proptest, ProptestConfig};
 use rand::SeedableRng;
+use std::collections::HashMap;
 
 const NOW: u64 = 1_800_000_000;
 
@@ -253,6 +254,9 @@ fn eclipse_attacker_is_confined_to_64_new_buckets() {
         share * 100.0
     );
     assert!(attacker_buckets.len() <= 64, "{}", attacker_buckets.len());
+    // Time passes (less than the 40 min collision timeout) and collisions
+    // are settled: without a failed feeler, no tried entry moves.
+    b.resolve_collisions(NOW + 1200);
     for t in &tried_before {
         assert!(b.get(t).is_some_and(|e| e.in_tried), "a tried entry was displaced");
     }
@@ -284,6 +288,18 @@ proptest! {
             }
             let tried_slots = b.tried.iter().flatten().filter(|s| s.is_some()).count();
             prop_assert_eq!(tried_slots, b.tried_count());
+            // Every slot names a known entry, and new_refs counts its slots.
+            let mut refs: HashMap<NodeId, u32> = HashMap::new();
+            for id in b.new.iter().flatten().flatten() {
+                prop_assert!(b.entries.contains_key(id), "dangling new slot");
+                *refs.entry(*id).or_default() += 1;
+            }
+            for id in b.tried.iter().flatten().flatten() {
+                prop_assert!(b.entries.get(id).is_some_and(|e| e.in_tried), "dangling tried slot");
+            }
+            for e in b.entries.values() {
+                prop_assert_eq!(refs.get(&e.id).copied().unwrap_or(0), e.new_refs);
+            }
         }
         let private: Vec<NodeId> = (0..300).step_by(3).map(id).collect();
         for a in b.get_selection(&private, now) {
