@@ -1,5 +1,5 @@
-//! Plexus reactors. Today: [`pex`], the address book (the PEX reactor,
-//! seeds and DNS seeds follow). Chain, mempool, consensus, block sync and
+//! Plexus reactors. Today: [`pex`], the address book and the PEX reactor
+//! (seeds, DNS seeds, seed mode). Chain, mempool, consensus, block sync and
 //! mining arrive with their issues (see ARCHITECTURE.md).
 #![warn(missing_docs)]
 

@@ -1,5 +1,5 @@
 //! Peer exchange: the [`AddrBook`] (Bitcoin Core's addrman design, sans-IO)
-//! and, next, the PEX reactor on channel 0x00.
+//! and the [`PexReactor`] on channel 0x00.
 
 pub mod addrbook;
 pub mod reactor;
