@@ -915,9 +915,20 @@ impl Switch {
             {
                 return Err(RejectReason::OutboundFull);
             }
-            let sockets = addr.resolve().await.map_err(|e| RejectReason::Resolve(e.to_string()))?;
-            let socket = sockets[0];
-            self.connect_out(socket, Some(addr.id), persistent, exempt).await
+            // Name resolution shares the dial deadline; then each address the
+            // name resolves to is tried in turn until one answers.
+            let sockets = tokio::time::timeout(self.0.config.dial_timeout, addr.resolve())
+                .await
+                .map_err(|_| RejectReason::Resolve(format!("resolving {} timed out", addr.host)))?
+                .map_err(|e| RejectReason::Resolve(e.to_string()))?;
+            let mut last = RejectReason::Resolve(format!("{} resolved to no address", addr.host));
+            for socket in sockets {
+                match self.connect_out(socket, Some(addr.id), persistent, exempt).await {
+                    Err(e @ (RejectReason::Dial(_) | RejectReason::Banned(_))) => last = e,
+                    other => return other,
+                }
+            }
+            Err(last)
         }
         .await;
         self.0.dialing.lock().remove(&addr.id);
