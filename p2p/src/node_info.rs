@@ -357,8 +357,13 @@ mod tests {
         assert!(a.compatible_with(&b).unwrap_err().contains("no channel"));
     }
 
-    #[tokio::test]
-    async fn exchange_over_a_secret_connection_then_data_still_flows() {
+    /// Two keys and a secret connection between them over a pipe.
+    async fn pair() -> (
+        NodeKey,
+        NodeKey,
+        SecretConnection<tokio::io::DuplexStream>,
+        SecretConnection<tokio::io::DuplexStream>,
+    ) {
         let (x, y) = tokio::io::duplex(1 << 16);
         let (ka, kb) = (NodeKey::generate(), NodeKey::generate());
         let cfg = SecretConfig::default();
@@ -366,7 +371,12 @@ mod tests {
             SecretConnection::connect(x, &ka, None, &cfg),
             SecretConnection::accept(y, &kb, &cfg)
         );
-        let (mut a, mut b) = (a.unwrap(), b.unwrap());
+        (ka, kb, a.unwrap(), b.unwrap())
+    }
+
+    #[tokio::test]
+    async fn exchange_over_a_secret_connection_then_data_still_flows() {
+        let (ka, kb, mut a, mut b) = pair().await;
         let (ia, ib) = (info(&ka), info(&kb));
         let t = Duration::from_secs(5);
         let (ra, rb) = tokio::join!(exchange(&mut a, &ia, t), exchange(&mut b, &ib, t));
@@ -383,14 +393,7 @@ mod tests {
 
     #[tokio::test]
     async fn oversized_or_garbage_node_info_is_refused() {
-        let (x, y) = tokio::io::duplex(1 << 16);
-        let (ka, kb) = (NodeKey::generate(), NodeKey::generate());
-        let cfg = SecretConfig::default();
-        let (a, b) = tokio::join!(
-            SecretConnection::connect(x, &ka, None, &cfg),
-            SecretConnection::accept(y, &kb, &cfg)
-        );
-        let (mut a, mut b) = (a.unwrap(), b.unwrap());
+        let (_ka, kb, mut a, mut b) = pair().await;
         let mut big = Vec::new();
         prost::encoding::encode_varint(20_000, &mut big);
         big.resize(20_003, 0);
@@ -404,14 +407,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn silent_peer_times_out() {
-        let (x, y) = tokio::io::duplex(1 << 16);
-        let (ka, kb) = (NodeKey::generate(), NodeKey::generate());
-        let cfg = SecretConfig::default();
-        let (a, _b) = tokio::join!(
-            SecretConnection::connect(x, &ka, None, &cfg),
-            SecretConnection::accept(y, &kb, &cfg)
-        );
-        let mut a = a.unwrap();
+        let (ka, _kb, mut a, _b) = pair().await;
         let err = exchange(&mut a, &info(&ka), Duration::from_secs(10)).await.unwrap_err();
         assert!(matches!(err, NodeInfoError::Timeout(_)), "{err}");
     }

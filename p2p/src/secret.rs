@@ -321,20 +321,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SecretConnection<S> {
     /// # Errors
     /// As [`SecretReader::read_frames`].
     pub async fn recv_frame(&mut self) -> Result<Bytes, SecretError> {
-        let mut frame = read_frame(&mut self.io, &mut self.rbuf, MAX_FRAME_LEN)
+        let frame = read_frame(&mut self.io, &mut self.rbuf, MAX_FRAME_LEN)
             .await?
             .ok_or(SecretError::Closed)?;
-        if frame.len() < TAG_LEN {
-            return Err(SecretError::FrameTooShort(frame.len()));
-        }
-        let n = self
-            .recv_key
-            .open_in_place(nonce(self.recv_nonce), Aad::empty(), &mut frame)
-            .map_err(|_| SecretError::Decrypt)?
-            .len();
-        self.recv_nonce += 1;
-        frame.truncate(n);
-        Ok(frame.freeze())
+        open_frame(&self.recv_key, &mut self.recv_nonce, frame)
     }
 
     /// Splits into independently usable read and write halves.
@@ -385,6 +375,25 @@ fn frame_ranges(len: usize, cuts: &[usize]) -> Vec<std::ops::Range<usize>> {
 
 fn chacha_key(k: &[u8; 32]) -> LessSafeKey {
     LessSafeKey::new(UnboundKey::new(&CHACHA20_POLY1305, k).expect("32-byte ChaCha20 key"))
+}
+
+/// Opens one transport frame body in place with the next nonce; returns
+/// its plaintext as a slice of the same buffer.
+fn open_frame(
+    key: &LessSafeKey,
+    counter: &mut u64,
+    mut frame: BytesMut,
+) -> Result<Bytes, SecretError> {
+    if frame.len() < TAG_LEN {
+        return Err(SecretError::FrameTooShort(frame.len()));
+    }
+    let n = key
+        .open_in_place(nonce(*counter), Aad::empty(), &mut frame)
+        .map_err(|_| SecretError::Decrypt)?
+        .len();
+    *counter += 1;
+    frame.truncate(n);
+    Ok(frame.freeze())
 }
 
 /// The Noise ChaChaPoly nonce for counter `n`: four zero bytes, then `n`
@@ -463,18 +472,10 @@ impl<R: AsyncRead + Unpin> SecretReader<R> {
         Ok(n)
     }
 
-    fn open(&mut self, mut frame: BytesMut, out: &mut Vec<Bytes>) -> Result<usize, SecretError> {
-        if frame.len() < TAG_LEN {
-            return Err(SecretError::FrameTooShort(frame.len()));
-        }
-        let n = self
-            .key
-            .open_in_place(nonce(self.nonce), Aad::empty(), &mut frame)
-            .map_err(|_| SecretError::Decrypt)?
-            .len();
-        self.nonce += 1;
-        frame.truncate(n);
-        out.push(frame.freeze());
+    fn open(&mut self, frame: BytesMut, out: &mut Vec<Bytes>) -> Result<usize, SecretError> {
+        let plain = open_frame(&self.key, &mut self.nonce, frame)?;
+        let n = plain.len();
+        out.push(plain);
         Ok(n)
     }
 }
