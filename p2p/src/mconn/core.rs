@@ -687,13 +687,7 @@ impl MConnCore {
         }
         ch.bytes_recv += m.data.len() as u64;
         if !m.eof {
-            // Small chunks are copied: a slice would pin a whole read
-            // buffer for a few bytes of credit.
-            ch.partial.push(if m.data.len() < ZERO_COPY_MIN {
-                Bytes::copy_from_slice(&m.data)
-            } else {
-                m.data
-            });
+            ch.partial.push(detach_small(m.data));
             ch.partial_len = len;
             ch.partial_cost += cost;
             ch.in_partial = true;
@@ -707,12 +701,8 @@ impl MConnCore {
             }
             whole.extend_from_slice(&m.data);
             whole.freeze()
-        } else if m.data.len() < ZERO_COPY_MIN {
-            // A small message sliced from the read buffer would keep the
-            // whole buffer alive as long as the application holds it.
-            Bytes::copy_from_slice(&m.data)
         } else {
-            m.data
+            detach_small(m.data)
         };
         let cost = ch.partial_cost + cost;
         ch.partial_len = 0;
@@ -789,6 +779,17 @@ impl MConnCore {
                 })
                 .collect(),
         }
+    }
+}
+
+/// Data below [`ZERO_COPY_MIN`] is copied out of the read buffer: a slice
+/// would keep the whole buffer alive for a few bytes (of credit) as long as
+/// the chunk or message is held.
+fn detach_small(data: Bytes) -> Bytes {
+    if data.len() < ZERO_COPY_MIN {
+        Bytes::copy_from_slice(&data)
+    } else {
+        data
     }
 }
 

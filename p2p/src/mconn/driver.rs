@@ -415,6 +415,7 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
     throttle: std::time::Duration,
 ) -> Result<(), MConnError> {
     let mut buf = BytesMut::with_capacity(batch + 128 * 1024);
+    let pong_timeout = shared.core.lock().config().pong_timeout;
     let mut cuts = Vec::new();
     loop {
         let (next, finished, stall) = {
@@ -443,7 +444,6 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
         if !buf.is_empty() {
             // A peer that stops reading blocks the write; the keepalive
             // deadline still applies to it.
-            let pong_timeout = shared.core.lock().config().pong_timeout;
             tokio::select! {
                 res = async {
                     writer.write_stream(&mut buf, &cuts).await?;

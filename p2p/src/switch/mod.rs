@@ -882,18 +882,22 @@ impl Switch {
 
     async fn dial_with(&self, addr: &NetAddress, exempt: bool) -> Result<Peer, RejectReason> {
         let (sw, a) = (self.clone(), addr.clone());
-        let res = tokio::spawn(async move { sw.dial_inner(&a, exempt).await })
-            .await
-            .unwrap_or_else(|_| Err(RejectReason::Stopped));
+        let res = self.run_dial(async move { sw.dial_inner(&a, exempt).await }).await;
         if let Err(e) = &res {
-            self.count_reject(e);
-            self.emit(SwitchEvent::Rejected { direction: Direction::Outbound, reason: e.label() });
-            self.0
-                .metrics
-                .dial_failures
-                .get_or_create(&ReasonLabel { reason: e.label().into() })
-                .inc();
             tracing::debug!(peer = %addr, reason = %e, "dial failed");
+        }
+        res
+    }
+
+    /// Runs a dial in its own task (a caller that stops waiting cannot
+    /// leave a half-made connection) and records a refusal.
+    async fn run_dial(
+        &self,
+        dial: impl Future<Output = Result<Peer, RejectReason>> + Send + 'static,
+    ) -> Result<Peer, RejectReason> {
+        let res = tokio::spawn(dial).await.unwrap_or_else(|_| Err(RejectReason::Stopped));
+        if let Err(e) = &res {
+            self.record_reject(Direction::Outbound, e);
         }
         res
     }
@@ -943,7 +947,7 @@ impl Switch {
     /// The [`RejectReason`].
     pub async fn dial_unknown(&self, socket: SocketAddr) -> Result<Peer, RejectReason> {
         let sw = self.clone();
-        let res = tokio::spawn(async move {
+        self.run_dial(async move {
             if sw.0.cancel.is_cancelled() {
                 return Err(RejectReason::Stopped);
             }
@@ -953,12 +957,6 @@ impl Switch {
             sw.connect_out(socket, None, false, false).await
         })
         .await
-        .unwrap_or_else(|_| Err(RejectReason::Stopped));
-        if let Err(e) = &res {
-            self.count_reject(e);
-            self.emit(SwitchEvent::Rejected { direction: Direction::Outbound, reason: e.label() });
-        }
-        res
     }
 
     /// IP ban, address filter, transport dial within `dial_timeout`, then
@@ -995,27 +993,14 @@ impl Switch {
                 }
             };
             let Ok(permit) = self.0.handshakes.clone().try_acquire_owned() else {
-                let e = RejectReason::TooManyHandshakes;
-                self.count_reject(&e);
-                self.emit(SwitchEvent::Rejected {
-                    direction: Direction::Inbound,
-                    reason: e.label(),
-                });
+                self.record_reject(Direction::Inbound, &RejectReason::TooManyHandshakes);
                 continue;
             };
             let sw = self.clone();
             tokio::spawn(async move {
                 let _permit = permit;
                 if let Err(e) = sw.accept_one(stream, remote).await {
-                    sw.count_reject(&e);
-                    sw.emit(SwitchEvent::Rejected {
-                        direction: Direction::Inbound,
-                        reason: e.label(),
-                    });
-                    sw.0.metrics
-                        .rejected
-                        .get_or_create(&ReasonLabel { reason: e.label().into() })
-                        .inc();
+                    sw.record_reject(Direction::Inbound, &e);
                     tracing::debug!(%remote, reason = %e, "inbound connection refused");
                 }
             });
@@ -1028,9 +1013,7 @@ impl Switch {
         remote: SocketAddr,
     ) -> Result<Peer, RejectReason> {
         self.check_ban_ip(remote.ip())?;
-        let per_ip = self.0.config.max_inbound_per_ip;
-        let exempt = self.0.config.per_ip_exempt_loopback && remote.ip().is_loopback();
-        if per_ip != 0 && !exempt && self.0.peers.lock().inbound_from(remote.ip()) >= per_ip {
+        if self.ip_full(&self.0.peers.lock(), remote.ip()) {
             return Err(RejectReason::TooManyFromIp(remote.ip()));
         }
         self.run_addr_filter(remote).await?;
@@ -1059,8 +1042,24 @@ impl Switch {
             .map_err(|_| RejectReason::Banned(format!("ip {ip}")))
     }
 
-    fn count_reject(&self, e: &RejectReason) {
+    /// Counts a refused connection (counters and the metric of its
+    /// direction) and tells subscribers.
+    fn record_reject(&self, direction: Direction, e: &RejectReason) {
         *self.0.counters.lock().rejected.entry(e.label()).or_default() += 1;
+        let family = match direction {
+            Direction::Outbound => &self.0.metrics.dial_failures,
+            Direction::Inbound => &self.0.metrics.rejected,
+        };
+        family.get_or_create(&ReasonLabel { reason: e.label().into() }).inc();
+        self.emit(SwitchEvent::Rejected { direction, reason: e.label() });
+    }
+
+    /// Whether `ip` already has `max_inbound_per_ip` inbound peers in `set`
+    /// (loopback exempt when `per_ip_exempt_loopback`).
+    fn ip_full(&self, set: &PeerSet, ip: IpAddr) -> bool {
+        let cfg = &self.0.config;
+        let exempt = cfg.per_ip_exempt_loopback && ip.is_loopback();
+        cfg.max_inbound_per_ip != 0 && !exempt && set.inbound_from(ip) >= cfg.max_inbound_per_ip
     }
 
     async fn upgrade(
@@ -1149,13 +1148,8 @@ impl Switch {
                     None => {
                         let unconditional = self.is_unconditional(&id);
                         let ip = peer.socket_addr().ip();
-                        let exempt = cfg.per_ip_exempt_loopback && ip.is_loopback();
                         match peer.direction() {
-                            Direction::Inbound
-                                if cfg.max_inbound_per_ip != 0
-                                    && !exempt
-                                    && set.inbound_from(ip) >= cfg.max_inbound_per_ip =>
-                            {
+                            Direction::Inbound if self.ip_full(&set, ip) => {
                                 return Err(RejectReason::TooManyFromIp(ip))
                             }
                             Direction::Inbound
