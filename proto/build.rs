@@ -7,6 +7,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/plexus/p2p/types.proto",
         "proto/plexus/p2p/rpc.proto",
         "proto/plexus/pex/pex.proto",
+        "proto/plexus/chain/chain.proto",
+        "proto/plexus/mempool/mempool.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

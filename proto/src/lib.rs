@@ -17,4 +17,16 @@ pub mod pex {
     include!(concat!(env!("OUT_DIR"), "/plexus.pex.rs"));
 }
 
+/// `plexus.chain`: consensus reactor messages (channel 0x20): status,
+/// block push, locator requests. The block hash is over the canonical
+/// header bytes (docs/protocol.md §8), not over these protobuf bytes.
+pub mod chain {
+    include!(concat!(env!("OUT_DIR"), "/plexus.chain.rs"));
+}
+
+/// `plexus.mempool`: transaction gossip (channel 0x30).
+pub mod mempool {
+    include!(concat!(env!("OUT_DIR"), "/plexus.mempool.rs"));
+}
+
 pub use prost;

@@ -3,4 +3,8 @@
 //! mining arrive with their issues (see ARCHITECTURE.md).
 #![warn(missing_docs)]
 
+pub mod chain;
+pub mod consensus;
+pub mod mempool;
+pub mod mining;
 pub mod pex;

@@ -1,0 +1,718 @@
+//! The validating chain index: every known header with its cumulative
+//! work, the main chain as `height_to_hash`, the three heaviest tips
+//! (Chia's peak candidates), a bounded orphan pool, and reorganisations to
+//! the heaviest valid chain.
+//!
+//! Sans-IO apart from its [`Store`]: the caller passes the time (`now_ms`)
+//! to [`Blockchain::process_block`], so tests drive it with any clock.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use plexus_p2p::NodeId;
+use ruint::aliases::U256;
+
+use super::block::{
+    bits_from_target, merkle_root, target_from_bits, work, Block, BlockHash, Header,
+};
+use super::params::NetworkParams;
+use super::store::{MainUpdate, Store, StoreError};
+use super::BlockError;
+
+/// Bounds of the in-memory parts of a [`Blockchain`].
+#[derive(Clone, Debug)]
+pub struct BlockchainConfig {
+    /// Most orphan blocks (parent unknown) kept; the oldest go first.
+    /// Default 256.
+    pub max_orphans: usize,
+    /// Most bytes of orphan blocks kept. Default 32 MiB.
+    pub max_orphan_bytes: usize,
+    /// How many invalid block hashes are remembered, to refuse them (and
+    /// their descendants) without validating again. Default 10,000.
+    pub max_invalid: usize,
+}
+
+impl Default for BlockchainConfig {
+    fn default() -> Self {
+        BlockchainConfig { max_orphans: 256, max_orphan_bytes: 32 << 20, max_invalid: 10_000 }
+    }
+}
+
+/// One of the heaviest chain tips.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TipInfo {
+    /// Tip block hash.
+    pub hash: BlockHash,
+    /// Its height.
+    pub height: u64,
+    /// Cumulative work of the chain ending there.
+    pub weight: U256,
+}
+
+/// How the main chain moved: blocks taken off (old tip first) and blocks
+/// put on (ascending). A plain extension has `disconnected` empty.
+#[derive(Clone, Debug)]
+pub struct TipChange {
+    /// The tip before.
+    pub old_tip: BlockHash,
+    /// The tip after.
+    pub new_tip: BlockHash,
+    /// The highest block both chains share.
+    pub fork_height: u64,
+    /// Blocks no longer on the main chain, old tip first.
+    pub disconnected: Vec<Block>,
+    /// Blocks now on the main chain, lowest first.
+    pub connected: Vec<Block>,
+}
+
+/// Where a processed block went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProcessStatus {
+    /// Valid and on the main chain (extended it or won a reorg).
+    MainChain,
+    /// Valid, stored, on a lighter fork.
+    SideChain,
+    /// Parent unknown: kept in the orphan pool until it arrives.
+    Orphan,
+    /// Seen before (stored or in the orphan pool); nothing done.
+    AlreadyKnown,
+}
+
+/// What [`Blockchain::process_block`] did.
+#[derive(Debug)]
+pub struct Processed {
+    /// The block's hash.
+    pub hash: BlockHash,
+    /// Where it went.
+    pub status: ProcessStatus,
+    /// Blocks accepted by this call: the block, then orphans it unlocked.
+    pub accepted: Vec<BlockHash>,
+    /// The main-chain change, if the tip moved.
+    pub tip_change: Option<TipChange>,
+    /// Orphans that turned out invalid once their parent arrived, with the
+    /// peer that sent them.
+    pub rejected_orphans: Vec<(Option<NodeId>, BlockHash, BlockError)>,
+}
+
+struct Entry {
+    header: Header,
+    /// Cumulative work up to and including this block.
+    weight: U256,
+    /// Acceptance order; the lower wins a weight tie (first seen).
+    seq: u64,
+}
+
+struct Orphan {
+    block: Block,
+    source: Option<NodeId>,
+    size: usize,
+}
+
+/// Blocks whose parent is unknown, bounded by count and bytes; the oldest
+/// is dropped first.
+#[derive(Default)]
+struct OrphanPool {
+    map: HashMap<BlockHash, Orphan>,
+    by_parent: HashMap<BlockHash, Vec<BlockHash>>,
+    order: VecDeque<BlockHash>,
+    bytes: usize,
+}
+
+impl OrphanPool {
+    fn insert(&mut self, hash: BlockHash, o: Orphan, max: usize, max_bytes: usize) {
+        self.bytes += o.size;
+        self.by_parent.entry(o.block.header.prev_hash).or_default().push(hash);
+        self.map.insert(hash, o);
+        self.order.push_back(hash);
+        while self.map.len() > max || self.bytes > max_bytes {
+            let Some(old) = self.order.pop_front() else { break };
+            self.remove(&old);
+        }
+    }
+
+    fn remove(&mut self, hash: &BlockHash) -> Option<Orphan> {
+        let o = self.map.remove(hash)?;
+        self.bytes -= o.size;
+        if let Some(v) = self.by_parent.get_mut(&o.block.header.prev_hash) {
+            v.retain(|h| h != hash);
+            if v.is_empty() {
+                self.by_parent.remove(&o.block.header.prev_hash);
+            }
+        }
+        self.order.retain(|h| h != hash);
+        Some(o)
+    }
+
+    fn take_children(&mut self, parent: &BlockHash) -> Vec<(BlockHash, Orphan)> {
+        let kids = self.by_parent.get(parent).cloned().unwrap_or_default();
+        kids.into_iter().filter_map(|h| Some((h, self.remove(&h)?))).collect()
+    }
+}
+
+/// The chain. See the module documentation.
+pub struct Blockchain {
+    params: Arc<NetworkParams>,
+    cfg: BlockchainConfig,
+    store: Store,
+    index: HashMap<BlockHash, Entry>,
+    /// `height_to_hash` of the main chain.
+    main: Vec<BlockHash>,
+    /// Blocks without a known child.
+    leaves: HashSet<BlockHash>,
+    orphans: OrphanPool,
+    invalid: HashSet<BlockHash>,
+    invalid_order: VecDeque<BlockHash>,
+    next_seq: u64,
+}
+
+impl std::fmt::Debug for Blockchain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Blockchain")
+            .field("height", &self.height())
+            .field("tip", &self.tip())
+            .field("blocks", &self.index.len())
+            .field("orphans", &self.orphans.map.len())
+            .finish()
+    }
+}
+
+impl Blockchain {
+    /// Opens the chain on `store`: writes genesis into an empty store, or
+    /// rebuilds the index, tips and `height_to_hash` from a used one
+    /// (nothing is downloaded again). Errors:
+    /// [`StoreError::WrongNetwork`] for another genesis,
+    /// [`StoreError::Corrupt`] when the tables contradict each other.
+    pub fn open(
+        params: Arc<NetworkParams>,
+        mut store: Store,
+        cfg: BlockchainConfig,
+    ) -> Result<Blockchain, StoreError> {
+        match store.genesis()? {
+            None => store.init_genesis(&params.genesis_block)?,
+            Some(g) if g != params.genesis_hash => {
+                return Err(StoreError::WrongNetwork { stored: g, expected: params.genesis_hash })
+            }
+            Some(_) => {}
+        }
+        let mut chain = Blockchain {
+            params,
+            cfg,
+            store,
+            index: HashMap::new(),
+            main: Vec::new(),
+            leaves: HashSet::new(),
+            orphans: OrphanPool::default(),
+            invalid: HashSet::new(),
+            invalid_order: VecDeque::new(),
+            next_seq: 0,
+        };
+        for h in chain.store.load_headers()? {
+            let hash = h.hash();
+            let parent_weight = if h.height == 0 {
+                if hash != chain.params.genesis_hash {
+                    return Err(StoreError::Corrupt("a second block at height 0".into()));
+                }
+                U256::ZERO
+            } else {
+                match chain.index.get(&h.prev_hash) {
+                    Some(p) => p.weight,
+                    None => {
+                        return Err(StoreError::Corrupt(format!(
+                            "block {hash} stored before its parent"
+                        )))
+                    }
+                }
+            };
+            let target = target_from_bits(h.bits)
+                .ok_or_else(|| StoreError::Corrupt(format!("block {hash} has invalid bits")))?;
+            chain.add_entry(hash, h, parent_weight + work(target));
+        }
+        chain.main = chain.store.load_main_chain()?;
+        chain.check_main_chain()?;
+        Ok(chain)
+    }
+
+    /// Checks that the stored main chain links up from genesis and ends at
+    /// the best tip by the fork-choice rule.
+    fn check_main_chain(&self) -> Result<(), StoreError> {
+        let corrupt = |s: String| Err(StoreError::Corrupt(s));
+        if self.main.first() != Some(&self.params.genesis_hash) {
+            return corrupt("main chain does not start at genesis".into());
+        }
+        for (height, pair) in self.main.windows(2).enumerate() {
+            match self.index.get(&pair[1]) {
+                Some(e)
+                    if e.header.prev_hash == pair[0] && e.header.height == height as u64 + 1 => {}
+                _ => return corrupt(format!("main chain breaks at height {}", height + 1)),
+            }
+        }
+        let best = self.best_leaf();
+        if best != self.tip() {
+            return corrupt(format!(
+                "main chain ends at {} but the heaviest tip is {best}",
+                self.tip()
+            ));
+        }
+        Ok(())
+    }
+
+    fn add_entry(&mut self, hash: BlockHash, header: Header, weight: U256) {
+        self.leaves.remove(&header.prev_hash);
+        self.leaves.insert(hash);
+        self.index.insert(hash, Entry { header, weight, seq: self.next_seq });
+        self.next_seq += 1;
+    }
+
+    /// The heaviest leaf; the first seen wins a tie.
+    fn best_leaf(&self) -> BlockHash {
+        *self
+            .leaves
+            .iter()
+            .max_by(|a, b| {
+                let (ea, eb) = (&self.index[*a], &self.index[*b]);
+                ea.weight.cmp(&eb.weight).then(eb.seq.cmp(&ea.seq))
+            })
+            .expect("genesis is always a block")
+    }
+
+    /// The network parameters.
+    pub fn params(&self) -> &Arc<NetworkParams> {
+        &self.params
+    }
+
+    /// The main-chain tip.
+    pub fn tip(&self) -> BlockHash {
+        *self.main.last().expect("genesis is always on the main chain")
+    }
+
+    /// The main-chain height (genesis is 0).
+    pub fn height(&self) -> u64 {
+        self.main.len() as u64 - 1
+    }
+
+    /// The main chain's cumulative work.
+    pub fn weight(&self) -> U256 {
+        self.index[&self.tip()].weight
+    }
+
+    /// The tip's header.
+    pub fn tip_header(&self) -> &Header {
+        &self.index[&self.tip()].header
+    }
+
+    /// The main-chain block at `height`.
+    pub fn height_to_hash(&self, height: u64) -> Option<BlockHash> {
+        self.main.get(usize::try_from(height).ok()?).copied()
+    }
+
+    /// A known (validated) block's header.
+    pub fn header(&self, hash: &BlockHash) -> Option<&Header> {
+        self.index.get(hash).map(|e| &e.header)
+    }
+
+    /// A known block's cumulative work.
+    pub fn weight_of(&self, hash: &BlockHash) -> Option<U256> {
+        self.index.get(hash).map(|e| e.weight)
+    }
+
+    /// Whether `hash` is a validated block.
+    pub fn contains(&self, hash: &BlockHash) -> bool {
+        self.index.contains_key(hash)
+    }
+
+    /// Whether `hash` is validated or waiting in the orphan pool.
+    pub fn is_known(&self, hash: &BlockHash) -> bool {
+        self.index.contains_key(hash) || self.orphans.map.contains_key(hash)
+    }
+
+    /// Whether `hash` was found invalid (and is still remembered).
+    pub fn is_invalid(&self, hash: &BlockHash) -> bool {
+        self.invalid.contains(hash)
+    }
+
+    /// Whether `hash` is on the main chain.
+    pub fn on_main(&self, hash: &BlockHash) -> bool {
+        self.index.get(hash).is_some_and(|e| self.height_to_hash(e.header.height) == Some(*hash))
+    }
+
+    /// How many validated blocks are known (all forks).
+    pub fn block_count(&self) -> usize {
+        self.index.len()
+    }
+
+    /// How many orphans wait for their parent.
+    pub fn orphan_count(&self) -> usize {
+        self.orphans.map.len()
+    }
+
+    /// The three heaviest tips, heaviest first (first seen first on a tie).
+    /// The first is the main-chain tip.
+    pub fn tips(&self) -> Vec<TipInfo> {
+        let mut v: Vec<(&BlockHash, &Entry)> =
+            self.leaves.iter().map(|h| (h, &self.index[h])).collect();
+        v.sort_by(|a, b| b.1.weight.cmp(&a.1.weight).then(a.1.seq.cmp(&b.1.seq)));
+        v.into_iter()
+            .take(3)
+            .map(|(h, e)| TipInfo { hash: *h, height: e.header.height, weight: e.weight })
+            .collect()
+    }
+
+    /// A stored block by hash (from the store).
+    pub fn block(&self, hash: &BlockHash) -> Result<Option<Block>, StoreError> {
+        self.store.block(hash)
+    }
+
+    /// The store (read access).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The ancestor of `hash` at `height` (itself at its own height).
+    pub fn ancestor(&self, hash: &BlockHash, height: u64) -> Option<BlockHash> {
+        let mut cur = *hash;
+        loop {
+            let e = self.index.get(&cur)?;
+            if e.header.height == height {
+                return Some(cur);
+            }
+            if e.header.height < height {
+                return None;
+            }
+            if self.on_main(&cur) {
+                return self.height_to_hash(height);
+            }
+            cur = e.header.prev_hash;
+        }
+    }
+
+    /// The median block time of `hash` and its ten ancestors (fewer near
+    /// genesis), milliseconds. A child must be later than this.
+    pub fn median_time_past(&self, hash: &BlockHash) -> u64 {
+        let mut times = Vec::with_capacity(11);
+        let mut cur = self.index.get(hash);
+        while let Some(e) = cur {
+            times.push(e.header.timestamp_ms);
+            if times.len() == 11 || e.header.height == 0 {
+                break;
+            }
+            cur = self.index.get(&e.header.prev_hash);
+        }
+        times.sort_unstable();
+        times[times.len() / 2]
+    }
+
+    /// The compact target a child of `parent` must carry. Every
+    /// `retarget_window` blocks the target is scaled by the time the last
+    /// window took over the time it should have taken, the ratio clamped
+    /// to [1/4, 4] and the result to the pow limit (Bitcoin's rule,
+    /// including its window of `retarget_window - 1` intervals).
+    pub fn next_bits(&self, parent: &BlockHash) -> u32 {
+        let p = &self.index[parent].header;
+        let window = self.params.genesis.retarget_window;
+        let height = p.height + 1;
+        if window == 0 || !height.is_multiple_of(window) {
+            return p.bits;
+        }
+        let first = self.ancestor(parent, height - window).expect("window ancestor is known");
+        let first_ts = self.index[&first].header.timestamp_ms;
+        let expected = (window - 1) * self.params.genesis.target_block_time_ms;
+        let actual = p.timestamp_ms.saturating_sub(first_ts).clamp(expected / 4, expected * 4);
+        let old = target_from_bits(p.bits).expect("stored bits are valid");
+        let (actual, expected) = (U256::from(actual), U256::from(expected));
+        let new = match old.checked_mul(actual) {
+            Some(x) => x / expected,
+            None => (old / expected).saturating_mul(actual),
+        };
+        bits_from_target(new.min(self.params.pow_limit))
+    }
+
+    /// A block locator for the main chain: the ten newest hashes, then
+    /// exponentially sparser ones, ending with genesis (Bitcoin).
+    pub fn locator(&self) -> Vec<BlockHash> {
+        let mut out = Vec::new();
+        let mut h = self.height() as i64;
+        let mut step = 1;
+        while h > 0 {
+            out.push(self.main[h as usize]);
+            if out.len() >= 10 {
+                step *= 2;
+            }
+            h -= step;
+        }
+        out.push(self.main[0]);
+        out
+    }
+
+    /// Main-chain blocks after the first `locator` hash on the main chain
+    /// (after genesis when none is), ascending: at most `max_blocks`, and
+    /// at most `max_bytes` in all unless that would be none.
+    pub fn main_blocks_after(
+        &self,
+        locator: &[BlockHash],
+        max_blocks: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Block>, StoreError> {
+        let start =
+            locator.iter().find(|h| self.on_main(h)).map_or(0, |h| self.index[h].header.height);
+        let mut out = Vec::new();
+        let mut bytes = 0;
+        for h in self.main.iter().skip(start as usize + 1).take(max_blocks) {
+            let b = self
+                .store
+                .block(h)?
+                .ok_or_else(|| StoreError::Corrupt(format!("main block {h} missing")))?;
+            bytes += b.size();
+            if bytes > max_bytes && !out.is_empty() {
+                break;
+            }
+            out.push(b);
+        }
+        Ok(out)
+    }
+
+    /// A block to mine on the tip: `txs` (the caller keeps them within
+    /// `max_block_bytes`), the next target, a time that is `now_ms` or just
+    /// after the median time past, nonce 0.
+    pub fn template(&self, txs: Vec<Bytes>, now_ms: u64) -> Block {
+        let tip = self.tip();
+        let header = Header {
+            version: Header::VERSION,
+            height: self.height() + 1,
+            prev_hash: tip,
+            merkle_root: merkle_root(&txs),
+            timestamp_ms: now_ms.max(self.median_time_past(&tip) + 1),
+            bits: self.next_bits(&tip),
+            nonce: 0,
+        };
+        Block { header, txs }
+    }
+
+    /// Checks every rule that needs no parent, in an order that never
+    /// blames a header for a body someone altered: version, target, proof
+    /// of work, merkle root, then the body rules, then the clock.
+    pub fn check_block(
+        &self,
+        block: &Block,
+        hash: &BlockHash,
+        now_ms: u64,
+    ) -> Result<(), BlockError> {
+        let g = &self.params.genesis;
+        let h = &block.header;
+        if h.version != Header::VERSION {
+            return Err(BlockError::BadVersion(h.version));
+        }
+        let target = target_from_bits(h.bits)
+            .filter(|t| *t <= self.params.pow_limit)
+            .ok_or(BlockError::BadBits(h.bits))?;
+        if hash.to_u256() > target {
+            return Err(BlockError::BadPow);
+        }
+        if block.compute_merkle_root() != h.merkle_root {
+            return Err(BlockError::BadMerkleRoot);
+        }
+        let mut seen = HashSet::with_capacity(block.txs.len());
+        for (index, tx) in block.txs.iter().enumerate() {
+            if tx.len() > g.max_tx_bytes {
+                return Err(BlockError::TxTooLarge { index, size: tx.len(), max: g.max_tx_bytes });
+            }
+            if !seen.insert(tx) {
+                return Err(BlockError::DuplicateTx { index });
+            }
+        }
+        let size = block.size();
+        if size > g.max_block_bytes {
+            return Err(BlockError::BlockTooLarge { size, max: g.max_block_bytes });
+        }
+        let limit_ms = now_ms.saturating_add(g.max_future_ms);
+        if h.timestamp_ms > limit_ms {
+            return Err(BlockError::TimeTooNew { timestamp_ms: h.timestamp_ms, limit_ms });
+        }
+        Ok(())
+    }
+
+    /// Checks the rules that need the (known) parent: height, target from
+    /// the retarget rule, time after the median time past.
+    fn check_contextual(&self, h: &Header) -> Result<(), BlockError> {
+        let parent = &self.index[&h.prev_hash].header;
+        if h.height != parent.height + 1 {
+            return Err(BlockError::BadHeight { expected: parent.height + 1, got: h.height });
+        }
+        let expected = self.next_bits(&h.prev_hash);
+        if h.bits != expected {
+            return Err(BlockError::BadTarget { expected, got: h.bits });
+        }
+        let median_ms = self.median_time_past(&h.prev_hash);
+        if h.timestamp_ms <= median_ms {
+            return Err(BlockError::TimeTooOld { timestamp_ms: h.timestamp_ms, median_ms });
+        }
+        Ok(())
+    }
+
+    fn remember_invalid(&mut self, hash: BlockHash) {
+        if self.invalid.insert(hash) {
+            self.invalid_order.push_back(hash);
+            while self.invalid_order.len() > self.cfg.max_invalid {
+                if let Some(old) = self.invalid_order.pop_front() {
+                    self.invalid.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// Validates and stores `block` (sent by `source`, if a peer), then any
+    /// orphans it unlocks, and moves the main chain to the heaviest valid
+    /// tip. `now_ms` is the local clock (Unix milliseconds).
+    ///
+    /// Errors: the [`BlockError`] of the first rule the block breaks; its
+    /// hash is then remembered as invalid when the failure is permanent.
+    /// A block whose parent is unknown is not an error: it goes to the
+    /// orphan pool ([`ProcessStatus::Orphan`]).
+    pub fn process_block(
+        &mut self,
+        block: Block,
+        source: Option<NodeId>,
+        now_ms: u64,
+    ) -> Result<Processed, BlockError> {
+        let hash = block.hash();
+        let done = |status| Processed {
+            hash,
+            status,
+            accepted: Vec::new(),
+            tip_change: None,
+            rejected_orphans: Vec::new(),
+        };
+        if self.is_known(&hash) {
+            return Ok(done(ProcessStatus::AlreadyKnown));
+        }
+        if self.invalid.contains(&hash) {
+            return Err(BlockError::KnownInvalid);
+        }
+        if let Err(e) = self.check_block(&block, &hash, now_ms) {
+            if e.is_permanent() {
+                self.remember_invalid(hash);
+            }
+            return Err(e);
+        }
+        if self.invalid.contains(&block.header.prev_hash) {
+            self.remember_invalid(hash);
+            return Err(BlockError::KnownInvalid);
+        }
+        if !self.index.contains_key(&block.header.prev_hash) {
+            let size = block.size();
+            let (max, max_bytes) = (self.cfg.max_orphans, self.cfg.max_orphan_bytes);
+            self.orphans.insert(hash, Orphan { block, source, size }, max, max_bytes);
+            return Ok(done(ProcessStatus::Orphan));
+        }
+        let old_tip = self.tip();
+        let mut fresh = HashMap::new();
+        self.connect(block, hash, &mut fresh)?;
+        let mut out = done(ProcessStatus::SideChain);
+        out.accepted.push(hash);
+        let mut queue = vec![hash];
+        while let Some(parent) = queue.pop() {
+            for (h, o) in self.orphans.take_children(&parent) {
+                match self.connect(o.block, h, &mut fresh) {
+                    Ok(()) => {
+                        out.accepted.push(h);
+                        queue.push(h);
+                    }
+                    Err(e) => {
+                        out.rejected_orphans.push((o.source, h, e));
+                        self.reject_descendants(h, &mut out.rejected_orphans);
+                    }
+                }
+            }
+        }
+        if self.on_main(&hash) {
+            out.status = ProcessStatus::MainChain;
+        }
+        if self.tip() != old_tip {
+            out.tip_change = Some(self.tip_change(old_tip, &mut fresh)?);
+        }
+        Ok(out)
+    }
+
+    /// Drops the orphans that descend from invalid `hash`, remembering
+    /// them as invalid.
+    fn reject_descendants(
+        &mut self,
+        hash: BlockHash,
+        rejected: &mut Vec<(Option<NodeId>, BlockHash, BlockError)>,
+    ) {
+        let mut queue = vec![hash];
+        while let Some(p) = queue.pop() {
+            for (h, o) in self.orphans.take_children(&p) {
+                self.remember_invalid(h);
+                rejected.push((o.source, h, BlockError::KnownInvalid));
+                queue.push(h);
+            }
+        }
+    }
+
+    /// Validates `block` against its known parent and stores it, moving
+    /// the main chain to it when it is heavier than the tip (strictly: the
+    /// first seen keeps a tie). Keeps the block in `fresh` for the
+    /// [`TipChange`].
+    fn connect(
+        &mut self,
+        block: Block,
+        hash: BlockHash,
+        fresh: &mut HashMap<BlockHash, Block>,
+    ) -> Result<(), BlockError> {
+        if let Err(e) = self.check_contextual(&block.header) {
+            if e.is_permanent() {
+                self.remember_invalid(hash);
+            }
+            return Err(e);
+        }
+        let target = target_from_bits(block.header.bits).expect("checked in check_block");
+        let weight = self.index[&block.header.prev_hash].weight + work(target);
+        if weight > self.weight() {
+            let mut path = vec![hash];
+            let mut cur = block.header.prev_hash;
+            while !self.on_main(&cur) {
+                path.push(cur);
+                cur = self.index[&cur].header.prev_hash;
+            }
+            path.reverse();
+            let fork_height = self.index[&cur].header.height;
+            let update = MainUpdate { fork_height, hashes: &path };
+            self.store.put_block(&block, &hash, Some(update))?;
+            self.main.truncate(fork_height as usize + 1);
+            self.main.extend_from_slice(&path);
+        } else {
+            self.store.put_block(&block, &hash, None)?;
+        }
+        self.add_entry(hash, block.header, weight);
+        fresh.insert(hash, block);
+        Ok(())
+    }
+
+    fn tip_change(
+        &self,
+        old_tip: BlockHash,
+        fresh: &mut HashMap<BlockHash, Block>,
+    ) -> Result<TipChange, StoreError> {
+        let mut load = |h: &BlockHash| match fresh.remove(h) {
+            Some(b) => Ok(b),
+            None => self
+                .store
+                .block(h)?
+                .ok_or_else(|| StoreError::Corrupt(format!("block {h} missing"))),
+        };
+        let mut disconnected = Vec::new();
+        let mut cur = old_tip;
+        while !self.on_main(&cur) {
+            let b = load(&cur)?;
+            cur = b.header.prev_hash;
+            disconnected.push(b);
+        }
+        let fork_height = self.index[&cur].header.height;
+        let connected = self.main[fork_height as usize + 1..]
+            .iter()
+            .map(&mut load)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(TipChange { old_tip, new_tip: self.tip(), fork_height, disconnected, connected })
+    }
+}

@@ -1,0 +1,248 @@
+//! The SQLite block store (rusqlite, bundled SQLite; WAL journal).
+//!
+//! Only fully validated blocks are written. A block and the main-chain
+//! update it causes are one SQLite transaction, so a crash at any point
+//! (kill -9 included) leaves either the old or the new state, and the
+//! [`Blockchain`](super::Blockchain) is rebuilt from the tables on start.
+//! `synchronous = NORMAL` under WAL keeps every committed transaction
+//! through a process crash; a power cut may lose the last few commits but
+//! never leaves a torn state (SQLite's documented WAL guarantee).
+//!
+//! Schema (version 1, in `PRAGMA user_version`):
+//! - `meta(key TEXT PRIMARY KEY, value BLOB)`: `genesis` = the genesis hash.
+//! - `blocks(seq INTEGER PRIMARY KEY, hash BLOB UNIQUE, header BLOB, txs BLOB)`:
+//!   every valid block in the order it was accepted (its first-seen order,
+//!   which breaks weight ties); `header` is the 96 canonical bytes, `txs`
+//!   the protobuf `plexus.chain.Block` with only its `txs` field.
+//! - `main_chain(height INTEGER PRIMARY KEY, hash BLOB)`: `height_to_hash`.
+
+use std::path::Path;
+
+use bytes::Bytes;
+use plexus_proto::chain as pb;
+use prost::Message;
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::block::{Block, BlockHash, Hash, Header};
+
+/// The schema version this release writes and reads.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Errors of the block store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite failed (disk full, locked, I/O error…).
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The directory could not be created.
+    #[error("creating {path}: {source}")]
+    Io {
+        /// The directory.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The database was written by a newer release.
+    #[error("chain database schema version {found} is newer than this release supports ({supported}); upgrade plexus or use another home directory")]
+    SchemaTooNew {
+        /// The version in the file.
+        found: i64,
+        /// [`SCHEMA_VERSION`].
+        supported: i64,
+    },
+    /// The database belongs to another network.
+    #[error("chain database holds network {stored}, not {expected}; use another home directory")]
+    WrongNetwork {
+        /// Genesis hash in the file.
+        stored: BlockHash,
+        /// Genesis hash of the configured network.
+        expected: BlockHash,
+    },
+    /// The tables contradict themselves (edited by hand, or a disk fault).
+    #[error("chain database is inconsistent: {0}")]
+    Corrupt(String),
+}
+
+/// A main-chain change written with a block: heights above `fork_height`
+/// are replaced by `hashes` (the first at `fork_height + 1`).
+#[derive(Debug)]
+pub struct MainUpdate<'a> {
+    /// The last height both chains share.
+    pub fork_height: u64,
+    /// The new main-chain hashes after it, ascending.
+    pub hashes: &'a [BlockHash],
+}
+
+/// The block store. See the module documentation for the schema.
+pub struct Store {
+    conn: Connection,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.conn.path()).finish()
+    }
+}
+
+fn corrupt(what: impl Into<String>) -> StoreError {
+    StoreError::Corrupt(what.into())
+}
+
+fn hash_col(b: Vec<u8>) -> Result<Hash, StoreError> {
+    Hash::from_slice(&b).ok_or_else(|| corrupt("a stored hash is not 32 bytes"))
+}
+
+impl Store {
+    /// Opens (or creates) the database at `path`, creating its directory.
+    /// Errors: [`StoreError::SchemaTooNew`] for a newer schema,
+    /// [`StoreError::Sqlite`] when SQLite cannot open it.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .map_err(|source| StoreError::Io { path: dir.display().to_string(), source })?;
+        }
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        Self::init(conn)
+    }
+
+    /// A database in memory (tests, benchmarks).
+    pub fn open_in_memory() -> Result<Store, StoreError> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(conn: Connection) -> Result<Store, StoreError> {
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew { found: version, supported: SCHEMA_VERSION });
+        }
+        if version == 0 {
+            conn.execute_batch(
+                "BEGIN;
+                 CREATE TABLE meta(key TEXT PRIMARY KEY, value BLOB NOT NULL);
+                 CREATE TABLE blocks(seq INTEGER PRIMARY KEY, hash BLOB NOT NULL UNIQUE,
+                                     header BLOB NOT NULL, txs BLOB NOT NULL);
+                 CREATE TABLE main_chain(height INTEGER PRIMARY KEY, hash BLOB NOT NULL);
+                 PRAGMA user_version = 1;
+                 COMMIT;",
+            )?;
+        }
+        Ok(Store { conn })
+    }
+
+    /// The genesis hash the database was created for, if any.
+    pub fn genesis(&self) -> Result<Option<BlockHash>, StoreError> {
+        let v: Option<Vec<u8>> = self
+            .conn
+            .query_row("SELECT value FROM meta WHERE key = 'genesis'", [], |r| r.get(0))
+            .optional()?;
+        v.map(hash_col).transpose()
+    }
+
+    /// Writes the genesis block as height 0 of an empty database.
+    pub fn init_genesis(&mut self, genesis: &Block) -> Result<(), StoreError> {
+        let hash = genesis.hash();
+        let tx = self.conn.transaction()?;
+        tx.execute("INSERT INTO meta(key, value) VALUES ('genesis', ?1)", [&hash.0[..]])?;
+        insert_block(&tx, genesis, &hash)?;
+        tx.execute("INSERT INTO main_chain(height, hash) VALUES (0, ?1)", [&hash.0[..]])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Writes a validated block and, when it changes the main chain, the
+    /// new `height_to_hash` rows, in one transaction.
+    pub fn put_block(
+        &mut self,
+        block: &Block,
+        hash: &BlockHash,
+        main: Option<MainUpdate<'_>>,
+    ) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        insert_block(&tx, block, hash)?;
+        if let Some(m) = main {
+            let from = i64::try_from(m.fork_height).map_err(|_| corrupt("height overflow"))?;
+            tx.execute("DELETE FROM main_chain WHERE height > ?1", [from])?;
+            let mut ins =
+                tx.prepare_cached("INSERT INTO main_chain(height, hash) VALUES (?1, ?2)")?;
+            for (i, h) in m.hashes.iter().enumerate() {
+                ins.execute(params![from + 1 + i as i64, &h.0[..]])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every stored header in acceptance order (the order that breaks
+    /// weight ties), each checked against its stored hash.
+    pub fn load_headers(&self) -> Result<Vec<Header>, StoreError> {
+        let mut st = self.conn.prepare("SELECT hash, header FROM blocks ORDER BY seq")?;
+        let rows = st.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (hash, header) = row?;
+            let bytes: &[u8; Header::SIZE] =
+                header.as_slice().try_into().map_err(|_| corrupt("a header is not 96 bytes"))?;
+            let h = Header::from_bytes(bytes);
+            if h.hash() != hash_col(hash)? {
+                return Err(corrupt(format!(
+                    "header at height {} does not hash to its key",
+                    h.height
+                )));
+            }
+            out.push(h);
+        }
+        Ok(out)
+    }
+
+    /// The stored main chain, `height_to_hash[0..]`. Errors:
+    /// [`StoreError::Corrupt`] when a height is missing.
+    pub fn load_main_chain(&self) -> Result<Vec<BlockHash>, StoreError> {
+        let mut st = self.conn.prepare("SELECT height, hash FROM main_chain ORDER BY height")?;
+        let rows = st.query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (height, hash) = row?;
+            if height != out.len() as i64 {
+                return Err(corrupt(format!("main chain has no height {}", out.len())));
+            }
+            out.push(hash_col(hash)?);
+        }
+        Ok(out)
+    }
+
+    /// A stored block by hash.
+    pub fn block(&self, hash: &BlockHash) -> Result<Option<Block>, StoreError> {
+        let mut st = self.conn.prepare_cached("SELECT header, txs FROM blocks WHERE hash = ?1")?;
+        let row: Option<(Vec<u8>, Vec<u8>)> =
+            st.query_row([&hash.0[..]], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+        let Some((header, txs)) = row else { return Ok(None) };
+        let bytes: &[u8; Header::SIZE] =
+            header.as_slice().try_into().map_err(|_| corrupt("a header is not 96 bytes"))?;
+        let body =
+            pb::Block::decode(Bytes::from(txs)).map_err(|e| corrupt(format!("block body: {e}")))?;
+        Ok(Some(Block { header: Header::from_bytes(bytes), txs: body.txs }))
+    }
+
+    /// How many blocks are stored.
+    pub fn block_count(&self) -> Result<u64, StoreError> {
+        Ok(self.conn.query_row("SELECT COUNT(*) FROM blocks", [], |r| r.get::<_, i64>(0))? as u64)
+    }
+
+    /// SQLite's `PRAGMA integrity_check` result ("ok" when sound).
+    pub fn integrity_check(&self) -> Result<String, StoreError> {
+        Ok(self.conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
+    }
+}
+
+fn insert_block(
+    tx: &rusqlite::Transaction<'_>,
+    block: &Block,
+    hash: &BlockHash,
+) -> Result<(), StoreError> {
+    let body = pb::Block { header: None, txs: block.txs.clone() }.encode_to_vec();
+    tx.prepare_cached("INSERT INTO blocks(hash, header, txs) VALUES (?1, ?2, ?3)")?
+        .execute(params![&hash.0[..], &block.header.to_bytes()[..], body])?;
+    Ok(())
+}

@@ -1,0 +1,555 @@
+//! The consensus reactor (channel 0x20): chain status exchange, new-block
+//! push, and locator-based requests for missing blocks; heaviest-chain
+//! fork choice happens in the [`Blockchain`] it drives.
+//!
+//! - On connect and every `status_interval` each side sends `Status`
+//!   (height, weight, tip), like a simple blockchain peer's "stats".
+//! - A new main-chain tip is pushed whole (`NewBlock`) to every peer that
+//!   has not sent or been sent it.
+//! - A block whose parent is missing, or a peer whose status is heavier,
+//!   makes us ask that peer for its main-chain blocks after our locator
+//!   (`GetBlocks`, answered by `Blocks`), batch after batch while the peer
+//!   stays ahead and each batch makes progress. Block sync (channel 0x40)
+//!   takes over long catch-ups when it lands.
+//! - An invalid block, an unsolicited or oversized answer, or a malformed
+//!   message is misbehaviour reported to the switch (score, then ban); the
+//!   node keeps going.
+
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use plexus_p2p::{
+    ChannelDescriptor, Envelope, MisbehaviorKind, NodeId, Peer, PeerMisbehavior, Reactor,
+    StopReason, Switch,
+};
+use plexus_proto::chain::{self as pb, message::Sum};
+use prost::Message;
+use ruint::aliases::U256;
+use tokio::sync::watch;
+
+use crate::chain::{Block, BlockError, BlockHash, Blockchain, Hash, ProcessStatus, Processed};
+use crate::mempool::{BoundedSet, Mempool};
+use crate::mining::{Miner, MinerConfig, WorkSource};
+
+/// The consensus channel.
+pub const CONSENSUS_CHANNEL: u8 = 0x20;
+
+/// Most hashes accepted in a block locator (Bitcoin's `MAX_LOCATOR_SZ`).
+pub const MAX_LOCATOR: usize = 101;
+
+/// Consensus reactor settings.
+#[derive(Clone, Debug)]
+pub struct ConsensusConfig {
+    /// How often `Status` goes to every peer. Default 10 s.
+    pub status_interval: Duration,
+    /// Most blocks asked for, and answered, per `GetBlocks`. Default 64.
+    pub max_blocks_per_request: u32,
+    /// Largest consensus message, bytes (the channel's receive limit and
+    /// the byte budget of a `Blocks` answer); must exceed the network's
+    /// `max_block_bytes`. Default 8 MiB.
+    pub max_msg_bytes: usize,
+    /// An unanswered `GetBlocks` is given up after this; another peer may
+    /// then be asked. Default 30 s.
+    pub request_timeout: Duration,
+    /// Per-peer memory of blocks it has sent or been sent. Default 1,024.
+    pub max_known_per_peer: usize,
+    /// Score for an invalid block (the switch bans at 100). Default 100.
+    pub invalid_block_score: u32,
+}
+
+impl Default for ConsensusConfig {
+    fn default() -> Self {
+        ConsensusConfig {
+            status_interval: Duration::from_secs(10),
+            max_blocks_per_request: 64,
+            max_msg_bytes: 8 << 20,
+            request_timeout: Duration::from_secs(30),
+            max_known_per_peer: 1024,
+            invalid_block_score: 100,
+        }
+    }
+}
+
+/// The wall clock as Unix milliseconds; injectable for tests.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The system clock.
+pub fn system_clock() -> Clock {
+    Arc::new(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64))
+}
+
+/// What a peer last told us of its main chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerChain {
+    /// Tip height.
+    pub height: u64,
+    /// Cumulative work.
+    pub weight: U256,
+    /// Tip hash.
+    pub tip: BlockHash,
+}
+
+struct PeerState {
+    status: Option<PeerChain>,
+    /// The `GetBlocks` in flight: when it was sent and its `max_blocks`.
+    request: Option<(tokio::time::Instant, u32)>,
+    known: BoundedSet,
+}
+
+/// The consensus reactor. Register it with the switch and call
+/// [`ConsensusReactor::start`] with the built switch.
+pub struct ConsensusReactor {
+    cfg: ConsensusConfig,
+    importer: Arc<Importer>,
+    peers: Mutex<HashMap<NodeId, PeerState>>,
+    switch: OnceLock<Switch>,
+    runtime: OnceLock<tokio::runtime::Handle>,
+}
+
+impl std::fmt::Debug for ConsensusReactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsensusReactor").field("chain", &*self.importer.chain.lock()).finish()
+    }
+}
+
+fn misbehavior(kind: MisbehaviorKind, score: u32, reason: String) -> PeerMisbehavior {
+    PeerMisbehavior { kind, score, reason }
+}
+
+fn protocol_error(reason: impl Into<String>) -> PeerMisbehavior {
+    misbehavior(MisbehaviorKind::ProtocolError, 100, reason.into())
+}
+
+impl ConsensusReactor {
+    /// A reactor over `chain`, keeping `mempool` in step with the main
+    /// chain, on the system clock.
+    pub fn new(
+        cfg: ConsensusConfig,
+        chain: Arc<Mutex<Blockchain>>,
+        mempool: Arc<Mutex<Mempool>>,
+    ) -> Self {
+        Self::with_clock(cfg, chain, mempool, system_clock())
+    }
+
+    /// As [`ConsensusReactor::new`] with another clock.
+    pub fn with_clock(
+        cfg: ConsensusConfig,
+        chain: Arc<Mutex<Blockchain>>,
+        mempool: Arc<Mutex<Mempool>>,
+        clock: Clock,
+    ) -> Self {
+        let tip = watch::channel(chain.lock().tip()).0;
+        ConsensusReactor {
+            cfg,
+            importer: Arc::new(Importer { chain, mempool, tip, clock }),
+            peers: Mutex::new(HashMap::new()),
+            switch: OnceLock::new(),
+            runtime: OnceLock::new(),
+        }
+    }
+
+    /// The chain.
+    pub fn chain(&self) -> &Arc<Mutex<Blockchain>> {
+        &self.importer.chain
+    }
+
+    /// Changes to each new main-chain tip.
+    pub fn watch_tip(&self) -> watch::Receiver<BlockHash> {
+        self.importer.tip.subscribe()
+    }
+
+    /// What `peer` last said of its chain.
+    pub fn peer_chain(&self, peer: &NodeId) -> Option<PeerChain> {
+        self.peers.lock().get(peer).and_then(|p| p.status.clone())
+    }
+
+    /// Starts the status loop for `switch` (it also retires unanswered
+    /// requests); it ends when the switch stops.
+    pub fn start(self: &Arc<Self>, switch: &Switch) {
+        let _ = self.switch.set(switch.clone());
+        let _ = self.runtime.set(tokio::runtime::Handle::current());
+        let (me, sw) = (self.clone(), switch.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(me.cfg.status_interval);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => me.status_round(&sw).await,
+                    _ = sw.stopped() => break,
+                }
+            }
+        });
+    }
+
+    /// Starts a [`Miner`] on this chain and mempool; it restarts its work
+    /// on every new tip and on every change of `txs_added` (the mempool
+    /// reactor's [`watch_added`](crate::mempool::MempoolReactor::watch_added)).
+    pub fn start_miner(
+        self: &Arc<Self>,
+        cfg: MinerConfig,
+        mut txs_added: watch::Receiver<u64>,
+    ) -> Miner {
+        let _ = self.runtime.set(tokio::runtime::Handle::current());
+        let miner = Miner::start(cfg, Arc::new(MinerLink(self.clone())));
+        let notifier = miner.notifier();
+        let mut tip = self.watch_tip();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    r = tip.changed() => if r.is_err() { break },
+                    r = txs_added.changed() => if r.is_err() { break },
+                }
+                notifier.new_work();
+            }
+        });
+        miner
+    }
+
+    fn status_msg(&self) -> pb::Message {
+        let c = self.importer.chain.lock();
+        let status = pb::Status {
+            height: c.height(),
+            weight: c.weight().to_be_bytes::<32>().to_vec().into(),
+            tip_hash: c.tip().0.to_vec().into(),
+        };
+        pb::Message { sum: Some(Sum::Status(status)) }
+    }
+
+    async fn status_round(&self, sw: &Switch) {
+        let bytes = self.status_msg().encode_to_vec();
+        sw.broadcast(CONSENSUS_CHANNEL, bytes).await;
+        let now = tokio::time::Instant::now();
+        let timeout = self.cfg.request_timeout;
+        let ours = self.importer.chain.lock().weight();
+        let mut ahead = Vec::new();
+        for (id, st) in self.peers.lock().iter_mut() {
+            if st.request.is_some_and(|(t, _)| now.duration_since(t) >= timeout) {
+                tracing::debug!(peer = %id, "GetBlocks timed out");
+                st.request = None;
+            }
+            if st.status.as_ref().is_some_and(|s| s.weight > ours) {
+                ahead.push(*id);
+            }
+        }
+        for id in ahead {
+            if let Some(p) = sw.peer(&id) {
+                self.request_blocks(&p).await;
+            }
+        }
+    }
+
+    /// Imports a block from outside the network (RPC, tools): validates,
+    /// stores and announces it.
+    pub async fn submit_block(&self, block: Block) -> Result<Processed, BlockError> {
+        let p = self.apply_blocking(vec![block], None).await.pop().expect("one result")?;
+        self.announce(&p, None).await;
+        Ok(p)
+    }
+
+    /// Runs [`ConsensusReactor::apply`] over `blocks` on a blocking thread
+    /// (SQLite writes must not hold up the runtime), stopping after the
+    /// first invalid block.
+    async fn apply_blocking(
+        &self,
+        blocks: Vec<Block>,
+        source: Option<NodeId>,
+    ) -> Vec<Result<Processed, BlockError>> {
+        let me = self.importer.clone();
+        let run = move || {
+            let mut out = Vec::new();
+            for b in blocks {
+                let r = me.apply(b, source);
+                let stop = r.as_ref().is_err_and(|e| e.is_peer_fault());
+                out.push(r);
+                if stop {
+                    break;
+                }
+            }
+            out
+        };
+        match tokio::task::spawn_blocking(run).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::error!(error = %e, "block import task failed");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Pushes the new tip of `p` (if it moved) to every peer but `except`
+    /// that does not know it.
+    async fn announce(&self, p: &Processed, except: Option<NodeId>) {
+        let Some(tc) = &p.tip_change else { return };
+        let Some(block) = tc.connected.last() else { return };
+        let Some(sw) = self.switch.get() else { return };
+        let hash = tc.new_tip;
+        let msg = pb::Message {
+            sum: Some(Sum::NewBlock(pb::NewBlock { block: Some(block.to_proto()) })),
+        };
+        let bytes = bytes::Bytes::from(msg.encode_to_vec());
+        for peer in sw.peers() {
+            if Some(peer.id()) == except {
+                continue;
+            }
+            let fresh =
+                self.peers.lock().get_mut(&peer.id()).is_some_and(|st| st.known.insert(hash));
+            if fresh && !peer.try_send(CONSENSUS_CHANNEL, bytes.clone()) {
+                tracing::debug!(peer = %peer.id(), "send queue full; peer misses NewBlock");
+            }
+        }
+    }
+
+    /// Asks `peer` for its main-chain blocks after our locator, unless a
+    /// request to it is in flight.
+    async fn request_blocks(&self, peer: &Peer) {
+        let max = self.cfg.max_blocks_per_request;
+        {
+            let mut peers = self.peers.lock();
+            let Some(st) = peers.get_mut(&peer.id()) else { return };
+            if st.request.is_some() {
+                return;
+            }
+            st.request = Some((tokio::time::Instant::now(), max));
+        }
+        let locator =
+            self.importer.chain.lock().locator().iter().map(|h| h.0.to_vec().into()).collect();
+        let msg =
+            pb::Message { sum: Some(Sum::GetBlocks(pb::GetBlocks { locator, max_blocks: max })) };
+        if peer.send_msg(CONSENSUS_CHANNEL, &msg).await.is_err() {
+            if let Some(st) = self.peers.lock().get_mut(&peer.id()) {
+                st.request = None;
+            }
+        }
+    }
+
+    /// Imports blocks that `peer` sent and acts on the outcome: reports an
+    /// invalid block or orphan, asks for missing parents, announces a new
+    /// tip. Returns how many blocks were new.
+    async fn import_from(&self, sw: &Switch, peer: &Peer, blocks: Vec<Block>) -> (usize, bool) {
+        {
+            let mut peers = self.peers.lock();
+            if let Some(st) = peers.get_mut(&peer.id()) {
+                for b in &blocks {
+                    st.known.insert(b.hash());
+                }
+            }
+        }
+        let mut new = 0;
+        let mut orphan = false;
+        for r in self.apply_blocking(blocks, Some(peer.id())).await {
+            match r {
+                Err(e) if e.is_peer_fault() => {
+                    let score = self.cfg.invalid_block_score;
+                    let m = misbehavior(
+                        MisbehaviorKind::InvalidData,
+                        score,
+                        format!("invalid block: {e}"),
+                    );
+                    sw.report(peer, m).await;
+                    return (new, orphan);
+                }
+                Err(e) => tracing::debug!(peer = %peer.id(), error = %e, "block not accepted"),
+                Ok(p) => {
+                    new += p.accepted.len() + (p.status == ProcessStatus::Orphan) as usize;
+                    orphan |= p.status == ProcessStatus::Orphan;
+                    for (src, h, e) in &p.rejected_orphans {
+                        if let Some(bad) = src.and_then(|id| sw.peer(&id)) {
+                            let score = self.cfg.invalid_block_score;
+                            let why = format!("invalid block {h}: {e}");
+                            sw.report(&bad, misbehavior(MisbehaviorKind::InvalidData, score, why))
+                                .await;
+                        }
+                    }
+                    self.announce(&p, Some(peer.id())).await;
+                }
+            }
+        }
+        (new, orphan)
+    }
+
+    fn decode_blocks(list: Vec<pb::Block>) -> Result<Vec<Block>, BlockError> {
+        list.into_iter().map(Block::from_proto).collect()
+    }
+}
+
+/// Block import: validate and store, keep the mempool in step, publish
+/// the new tip. Shared by peers' blocks (on blocking threads) and the
+/// miner's (on its coordinator thread).
+struct Importer {
+    chain: Arc<Mutex<Blockchain>>,
+    mempool: Arc<Mutex<Mempool>>,
+    tip: watch::Sender<BlockHash>,
+    clock: Clock,
+}
+
+impl Importer {
+    /// Holds the chain lock, then the mempool lock, so the mempool follows
+    /// tip changes in the order they happen.
+    fn apply(&self, block: Block, source: Option<NodeId>) -> Result<Processed, BlockError> {
+        let mut chain = self.chain.lock();
+        let p = chain.process_block(block, source, (self.clock)())?;
+        if let Some(tc) = &p.tip_change {
+            self.mempool.lock().apply_tip_change(tc);
+            self.tip.send_replace(tc.new_tip);
+            tracing::info!(height = chain.height(), tip = %tc.new_tip, reorg = tc.disconnected.len(), "new tip");
+        }
+        Ok(p)
+    }
+}
+
+/// The miner's view of a consensus reactor: templates from its chain and
+/// mempool, solved blocks imported and announced.
+struct MinerLink(Arc<ConsensusReactor>);
+
+impl WorkSource for MinerLink {
+    fn template(&self) -> Option<Block> {
+        let r = &self.0;
+        let chain = r.importer.chain.lock();
+        // Room for the header and the block's own framing.
+        let room = chain.params().genesis.max_block_bytes.saturating_sub(512);
+        let txs = r.importer.mempool.lock().select(room);
+        Some(chain.template(txs, (r.importer.clock)()))
+    }
+
+    fn submit(&self, block: Block) {
+        match self.0.importer.apply(block, None) {
+            Ok(p) => {
+                if let Some(rt) = self.0.runtime.get() {
+                    let me = self.0.clone();
+                    rt.spawn(async move { me.announce(&p, None).await });
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "mined block refused"),
+        }
+    }
+}
+
+impl Reactor for ConsensusReactor {
+    type Message = pb::Message;
+
+    fn channels(&self) -> Vec<ChannelDescriptor> {
+        vec![ChannelDescriptor::new(CONSENSUS_CHANNEL)
+            .priority(5)
+            .send_queue_capacity(64)
+            .recv_message_capacity(self.cfg.max_msg_bytes)]
+    }
+
+    async fn add_peer(&self, peer: &Peer) {
+        let st = PeerState {
+            status: None,
+            request: None,
+            known: BoundedSet::new(self.cfg.max_known_per_peer),
+        };
+        self.peers.lock().insert(peer.id(), st);
+        let _ = peer.send_msg(CONSENSUS_CHANNEL, &self.status_msg()).await;
+    }
+
+    async fn remove_peer(&self, peer: &Peer, _reason: &StopReason) {
+        self.peers.lock().remove(&peer.id());
+    }
+
+    async fn receive(&self, env: Envelope<pb::Message>) {
+        let (sw, peer) = (&env.switch, &env.peer);
+        match env.message.sum {
+            Some(Sum::Status(s)) => {
+                let (Some(tip), true) = (Hash::from_slice(&s.tip_hash), s.weight.len() <= 32)
+                else {
+                    sw.report(peer, protocol_error("malformed Status")).await;
+                    return;
+                };
+                let mut w = [0u8; 32];
+                w[32 - s.weight.len()..].copy_from_slice(&s.weight);
+                let status = PeerChain { height: s.height, weight: U256::from_be_bytes(w), tip };
+                let ahead = status.weight > self.importer.chain.lock().weight();
+                if let Some(st) = self.peers.lock().get_mut(&peer.id()) {
+                    st.known.insert(tip);
+                    st.status = Some(status);
+                }
+                if ahead {
+                    self.request_blocks(peer).await;
+                }
+            }
+            Some(Sum::NewBlock(nb)) => {
+                let Some(block) = nb.block else {
+                    sw.report(peer, protocol_error("NewBlock without a block")).await;
+                    return;
+                };
+                match Block::from_proto(block) {
+                    Ok(b) => {
+                        let (_, orphan) = self.import_from(sw, peer, vec![b]).await;
+                        if orphan {
+                            self.request_blocks(peer).await;
+                        }
+                    }
+                    Err(e) => sw.report(peer, protocol_error(e.to_string())).await,
+                }
+            }
+            Some(Sum::GetBlocks(req)) => {
+                if req.locator.len() > MAX_LOCATOR {
+                    sw.report(
+                        peer,
+                        protocol_error(format!("locator of {} hashes", req.locator.len())),
+                    )
+                    .await;
+                    return;
+                }
+                let Some(locator) =
+                    req.locator.iter().map(|h| Hash::from_slice(h)).collect::<Option<Vec<_>>>()
+                else {
+                    sw.report(peer, protocol_error("locator hash not 32 bytes")).await;
+                    return;
+                };
+                let max = req.max_blocks.min(self.cfg.max_blocks_per_request) as usize;
+                let budget = self.cfg.max_msg_bytes.saturating_sub(1024);
+                let chain = self.importer.chain.clone();
+                let found = tokio::task::spawn_blocking(move || {
+                    chain.lock().main_blocks_after(&locator, max, budget)
+                })
+                .await;
+                let blocks = match found {
+                    Ok(Ok(b)) => b,
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "reading blocks for a peer failed");
+                        Vec::new()
+                    }
+                    Err(_) => Vec::new(),
+                };
+                if let Some(st) = self.peers.lock().get_mut(&peer.id()) {
+                    for b in &blocks {
+                        st.known.insert(b.hash());
+                    }
+                }
+                let blocks = blocks.iter().map(Block::to_proto).collect();
+                let msg = pb::Message { sum: Some(Sum::Blocks(pb::Blocks { blocks })) };
+                let _ = peer.send_msg(CONSENSUS_CHANNEL, &msg).await;
+            }
+            Some(Sum::Blocks(list)) => {
+                let asked = self.peers.lock().get_mut(&peer.id()).and_then(|st| st.request.take());
+                let Some((_, max)) = asked else {
+                    sw.report(peer, protocol_error("unsolicited Blocks")).await;
+                    return;
+                };
+                if list.blocks.len() > max as usize {
+                    let why = format!("{} blocks for a request of {max}", list.blocks.len());
+                    sw.report(peer, protocol_error(why)).await;
+                    return;
+                }
+                let blocks = match Self::decode_blocks(list.blocks) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        sw.report(peer, protocol_error(e.to_string())).await;
+                        return;
+                    }
+                };
+                let (new, _) = self.import_from(sw, peer, blocks).await;
+                let ours = self.importer.chain.lock().weight();
+                let ahead = self.peer_chain(&peer.id()).is_some_and(|s| s.weight > ours);
+                if new > 0 && ahead {
+                    self.request_blocks(peer).await;
+                }
+            }
+            None => sw.report(peer, protocol_error("empty consensus message")).await,
+        }
+    }
+}

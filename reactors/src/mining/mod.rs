@@ -1,0 +1,314 @@
+//! Proof-of-work mining: the [`HeaderHasher`] inner loop and the
+//! [`Miner`], worker threads fed through crossbeam channels.
+//!
+//! One coordinator thread asks a [`WorkSource`] for a block template,
+//! hands every worker a job (the header and its own slice of the nonce
+//! space) and waits for a solution, a new-work signal or a stop. Workers
+//! hash `batch` nonces at a time and look for a newer job between batches,
+//! so a new tip or new transactions restart the work within one batch
+//! (about a millisecond). A solution goes back to the source, which
+//! validates, stores and broadcasts it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{select, Receiver, Sender};
+use sha2::{Digest, Sha256};
+
+use crate::chain::{target_from_bits, Block, Header};
+
+/// Hashes one header at many nonces: SHA-256 runs over the first 64 bytes
+/// once (the midstate), then two compressions per nonce: the last 32
+/// header bytes with padding, and the second SHA-256 over the digest.
+#[derive(Clone)]
+pub struct HeaderHasher {
+    mid: Sha256,
+    tail: [u8; Header::SIZE - 64],
+}
+
+impl HeaderHasher {
+    /// The hasher for `header` (its nonce is ignored).
+    pub fn new(header: &Header) -> HeaderHasher {
+        let bytes = header.to_bytes();
+        let mut mid = Sha256::new();
+        mid.update(&bytes[..64]);
+        HeaderHasher { mid, tail: bytes[64..].try_into().expect("32 bytes") }
+    }
+
+    /// The block hash with `nonce`, as bytes (a big-endian number).
+    #[inline]
+    pub fn hash(&mut self, nonce: u64) -> [u8; 32] {
+        self.tail[Header::NONCE_OFFSET - 64..].copy_from_slice(&nonce.to_le_bytes());
+        let mut s = self.mid.clone();
+        s.update(self.tail);
+        Sha256::digest(s.finalize()).into()
+    }
+
+    /// The first nonce in `start..start + count` whose hash is at most
+    /// `target` (32 bytes, big-endian).
+    #[inline]
+    pub fn search(&mut self, target: &[u8; 32], start: u64, count: u64) -> Option<u64> {
+        (start..start.saturating_add(count)).find(|&n| self.hash(n) <= *target)
+    }
+}
+
+/// Sets `header.nonce` to one meeting its target, trying at most
+/// `max_tries` nonces from the current one. Returns whether it found one
+/// (false as well for invalid bits). For tests and tools; the [`Miner`]
+/// runs the same loop on many threads.
+pub fn solve(header: &mut Header, max_tries: u64) -> bool {
+    let Some(target) = target_from_bits(header.bits) else { return false };
+    let target = target.to_be_bytes::<32>();
+    match HeaderHasher::new(header).search(&target, header.nonce, max_tries) {
+        Some(n) => {
+            header.nonce = n;
+            true
+        }
+        None => false,
+    }
+}
+
+/// Where the miner gets its work and puts its blocks.
+pub trait WorkSource: Send + Sync + 'static {
+    /// A block to mine on the current tip (nonce to be found), or `None`
+    /// when there is nothing to mine yet.
+    fn template(&self) -> Option<Block>;
+    /// A solved block: validate, store and broadcast it.
+    fn submit(&self, block: Block);
+}
+
+/// Miner settings.
+#[derive(Clone, Debug)]
+pub struct MinerConfig {
+    /// Worker threads. Default 1.
+    pub threads: usize,
+    /// Nonces hashed between looks for a newer job. Default 16,384 (about
+    /// 1 ms on one core with SHA extensions).
+    pub batch: u64,
+    /// How often the hash rate figure is updated. Default 1 s.
+    pub rate_interval: Duration,
+}
+
+impl Default for MinerConfig {
+    fn default() -> Self {
+        MinerConfig { threads: 1, batch: 16_384, rate_interval: Duration::from_secs(1) }
+    }
+}
+
+#[derive(Default)]
+struct Stats {
+    hashes: AtomicU64,
+    blocks: AtomicU64,
+    /// Hashes per second over the last `rate_interval`, as f64 bits.
+    rate: AtomicU64,
+}
+
+struct Job {
+    header: Header,
+    target: [u8; 32],
+    start: u64,
+    id: u64,
+}
+
+enum Control {
+    NewWork,
+    Stop,
+}
+
+/// A handle that restarts the miner's work (a new tip, new transactions).
+#[derive(Clone, Debug)]
+pub struct MinerNotifier(Sender<Control>);
+
+impl MinerNotifier {
+    /// Asks the miner to take a fresh template. Cheap; bursts coalesce.
+    pub fn new_work(&self) {
+        let _ = self.0.try_send(Control::NewWork);
+    }
+}
+
+/// Running miner threads. Dropping it stops them.
+pub struct Miner {
+    control: Sender<Control>,
+    stats: Arc<Stats>,
+    coordinator: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Miner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Miner")
+            .field("hashes", &self.hashes())
+            .field("blocks", &self.blocks_found())
+            .finish()
+    }
+}
+
+impl Miner {
+    /// Starts `cfg.threads` workers (at least one) and the coordinator.
+    pub fn start(cfg: MinerConfig, source: Arc<dyn WorkSource>) -> Miner {
+        let (control, control_rx) = crossbeam_channel::bounded(16);
+        let stats = Arc::new(Stats::default());
+        let st = stats.clone();
+        let coordinator = std::thread::Builder::new()
+            .name("miner".into())
+            .spawn(move || coordinate(cfg, source, control_rx, st))
+            .expect("spawning the miner thread");
+        Miner { control, stats, coordinator: Some(coordinator) }
+    }
+
+    /// A handle to restart the work from other tasks.
+    pub fn notifier(&self) -> MinerNotifier {
+        MinerNotifier(self.control.clone())
+    }
+
+    /// Asks for a fresh template (see [`MinerNotifier::new_work`]).
+    pub fn new_work(&self) {
+        self.notifier().new_work();
+    }
+
+    /// Hashes tried since start.
+    pub fn hashes(&self) -> u64 {
+        self.stats.hashes.load(Ordering::Relaxed)
+    }
+
+    /// Blocks found since start.
+    pub fn blocks_found(&self) -> u64 {
+        self.stats.blocks.load(Ordering::Relaxed)
+    }
+
+    /// Hashes per second over the last rate interval.
+    pub fn hash_rate(&self) -> f64 {
+        f64::from_bits(self.stats.rate.load(Ordering::Relaxed))
+    }
+
+    /// Stops the workers and waits for them.
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    fn shutdown(&mut self) {
+        let _ = self.control.send(Control::Stop);
+        if let Some(t) = self.coordinator.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Miner {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn coordinate(
+    cfg: MinerConfig,
+    source: Arc<dyn WorkSource>,
+    control: Receiver<Control>,
+    stats: Arc<Stats>,
+) {
+    let threads = cfg.threads.max(1) as u64;
+    let (found_tx, found_rx) = crossbeam_channel::unbounded::<(u64, Header)>();
+    let mut workers = Vec::new();
+    for i in 0..threads {
+        let (job_tx, job_rx) = crossbeam_channel::bounded::<Job>(1);
+        let (found, stats, batch) = (found_tx.clone(), stats.clone(), cfg.batch.max(1));
+        let h = std::thread::Builder::new()
+            .name(format!("miner-{i}"))
+            .spawn(move || work(job_rx, found, stats, batch))
+            .expect("spawning a miner worker");
+        workers.push((job_tx, h));
+    }
+    let mut job_id = 0u64;
+    let mut block: Option<Block> = None;
+    let mut rate_at = (Instant::now(), 0u64);
+    let tick = crossbeam_channel::tick(cfg.rate_interval);
+    let mut fresh = true;
+    loop {
+        if fresh {
+            fresh = false;
+            job_id += 1;
+            block = source.template();
+            if let Some(b) = &block {
+                let target = target_from_bits(b.header.bits).map(|t| t.to_be_bytes::<32>());
+                for (i, (tx, _)) in workers.iter().enumerate() {
+                    // Each worker takes its own slice of the nonce space.
+                    let start = (u64::MAX / threads) * i as u64;
+                    let job = Job {
+                        header: b.header,
+                        target: target.unwrap_or([0; 32]),
+                        start,
+                        id: job_id,
+                    };
+                    // A worker's slot holds one job; replace a stale one.
+                    if let Err(crossbeam_channel::TrySendError::Full(job)) = tx.try_send(job) {
+                        let _ = tx.send(job);
+                    }
+                }
+            }
+        }
+        select! {
+            recv(control) -> c => match c {
+                Ok(Control::NewWork) => {
+                    while let Ok(Control::NewWork) = control.try_recv() {}
+                    fresh = true;
+                }
+                Ok(Control::Stop) | Err(_) => break,
+            },
+            recv(found_rx) -> f => {
+                let Ok((id, header)) = f else { break };
+                if id == job_id {
+                    if let Some(b) = block.take() {
+                        stats.blocks.fetch_add(1, Ordering::Relaxed);
+                        source.submit(Block { header, txs: b.txs });
+                    }
+                    fresh = true;
+                }
+            },
+            recv(tick) -> _ => {
+                let now = (Instant::now(), stats.hashes.load(Ordering::Relaxed));
+                let secs = now.0.duration_since(rate_at.0).as_secs_f64();
+                if secs > 0.0 {
+                    let rate = (now.1 - rate_at.1) as f64 / secs;
+                    stats.rate.store(rate.to_bits(), Ordering::Relaxed);
+                }
+                rate_at = now;
+            },
+        }
+    }
+    for (tx, h) in workers {
+        drop(tx);
+        let _ = h.join();
+    }
+}
+
+/// A worker: mines its current job batch by batch, switching to a newer
+/// job between batches, and waits after a solution or when idle.
+fn work(jobs: Receiver<Job>, found: Sender<(u64, Header)>, stats: Arc<Stats>, batch: u64) {
+    let Ok(mut job) = jobs.recv() else { return };
+    loop {
+        let mut hasher = HeaderHasher::new(&job.header);
+        let mut nonce = job.start;
+        let next = loop {
+            if let Some(n) = hasher.search(&job.target, nonce, batch) {
+                stats.hashes.fetch_add(n - nonce + 1, Ordering::Relaxed);
+                let header = Header { nonce: n, ..job.header };
+                if found.send((job.id, header)).is_err() {
+                    return;
+                }
+                break jobs.recv().ok();
+            }
+            stats.hashes.fetch_add(batch, Ordering::Relaxed);
+            nonce = nonce.wrapping_add(batch);
+            match jobs.try_recv() {
+                Ok(j) => break Some(j),
+                Err(crossbeam_channel::TryRecvError::Empty) => {}
+                Err(crossbeam_channel::TryRecvError::Disconnected) => return,
+            }
+        };
+        match next {
+            Some(j) => job = j,
+            None => return,
+        }
+    }
+}
