@@ -12,6 +12,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use plexus_p2p::NodeId;
 use ruint::aliases::U256;
+use ruint::Uint;
 
 use super::block::{
     bits_from_target, merkle_root, target_from_bits, work, Block, BlockHash, Header,
@@ -419,11 +420,9 @@ impl Blockchain {
         let expected = (window - 1) * self.params.genesis.target_block_time_ms;
         let actual = p.timestamp_ms.saturating_sub(first_ts).clamp(expected / 4, expected * 4);
         let old = target_from_bits(p.bits).expect("stored bits are valid");
-        let (actual, expected) = (U256::from(actual), U256::from(expected));
-        let new = match old.checked_mul(actual) {
-            Some(x) => x / expected,
-            None => (old / expected).saturating_mul(actual),
-        };
+        // old × actual needs up to 320 bits; divide there, then clamp.
+        let wide: Uint<320, 5> = old.widening_mul(Uint::<64, 1>::from(actual));
+        let new = U256::saturating_from(wide / Uint::<320, 5>::from(expected));
         bits_from_target(new.min(self.params.pow_limit))
     }
 

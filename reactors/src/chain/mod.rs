@@ -123,3 +123,6 @@ impl BlockError {
         )
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -13,8 +13,9 @@ use super::block::{
 };
 
 /// The genesis file (JSON): everything that must be equal on every node of
-/// a network. Changing any field makes another genesis hash, so another
-/// network.
+/// a network. The genesis block's one transaction is this struct as
+/// compact JSON (fields in the order below), so changing any field makes
+/// another genesis hash, that is another network.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Genesis {
@@ -39,7 +40,7 @@ pub struct Genesis {
     /// How far a block time may lie ahead of the local clock, milliseconds
     /// (Bitcoin: 2 hours).
     pub max_future_ms: u64,
-    /// The genesis block's one transaction.
+    /// Free text (a headline, a motto) to make a network's genesis unique.
     pub message: String,
 }
 
@@ -109,7 +110,9 @@ impl NetworkParams {
                 "must hold a header and one largest transaction",
             ));
         }
-        let txs = vec![Bytes::from(g.message.clone().into_bytes())];
+        // The one genesis transaction is the file itself, so the genesis
+        // hash (the network id) commits to every parameter.
+        let txs = vec![Bytes::from(serde_json::to_vec(&g)?)];
         let header = Header {
             version: Header::VERSION,
             height: 0,
@@ -147,6 +150,25 @@ impl NetworkParams {
             message: "plexus devnet".into(),
         })
         .expect("the devnet genesis is valid")
+    }
+
+    /// A local test network (Bitcoin's regtest): a block takes about 256
+    /// hashes, the target never retargets, 1 s target block time, 1 MiB
+    /// blocks.
+    pub fn regtest() -> NetworkParams {
+        Self::from_genesis(Genesis {
+            network_name: "plexus-regtest".into(),
+            timestamp_ms: 1_795_000_000_000,
+            bits: bits_from_target(U256::MAX >> 8),
+            pow_limit_bits: bits_from_target(U256::MAX >> 1),
+            target_block_time_ms: 1_000,
+            retarget_window: 0,
+            max_block_bytes: 1 << 20,
+            max_tx_bytes: 64 * 1024,
+            max_future_ms: 2 * 3600 * 1000,
+            message: "plexus regtest".into(),
+        })
+        .expect("the regtest genesis is valid")
     }
 
     /// The network id: the genesis hash in hex (NodeInfo.network).

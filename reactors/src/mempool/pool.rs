@@ -263,3 +263,90 @@ impl Mempool {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::tests::{add, chain, child_with, params, T};
+
+    fn tx(s: &str) -> Bytes {
+        Bytes::from(s.to_string())
+    }
+
+    #[test]
+    fn limits_and_duplicates() {
+        let cfg = MempoolConfig {
+            max_txs: 3,
+            max_bytes: 10,
+            max_tx_bytes: 6,
+            ..MempoolConfig::default()
+        };
+        let mut m = Mempool::new(cfg);
+        let id = m.add(tx("abc")).unwrap();
+        assert_eq!(id, Hash::sha256(b"abc"));
+        assert_eq!(m.add(tx("abc")), Err(MempoolError::Duplicate(id)));
+        assert_eq!(m.add(tx("1234567")), Err(MempoolError::TooLarge { size: 7, max: 6 }));
+        m.add(tx("defg")).unwrap();
+        assert_eq!(m.add(tx("hijk")), Err(MempoolError::Full { txs: 2, bytes: 7 }), "bytes bound");
+        m.add(tx("h")).unwrap();
+        assert_eq!(m.add(tx("i")), Err(MempoolError::Full { txs: 3, bytes: 8 }), "count bound");
+        assert_eq!((m.len(), m.bytes()), (3, 8));
+        assert_eq!(m.remove(&id), Some(tx("abc")));
+        assert_eq!((m.len(), m.bytes()), (2, 5));
+    }
+
+    #[test]
+    fn select_is_oldest_first_within_the_byte_budget() {
+        let mut m = Mempool::new(MempoolConfig::default());
+        for s in ["aaaa", "bbbbbbbb", "cc", "dddd"] {
+            m.add(tx(s)).unwrap();
+        }
+        assert_eq!(m.select(8), vec![tx("aaaa")]);
+        assert_eq!(
+            m.select(20),
+            vec![tx("aaaa"), tx("bbbbbbbb")],
+            "stops at the first that does not fit"
+        );
+        assert_eq!(m.select(1000).len(), 4);
+    }
+
+    #[test]
+    fn mined_transactions_leave_and_come_back_on_a_reorg() {
+        let p = params(0);
+        let mut c = chain(&p);
+        let mut m = Mempool::new(MempoolConfig::default());
+        let (t1, t2, t3) = (tx("one"), tx("two"), tx("three"));
+        for t in [&t1, &t2, &t3] {
+            m.add(t.clone()).unwrap();
+        }
+        // a1 mines t1 and t2.
+        let a1 = child_with(&c, &p.genesis_hash, T, m.select(1000)[..2].to_vec());
+        let r = add(&mut c, a1.clone()).unwrap();
+        m.apply_tip_change(&r.tip_change.unwrap());
+        assert_eq!(m.iter().map(|(_, t)| t.clone()).collect::<Vec<_>>(), vec![t3.clone()]);
+        assert_eq!(m.add(t1.clone()), Err(MempoolError::AlreadyMined(Hash::sha256(&t1))));
+        // A heavier fork b1 (with t2), b2 (empty) replaces a1.
+        let b1 = child_with(&c, &p.genesis_hash, T, vec![t2.clone()]);
+        add(&mut c, b1.clone()).unwrap();
+        let b2 = child_with(&c, &b1.hash(), T, vec![]);
+        let tc = add(&mut c, b2).unwrap().tip_change.unwrap();
+        assert_eq!(tc.disconnected, vec![a1]);
+        m.apply_tip_change(&tc);
+        // t1 is back; t2 is mined again on the new chain; t3 stayed.
+        assert!(m.contains(&Hash::sha256(&t1)));
+        assert!(!m.contains(&Hash::sha256(&t2)));
+        assert!(m.contains(&Hash::sha256(&t3)));
+        assert_eq!(m.add(t2.clone()), Err(MempoolError::AlreadyMined(Hash::sha256(&t2))));
+    }
+
+    #[test]
+    fn bounded_set_forgets_the_oldest() {
+        let mut s = BoundedSet::new(2);
+        let h = |i: u8| Hash([i; 32]);
+        assert!(s.insert(h(1)) && s.insert(h(2)) && !s.insert(h(2)));
+        s.insert(h(3));
+        assert!(!s.contains(&h(1)) && s.contains(&h(2)) && s.contains(&h(3)));
+        s.remove(&h(2));
+        assert_eq!(s.len(), 1);
+    }
+}
