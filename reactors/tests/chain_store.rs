@@ -45,7 +45,7 @@ fn crash_child() {
     loop {
         salt += 1;
         let tip = c.tip();
-        if salt % 7 == 0 && c.height() > 0 {
+        if salt.is_multiple_of(7) && c.height() > 0 {
             let parent = c.tip_header().prev_hash;
             let a = mine_on(&c, &parent, salt);
             c.process_block(a.clone(), None, far).unwrap();
