@@ -248,12 +248,16 @@ fn coordinate(
             }
         }
         select! {
-            recv(control) -> c => match c {
-                Ok(Control::NewWork) => {
-                    while let Ok(Control::NewWork) = control.try_recv() {}
-                    fresh = true;
+            recv(control) -> c => {
+                // Coalesce a burst of signals; a stop among them wins.
+                let mut stop = !matches!(c, Ok(Control::NewWork));
+                for more in control.try_iter() {
+                    stop |= matches!(more, Control::Stop);
                 }
-                Ok(Control::Stop) | Err(_) => break,
+                if stop {
+                    break;
+                }
+                fresh = true;
             },
             recv(found_rx) -> f => {
                 let Ok((id, header)) = f else { break };
@@ -310,5 +314,111 @@ fn work(jobs: Receiver<Job>, found: Sender<(u64, Header)>, stats: Arc<Stats>, ba
             Some(j) => job = j,
             None => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::{bits_from_target, Hash};
+    use parking_lot::Mutex;
+    use ruint::aliases::U256;
+
+    /// Hands out a template whose height is `height`; records solutions.
+    struct Fake {
+        height: Mutex<u64>,
+        bits: u32,
+        found: crossbeam_channel::Sender<Block>,
+    }
+
+    impl WorkSource for Fake {
+        fn template(&self) -> Option<Block> {
+            let header = Header {
+                version: Header::VERSION,
+                height: *self.height.lock(),
+                prev_hash: Hash::ZERO,
+                merkle_root: Hash::ZERO,
+                timestamp_ms: 0,
+                bits: self.bits,
+                nonce: 0,
+            };
+            Some(Block { header, txs: vec![] })
+        }
+        fn submit(&self, block: Block) {
+            let _ = self.found.send(block);
+        }
+    }
+
+    #[test]
+    fn hasher_matches_the_header_hash() {
+        let mut h = Header {
+            version: 1,
+            height: 7,
+            prev_hash: Hash([3; 32]),
+            merkle_root: Hash([4; 32]),
+            timestamp_ms: 99,
+            bits: 0x207fffff,
+            nonce: 0,
+        };
+        let mut hasher = HeaderHasher::new(&h);
+        for n in [0u64, 1, 0xdead_beef, u64::MAX] {
+            h.nonce = n;
+            assert_eq!(hasher.hash(n), h.hash().0);
+        }
+        h.nonce = 0;
+        assert!(solve(&mut h, u64::MAX));
+        assert!(h.hash().to_u256() <= crate::chain::target_from_bits(h.bits).unwrap());
+    }
+
+    #[test]
+    fn miner_finds_blocks_and_restarts_on_new_work() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        // About 4,096 hashes a block: many blocks a second on any thread.
+        let bits = bits_from_target(U256::MAX >> 12);
+        let src = Arc::new(Fake { height: Mutex::new(1), bits, found: tx });
+        let cfg = MinerConfig { threads: 2, batch: 256, rate_interval: Duration::from_millis(50) };
+        let miner = Miner::start(cfg, src.clone());
+        let first = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+        assert_eq!(first.header.height, 1);
+        assert!(first.hash().to_u256() <= crate::chain::target_from_bits(bits).unwrap());
+        // New work: everything found from the next job on is for height 2.
+        *src.height.lock() = 2;
+        miner.new_work();
+        let mut saw_new = false;
+        for _ in 0..50 {
+            let b = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+            if b.header.height == 2 {
+                saw_new = true;
+                break;
+            }
+        }
+        assert!(saw_new, "the miner never switched to the new template");
+        assert!(miner.blocks_found() >= 2);
+        assert!(miner.hashes() >= miner.blocks_found());
+        // The rate is published once a rate interval has passed.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while miner.hash_rate() == 0.0 && Instant::now() < deadline {
+            let _ = rx.recv_timeout(Duration::from_millis(50));
+        }
+        assert!(miner.hash_rate() > 0.0);
+        // A burst of new-work signals then a stop: the stop is not lost.
+        for _ in 0..100 {
+            miner.new_work();
+        }
+        miner.stop();
+    }
+
+    #[test]
+    fn invalid_bits_cannot_be_solved() {
+        let mut h = Header {
+            version: 1,
+            height: 1,
+            prev_hash: Hash::ZERO,
+            merkle_root: Hash::ZERO,
+            timestamp_ms: 0,
+            bits: 0,
+            nonce: 0,
+        };
+        assert!(!solve(&mut h, 1000));
     }
 }

@@ -1,0 +1,252 @@
+//! Nodes with the consensus and mempool reactors over the in-memory
+//! transport: miners converging on one chain, catch-up in batches,
+//! transaction gossip into blocks, and a peer banned for an invalid block.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use plexus_p2p::{
+    MemoryTransport, NodeInfo, NodeKey, StopReason, Switch, SwitchConfig, SwitchEvent,
+};
+use plexus_proto::chain as pb;
+use plexus_reactors::chain::{
+    bits_from_target, Block, BlockHash, Blockchain, BlockchainConfig, Genesis, NetworkParams, Store,
+};
+use plexus_reactors::consensus::{ConsensusConfig, ConsensusReactor, CONSENSUS_CHANNEL};
+use plexus_reactors::mempool::{MempoolConfig, MempoolReactor};
+use plexus_reactors::mining::{solve, Miner, MinerConfig};
+use prost::Message;
+use ruint::aliases::U256;
+use tokio::sync::{mpsc, watch};
+
+struct Node {
+    sw: Switch,
+    cons: Arc<ConsensusReactor>,
+    mem: Arc<MempoolReactor>,
+}
+
+impl Node {
+    fn tip(&self) -> BlockHash {
+        self.cons.chain().lock().tip()
+    }
+    fn height(&self) -> u64 {
+        self.cons.chain().lock().height()
+    }
+    fn miner(&self) -> Miner {
+        self.cons.start_miner(MinerConfig::default(), self.mem.watch_added())
+    }
+    /// Mines one block on the tip in this thread and submits it.
+    async fn mine_one(&self) -> Block {
+        let mut b = {
+            let c = self.cons.chain().lock();
+            let now = c.tip_header().timestamp_ms + 1;
+            c.template(vec![], now)
+        };
+        assert!(solve(&mut b.header, u64::MAX));
+        self.cons.submit_block(b.clone()).await.unwrap();
+        b
+    }
+}
+
+fn params(shift: usize) -> Arc<NetworkParams> {
+    let g =
+        Genesis { bits: bits_from_target(U256::MAX >> shift), ..NetworkParams::regtest().genesis };
+    Arc::new(NetworkParams::from_genesis(g).unwrap())
+}
+
+fn chain(p: &Arc<NetworkParams>) -> Blockchain {
+    Blockchain::open(p.clone(), Store::open_in_memory().unwrap(), BlockchainConfig::default())
+        .unwrap()
+}
+
+async fn node(net: &MemoryTransport, i: u8, p: &Arc<NetworkParams>, c: Blockchain) -> Node {
+    let ip = IpAddr::from([10, 0, 0, i]);
+    let cfg = SwitchConfig { listen_addr: Some(SocketAddr::new(ip, 0)), ..SwitchConfig::default() };
+    let mem = Arc::new(MempoolReactor::new(MempoolConfig::default()));
+    let ccfg = ConsensusConfig {
+        status_interval: Duration::from_millis(500),
+        ..ConsensusConfig::default()
+    };
+    let cons = Arc::new(ConsensusReactor::new(ccfg, Arc::new(Mutex::new(c)), mem.pool().clone()));
+    let info = NodeInfo::new(&p.network_id(), &format!("n{i}"));
+    let sw = Switch::builder(NodeKey::generate(), info, cfg, net.with_ip(ip))
+        .shared_reactor(cons.clone())
+        .shared_reactor(mem.clone())
+        .build()
+        .unwrap();
+    sw.start().await.unwrap();
+    cons.start(&sw);
+    mem.start(&sw);
+    Node { sw, cons, mem }
+}
+
+async fn connect(a: &Node, b: &Node) {
+    a.sw.dial(&b.sw.net_address().unwrap()).await.unwrap();
+}
+
+/// One stream of "something changed" from many watches.
+fn merge<T: Send + Sync + 'static>(rxs: Vec<watch::Receiver<T>>) -> mpsc::UnboundedReceiver<()> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    for mut r in rxs {
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while r.changed().await.is_ok() {
+                if tx.send(()).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    rx
+}
+
+/// Waits for `cond`, re-checking on every event, for at most `secs`.
+async fn until(
+    events: &mut mpsc::UnboundedReceiver<()>,
+    secs: u64,
+    mut cond: impl FnMut() -> bool,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if cond() {
+            return true;
+        }
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(())) => {}
+            _ => return cond(),
+        }
+    }
+}
+
+fn tips(nodes: &[&Node]) -> mpsc::UnboundedReceiver<()> {
+    merge(nodes.iter().map(|n| n.cons.watch_tip()).collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_miners_converge_on_one_chain() {
+    let p = params(16);
+    let net = MemoryTransport::new();
+    let a = node(&net, 1, &p, chain(&p)).await;
+    let b = node(&net, 2, &p, chain(&p)).await;
+    connect(&a, &b).await;
+    let mut ev = tips(&[&a, &b]);
+    let (ma, mb) = (a.miner(), b.miner());
+    assert!(until(&mut ev, 60, || a.height() >= 15 && b.height() >= 15).await, "both mined");
+    let found = (ma.blocks_found(), mb.blocks_found());
+    assert!(ma.hashes() > 0 && mb.hashes() > 0);
+    ma.stop();
+    mb.stop();
+    // Both miners found blocks; break any weight tie with one more block.
+    assert!(found.0 > 0 && found.1 > 0, "found {found:?}");
+    a.mine_one().await;
+    assert!(until(&mut ev, 30, || a.tip() == b.tip()).await, "tips {:?} {:?}", a.tip(), b.tip());
+    let (ca, cb) = (a.cons.chain().lock(), b.cons.chain().lock());
+    assert_eq!(ca.weight(), cb.weight());
+    for h in 0..=ca.height() {
+        assert_eq!(ca.height_to_hash(h), cb.height_to_hash(h));
+    }
+    println!("converged at height {} after {found:?} blocks found", ca.height());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_node_catches_up_in_batches() {
+    let p = params(8);
+    let mut long = chain(&p);
+    for _ in 0..150 {
+        let now = long.tip_header().timestamp_ms + 1;
+        let mut b = long.template(vec![Bytes::from_static(b"w")], now);
+        b.txs = vec![Bytes::from(format!("word {}", b.header.height))];
+        b.header.merkle_root = b.compute_merkle_root();
+        assert!(solve(&mut b.header, u64::MAX));
+        long.process_block(b, None, u64::MAX / 2).unwrap();
+    }
+    let net = MemoryTransport::new();
+    let a = node(&net, 1, &p, long).await;
+    let b = node(&net, 2, &p, chain(&p)).await;
+    let mut ev = tips(&[&b]);
+    connect(&b, &a).await;
+    assert!(until(&mut ev, 30, || b.tip() == a.tip()).await, "b at {}", b.height());
+    assert_eq!(b.height(), 150);
+    // 150 blocks at 64 per answer: three GetBlocks.
+    let sent: u64 = a.sw.peers()[0]
+        .stats()
+        .channels
+        .iter()
+        .filter(|c| c.id == CONSENSUS_CHANNEL)
+        .map(|c| c.msgs_sent)
+        .sum();
+    assert!(sent >= 4, "status + 3 batches, got {sent}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_gossip_into_a_block_and_leave_every_mempool() {
+    let p = params(12);
+    let net = MemoryTransport::new();
+    let a = node(&net, 1, &p, chain(&p)).await;
+    let b = node(&net, 2, &p, chain(&p)).await;
+    let c = node(&net, 3, &p, chain(&p)).await;
+    connect(&a, &b).await;
+    connect(&b, &c).await;
+    let mut added = merge(vec![c.mem.watch_added()]);
+    let txs: Vec<Bytes> = (0..20).map(|i| Bytes::from(format!("hello {i}"))).collect();
+    for t in &txs {
+        a.mem.submit(t.clone()).unwrap();
+    }
+    // Two hops: a -> b -> c.
+    assert!(until(&mut added, 30, || c.mem.pool().lock().len() == 20).await);
+    assert_eq!(b.mem.pool().lock().len(), 20);
+    // c mines them; every mempool empties as the block spreads.
+    let mut ev = tips(&[&a, &b, &c]);
+    let miner = c.miner();
+    assert!(
+        until(&mut ev, 30, || [&a, &b, &c].iter().all(|n| n.mem.pool().lock().is_empty())).await
+    );
+    drop(miner);
+    let chain = a.cons.chain().lock();
+    let mined: usize = (1..=chain.height())
+        .map(|h| chain.block(&chain.height_to_hash(h).unwrap()).unwrap().unwrap().txs.len())
+        .sum();
+    assert_eq!(mined, 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_sending_an_invalid_block_is_banned_and_the_node_goes_on() {
+    let p = params(8);
+    let net = MemoryTransport::new();
+    let victim = node(&net, 1, &p, chain(&p)).await;
+    let evil = node(&net, 2, &p, chain(&p)).await;
+    let mut events = victim.sw.subscribe();
+    connect(&evil, &victim).await;
+    // A block whose proof of work fails.
+    let mut bad = victim.cons.chain().lock().template(vec![], 0);
+    let target = plexus_reactors::chain::target_from_bits(bad.header.bits).unwrap();
+    while bad.hash().to_u256() <= target {
+        bad.header.nonce += 1;
+    }
+    let msg = pb::Message {
+        sum: Some(pb::message::Sum::NewBlock(pb::NewBlock { block: Some(bad.to_proto()) })),
+    };
+    evil.sw.peers()[0].send(CONSENSUS_CHANNEL, msg.encode_to_vec()).await.unwrap();
+    let reason = loop {
+        match tokio::time::timeout(Duration::from_secs(10), events.recv()).await.unwrap().unwrap() {
+            SwitchEvent::PeerRemoved { id, reason } if id == evil.sw.node_id() => break reason,
+            _ => {}
+        }
+    };
+    assert!(
+        matches!(&reason, StopReason::Misbehavior(r) if r.contains("proof of work")),
+        "{reason:?}"
+    );
+    assert_eq!(victim.height(), 0);
+    // The victim goes on: an honest node syncs from it.
+    victim.mine_one().await;
+    let honest = node(&net, 3, &p, chain(&p)).await;
+    let mut ev = tips(&[&honest]);
+    connect(&honest, &victim).await;
+    assert!(until(&mut ev, 10, || honest.height() == 1).await);
+    // And the banned one cannot come back.
+    assert!(evil.sw.dial(&victim.sw.net_address().unwrap()).await.is_err());
+}
