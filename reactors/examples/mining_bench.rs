@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::Parser;
-use plexus_reactors::chain::{Block, Blockchain, BlockchainConfig, Hash, Header, NetworkParams, Store};
+use plexus_reactors::chain::{
+    Block, Blockchain, BlockchainConfig, Hash, Header, NetworkParams, Store,
+};
 use plexus_reactors::mining::{solve, Miner, MinerConfig, WorkSource};
 use sha2::{Digest, Sha256};
 
@@ -79,7 +81,8 @@ impl WorkSource for Impossible {
 
 /// The miner's own loop on one worker thread.
 fn miner(secs: f64) -> f64 {
-    let m = Miner::start(MinerConfig { threads: 1, ..MinerConfig::default() }, Arc::new(Impossible));
+    let m =
+        Miner::start(MinerConfig { threads: 1, ..MinerConfig::default() }, Arc::new(Impossible));
     // Let it take its first job before the clock starts.
     std::thread::sleep(Duration::from_millis(50));
     let (t0, h0) = (Instant::now(), m.hashes());
@@ -91,8 +94,12 @@ fn miner(secs: f64) -> f64 {
 
 fn import(n: usize) -> (f64, f64) {
     let params = Arc::new(NetworkParams::regtest());
-    let mut src = Blockchain::open(params.clone(), Store::open_in_memory().unwrap(), BlockchainConfig::default())
-        .unwrap();
+    let mut src = Blockchain::open(
+        params.clone(),
+        Store::open_in_memory().unwrap(),
+        BlockchainConfig::default(),
+    )
+    .unwrap();
     let mut blocks = Vec::with_capacity(n);
     let t = Instant::now();
     for i in 0..n {

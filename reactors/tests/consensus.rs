@@ -63,13 +63,23 @@ fn chain(p: &Arc<NetworkParams>) -> Blockchain {
 }
 
 async fn node(net: &MemoryTransport, i: u8, p: &Arc<NetworkParams>, c: Blockchain) -> Node {
-    let ip = IpAddr::from([10, 0, 0, i]);
-    let cfg = SwitchConfig { listen_addr: Some(SocketAddr::new(ip, 0)), ..SwitchConfig::default() };
-    let mem = Arc::new(MempoolReactor::new(MempoolConfig::default()));
     let ccfg = ConsensusConfig {
         status_interval: Duration::from_millis(500),
         ..ConsensusConfig::default()
     };
+    node_with(net, i, p, c, ccfg).await
+}
+
+async fn node_with(
+    net: &MemoryTransport,
+    i: u8,
+    p: &Arc<NetworkParams>,
+    c: Blockchain,
+    ccfg: ConsensusConfig,
+) -> Node {
+    let ip = IpAddr::from([10, 0, 0, i]);
+    let cfg = SwitchConfig { listen_addr: Some(SocketAddr::new(ip, 0)), ..SwitchConfig::default() };
+    let mem = Arc::new(MempoolReactor::new(MempoolConfig::default()));
     let cons = Arc::new(ConsensusReactor::new(ccfg, Arc::new(Mutex::new(c)), mem.pool().clone()));
     let info = NodeInfo::new(&p.network_id(), &format!("n{i}"));
     let sw = Switch::builder(NodeKey::generate(), info, cfg, net.with_ip(ip))
@@ -249,4 +259,38 @@ async fn a_peer_sending_an_invalid_block_is_banned_and_the_node_goes_on() {
     assert!(until(&mut ev, 10, || honest.height() == 1).await);
     // And the banned one cannot come back.
     assert!(evil.sw.dial(&victim.sw.net_address().unwrap()).await.is_err());
+}
+
+/// A peer whose status claims far more work than it has is asked for
+/// blocks, sends none, and is banned after four such answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_lying_about_its_weight_is_banned() {
+    let p = params(8);
+    let net = MemoryTransport::new();
+    let victim = node(&net, 1, &p, chain(&p)).await;
+    // The liar's own status loop stays quiet so only the lie is heard.
+    let quiet = ConsensusConfig {
+        status_interval: Duration::from_secs(3600),
+        ..ConsensusConfig::default()
+    };
+    let liar = node_with(&net, 2, &p, chain(&p), quiet).await;
+    let mut events = victim.sw.subscribe();
+    connect(&liar, &victim).await;
+    let lie = pb::Status {
+        height: 1_000_000,
+        weight: vec![0xff; 32].into(),
+        tip_hash: vec![1; 32].into(),
+    };
+    let msg = pb::Message { sum: Some(pb::message::Sum::Status(lie)) };
+    liar.sw.peers()[0].send(CONSENSUS_CHANNEL, msg.encode_to_vec()).await.unwrap();
+    let reason = loop {
+        match tokio::time::timeout(Duration::from_secs(20), events.recv()).await.unwrap().unwrap() {
+            SwitchEvent::PeerRemoved { id, reason } if id == liar.sw.node_id() => break reason,
+            _ => {}
+        }
+    };
+    assert!(
+        matches!(&reason, StopReason::Misbehavior(r) if r.contains("not backed")),
+        "{reason:?}"
+    );
 }

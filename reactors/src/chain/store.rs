@@ -25,6 +25,9 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::block::{Block, BlockHash, Hash, Header};
 
+/// Where the node keeps the database, relative to its home directory.
+pub const DEFAULT_DB_PATH: &str = "data/chain.sqlite";
+
 /// The schema version this release writes and reads.
 pub const SCHEMA_VERSION: i64 = 1;
 
@@ -105,6 +108,11 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         Self::init(conn)
+    }
+
+    /// Opens `<home>/data/chain.sqlite` ([`DEFAULT_DB_PATH`]).
+    pub fn open_in_home(home: &Path) -> Result<Store, StoreError> {
+        Self::open(&home.join(DEFAULT_DB_PATH))
     }
 
     /// A database in memory (tests, benchmarks).

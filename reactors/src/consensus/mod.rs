@@ -57,6 +57,9 @@ pub struct ConsensusConfig {
     pub max_known_per_peer: usize,
     /// Score for an invalid block (the switch bans at 100). Default 100.
     pub invalid_block_score: u32,
+    /// Score for a peer whose `Status` claims more work than it, asked,
+    /// sends blocks for. Default 25 (banned at the fourth time).
+    pub unbacked_status_score: u32,
 }
 
 impl Default for ConsensusConfig {
@@ -68,6 +71,7 @@ impl Default for ConsensusConfig {
             request_timeout: Duration::from_secs(30),
             max_known_per_peer: 1024,
             invalid_block_score: 100,
+            unbacked_status_score: 25,
         }
     }
 }
@@ -545,8 +549,17 @@ impl Reactor for ConsensusReactor {
                 let (new, _) = self.import_from(sw, peer, blocks).await;
                 let ours = self.importer.chain.lock().weight();
                 let ahead = self.peer_chain(&peer.id()).is_some_and(|s| s.weight > ours);
-                if new > 0 && ahead {
+                if ahead && new > 0 {
                     self.request_blocks(peer).await;
+                } else if ahead {
+                    // It claims more work than it can show.
+                    let why = "status weight not backed by blocks".to_string();
+                    let m = misbehavior(
+                        MisbehaviorKind::ConsensusError,
+                        self.cfg.unbacked_status_score,
+                        why,
+                    );
+                    sw.report(peer, m).await;
                 }
             }
             None => sw.report(peer, protocol_error("empty consensus message")).await,
