@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/plexus/pex/pex.proto",
         "proto/plexus/chain/chain.proto",
         "proto/plexus/mempool/mempool.proto",
+        "proto/plexus/blocksync/blocksync.proto",
     ];
     for f in files {
         println!("cargo:rerun-if-changed={f}");

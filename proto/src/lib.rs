@@ -29,4 +29,10 @@ pub mod mempool {
     include!(concat!(env!("OUT_DIR"), "/plexus.mempool.rs"));
 }
 
+/// `plexus.blocksync`: block sync messages (channel 0x40): status,
+/// headers by locator, blocks by hash in batches.
+pub mod blocksync {
+    include!(concat!(env!("OUT_DIR"), "/plexus.blocksync.rs"));
+}
+
 pub use prost;

@@ -387,43 +387,23 @@ impl Blockchain {
         }
     }
 
+    /// The header of the ancestor of `hash` at `height`.
+    fn ancestor_header(&self, hash: &BlockHash, height: u64) -> Option<Header> {
+        self.ancestor(hash, height).map(|a| self.index[&a].header)
+    }
+
     /// The median block time of `hash` and its ten ancestors (fewer near
     /// genesis), milliseconds. A child must be later than this.
     pub fn median_time_past(&self, hash: &BlockHash) -> u64 {
-        let mut times = Vec::with_capacity(11);
-        let mut cur = self.index.get(hash);
-        while let Some(e) = cur {
-            times.push(e.header.timestamp_ms);
-            if times.len() == 11 || e.header.height == 0 {
-                break;
-            }
-            cur = self.index.get(&e.header.prev_hash);
-        }
-        times.sort_unstable();
-        times[times.len() / 2]
+        let parent = self.index[hash].header;
+        median_time(&parent, |h| self.ancestor_header(hash, h))
     }
 
-    /// The compact target a child of `parent` must carry. Every
-    /// `retarget_window` blocks the target is scaled by the time the last
-    /// window took over the time it should have taken, the ratio clamped
-    /// to [1/4, 4] and the result to the pow limit (Bitcoin's rule,
-    /// including its window of `retarget_window - 1` intervals).
+    /// The compact target a child of `parent` must carry (see
+    /// [`retarget`]).
     pub fn next_bits(&self, parent: &BlockHash) -> u32 {
-        let p = &self.index[parent].header;
-        let window = self.params.genesis.retarget_window;
-        let height = p.height + 1;
-        if window == 0 || !height.is_multiple_of(window) {
-            return p.bits;
-        }
-        let first = self.ancestor(parent, height - window).expect("window ancestor is known");
-        let first_ts = self.index[&first].header.timestamp_ms;
-        let expected = (window - 1) * self.params.genesis.target_block_time_ms;
-        let actual = p.timestamp_ms.saturating_sub(first_ts).clamp(expected / 4, expected * 4);
-        let old = target_from_bits(p.bits).expect("stored bits are valid");
-        // old × actual needs up to 320 bits; divide there, then clamp.
-        let wide: Uint<320, 5> = old.widening_mul(Uint::<64, 1>::from(actual));
-        let new = U256::saturating_from(wide / Uint::<320, 5>::from(expected));
-        bits_from_target(new.min(self.params.pow_limit))
+        let p = self.index[parent].header;
+        retarget(&self.params, &p, |h| self.ancestor_header(parent, h))
     }
 
     /// A block locator for the main chain: the ten newest hashes, then
@@ -498,15 +478,7 @@ impl Blockchain {
     ) -> Result<(), BlockError> {
         let g = &self.params.genesis;
         let h = &block.header;
-        if h.version != Header::VERSION {
-            return Err(BlockError::BadVersion(h.version));
-        }
-        let target = target_from_bits(h.bits)
-            .filter(|t| *t <= self.params.pow_limit)
-            .ok_or(BlockError::BadBits(h.bits))?;
-        if hash.to_u256() > target {
-            return Err(BlockError::BadPow);
-        }
+        self.check_pow(h, hash)?;
         if block.compute_merkle_root() != h.merkle_root {
             return Err(BlockError::BadMerkleRoot);
         }
@@ -523,27 +495,86 @@ impl Blockchain {
         if size > g.max_block_bytes {
             return Err(BlockError::BlockTooLarge { size, max: g.max_block_bytes });
         }
-        let limit_ms = now_ms.saturating_add(g.max_future_ms);
-        if h.timestamp_ms > limit_ms {
-            return Err(BlockError::TimeTooNew { timestamp_ms: h.timestamp_ms, limit_ms });
-        }
-        Ok(())
+        self.check_clock(h, now_ms)
     }
 
     /// Checks the rules that need the (known) parent: height, target from
     /// the retarget rule, time after the median time past.
     fn check_contextual(&self, h: &Header) -> Result<(), BlockError> {
-        let parent = &self.index[&h.prev_hash].header;
-        if h.height != parent.height + 1 {
-            return Err(BlockError::BadHeight { expected: parent.height + 1, got: h.height });
+        let parent = self.index[&h.prev_hash].header;
+        check_against_parent(&self.params, h, &parent, |x| self.ancestor_header(&h.prev_hash, x))
+    }
+
+    /// Starts a header path (headers-first sync) after `fork`, a validated
+    /// block. `None` when `fork` is unknown.
+    pub fn header_path(&self, fork: &BlockHash) -> Option<HeaderPath> {
+        let e = self.index.get(fork)?;
+        Some(HeaderPath {
+            fork: *fork,
+            fork_height: e.header.height,
+            fork_weight: e.weight,
+            headers: Vec::new(),
+            hashes: Vec::new(),
+            weights: Vec::new(),
+        })
+    }
+
+    /// Validates `new` as headers continuing `path` (linkage, version,
+    /// target, proof of work, height, retarget, median time past, clock)
+    /// and appends them. Errors: the index in `new` of the first bad
+    /// header and why; the headers before it are appended.
+    pub fn extend_header_path(
+        &self,
+        path: &mut HeaderPath,
+        new: &[Header],
+        now_ms: u64,
+    ) -> Result<(), (usize, BlockError)> {
+        for (i, h) in new.iter().enumerate() {
+            let (parent_hash, parent, weight) = match path.headers.last() {
+                Some(p) => (*path.hashes.last().expect("same length"), *p, path.weight()),
+                None => (path.fork, self.index[&path.fork].header, path.fork_weight),
+            };
+            if h.prev_hash != parent_hash {
+                return Err((i, BlockError::Unlinked));
+            }
+            let hash = h.hash();
+            let target = self.check_pow(h, &hash).map_err(|e| (i, e))?;
+            self.check_clock(h, now_ms).map_err(|e| (i, e))?;
+            let anc = |x: u64| {
+                if x > path.fork_height {
+                    path.headers.get((x - path.fork_height - 1) as usize).copied()
+                } else {
+                    self.ancestor_header(&path.fork, x)
+                }
+            };
+            check_against_parent(&self.params, h, &parent, anc).map_err(|e| (i, e))?;
+            path.headers.push(*h);
+            path.hashes.push(hash);
+            path.weights.push(weight + work(target));
         }
-        let expected = self.next_bits(&h.prev_hash);
-        if h.bits != expected {
-            return Err(BlockError::BadTarget { expected, got: h.bits });
+        Ok(())
+    }
+
+    /// The proof-of-work rules of a header: version, target valid and
+    /// within the pow limit, hash meeting it. Returns the target.
+    fn check_pow(&self, h: &Header, hash: &BlockHash) -> Result<U256, BlockError> {
+        if h.version != Header::VERSION {
+            return Err(BlockError::BadVersion(h.version));
         }
-        let median_ms = self.median_time_past(&h.prev_hash);
-        if h.timestamp_ms <= median_ms {
-            return Err(BlockError::TimeTooOld { timestamp_ms: h.timestamp_ms, median_ms });
+        let target = target_from_bits(h.bits)
+            .filter(|t| *t <= self.params.pow_limit)
+            .ok_or(BlockError::BadBits(h.bits))?;
+        if hash.to_u256() > target {
+            return Err(BlockError::BadPow);
+        }
+        Ok(target)
+    }
+
+    /// The clock rule: not more than `max_future_ms` ahead of `now_ms`.
+    fn check_clock(&self, h: &Header, now_ms: u64) -> Result<(), BlockError> {
+        let limit_ms = now_ms.saturating_add(self.params.genesis.max_future_ms);
+        if h.timestamp_ms > limit_ms {
+            return Err(BlockError::TimeTooNew { timestamp_ms: h.timestamp_ms, limit_ms });
         }
         Ok(())
     }
@@ -713,5 +744,132 @@ impl Blockchain {
             .map(&mut load)
             .collect::<Result<Vec<_>, _>>()?;
         Ok(TipChange { old_tip, new_tip: self.tip(), fork_height, disconnected, connected })
+    }
+}
+
+/// The median time of `parent` and its ten ancestors (fewer near genesis),
+/// milliseconds; `anc(height)` gives the header at `height` on its chain.
+pub fn median_time(parent: &Header, anc: impl Fn(u64) -> Option<Header>) -> u64 {
+    let first = parent.height.saturating_sub(10);
+    let mut times: Vec<u64> =
+        (first..parent.height).filter_map(&anc).map(|h| h.timestamp_ms).collect();
+    times.push(parent.timestamp_ms);
+    times.sort_unstable();
+    times[times.len() / 2]
+}
+
+/// The compact target a child of `parent` must carry; `anc(height)` gives
+/// the header at `height` on the parent's chain. Every `retarget_window`
+/// blocks the target is scaled by the time the last window took over the
+/// time it should have taken, the ratio clamped to [1/4, 4] and the result
+/// to the pow limit (Bitcoin's rule, including its window of
+/// `retarget_window - 1` intervals).
+pub fn retarget(
+    params: &NetworkParams,
+    parent: &Header,
+    anc: impl Fn(u64) -> Option<Header>,
+) -> u32 {
+    let window = params.genesis.retarget_window;
+    let height = parent.height + 1;
+    if window == 0 || !height.is_multiple_of(window) {
+        return parent.bits;
+    }
+    let first_ts = anc(height - window).map_or(parent.timestamp_ms, |h| h.timestamp_ms);
+    let expected = (window - 1) * params.genesis.target_block_time_ms;
+    let actual = parent.timestamp_ms.saturating_sub(first_ts).clamp(expected / 4, expected * 4);
+    let Some(old) = target_from_bits(parent.bits) else { return parent.bits };
+    // old × actual needs up to 320 bits; divide there, then clamp.
+    let wide: Uint<320, 5> = old.widening_mul(Uint::<64, 1>::from(actual));
+    let new = U256::saturating_from(wide / Uint::<320, 5>::from(expected));
+    bits_from_target(new.min(params.pow_limit))
+}
+
+/// The rules that need the parent: height, retarget, median time past.
+fn check_against_parent(
+    params: &NetworkParams,
+    h: &Header,
+    parent: &Header,
+    anc: impl Fn(u64) -> Option<Header>,
+) -> Result<(), BlockError> {
+    if h.height != parent.height + 1 {
+        return Err(BlockError::BadHeight { expected: parent.height + 1, got: h.height });
+    }
+    let expected = retarget(params, parent, &anc);
+    if h.bits != expected {
+        return Err(BlockError::BadTarget { expected, got: h.bits });
+    }
+    let median_ms = median_time(parent, &anc);
+    if h.timestamp_ms <= median_ms {
+        return Err(BlockError::TimeTooOld { timestamp_ms: h.timestamp_ms, median_ms });
+    }
+    Ok(())
+}
+
+/// A chain of validated headers above a known block (headers-first sync):
+/// each header with its hash and cumulative weight.
+#[derive(Clone, Debug)]
+pub struct HeaderPath {
+    fork: BlockHash,
+    fork_height: u64,
+    fork_weight: U256,
+    headers: Vec<Header>,
+    hashes: Vec<BlockHash>,
+    weights: Vec<U256>,
+}
+
+impl HeaderPath {
+    /// The known block the path starts after.
+    pub fn fork(&self) -> BlockHash {
+        self.fork
+    }
+
+    /// Its height.
+    pub fn fork_height(&self) -> u64 {
+        self.fork_height
+    }
+
+    /// Height of the last header (the fork's when empty).
+    pub fn tip_height(&self) -> u64 {
+        self.fork_height + self.headers.len() as u64
+    }
+
+    /// Hash of the last header (the fork's when empty).
+    pub fn tip_hash(&self) -> BlockHash {
+        self.hashes.last().copied().unwrap_or(self.fork)
+    }
+
+    /// Cumulative work at the last header.
+    pub fn weight(&self) -> U256 {
+        self.weights.last().copied().unwrap_or(self.fork_weight)
+    }
+
+    /// Number of headers.
+    pub fn len(&self) -> usize {
+        self.headers.len()
+    }
+
+    /// Whether it holds no header.
+    pub fn is_empty(&self) -> bool {
+        self.headers.is_empty()
+    }
+
+    /// The hash at `height` (fork height + 1 ..= tip height).
+    pub fn hash_at(&self, height: u64) -> Option<BlockHash> {
+        let i = height.checked_sub(self.fork_height + 1)?;
+        self.hashes.get(usize::try_from(i).ok()?).copied()
+    }
+
+    /// The height of `hash` on the path.
+    pub fn height_of(&self, hash: &BlockHash) -> Option<u64> {
+        if *hash == self.fork {
+            return Some(self.fork_height);
+        }
+        self.hashes.iter().position(|h| h == hash).map(|i| self.fork_height + 1 + i as u64)
+    }
+
+    /// The header at `height`.
+    pub fn header_at(&self, height: u64) -> Option<&Header> {
+        let i = height.checked_sub(self.fork_height + 1)?;
+        self.headers.get(usize::try_from(i).ok()?)
     }
 }

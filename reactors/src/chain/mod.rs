@@ -11,7 +11,10 @@ pub mod store;
 pub use block::{
     bits_from_target, merkle_root, target_from_bits, work, Block, BlockHash, Hash, Header, TxId,
 };
-pub use blockchain::{Blockchain, BlockchainConfig, ProcessStatus, Processed, TipChange, TipInfo};
+pub use blockchain::{
+    median_time, retarget, Blockchain, BlockchainConfig, HeaderPath, ProcessStatus, Processed,
+    TipChange, TipInfo,
+};
 pub use params::{Genesis, GenesisError, NetworkParams};
 pub use store::{Store, StoreError};
 
@@ -91,6 +94,9 @@ pub enum BlockError {
         /// Median of the parent and its 10 ancestors.
         median_ms: u64,
     },
+    /// A header does not follow the one before it (headers-first sync).
+    #[error("header does not link to the one before it")]
+    Unlinked,
     /// The block, or an ancestor, was found invalid before.
     #[error("block or an ancestor is known to be invalid")]
     KnownInvalid,

@@ -601,3 +601,40 @@ fn a_broken_main_chain_table_is_reported() {
         Blockchain::open(p, Store::open(&path).unwrap(), BlockchainConfig::default()).unwrap_err();
     assert!(matches!(e, StoreError::Corrupt(_)), "{e}");
 }
+
+#[test]
+fn header_paths_validate_headers_alone() {
+    let p = params(2);
+    let mut src = chain(&p);
+    extend(&mut src, p.genesis_hash, 10, 3 * T);
+    let headers: Vec<Header> =
+        (1..=10).map(|h| *src.header(&src.height_to_hash(h).unwrap()).unwrap()).collect();
+    let c = chain(&p);
+    let n = now(&p);
+    // In two batches, across retargets: same weight as the full chain.
+    let mut path = c.header_path(&p.genesis_hash).unwrap();
+    c.extend_header_path(&mut path, &headers[..3], n).unwrap();
+    c.extend_header_path(&mut path, &headers[3..], n).unwrap();
+    assert_eq!((path.tip_height(), path.tip_hash(), path.weight()), (10, src.tip(), src.weight()));
+    assert_eq!(path.hash_at(4), src.height_to_hash(4));
+    assert_eq!(path.height_of(&src.tip()), Some(10));
+    // A gap.
+    let mut path = c.header_path(&p.genesis_hash).unwrap();
+    let e = c.extend_header_path(&mut path, &[headers[0], headers[2]], n).unwrap_err();
+    assert!(matches!(e, (1, BlockError::Unlinked)));
+    assert_eq!(path.len(), 1);
+    // A header altered in the middle: its PoW (or the next link) fails.
+    let mut bad = headers.clone();
+    bad[5].timestamp_ms += 1;
+    let mut path = c.header_path(&p.genesis_hash).unwrap();
+    let (i, _) = c.extend_header_path(&mut path, &bad, n).unwrap_err();
+    assert!(i == 5 || i == 6, "{i}");
+    // A wrong retarget (bits of the parent kept at a retarget height).
+    let mut wrong = headers[1];
+    wrong.bits = headers[0].bits;
+    assert!(solve(&mut wrong, u64::MAX));
+    let mut path = c.header_path(&p.genesis_hash).unwrap();
+    let e = c.extend_header_path(&mut path, &[headers[0], wrong], n).unwrap_err();
+    assert!(matches!(e, (1, BlockError::BadTarget { .. })), "{e:?}");
+    assert!(c.header_path(&Hash([9; 32])).is_none());
+}
