@@ -3,6 +3,7 @@
 //! mining arrive with their issues (see ARCHITECTURE.md).
 #![warn(missing_docs)]
 
+pub mod blocksync;
 pub mod chain;
 pub mod consensus;
 pub mod mempool;

@@ -450,6 +450,21 @@ impl Blockchain {
         Ok(out)
     }
 
+    /// Main-chain headers after the first `locator` hash on the main chain
+    /// (after genesis when none is), ascending, up to `stop` (inclusive)
+    /// or `max` headers (Bitcoin's getheaders).
+    pub fn main_headers_after(&self, locator: &[BlockHash], stop: &BlockHash, max: usize) -> Vec<Header> {
+        let start = locator.iter().find(|h| self.on_main(h)).map_or(0, |h| self.index[h].header.height);
+        let mut out = Vec::new();
+        for h in self.main.iter().skip(start as usize + 1).take(max) {
+            out.push(self.index[h].header);
+            if h == stop {
+                break;
+            }
+        }
+        out
+    }
+
     /// A block to mine on the tip: `txs` (the caller keeps them within
     /// `max_block_bytes`), the next target, a time that is `now_ms` or just
     /// after the median time past, nonce 0.

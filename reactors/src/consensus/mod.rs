@@ -16,6 +16,7 @@
 //!   node keeps going.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -95,6 +96,25 @@ pub struct PeerChain {
     pub tip: BlockHash,
 }
 
+impl PeerChain {
+    /// From wire fields: `weight` big-endian, at most 32 bytes; `tip` 32
+    /// bytes. `None` when either is malformed.
+    pub fn from_wire(height: u64, weight: &[u8], tip: &[u8]) -> Option<PeerChain> {
+        let tip = Hash::from_slice(tip)?;
+        if weight.len() > 32 {
+            return None;
+        }
+        let mut w = [0u8; 32];
+        w[32 - weight.len()..].copy_from_slice(weight);
+        Some(PeerChain { height, weight: U256::from_be_bytes(w), tip })
+    }
+
+    /// Our own main chain.
+    pub fn of(chain: &Blockchain) -> PeerChain {
+        PeerChain { height: chain.height(), weight: chain.weight(), tip: chain.tip() }
+    }
+}
+
 struct PeerState {
     status: Option<PeerChain>,
     /// The `GetBlocks` in flight: when it was sent and its `max_blocks`.
@@ -110,6 +130,8 @@ pub struct ConsensusReactor {
     peers: Mutex<HashMap<NodeId, PeerState>>,
     switch: OnceLock<Switch>,
     runtime: OnceLock<tokio::runtime::Handle>,
+    /// Block sync is running: no catch-up requests of our own.
+    syncing: AtomicBool,
 }
 
 impl std::fmt::Debug for ConsensusReactor {
@@ -151,6 +173,7 @@ impl ConsensusReactor {
             peers: Mutex::new(HashMap::new()),
             switch: OnceLock::new(),
             runtime: OnceLock::new(),
+            syncing: AtomicBool::new(false),
         }
     }
 
@@ -246,15 +269,16 @@ impl ConsensusReactor {
     /// Imports a block from outside the network (RPC, tools): validates,
     /// stores and announces it.
     pub async fn submit_block(&self, block: Block) -> Result<Processed, BlockError> {
-        let p = self.apply_blocking(vec![block], None).await.pop().expect("one result")?;
+        let p = self.import_blocks(vec![block], None).await.pop().expect("one result")?;
         self.announce(&p, None).await;
         Ok(p)
     }
 
-    /// Runs [`ConsensusReactor::apply`] over `blocks` on a blocking thread
-    /// (SQLite writes must not hold up the runtime), stopping after the
-    /// first invalid block.
-    async fn apply_blocking(
+    /// Validates and stores `blocks` in order on a blocking thread (SQLite
+    /// writes must not hold up the runtime), keeping the mempool and the
+    /// tip watch in step, and stops after the first block the sender is to
+    /// blame for. No block is announced (block sync uses this).
+    pub async fn import_blocks(
         &self,
         blocks: Vec<Block>,
         source: Option<NodeId>,
@@ -304,9 +328,23 @@ impl ConsensusReactor {
         }
     }
 
+    /// While block sync runs, this reactor leaves catching up to it (no
+    /// `GetBlocks` of its own); it still relays and imports new blocks.
+    pub fn set_syncing(&self, on: bool) {
+        self.syncing.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether block sync is running.
+    pub fn is_syncing(&self) -> bool {
+        self.syncing.load(Ordering::Relaxed)
+    }
+
     /// Asks `peer` for its main-chain blocks after our locator, unless a
-    /// request to it is in flight.
+    /// request to it is in flight or block sync is running.
     async fn request_blocks(&self, peer: &Peer) {
+        if self.is_syncing() {
+            return;
+        }
         let max = self.cfg.max_blocks_per_request;
         {
             let mut peers = self.peers.lock();
@@ -341,7 +379,7 @@ impl ConsensusReactor {
         }
         let mut new = 0;
         let mut orphan = false;
-        for r in self.apply_blocking(blocks, Some(peer.id())).await {
+        for r in self.import_blocks(blocks, Some(peer.id())).await {
             match r {
                 Err(e) if e.is_peer_fault() => {
                     let score = self.cfg.invalid_block_score;
@@ -457,14 +495,11 @@ impl Reactor for ConsensusReactor {
         let (sw, peer) = (&env.switch, &env.peer);
         match env.message.sum {
             Some(Sum::Status(s)) => {
-                let (Some(tip), true) = (Hash::from_slice(&s.tip_hash), s.weight.len() <= 32)
-                else {
+                let Some(status) = PeerChain::from_wire(s.height, &s.weight, &s.tip_hash) else {
                     sw.report(peer, protocol_error("malformed Status")).await;
                     return;
                 };
-                let mut w = [0u8; 32];
-                w[32 - s.weight.len()..].copy_from_slice(&s.weight);
-                let status = PeerChain { height: s.height, weight: U256::from_be_bytes(w), tip };
+                let tip = status.tip;
                 let ahead = status.weight > self.importer.chain.lock().weight();
                 if let Some(st) = self.peers.lock().get_mut(&peer.id()) {
                     st.known.insert(tip);

@@ -1,0 +1,656 @@
+//! Block sync (channel 0x40): catching up to the heaviest chain from many
+//! peers at once, after Chia's full-node sync and CometBFT's blocksync.
+//!
+//! A round, run by [`BlockSyncReactor::start`]'s task:
+//! 1. Ask every peer for its status and wait up to `status_wait` for
+//!    `min_status_peers` answers. The target is the heaviest claimed tip;
+//!    a round starts only when it is more than `resync_distance` blocks
+//!    above ours and heavier (closer gaps are the consensus reactor's).
+//! 2. Download the target peer's headers from the fork point with block
+//!    locators, validate them as headers ([`Blockchain::extend_header_path`])
+//!    and check that they add up to the claimed weight; a peer whose
+//!    headers are invalid, or fall short of its claim, is banned (Chia bans
+//!    weight liars).
+//! 3. Fill the header path with blocks from every peer whose tip lies on
+//!    it, through the [`BlockPool`] (window, per-peer cap, adaptive
+//!    timeouts, faster peers first, second requests at the low edge).
+//! 4. Apply blocks strictly in height order while more arrive; an invalid
+//!    block bans its sender and every later block it sent is fetched again
+//!    from others.
+//! 5. At the tip, hand over to the consensus reactor, which is told to
+//!    leave catching up alone while a round runs; a peer reporting a tip
+//!    `resync_distance` above ours starts a new round.
+//!
+//! Progress is logged every `log_interval` and published as a
+//! [`SyncProgress`] watch. A restart resumes from the stored chain: the
+//! locator starts at its tip, so nothing stored is fetched again.
+
+mod pool;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use plexus_p2p::{
+    ChannelDescriptor, Envelope, MisbehaviorKind, NodeId, Peer, PeerMisbehavior, Reactor, StopReason, Switch,
+};
+use plexus_proto::blocksync::{self as pb, message::Sum};
+use prost::Message;
+use serde::Serialize;
+use tokio::sync::{oneshot, watch, Notify};
+use tokio::time::Instant;
+
+pub use pool::{BlockPool, PoolConfig, PoolError, Request};
+
+use crate::chain::{Block, BlockError, Blockchain, Hash, Header, HeaderPath};
+use crate::consensus::{system_clock, Clock, ConsensusReactor, PeerChain, MAX_LOCATOR};
+
+/// The block sync channel.
+pub const BLOCKSYNC_CHANNEL: u8 = 0x40;
+
+/// Block sync settings.
+#[derive(Clone, Debug)]
+pub struct BlockSyncConfig {
+    /// The block pool's settings (window, per-peer cap, timeouts).
+    pub pool: PoolConfig,
+    /// How long a round waits for statuses. Default 3 s.
+    pub status_wait: Duration,
+    /// Statuses a round waits for (fewer if fewer peers). Default 3.
+    pub min_status_peers: usize,
+    /// How often statuses are asked for, idle or syncing. Default 10 s.
+    pub status_interval: Duration,
+    /// Most headers asked for, and answered, per request. Default 2,000.
+    pub max_headers_per_request: u32,
+    /// Longest wait for a headers answer. Default 15 s.
+    pub headers_timeout: Duration,
+    /// A round starts when a peer's tip is more than this many blocks
+    /// above ours (and heavier). Default 16.
+    pub resync_distance: u64,
+    /// Most blocks applied in one go. Default 256.
+    pub apply_batch: usize,
+    /// Largest block sync message, bytes (channel receive limit); must
+    /// exceed the network's `max_block_bytes`. Default 8 MiB.
+    pub max_msg_bytes: usize,
+    /// How often progress is logged. Default 5 s.
+    pub log_interval: Duration,
+    /// How often the round loop schedules and checks timeouts when no
+    /// block arrives. Default 50 ms.
+    pub tick: Duration,
+    /// Score for invalid headers or blocks, and for refusing a block of
+    /// the claimed chain (the switch bans at 100). Default 100.
+    pub misbehavior_score: u32,
+}
+
+impl Default for BlockSyncConfig {
+    fn default() -> Self {
+        BlockSyncConfig {
+            pool: PoolConfig::default(),
+            status_wait: Duration::from_secs(3),
+            min_status_peers: 3,
+            status_interval: Duration::from_secs(10),
+            max_headers_per_request: 2000,
+            headers_timeout: Duration::from_secs(15),
+            resync_distance: 16,
+            apply_batch: 256,
+            max_msg_bytes: 8 << 20,
+            log_interval: Duration::from_secs(5),
+            tick: Duration::from_millis(50),
+            misbehavior_score: 100,
+        }
+    }
+}
+
+/// Where sync stands (for the node's RPC and web page).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct SyncProgress {
+    /// A round is running.
+    pub syncing: bool,
+    /// Our main-chain height.
+    pub height: u64,
+    /// The round's target height (ours when idle).
+    pub target_height: u64,
+    /// Blocks applied per second over the last log interval.
+    pub blocks_per_s: f64,
+    /// Peers serving blocks in this round.
+    pub peers: usize,
+    /// Seconds left at the current rate.
+    pub eta_s: Option<f64>,
+    /// Rounds started since start.
+    pub rounds: u64,
+}
+
+/// The block sync reactor. Register it with the switch and call
+/// [`BlockSyncReactor::start`] with the built switch.
+pub struct BlockSyncReactor {
+    cfg: BlockSyncConfig,
+    consensus: Arc<ConsensusReactor>,
+    clock: Clock,
+    statuses: Mutex<HashMap<NodeId, PeerChain>>,
+    status_arrived: Notify,
+    headers_wait: Mutex<HashMap<NodeId, oneshot::Sender<Vec<Header>>>>,
+    pool: Mutex<Option<BlockPool>>,
+    block_arrived: Notify,
+    progress: watch::Sender<SyncProgress>,
+    blocks_received: AtomicU64,
+}
+
+impl std::fmt::Debug for BlockSyncReactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockSyncReactor").field("progress", &*self.progress.borrow()).finish()
+    }
+}
+
+fn misbehavior(kind: MisbehaviorKind, score: u32, reason: impl Into<String>) -> PeerMisbehavior {
+    PeerMisbehavior { kind, score, reason: reason.into() }
+}
+
+fn msg(sum: Sum) -> pb::Message {
+    pb::Message { sum: Some(sum) }
+}
+
+impl BlockSyncReactor {
+    /// A reactor that applies blocks through `consensus` (its chain,
+    /// mempool and tip watch).
+    pub fn new(cfg: BlockSyncConfig, consensus: Arc<ConsensusReactor>) -> BlockSyncReactor {
+        BlockSyncReactor {
+            cfg,
+            consensus,
+            clock: system_clock(),
+            statuses: Mutex::new(HashMap::new()),
+            status_arrived: Notify::new(),
+            headers_wait: Mutex::new(HashMap::new()),
+            pool: Mutex::new(None),
+            block_arrived: Notify::new(),
+            progress: watch::channel(SyncProgress::default()).0,
+            blocks_received: AtomicU64::new(0),
+        }
+    }
+
+    /// Progress, updated as sync runs.
+    pub fn watch_progress(&self) -> watch::Receiver<SyncProgress> {
+        self.progress.subscribe()
+    }
+
+    /// Blocks received from peers since start (duplicates included).
+    pub fn blocks_received(&self) -> u64 {
+        self.blocks_received.load(Ordering::Relaxed)
+    }
+
+    fn chain(&self) -> &Arc<Mutex<Blockchain>> {
+        self.consensus.chain()
+    }
+
+    /// Starts the sync task for `switch`; it ends when the switch stops.
+    pub fn start(self: &Arc<Self>, switch: &Switch) {
+        let (me, sw) = (self.clone(), switch.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = me.run(&sw) => {}
+                _ = sw.stopped() => {}
+            }
+            me.consensus.set_syncing(false);
+        });
+    }
+
+    async fn run(&self, sw: &Switch) {
+        loop {
+            self.poll_status(sw).await;
+            let ours = PeerChain::of(&self.chain().lock());
+            self.publish(false, ours.height, ours.height, 0.0, 0, None);
+            let best = self.best_peer(sw, &ours);
+            let Some((peer, claim)) = best else {
+                tokio::select! {
+                    _ = tokio::time::sleep(self.cfg.status_interval) => {}
+                    _ = self.status_arrived.notified() => {}
+                }
+                continue;
+            };
+            self.consensus.set_syncing(true);
+            self.progress.send_modify(|p| p.rounds += 1);
+            tracing::info!(peer = %peer.id(), height = claim.height, ours = ours.height, "block sync starts");
+            self.round(sw, &peer, claim).await;
+            *self.pool.lock() = None;
+            self.consensus.set_syncing(false);
+        }
+    }
+
+    /// The heaviest claim far enough ahead of `ours` to sync to.
+    fn best_peer(&self, sw: &Switch, ours: &PeerChain) -> Option<(Peer, PeerChain)> {
+        let st = self.statuses.lock();
+        let (id, claim) = st
+            .iter()
+            .filter(|(_, c)| c.weight > ours.weight && c.height > ours.height + self.cfg.resync_distance)
+            .max_by(|a, b| a.1.weight.cmp(&b.1.weight).then(b.0.cmp(a.0)))?;
+        Some((sw.peer(id)?, claim.clone()))
+    }
+
+    /// Asks every peer for its status and waits up to `status_wait` for
+    /// `min_status_peers` answers.
+    async fn poll_status(&self, sw: &Switch) {
+        let peers = sw.peers();
+        let asked_at = Instant::now();
+        let bytes = msg(Sum::StatusRequest(pb::StatusRequest {})).encode_to_vec();
+        for p in &peers {
+            p.try_send(BLOCKSYNC_CHANNEL, bytes.clone());
+        }
+        let want = self.cfg.min_status_peers.min(peers.len()).max(1);
+        let deadline = asked_at + self.cfg.status_wait;
+        loop {
+            let fresh = self.statuses.lock().len();
+            if fresh >= want {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, self.status_arrived.notified()).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn publish(&self, syncing: bool, height: u64, target: u64, rate: f64, peers: usize, eta: Option<f64>) {
+        self.progress.send_modify(|p| {
+            p.syncing = syncing;
+            p.height = height;
+            p.target_height = target;
+            p.blocks_per_s = rate;
+            p.peers = peers;
+            p.eta_s = eta;
+        });
+    }
+
+    /// One round: headers from `peer`, then blocks from everyone on them.
+    async fn round(&self, sw: &Switch, peer: &Peer, claim: PeerChain) {
+        let Some(path) = self.fetch_headers(sw, peer, &claim).await else { return };
+        if path.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let mut pool = BlockPool::new(self.cfg.pool.clone(), path, 0);
+        pool.add_peer(peer.id(), pool.target_height(), now);
+        *self.pool.lock() = Some(pool);
+        self.add_pool_peers(sw, now);
+
+        let target = self.pool.lock().as_ref().map_or(0, |p| p.target_height());
+        let mut last_log = Instant::now();
+        let mut last_status = Instant::now();
+        let mut applied_since_log = 0u64;
+        loop {
+            let now = Instant::now();
+            let (requests, slow, ready) = {
+                let mut guard = self.pool.lock();
+                let Some(pool) = guard.as_mut() else { return };
+                let slow = pool.expire(now);
+                for id in &slow {
+                    pool.remove_peer(id);
+                }
+                (pool.schedule(now), slow, pool.take_ready(self.cfg.apply_batch))
+            };
+            for id in slow {
+                if let Some(p) = sw.peer(&id) {
+                    tracing::info!(peer = %id, "block sync: peer keeps timing out; disconnecting");
+                    sw.stop_peer_for_error(&p, "block sync requests timed out").await;
+                }
+            }
+            for r in requests {
+                self.send_request(sw, r);
+            }
+            if ready.is_empty() {
+                tokio::select! {
+                    _ = self.block_arrived.notified() => {}
+                    _ = tokio::time::sleep(self.cfg.tick) => {}
+                }
+            } else {
+                applied_since_log += self.apply(sw, ready).await;
+            }
+            let (done, pool_peers, inflight) = {
+                let guard = self.pool.lock();
+                let Some(pool) = guard.as_ref() else { return };
+                (pool.is_done(), pool.peer_count(), pool.inflight_count())
+            };
+            if done {
+                let height = self.chain().lock().height();
+                tracing::info!(height, "block sync reached its target; handing over");
+                return;
+            }
+            if now.duration_since(last_status) >= self.cfg.status_interval {
+                last_status = now;
+                self.poll_status_quick(sw);
+                self.add_pool_peers(sw, now);
+                if self.heavier_elsewhere(sw) {
+                    tracing::info!("block sync: a heavier tip off this path appeared; new round");
+                    return;
+                }
+            }
+            if pool_peers == 0 && inflight == 0 {
+                self.add_pool_peers(sw, now);
+                if self.pool.lock().as_ref().is_none_or(|p| p.peer_count() == 0) {
+                    tracing::info!("block sync: no peer left to fetch from; new round");
+                    return;
+                }
+            }
+            let since = now.duration_since(last_log);
+            if since >= self.cfg.log_interval {
+                let height = self.chain().lock().height();
+                let rate = applied_since_log as f64 / since.as_secs_f64();
+                let eta = (rate > 0.0).then(|| target.saturating_sub(height) as f64 / rate);
+                tracing::info!(height, target, blocks_per_s = rate, peers = pool_peers, eta_s = ?eta, "block sync");
+                self.publish(true, height, target, rate, pool_peers, eta);
+                applied_since_log = 0;
+                last_log = now;
+            }
+        }
+    }
+
+    /// Sends status requests without waiting for answers.
+    fn poll_status_quick(&self, sw: &Switch) {
+        let bytes = msg(Sum::StatusRequest(pb::StatusRequest {})).encode_to_vec();
+        for p in sw.peers() {
+            p.try_send(BLOCKSYNC_CHANNEL, bytes.clone());
+        }
+    }
+
+    /// Adds to the pool every connected peer whose claimed tip lies on the
+    /// path (it can serve up to that height).
+    fn add_pool_peers(&self, sw: &Switch, now: Instant) {
+        let claims: Vec<(NodeId, PeerChain)> =
+            self.statuses.lock().iter().map(|(id, c)| (*id, c.clone())).collect();
+        let mut guard = self.pool.lock();
+        let Some(pool) = guard.as_mut() else { return };
+        for (id, c) in claims {
+            if sw.peer(&id).is_none() {
+                continue;
+            }
+            if let Some(h) = pool.path().height_of(&c.tip) {
+                pool.add_peer(id, h, now);
+            } else if c.height >= pool.target_height() && c.weight >= pool.path().weight() && pool.has_peer(&id)
+            {
+                // Still ahead of the path on the same chain (it served us).
+                pool.add_peer(id, pool.target_height(), now);
+            }
+        }
+    }
+
+    /// Whether a connected peer claims a tip off our path, heavier than
+    /// the path and far enough ahead of it to be worth a new round.
+    fn heavier_elsewhere(&self, sw: &Switch) -> bool {
+        let guard = self.pool.lock();
+        let Some(pool) = guard.as_ref() else { return false };
+        let (w, h) = (pool.path().weight(), pool.target_height());
+        self.statuses.lock().iter().any(|(id, c)| {
+            sw.peer(id).is_some()
+                && pool.path().height_of(&c.tip).is_none()
+                && c.weight > w
+                && c.height > h + self.cfg.resync_distance
+        })
+    }
+
+    fn send_request(&self, sw: &Switch, r: Request) {
+        let hashes = r.hashes.iter().map(|h| h.0.to_vec().into()).collect();
+        let bytes = msg(Sum::BlockRequest(pb::BlockRequest { hashes })).encode_to_vec();
+        match sw.peer(&r.peer) {
+            // A full queue: the request times out and goes elsewhere.
+            Some(p) => {
+                p.try_send(BLOCKSYNC_CHANNEL, bytes);
+            }
+            None => {
+                if let Some(pool) = self.pool.lock().as_mut() {
+                    pool.remove_peer(&r.peer);
+                }
+            }
+        }
+    }
+
+    /// Applies `ready` (consecutive heights) through the consensus
+    /// reactor; returns how many were applied.
+    async fn apply(&self, sw: &Switch, ready: Vec<(Block, NodeId)>) -> u64 {
+        let blocks: Vec<Block> = ready.iter().map(|(b, _)| b.clone()).collect();
+        let results = self.consensus.import_blocks(blocks, None).await;
+        let mut applied = 0;
+        for (i, r) in results.iter().enumerate() {
+            match r {
+                Ok(_) => applied += 1,
+                Err(e) => {
+                    let (block, from) = &ready[i];
+                    let height = block.header.height;
+                    let rest = ready[i..].to_vec();
+                    if e.is_peer_fault() {
+                        tracing::warn!(peer = %from, height, error = %e, "block sync: invalid block");
+                        if let Some(pool) = self.pool.lock().as_mut() {
+                            pool.rewind(height, Some(from), rest);
+                        }
+                        if let Some(p) = sw.peer(from) {
+                            let why = format!("invalid block at height {height}: {e}");
+                            let m = misbehavior(MisbehaviorKind::InvalidData, self.cfg.misbehavior_score, why);
+                            sw.report(&p, m).await;
+                        }
+                    } else {
+                        tracing::warn!(height, error = %e, "block sync: block not applied; will retry");
+                        if let Some(pool) = self.pool.lock().as_mut() {
+                            pool.rewind(height, None, rest);
+                        }
+                        tokio::time::sleep(self.cfg.tick).await;
+                    }
+                    return applied;
+                }
+            }
+        }
+        if results.len() < ready.len() {
+            // The import task failed; put the rest back.
+            let rest = ready[results.len()..].to_vec();
+            if let (Some(first), Some(pool)) = (rest.first(), self.pool.lock().as_mut()) {
+                pool.rewind(first.0.header.height, None, rest.clone());
+            }
+        }
+        applied
+    }
+
+    /// Downloads and validates `peer`'s headers from our fork point up to
+    /// its claimed tip. `None` (and the peer reported) when they are
+    /// invalid or do not add up to the claim; `None` as well on a timeout.
+    async fn fetch_headers(&self, sw: &Switch, peer: &Peer, claim: &PeerChain) -> Option<HeaderPath> {
+        let max = self.cfg.max_headers_per_request;
+        let mut path: Option<HeaderPath> = None;
+        let ban = |why: String, kind| misbehavior(kind, self.cfg.misbehavior_score, why);
+        loop {
+            let mut locator = self.chain().lock().locator();
+            if let Some(p) = &path {
+                locator.insert(0, p.tip_hash());
+            }
+            let (tx, rx) = oneshot::channel();
+            self.headers_wait.lock().insert(peer.id(), tx);
+            let req = pb::HeadersRequest {
+                locator: locator.iter().take(MAX_LOCATOR).map(|h| h.0.to_vec().into()).collect(),
+                stop_hash: claim.tip.0.to_vec().into(),
+                max,
+            };
+            if peer.send_msg(BLOCKSYNC_CHANNEL, &msg(Sum::HeadersRequest(req))).await.is_err() {
+                return None;
+            }
+            let headers = match tokio::time::timeout(self.cfg.headers_timeout, rx).await {
+                Ok(Ok(h)) => h,
+                Ok(Err(_)) => return None, // the peer left
+                Err(_) => {
+                    self.headers_wait.lock().remove(&peer.id());
+                    tracing::info!(peer = %peer.id(), "block sync: headers request timed out");
+                    sw.stop_peer_for_error(peer, "headers request timed out").await;
+                    return None;
+                }
+            };
+            let Some(first) = headers.first() else { break };
+            let now = (self.clock)();
+            // Validate under the chain lock; report after releasing it.
+            let verdict = {
+                let chain = self.chain().lock();
+                if path.is_none() {
+                    path = chain.header_path(&first.prev_hash);
+                }
+                match path.as_mut() {
+                    None => Err((Some(MisbehaviorKind::ProtocolError), "headers do not start on our chain".into())),
+                    Some(p) => chain.extend_header_path(p, &headers, now).map_err(|(i, e)| {
+                        // A header from the future may be clock skew: no blame.
+                        let kind = e.is_peer_fault().then_some(MisbehaviorKind::InvalidData);
+                        (kind, format!("invalid header {i} of {}: {e}", headers.len()))
+                    }),
+                }
+            };
+            if let Err((kind, why)) = verdict {
+                tracing::info!(peer = %peer.id(), %why, "block sync: headers refused");
+                if let Some(kind) = kind {
+                    sw.report(peer, ban(why, kind)).await;
+                }
+                return None;
+            }
+            let p = path.as_ref().expect("set above");
+            if p.tip_hash() == claim.tip || headers.len() < max as usize {
+                break;
+            }
+        }
+        let weight = path.as_ref().map_or(ruint::aliases::U256::ZERO, |p| p.weight());
+        if weight < claim.weight {
+            let why = format!("claimed weight {} but its headers prove {}", claim.weight, weight);
+            sw.report(peer, ban(why, MisbehaviorKind::ConsensusError)).await;
+            self.statuses.lock().remove(&peer.id());
+            return None;
+        }
+        path
+    }
+
+    /// Our status as a message.
+    fn status_response(&self) -> pb::Message {
+        let c = PeerChain::of(&self.chain().lock());
+        msg(Sum::StatusResponse(pb::StatusResponse {
+            height: c.height,
+            weight: c.weight.to_be_bytes::<32>().to_vec().into(),
+            tip_hash: c.tip.0.to_vec().into(),
+            base_height: 0,
+        }))
+    }
+}
+
+impl Reactor for BlockSyncReactor {
+    type Message = pb::Message;
+
+    fn channels(&self) -> Vec<ChannelDescriptor> {
+        vec![ChannelDescriptor::new(BLOCKSYNC_CHANNEL)
+            .priority(2)
+            .send_queue_capacity(256)
+            .recv_message_capacity(self.cfg.max_msg_bytes)]
+    }
+
+    async fn add_peer(&self, peer: &Peer) {
+        let _ = peer.send_msg(BLOCKSYNC_CHANNEL, &msg(Sum::StatusRequest(pb::StatusRequest {}))).await;
+    }
+
+    async fn remove_peer(&self, peer: &Peer, _reason: &StopReason) {
+        self.statuses.lock().remove(&peer.id());
+        self.headers_wait.lock().remove(&peer.id());
+        if let Some(pool) = self.pool.lock().as_mut() {
+            pool.remove_peer(&peer.id());
+        }
+        self.block_arrived.notify_one();
+    }
+
+    async fn receive(&self, env: Envelope<pb::Message>) {
+        let (sw, peer) = (&env.switch, &env.peer);
+        let protocol = |why: String| misbehavior(MisbehaviorKind::ProtocolError, 100, why);
+        match env.message.sum {
+            Some(Sum::StatusRequest(_)) => {
+                let _ = peer.send_msg(BLOCKSYNC_CHANNEL, &self.status_response()).await;
+            }
+            Some(Sum::StatusResponse(s)) => {
+                let Some(c) = PeerChain::from_wire(s.height, &s.weight, &s.tip_hash) else {
+                    sw.report(peer, protocol("malformed StatusResponse".into())).await;
+                    return;
+                };
+                self.statuses.lock().insert(peer.id(), c);
+                self.status_arrived.notify_waiters();
+            }
+            Some(Sum::HeadersRequest(req)) => {
+                if req.locator.len() > MAX_LOCATOR {
+                    sw.report(peer, protocol(format!("locator of {} hashes", req.locator.len()))).await;
+                    return;
+                }
+                let Some(locator) = req.locator.iter().map(|h| Hash::from_slice(h)).collect::<Option<Vec<_>>>()
+                else {
+                    sw.report(peer, protocol("locator hash not 32 bytes".into())).await;
+                    return;
+                };
+                let stop = Hash::from_slice(&req.stop_hash).unwrap_or(Hash::ZERO);
+                let max = req.max.min(self.cfg.max_headers_per_request) as usize;
+                let headers = self.chain().lock().main_headers_after(&locator, &stop, max);
+                let headers = headers.iter().map(Header::to_proto).collect();
+                let reply = msg(Sum::HeadersResponse(pb::HeadersResponse { headers }));
+                let _ = peer.send_msg(BLOCKSYNC_CHANNEL, &reply).await;
+            }
+            Some(Sum::HeadersResponse(resp)) => {
+                let Some(tx) = self.headers_wait.lock().remove(&peer.id()) else {
+                    sw.report(peer, protocol("unsolicited HeadersResponse".into())).await;
+                    return;
+                };
+                if resp.headers.len() > self.cfg.max_headers_per_request as usize {
+                    sw.report(peer, protocol(format!("{} headers in one answer", resp.headers.len()))).await;
+                    return;
+                }
+                match resp.headers.iter().map(Header::from_proto).collect::<Result<Vec<_>, BlockError>>() {
+                    Ok(h) => {
+                        let _ = tx.send(h);
+                    }
+                    Err(e) => sw.report(peer, protocol(e.to_string())).await,
+                }
+            }
+            Some(Sum::BlockRequest(req)) => {
+                if req.hashes.is_empty() || req.hashes.len() > 32 {
+                    sw.report(peer, protocol(format!("BlockRequest of {} hashes", req.hashes.len()))).await;
+                    return;
+                }
+                let Some(hashes) = req.hashes.iter().map(|h| Hash::from_slice(h)).collect::<Option<Vec<_>>>()
+                else {
+                    sw.report(peer, protocol("block hash not 32 bytes".into())).await;
+                    return;
+                };
+                let chain = self.chain().clone();
+                let found = tokio::task::spawn_blocking(move || {
+                    let c = chain.lock();
+                    hashes.into_iter().map(|h| (h, c.block(&h).ok().flatten())).collect::<Vec<_>>()
+                })
+                .await
+                .unwrap_or_default();
+                for (hash, block) in found {
+                    let reply = match block {
+                        Some(b) => Sum::BlockResponse(pb::BlockResponse { block: Some(b.to_proto()) }),
+                        None => Sum::NoBlockResponse(pb::NoBlockResponse { hash: hash.0.to_vec().into() }),
+                    };
+                    if peer.send_msg(BLOCKSYNC_CHANNEL, &msg(reply)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Some(Sum::BlockResponse(resp)) => {
+                let block = match resp.block.map(Block::from_proto) {
+                    Some(Ok(b)) => b,
+                    Some(Err(e)) => return sw.report(peer, protocol(e.to_string())).await,
+                    None => return sw.report(peer, protocol("BlockResponse without a block".into())).await,
+                };
+                self.blocks_received.fetch_add(1, Ordering::Relaxed);
+                // A late answer to a retired request is not an offence.
+                if let Some(pool) = self.pool.lock().as_mut() {
+                    let _ = pool.on_block(peer.id(), block);
+                }
+                self.block_arrived.notify_one();
+            }
+            Some(Sum::NoBlockResponse(r)) => {
+                let Some(hash) = Hash::from_slice(&r.hash) else {
+                    return sw.report(peer, protocol("hash not 32 bytes".into())).await;
+                };
+                let refused = self.pool.lock().as_mut().map(|p| p.on_no_block(peer.id(), &hash));
+                if let Some(Err(e @ PoolError::RefusedClaimed { .. })) = refused {
+                    let m = misbehavior(MisbehaviorKind::ConsensusError, self.cfg.misbehavior_score, e.to_string());
+                    sw.report(peer, m).await;
+                }
+                self.block_arrived.notify_one();
+            }
+            None => sw.report(peer, protocol("empty block sync message".into())).await,
+        }
+    }
+}

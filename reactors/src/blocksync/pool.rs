@@ -1,0 +1,414 @@
+//! The sans-IO block pool: which block heights of a validated header path
+//! to request from which peer, and the blocks that arrived, handed out in
+//! height order. Time is passed in; the reactor sends what
+//! [`BlockPool::schedule`] returns and feeds back what peers answer.
+//!
+//! After CometBFT's `BlockPool` (a window of heights ahead of the next one
+//! to apply, a cap of pending requests per peer, timeouts that move a
+//! request to another peer), with what its users asked for: requests go
+//! to faster peers first, the timeout follows each peer's measured rate,
+//! and near the low edge of the window a request older than
+//! `duplicate_after` is also sent to a second peer, so one slow peer
+//! cannot stall the pipeline.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use plexus_p2p::NodeId;
+use tokio::time::Instant;
+
+use crate::chain::{Block, BlockHash, HeaderPath};
+
+/// Settings of the pool (part of [`BlockSyncConfig`](super::BlockSyncConfig)).
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    /// Heights requested ahead of the next one to apply. Default 1,024.
+    pub window: u64,
+    /// Most blocks in one request (at most 32). Default 32.
+    pub blocks_per_request: usize,
+    /// Most requests pending per peer. Default 16.
+    pub max_pending_per_peer: usize,
+    /// Longest a request may take. Default 15 s.
+    pub request_timeout: Duration,
+    /// Shortest timeout, however fast the peer has been. Default 2 s.
+    pub min_request_timeout: Duration,
+    /// Heights near the low edge of the window that may be asked of a
+    /// second peer. Default 32.
+    pub low_edge: u64,
+    /// Age of a request at the low edge before a second peer is asked.
+    /// Default 1 s.
+    pub duplicate_after: Duration,
+    /// Timeouts in a row after which a peer is dropped. Default 3.
+    pub max_timeouts: u32,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            window: 1024,
+            blocks_per_request: 32,
+            max_pending_per_peer: 16,
+            request_timeout: Duration::from_secs(15),
+            min_request_timeout: Duration::from_secs(2),
+            low_edge: 32,
+            duplicate_after: Duration::from_secs(1),
+            max_timeouts: 3,
+        }
+    }
+}
+
+/// What a peer did wrong in the pool's eyes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PoolError {
+    /// A block or refusal we did not ask this peer for.
+    #[error("block {0} was not requested from this peer")]
+    Unsolicited(BlockHash),
+    /// It refused a block of the chain it claimed to have.
+    #[error("refused block at height {height}, below its claimed height {claimed}")]
+    RefusedClaimed {
+        /// The height refused.
+        height: u64,
+        /// The height it claimed.
+        claimed: u64,
+    },
+}
+
+#[derive(Debug)]
+struct PoolPeer {
+    /// Highest height of the path it can serve.
+    height: u64,
+    /// Requests in flight: first height → (sent, heights).
+    inflight: HashMap<u64, (Instant, Vec<u64>)>,
+    /// Blocks per second, smoothed.
+    rate: f64,
+    delivered: u64,
+    rate_at: Instant,
+    timeouts: u32,
+    /// Heights at or above which it said it has no block.
+    refused_from: Option<u64>,
+    /// Blocks it delivered, all told.
+    served: u64,
+}
+
+impl PoolPeer {
+    fn timeout(&self, cfg: &PoolConfig, blocks: usize) -> Duration {
+        if self.rate <= 0.0 {
+            return cfg.request_timeout;
+        }
+        let expected = Duration::from_secs_f64(4.0 * blocks as f64 / self.rate);
+        expected.clamp(cfg.min_request_timeout, cfg.request_timeout)
+    }
+}
+
+/// A request to send: `peer` is asked for `hashes`, at `heights`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// The peer.
+    pub peer: NodeId,
+    /// The heights, ascending.
+    pub heights: Vec<u64>,
+    /// Their hashes.
+    pub hashes: Vec<BlockHash>,
+}
+
+/// The pool. See the module documentation.
+#[derive(Debug)]
+pub struct BlockPool {
+    cfg: PoolConfig,
+    path: HeaderPath,
+    /// The next height to hand out.
+    next: u64,
+    peers: HashMap<NodeId, PoolPeer>,
+    /// Who has been asked for each height (not yet arrived).
+    asked: HashMap<u64, Vec<NodeId>>,
+    ready: BTreeMap<u64, (Block, NodeId)>,
+}
+
+impl BlockPool {
+    /// A pool for the blocks of `path` from `next` (at least the height
+    /// after its fork) to its tip.
+    pub fn new(cfg: PoolConfig, path: HeaderPath, next: u64) -> BlockPool {
+        let next = next.max(path.fork_height() + 1);
+        BlockPool { cfg, path, next, peers: HashMap::new(), asked: HashMap::new(), ready: BTreeMap::new() }
+    }
+
+    /// The header path being filled.
+    pub fn path(&self) -> &HeaderPath {
+        &self.path
+    }
+
+    /// The next height to hand out for applying.
+    pub fn next_height(&self) -> u64 {
+        self.next
+    }
+
+    /// The last height of the path.
+    pub fn target_height(&self) -> u64 {
+        self.path.tip_height()
+    }
+
+    /// Whether every block has been handed out.
+    pub fn is_done(&self) -> bool {
+        self.next > self.path.tip_height()
+    }
+
+    /// Peers in the pool.
+    pub fn peer_count(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Whether `peer` is in the pool.
+    pub fn has_peer(&self, peer: &NodeId) -> bool {
+        self.peers.contains_key(peer)
+    }
+
+    /// Blocks each peer delivered.
+    pub fn served(&self) -> Vec<(NodeId, u64)> {
+        self.peers.iter().map(|(id, p)| (*id, p.served)).collect()
+    }
+
+    /// Adds (or updates) a peer that can serve the path up to `height`.
+    pub fn add_peer(&mut self, peer: NodeId, height: u64, now: Instant) {
+        let height = height.min(self.path.tip_height());
+        let p = self.peers.entry(peer).or_insert(PoolPeer {
+            height,
+            inflight: HashMap::new(),
+            rate: 0.0,
+            delivered: 0,
+            rate_at: now,
+            timeouts: 0,
+            refused_from: None,
+            served: 0,
+        });
+        p.height = p.height.max(height);
+    }
+
+    /// Removes a peer; its requests will go to others.
+    pub fn remove_peer(&mut self, peer: &NodeId) {
+        if self.peers.remove(peer).is_some() {
+            for who in self.asked.values_mut() {
+                who.retain(|p| p != peer);
+            }
+        }
+    }
+
+    /// New requests: the heights of the window not yet asked for, in
+    /// batches of consecutive heights, to the fastest peers with room; then
+    /// second requests for old ones at the low edge.
+    pub fn schedule(&mut self, now: Instant) -> Vec<Request> {
+        self.update_rates(now);
+        let mut order: Vec<NodeId> = self.peers.keys().copied().collect();
+        order.sort_by(|a, b| self.peers[b].rate.total_cmp(&self.peers[a].rate).then(a.cmp(b)));
+        let end = self.path.tip_height().min(self.next + self.cfg.window - 1);
+        let mut out = Vec::new();
+        let mut h = self.next;
+        'heights: while h <= end {
+            if self.ready.contains_key(&h) || self.asked.get(&h).is_some_and(|w| !w.is_empty()) {
+                h += 1;
+                continue;
+            }
+            for id in &order {
+                let p = &self.peers[id];
+                if p.inflight.len() >= self.cfg.max_pending_per_peer
+                    || p.height < h
+                    || p.refused_from.is_some_and(|r| r <= h)
+                {
+                    continue;
+                }
+                let mut heights = Vec::new();
+                let mut x = h;
+                while x <= end.min(p.height) && heights.len() < self.cfg.blocks_per_request.clamp(1, 32) {
+                    if self.ready.contains_key(&x) || self.asked.get(&x).is_some_and(|w| !w.is_empty()) {
+                        break;
+                    }
+                    heights.push(x);
+                    x += 1;
+                }
+                h = x;
+                out.push(self.send(*id, heights, now));
+                continue 'heights;
+            }
+            // Nobody can take this height now.
+            h += 1;
+        }
+        // Second requests at the low edge.
+        let edge = end.min(self.next + self.cfg.low_edge - 1);
+        for h in self.next..=edge {
+            if self.ready.contains_key(&h) {
+                continue;
+            }
+            let Some(who) = self.asked.get(&h) else { continue };
+            if who.len() != 1 {
+                continue;
+            }
+            let first = who[0];
+            let old = self.peers.get(&first).and_then(|p| {
+                p.inflight.values().find(|(_, hs)| hs.contains(&h)).map(|(t, _)| now.duration_since(*t))
+            });
+            if old.is_none_or(|age| age < self.cfg.duplicate_after) {
+                continue;
+            }
+            let helper = order.iter().find(|id| {
+                let p = &self.peers[*id];
+                **id != first
+                    && p.inflight.len() < self.cfg.max_pending_per_peer
+                    && p.height >= h
+                    && p.refused_from.is_none_or(|r| r > h)
+            });
+            if let Some(id) = helper.copied() {
+                out.push(self.send(id, vec![h], now));
+            }
+        }
+        out
+    }
+
+    fn send(&mut self, peer: NodeId, heights: Vec<u64>, now: Instant) -> Request {
+        let hashes = heights.iter().map(|h| self.path.hash_at(*h).expect("height on the path")).collect();
+        for h in &heights {
+            self.asked.entry(*h).or_default().push(peer);
+        }
+        let p = self.peers.get_mut(&peer).expect("scheduled peer");
+        p.inflight.insert(heights[0], (now, heights.clone()));
+        Request { peer, heights, hashes }
+    }
+
+    fn update_rates(&mut self, now: Instant) {
+        for p in self.peers.values_mut() {
+            let dt = now.duration_since(p.rate_at).as_secs_f64();
+            if dt >= 0.5 {
+                let sample = p.delivered as f64 / dt;
+                p.rate = if p.rate == 0.0 { sample } else { 0.7 * p.rate + 0.3 * sample };
+                p.delivered = 0;
+                p.rate_at = now;
+            }
+        }
+    }
+
+    /// Forgets `height` from `peer`'s in-flight requests; whether it was
+    /// asked of that peer.
+    fn settle(&mut self, peer: &NodeId, height: u64) -> bool {
+        let Some(p) = self.peers.get_mut(peer) else { return false };
+        let key = p.inflight.iter().find(|(_, (_, hs))| hs.contains(&height)).map(|(k, _)| *k);
+        let Some(k) = key else { return false };
+        let (_, hs) = p.inflight.get_mut(&k).expect("found");
+        hs.retain(|h| *h != height);
+        if hs.is_empty() {
+            p.inflight.remove(&k);
+        }
+        if let Some(who) = self.asked.get_mut(&height) {
+            who.retain(|x| x != peer);
+        }
+        true
+    }
+
+    /// A block from `peer`. Errors: [`PoolError::Unsolicited`] when it was
+    /// not asked for it (a block not of the path cannot have been).
+    pub fn on_block(&mut self, peer: NodeId, block: Block) -> Result<(), PoolError> {
+        let hash = block.hash();
+        let height = block.header.height;
+        if self.path.hash_at(height) != Some(hash) || !self.settle(&peer, height) {
+            return Err(PoolError::Unsolicited(hash));
+        }
+        let p = self.peers.get_mut(&peer).expect("settled");
+        p.delivered += 1;
+        p.served += 1;
+        p.timeouts = 0;
+        if height >= self.next {
+            self.ready.entry(height).or_insert((block, peer));
+            // Whoever else was asked need not answer.
+            self.asked.remove(&height);
+        }
+        Ok(())
+    }
+
+    /// `peer` has no block `hash`. Errors: [`PoolError::Unsolicited`], or
+    /// [`PoolError::RefusedClaimed`] for a height it claimed to have; the
+    /// height goes to another peer either way.
+    pub fn on_no_block(&mut self, peer: NodeId, hash: &BlockHash) -> Result<(), PoolError> {
+        let Some(height) = self.path.height_of(hash) else { return Err(PoolError::Unsolicited(*hash)) };
+        if !self.settle(&peer, height) {
+            return Err(PoolError::Unsolicited(*hash));
+        }
+        let p = self.peers.get_mut(&peer).expect("settled");
+        p.refused_from = Some(p.refused_from.map_or(height, |r| r.min(height)));
+        if height <= p.height {
+            return Err(PoolError::RefusedClaimed { height, claimed: p.height });
+        }
+        Ok(())
+    }
+
+    /// Retires requests past their timeout (they will be sent elsewhere)
+    /// and returns the peers that timed out `max_timeouts` times in a row.
+    pub fn expire(&mut self, now: Instant) -> Vec<NodeId> {
+        let mut slow = Vec::new();
+        let ids: Vec<NodeId> = self.peers.keys().copied().collect();
+        for id in ids {
+            let p = &self.peers[&id];
+            let expired: Vec<(u64, Vec<u64>)> = p
+                .inflight
+                .iter()
+                .filter(|(_, (t, hs))| now.duration_since(*t) >= p.timeout(&self.cfg, hs.len()))
+                .map(|(k, (_, hs))| (*k, hs.clone()))
+                .collect();
+            if expired.is_empty() {
+                continue;
+            }
+            let p = self.peers.get_mut(&id).expect("listed");
+            for (k, hs) in expired {
+                p.inflight.remove(&k);
+                for h in hs {
+                    if let Some(who) = self.asked.get_mut(&h) {
+                        who.retain(|x| *x != id);
+                    }
+                }
+            }
+            p.timeouts += 1;
+            if p.timeouts >= self.cfg.max_timeouts {
+                slow.push(id);
+            }
+        }
+        slow
+    }
+
+    /// Takes up to `max` blocks in height order from the next height on.
+    pub fn take_ready(&mut self, max: usize) -> Vec<(Block, NodeId)> {
+        let mut out = Vec::new();
+        while out.len() < max {
+            match self.ready.remove(&self.next) {
+                Some(b) => {
+                    out.push(b);
+                    self.next += 1;
+                }
+                None => break,
+            }
+        }
+        out
+    }
+
+    /// Applying failed at `height`: the pool goes back to it and puts
+    /// `rest` (the blocks taken from `height` on) back. When `bad` names
+    /// the peer whose block was invalid, its blocks (in `rest` and waiting)
+    /// are dropped and it leaves the pool, so those heights go to others.
+    pub fn rewind(&mut self, height: u64, bad: Option<&NodeId>, rest: Vec<(Block, NodeId)>) {
+        self.next = self.next.min(height);
+        for (b, from) in rest {
+            if Some(&from) != bad {
+                self.ready.insert(b.header.height, (b, from));
+            }
+        }
+        if let Some(peer) = bad {
+            self.ready.retain(|_, (_, from)| from != peer);
+            self.remove_peer(peer);
+        }
+    }
+
+    /// Blocks waiting to be applied.
+    pub fn ready_count(&self) -> usize {
+        self.ready.len()
+    }
+
+    /// Requests in flight, all peers.
+    pub fn inflight_count(&self) -> usize {
+        self.peers.values().map(|p| p.inflight.len()).sum()
+    }
+}
