@@ -34,7 +34,8 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use plexus_p2p::{
-    ChannelDescriptor, Envelope, MisbehaviorKind, NodeId, Peer, PeerMisbehavior, Reactor, StopReason, Switch,
+    ChannelDescriptor, Envelope, MisbehaviorKind, NodeId, Peer, PeerMisbehavior, Reactor,
+    StopReason, Switch,
 };
 use plexus_proto::blocksync::{self as pb, message::Sum};
 use prost::Message;
@@ -134,6 +135,7 @@ pub struct BlockSyncReactor {
     block_arrived: Notify,
     progress: watch::Sender<SyncProgress>,
     blocks_received: AtomicU64,
+    blocks_from: Mutex<HashMap<NodeId, u64>>,
 }
 
 impl std::fmt::Debug for BlockSyncReactor {
@@ -165,6 +167,7 @@ impl BlockSyncReactor {
             block_arrived: Notify::new(),
             progress: watch::channel(SyncProgress::default()).0,
             blocks_received: AtomicU64::new(0),
+            blocks_from: Mutex::new(HashMap::new()),
         }
     }
 
@@ -178,12 +181,18 @@ impl BlockSyncReactor {
         self.blocks_received.load(Ordering::Relaxed)
     }
 
+    /// Blocks received from each peer since start.
+    pub fn blocks_received_from(&self) -> HashMap<NodeId, u64> {
+        self.blocks_from.lock().clone()
+    }
+
     fn chain(&self) -> &Arc<Mutex<Blockchain>> {
         self.consensus.chain()
     }
 
     /// Starts the sync task for `switch`; it ends when the switch stops.
     pub fn start(self: &Arc<Self>, switch: &Switch) {
+        self.consensus.set_short_sync_depth(self.cfg.resync_distance);
         let (me, sw) = (self.clone(), switch.clone());
         tokio::spawn(async move {
             tokio::select! {
@@ -221,13 +230,15 @@ impl BlockSyncReactor {
         let st = self.statuses.lock();
         let (id, claim) = st
             .iter()
-            .filter(|(_, c)| c.weight > ours.weight && c.height > ours.height + self.cfg.resync_distance)
+            .filter(|(_, c)| {
+                c.weight > ours.weight && c.height > ours.height + self.cfg.resync_distance
+            })
             .max_by(|a, b| a.1.weight.cmp(&b.1.weight).then(b.0.cmp(a.0)))?;
         Some((sw.peer(id)?, claim.clone()))
     }
 
     /// Asks every peer for its status and waits up to `status_wait` for
-    /// `min_status_peers` answers.
+    /// `min_status_peers` answers (then goes with what is there).
     async fn poll_status(&self, sw: &Switch) {
         let peers = sw.peers();
         let asked_at = Instant::now();
@@ -235,7 +246,8 @@ impl BlockSyncReactor {
         for p in &peers {
             p.try_send(BLOCKSYNC_CHANNEL, bytes.clone());
         }
-        let want = self.cfg.min_status_peers.min(peers.len()).max(1);
+        // Peers that connect meanwhile are asked on connect and count too.
+        let want = self.cfg.min_status_peers.max(1);
         let deadline = asked_at + self.cfg.status_wait;
         loop {
             let fresh = self.statuses.lock().len();
@@ -248,7 +260,15 @@ impl BlockSyncReactor {
         }
     }
 
-    fn publish(&self, syncing: bool, height: u64, target: u64, rate: f64, peers: usize, eta: Option<f64>) {
+    fn publish(
+        &self,
+        syncing: bool,
+        height: u64,
+        target: u64,
+        rate: f64,
+        peers: usize,
+        eta: Option<f64>,
+    ) {
         self.progress.send_modify(|p| {
             p.syncing = syncing;
             p.height = height;
@@ -277,6 +297,8 @@ impl BlockSyncReactor {
         let mut applied_since_log = 0u64;
         loop {
             let now = Instant::now();
+            // Peers whose status arrived since: into the pool at once.
+            self.add_pool_peers(sw, now);
             let (requests, slow, ready) = {
                 let mut guard = self.pool.lock();
                 let Some(pool) = guard.as_mut() else { return };
@@ -316,18 +338,14 @@ impl BlockSyncReactor {
             if now.duration_since(last_status) >= self.cfg.status_interval {
                 last_status = now;
                 self.poll_status_quick(sw);
-                self.add_pool_peers(sw, now);
                 if self.heavier_elsewhere(sw) {
                     tracing::info!("block sync: a heavier tip off this path appeared; new round");
                     return;
                 }
             }
             if pool_peers == 0 && inflight == 0 {
-                self.add_pool_peers(sw, now);
-                if self.pool.lock().as_ref().is_none_or(|p| p.peer_count() == 0) {
-                    tracing::info!("block sync: no peer left to fetch from; new round");
-                    return;
-                }
+                tracing::info!("block sync: no peer left to fetch from; new round");
+                return;
             }
             let since = now.duration_since(last_log);
             if since >= self.cfg.log_interval {
@@ -363,7 +381,9 @@ impl BlockSyncReactor {
             }
             if let Some(h) = pool.path().height_of(&c.tip) {
                 pool.add_peer(id, h, now);
-            } else if c.height >= pool.target_height() && c.weight >= pool.path().weight() && pool.has_peer(&id)
+            } else if c.height >= pool.target_height()
+                && c.weight >= pool.path().weight()
+                && pool.has_peer(&id)
             {
                 // Still ahead of the path on the same chain (it served us).
                 pool.add_peer(id, pool.target_height(), now);
@@ -421,7 +441,11 @@ impl BlockSyncReactor {
                         }
                         if let Some(p) = sw.peer(from) {
                             let why = format!("invalid block at height {height}: {e}");
-                            let m = misbehavior(MisbehaviorKind::InvalidData, self.cfg.misbehavior_score, why);
+                            let m = misbehavior(
+                                MisbehaviorKind::InvalidData,
+                                self.cfg.misbehavior_score,
+                                why,
+                            );
                             sw.report(&p, m).await;
                         }
                     } else {
@@ -448,7 +472,12 @@ impl BlockSyncReactor {
     /// Downloads and validates `peer`'s headers from our fork point up to
     /// its claimed tip. `None` (and the peer reported) when they are
     /// invalid or do not add up to the claim; `None` as well on a timeout.
-    async fn fetch_headers(&self, sw: &Switch, peer: &Peer, claim: &PeerChain) -> Option<HeaderPath> {
+    async fn fetch_headers(
+        &self,
+        sw: &Switch,
+        peer: &Peer,
+        claim: &PeerChain,
+    ) -> Option<HeaderPath> {
         let max = self.cfg.max_headers_per_request;
         let mut path: Option<HeaderPath> = None;
         let ban = |why: String, kind| misbehavior(kind, self.cfg.misbehavior_score, why);
@@ -486,7 +515,10 @@ impl BlockSyncReactor {
                     path = chain.header_path(&first.prev_hash);
                 }
                 match path.as_mut() {
-                    None => Err((Some(MisbehaviorKind::ProtocolError), "headers do not start on our chain".into())),
+                    None => Err((
+                        Some(MisbehaviorKind::ProtocolError),
+                        "headers do not start on our chain".into(),
+                    )),
                     Some(p) => chain.extend_header_path(p, &headers, now).map_err(|(i, e)| {
                         // A header from the future may be clock skew: no blame.
                         let kind = e.is_peer_fault().then_some(MisbehaviorKind::InvalidData);
@@ -539,7 +571,8 @@ impl Reactor for BlockSyncReactor {
     }
 
     async fn add_peer(&self, peer: &Peer) {
-        let _ = peer.send_msg(BLOCKSYNC_CHANNEL, &msg(Sum::StatusRequest(pb::StatusRequest {}))).await;
+        let _ =
+            peer.send_msg(BLOCKSYNC_CHANNEL, &msg(Sum::StatusRequest(pb::StatusRequest {}))).await;
     }
 
     async fn remove_peer(&self, peer: &Peer, _reason: &StopReason) {
@@ -568,10 +601,12 @@ impl Reactor for BlockSyncReactor {
             }
             Some(Sum::HeadersRequest(req)) => {
                 if req.locator.len() > MAX_LOCATOR {
-                    sw.report(peer, protocol(format!("locator of {} hashes", req.locator.len()))).await;
+                    sw.report(peer, protocol(format!("locator of {} hashes", req.locator.len())))
+                        .await;
                     return;
                 }
-                let Some(locator) = req.locator.iter().map(|h| Hash::from_slice(h)).collect::<Option<Vec<_>>>()
+                let Some(locator) =
+                    req.locator.iter().map(|h| Hash::from_slice(h)).collect::<Option<Vec<_>>>()
                 else {
                     sw.report(peer, protocol("locator hash not 32 bytes".into())).await;
                     return;
@@ -589,10 +624,19 @@ impl Reactor for BlockSyncReactor {
                     return;
                 };
                 if resp.headers.len() > self.cfg.max_headers_per_request as usize {
-                    sw.report(peer, protocol(format!("{} headers in one answer", resp.headers.len()))).await;
+                    sw.report(
+                        peer,
+                        protocol(format!("{} headers in one answer", resp.headers.len())),
+                    )
+                    .await;
                     return;
                 }
-                match resp.headers.iter().map(Header::from_proto).collect::<Result<Vec<_>, BlockError>>() {
+                match resp
+                    .headers
+                    .iter()
+                    .map(Header::from_proto)
+                    .collect::<Result<Vec<_>, BlockError>>()
+                {
                     Ok(h) => {
                         let _ = tx.send(h);
                     }
@@ -601,10 +645,15 @@ impl Reactor for BlockSyncReactor {
             }
             Some(Sum::BlockRequest(req)) => {
                 if req.hashes.is_empty() || req.hashes.len() > 32 {
-                    sw.report(peer, protocol(format!("BlockRequest of {} hashes", req.hashes.len()))).await;
+                    sw.report(
+                        peer,
+                        protocol(format!("BlockRequest of {} hashes", req.hashes.len())),
+                    )
+                    .await;
                     return;
                 }
-                let Some(hashes) = req.hashes.iter().map(|h| Hash::from_slice(h)).collect::<Option<Vec<_>>>()
+                let Some(hashes) =
+                    req.hashes.iter().map(|h| Hash::from_slice(h)).collect::<Option<Vec<_>>>()
                 else {
                     sw.report(peer, protocol("block hash not 32 bytes".into())).await;
                     return;
@@ -618,8 +667,12 @@ impl Reactor for BlockSyncReactor {
                 .unwrap_or_default();
                 for (hash, block) in found {
                     let reply = match block {
-                        Some(b) => Sum::BlockResponse(pb::BlockResponse { block: Some(b.to_proto()) }),
-                        None => Sum::NoBlockResponse(pb::NoBlockResponse { hash: hash.0.to_vec().into() }),
+                        Some(b) => {
+                            Sum::BlockResponse(pb::BlockResponse { block: Some(b.to_proto()) })
+                        }
+                        None => Sum::NoBlockResponse(pb::NoBlockResponse {
+                            hash: hash.0.to_vec().into(),
+                        }),
                     };
                     if peer.send_msg(BLOCKSYNC_CHANNEL, &msg(reply)).await.is_err() {
                         return;
@@ -630,9 +683,14 @@ impl Reactor for BlockSyncReactor {
                 let block = match resp.block.map(Block::from_proto) {
                     Some(Ok(b)) => b,
                     Some(Err(e)) => return sw.report(peer, protocol(e.to_string())).await,
-                    None => return sw.report(peer, protocol("BlockResponse without a block".into())).await,
+                    None => {
+                        return sw
+                            .report(peer, protocol("BlockResponse without a block".into()))
+                            .await
+                    }
                 };
                 self.blocks_received.fetch_add(1, Ordering::Relaxed);
+                *self.blocks_from.lock().entry(peer.id()).or_default() += 1;
                 // A late answer to a retired request is not an offence.
                 if let Some(pool) = self.pool.lock().as_mut() {
                     let _ = pool.on_block(peer.id(), block);
@@ -645,7 +703,11 @@ impl Reactor for BlockSyncReactor {
                 };
                 let refused = self.pool.lock().as_mut().map(|p| p.on_no_block(peer.id(), &hash));
                 if let Some(Err(e @ PoolError::RefusedClaimed { .. })) = refused {
-                    let m = misbehavior(MisbehaviorKind::ConsensusError, self.cfg.misbehavior_score, e.to_string());
+                    let m = misbehavior(
+                        MisbehaviorKind::ConsensusError,
+                        self.cfg.misbehavior_score,
+                        e.to_string(),
+                    );
                     sw.report(peer, m).await;
                 }
                 self.block_arrived.notify_one();

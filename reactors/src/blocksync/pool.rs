@@ -129,7 +129,14 @@ impl BlockPool {
     /// after its fork) to its tip.
     pub fn new(cfg: PoolConfig, path: HeaderPath, next: u64) -> BlockPool {
         let next = next.max(path.fork_height() + 1);
-        BlockPool { cfg, path, next, peers: HashMap::new(), asked: HashMap::new(), ready: BTreeMap::new() }
+        BlockPool {
+            cfg,
+            path,
+            next,
+            peers: HashMap::new(),
+            asked: HashMap::new(),
+            ready: BTreeMap::new(),
+        }
     }
 
     /// The header path being filled.
@@ -201,35 +208,20 @@ impl BlockPool {
         order.sort_by(|a, b| self.peers[b].rate.total_cmp(&self.peers[a].rate).then(a.cmp(b)));
         let end = self.path.tip_height().min(self.next + self.cfg.window - 1);
         let mut out = Vec::new();
-        let mut h = self.next;
-        'heights: while h <= end {
-            if self.ready.contains_key(&h) || self.asked.get(&h).is_some_and(|w| !w.is_empty()) {
-                h += 1;
-                continue;
-            }
+        // Passes over the peers, fastest first, one batch each per pass,
+        // so every peer is busy from the start and a faster one, freeing
+        // its slots sooner, gets more over time.
+        let mut from = self.next;
+        loop {
+            let mut progressed = false;
             for id in &order {
-                let p = &self.peers[id];
-                if p.inflight.len() >= self.cfg.max_pending_per_peer
-                    || p.height < h
-                    || p.refused_from.is_some_and(|r| r <= h)
-                {
-                    continue;
-                }
-                let mut heights = Vec::new();
-                let mut x = h;
-                while x <= end.min(p.height) && heights.len() < self.cfg.blocks_per_request.clamp(1, 32) {
-                    if self.ready.contains_key(&x) || self.asked.get(&x).is_some_and(|w| !w.is_empty()) {
-                        break;
-                    }
-                    heights.push(x);
-                    x += 1;
-                }
-                h = x;
+                let Some(heights) = self.next_batch(id, &mut from, end) else { continue };
                 out.push(self.send(*id, heights, now));
-                continue 'heights;
+                progressed = true;
             }
-            // Nobody can take this height now.
-            h += 1;
+            if !progressed {
+                break;
+            }
         }
         // Second requests at the low edge.
         let edge = end.min(self.next + self.cfg.low_edge - 1);
@@ -243,7 +235,10 @@ impl BlockPool {
             }
             let first = who[0];
             let old = self.peers.get(&first).and_then(|p| {
-                p.inflight.values().find(|(_, hs)| hs.contains(&h)).map(|(t, _)| now.duration_since(*t))
+                p.inflight
+                    .values()
+                    .find(|(_, hs)| hs.contains(&h))
+                    .map(|(t, _)| now.duration_since(*t))
             });
             if old.is_none_or(|age| age < self.cfg.duplicate_after) {
                 continue;
@@ -262,8 +257,44 @@ impl BlockPool {
         out
     }
 
+    fn free(&self, h: u64) -> bool {
+        !self.ready.contains_key(&h) && self.asked.get(&h).is_none_or(|w| w.is_empty())
+    }
+
+    /// The next batch for `peer`: consecutive free heights from the first
+    /// free one at or after `from` that it can serve. Advances `from` past
+    /// the batch when the batch starts at the first free height.
+    fn next_batch(&self, peer: &NodeId, from: &mut u64, end: u64) -> Option<Vec<u64>> {
+        let p = &self.peers[peer];
+        if p.inflight.len() >= self.cfg.max_pending_per_peer {
+            return None;
+        }
+        let limit = end.min(p.height).min(p.refused_from.map_or(u64::MAX, |r| r.saturating_sub(1)));
+        while *from <= end && !self.free(*from) {
+            *from += 1;
+        }
+        let mut h = *from;
+        while h <= limit && !self.free(h) {
+            h += 1;
+        }
+        let mut heights = Vec::new();
+        while h <= limit && heights.len() < self.cfg.blocks_per_request.clamp(1, 32) && self.free(h)
+        {
+            heights.push(h);
+            h += 1;
+        }
+        if heights.is_empty() {
+            return None;
+        }
+        if heights[0] == *from {
+            *from = h;
+        }
+        Some(heights)
+    }
+
     fn send(&mut self, peer: NodeId, heights: Vec<u64>, now: Instant) -> Request {
-        let hashes = heights.iter().map(|h| self.path.hash_at(*h).expect("height on the path")).collect();
+        let hashes =
+            heights.iter().map(|h| self.path.hash_at(*h).expect("height on the path")).collect();
         for h in &heights {
             self.asked.entry(*h).or_default().push(peer);
         }
@@ -325,7 +356,9 @@ impl BlockPool {
     /// [`PoolError::RefusedClaimed`] for a height it claimed to have; the
     /// height goes to another peer either way.
     pub fn on_no_block(&mut self, peer: NodeId, hash: &BlockHash) -> Result<(), PoolError> {
-        let Some(height) = self.path.height_of(hash) else { return Err(PoolError::Unsolicited(*hash)) };
+        let Some(height) = self.path.height_of(hash) else {
+            return Err(PoolError::Unsolicited(*hash));
+        };
         if !self.settle(&peer, height) {
             return Err(PoolError::Unsolicited(*hash));
         }

@@ -453,8 +453,14 @@ impl Blockchain {
     /// Main-chain headers after the first `locator` hash on the main chain
     /// (after genesis when none is), ascending, up to `stop` (inclusive)
     /// or `max` headers (Bitcoin's getheaders).
-    pub fn main_headers_after(&self, locator: &[BlockHash], stop: &BlockHash, max: usize) -> Vec<Header> {
-        let start = locator.iter().find(|h| self.on_main(h)).map_or(0, |h| self.index[h].header.height);
+    pub fn main_headers_after(
+        &self,
+        locator: &[BlockHash],
+        stop: &BlockHash,
+        max: usize,
+    ) -> Vec<Header> {
+        let start =
+            locator.iter().find(|h| self.on_main(h)).map_or(0, |h| self.index[h].header.height);
         let mut out = Vec::new();
         for h in self.main.iter().skip(start as usize + 1).take(max) {
             out.push(self.index[h].header);

@@ -16,7 +16,7 @@
 //!   node keeps going.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -132,6 +132,8 @@ pub struct ConsensusReactor {
     runtime: OnceLock<tokio::runtime::Handle>,
     /// Block sync is running: no catch-up requests of our own.
     syncing: AtomicBool,
+    /// Peers more than this many blocks ahead are left to block sync.
+    short_sync_depth: AtomicU64,
 }
 
 impl std::fmt::Debug for ConsensusReactor {
@@ -174,6 +176,7 @@ impl ConsensusReactor {
             switch: OnceLock::new(),
             runtime: OnceLock::new(),
             syncing: AtomicBool::new(false),
+            short_sync_depth: AtomicU64::new(u64::MAX),
         }
     }
 
@@ -248,15 +251,20 @@ impl ConsensusReactor {
         sw.broadcast(CONSENSUS_CHANNEL, bytes).await;
         let now = tokio::time::Instant::now();
         let timeout = self.cfg.request_timeout;
-        let ours = self.importer.chain.lock().weight();
         let mut ahead = Vec::new();
+        let mut claims = Vec::new();
         for (id, st) in self.peers.lock().iter_mut() {
             if st.request.is_some_and(|(t, _)| now.duration_since(t) >= timeout) {
                 tracing::debug!(peer = %id, "GetBlocks timed out");
                 st.request = None;
             }
-            if st.status.as_ref().is_some_and(|s| s.weight > ours) {
-                ahead.push(*id);
+            if let Some(s) = &st.status {
+                claims.push((*id, s.height, s.weight));
+            }
+        }
+        for (id, height, weight) in claims {
+            if self.worth_catching_up(height, weight) {
+                ahead.push(id);
             }
         }
         for id in ahead {
@@ -332,6 +340,21 @@ impl ConsensusReactor {
     /// `GetBlocks` of its own); it still relays and imports new blocks.
     pub fn set_syncing(&self, on: bool) {
         self.syncing.store(on, Ordering::Relaxed);
+    }
+
+    /// Leaves peers more than `depth` blocks ahead to block sync (which
+    /// sets this to its `resync_distance`); without block sync every peer
+    /// ahead is caught up with here, in `GetBlocks` batches.
+    pub fn set_short_sync_depth(&self, depth: u64) {
+        self.short_sync_depth.store(depth, Ordering::Relaxed);
+    }
+
+    /// Whether a peer at `height` with `weight` is one to catch up with
+    /// here: heavier than us and within the short-sync depth.
+    fn worth_catching_up(&self, height: u64, weight: U256) -> bool {
+        let c = self.importer.chain.lock();
+        let depth = self.short_sync_depth.load(Ordering::Relaxed);
+        weight > c.weight() && height <= c.height().saturating_add(depth)
     }
 
     /// Whether block sync is running.
@@ -500,7 +523,7 @@ impl Reactor for ConsensusReactor {
                     return;
                 };
                 let tip = status.tip;
-                let ahead = status.weight > self.importer.chain.lock().weight();
+                let ahead = self.worth_catching_up(status.height, status.weight);
                 if let Some(st) = self.peers.lock().get_mut(&peer.id()) {
                     st.known.insert(tip);
                     st.status = Some(status);
