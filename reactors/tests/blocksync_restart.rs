@@ -52,9 +52,12 @@ async fn killed_mid_sync_resumes_from_the_store() {
     let blocks = premined(N);
     let mut servers = Vec::new();
     for _ in 0..2 {
-        servers.push(sync_node_on(TcpTransport, local(), &p, chain_with(&p, &blocks), sync_cfg()).await);
+        servers.push(
+            sync_node_on(TcpTransport, local(), &p, chain_with(&p, &blocks), sync_cfg()).await,
+        );
     }
-    let peers: Vec<String> = servers.iter().map(|s| s.sw.net_address().unwrap().to_string()).collect();
+    let peers: Vec<String> =
+        servers.iter().map(|s| s.sw.net_address().unwrap().to_string()).collect();
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("data/chain.sqlite");
 

@@ -205,7 +205,11 @@ impl BlockPool {
     pub fn schedule(&mut self, now: Instant) -> Vec<Request> {
         self.update_rates(now);
         let mut order: Vec<NodeId> = self.peers.keys().copied().collect();
-        order.sort_by(|a, b| self.peers[b].rate.total_cmp(&self.peers[a].rate).then(a.cmp(b)));
+        // Peers that timed out last go last; then the fastest first.
+        order.sort_by(|a, b| {
+            let (pa, pb) = (&self.peers[a], &self.peers[b]);
+            pa.timeouts.cmp(&pb.timeouts).then(pb.rate.total_cmp(&pa.rate)).then(a.cmp(b))
+        });
         let end = self.path.tip_height().min(self.next + self.cfg.window - 1);
         let mut out = Vec::new();
         // Passes over the peers, fastest first, one batch each per pass,
@@ -443,5 +447,149 @@ impl BlockPool {
     /// Requests in flight, all peers.
     pub fn inflight_count(&self) -> usize {
         self.peers.values().map(|p| p.inflight.len()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::tests::{chain, extend, params, T};
+    use crate::chain::Blockchain;
+
+    fn id(i: u8) -> NodeId {
+        NodeId::from_public_key(&[i; 32])
+    }
+
+    /// A source chain of `n` blocks and a pool for all of them on an
+    /// empty chain.
+    fn setup(n: usize, cfg: PoolConfig) -> (Blockchain, BlockPool) {
+        let p = params(0);
+        let mut src = chain(&p);
+        extend(&mut src, p.genesis_hash, n, T);
+        let empty = chain(&p);
+        let mut path = empty.header_path(&p.genesis_hash).unwrap();
+        let headers: Vec<_> =
+            (1..=n as u64).map(|h| *src.header(&src.height_to_hash(h).unwrap()).unwrap()).collect();
+        empty.extend_header_path(&mut path, &headers, u64::MAX / 2).unwrap();
+        (src, BlockPool::new(cfg, path, 0))
+    }
+
+    fn block(src: &Blockchain, h: u64) -> Block {
+        src.block(&src.height_to_hash(h).unwrap()).unwrap().unwrap()
+    }
+
+    fn cfg() -> PoolConfig {
+        PoolConfig {
+            window: 40,
+            blocks_per_request: 4,
+            max_pending_per_peer: 3,
+            ..PoolConfig::default()
+        }
+    }
+
+    #[test]
+    fn requests_spread_over_peers_within_window_and_caps() {
+        let (_, mut pool) = setup(100, cfg());
+        let t = Instant::now();
+        pool.add_peer(id(1), 100, t);
+        pool.add_peer(id(2), 6, t); // can serve only up to height 6
+        let reqs = pool.schedule(t);
+        assert_eq!(pool.next_height(), 1);
+        let by = |i: u8| reqs.iter().filter(|r| r.peer == id(i)).collect::<Vec<_>>();
+        assert_eq!(by(1).len(), 3, "capped at max_pending_per_peer");
+        assert!(by(2).iter().all(|r| r.heights.iter().all(|h| *h <= 6)));
+        assert!(!by(2).is_empty(), "the second peer works from the start");
+        // No height twice, all within the window, each batch consecutive.
+        let mut all: Vec<u64> = reqs.iter().flat_map(|r| r.heights.clone()).collect();
+        let n = all.len();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), n);
+        assert!(all.iter().all(|h| *h >= 1 && *h <= 40));
+        for r in &reqs {
+            assert!(r.heights.windows(2).all(|w| w[1] == w[0] + 1) && r.heights.len() <= 4);
+        }
+        // Nothing more until something is answered.
+        assert!(pool.schedule(t).iter().all(|r| r.peer != id(1)));
+    }
+
+    #[test]
+    fn blocks_come_out_in_height_order_only() {
+        let (src, mut pool) = setup(20, cfg());
+        let t = Instant::now();
+        pool.add_peer(id(1), 20, t);
+        let reqs = pool.schedule(t);
+        assert_eq!(reqs[0].heights, vec![1, 2, 3, 4]);
+        assert_eq!(
+            pool.on_block(id(2), block(&src, 2)),
+            Err(PoolError::Unsolicited(block(&src, 2).hash()))
+        );
+        pool.on_block(id(1), block(&src, 2)).unwrap();
+        assert!(pool.take_ready(10).is_empty(), "height 1 is missing");
+        pool.on_block(id(1), block(&src, 1)).unwrap();
+        let got: Vec<u64> = pool.take_ready(10).iter().map(|(b, _)| b.header.height).collect();
+        assert_eq!(got, vec![1, 2]);
+        assert_eq!(pool.next_height(), 3);
+        // A block that is not on the path was never asked for.
+        let mut other = block(&src, 3);
+        other.header.nonce ^= 1;
+        assert!(pool.on_block(id(1), other).is_err());
+    }
+
+    #[test]
+    fn timeouts_move_requests_and_drop_a_peer_that_keeps_failing() {
+        let c = PoolConfig { max_timeouts: 2, ..cfg() };
+        let (_, mut pool) = setup(20, c.clone());
+        let t0 = Instant::now();
+        pool.add_peer(id(1), 20, t0);
+        let first = pool.schedule(t0);
+        assert!(first.iter().all(|r| r.peer == id(1)));
+        pool.add_peer(id(2), 20, t0);
+        let t1 = t0 + c.request_timeout;
+        assert!(pool.expire(t1).is_empty(), "one timeout is not yet a drop");
+        let again = pool.schedule(t1);
+        assert!(again.iter().any(|r| r.peer == id(2) && r.heights.contains(&1)), "{again:?}");
+        let t2 = t1 + c.request_timeout;
+        let slow = pool.expire(t2);
+        assert!(slow.contains(&id(1)), "{slow:?}");
+    }
+
+    #[test]
+    fn a_slow_request_at_the_low_edge_is_also_sent_elsewhere() {
+        let c = PoolConfig { window: 8, ..cfg() };
+        let (_, mut pool) = setup(8, c.clone());
+        let t0 = Instant::now();
+        pool.add_peer(id(1), 8, t0);
+        pool.schedule(t0);
+        pool.add_peer(id(2), 8, t0);
+        assert!(pool.schedule(t0 + c.duplicate_after / 2).is_empty());
+        let dup = pool.schedule(t0 + c.duplicate_after);
+        assert!(dup.iter().any(|r| r.peer == id(2) && r.heights == vec![1]), "{dup:?}");
+    }
+
+    #[test]
+    fn refusals_and_rewinds() {
+        let (src, mut pool) = setup(20, cfg());
+        let t = Instant::now();
+        pool.add_peer(id(1), 20, t);
+        pool.add_peer(id(2), 20, t);
+        let reqs = pool.schedule(t);
+        let r2 = reqs.iter().find(|r| r.peer == id(2)).unwrap().clone();
+        // Refusing a block below its claimed height is an offence.
+        let e = pool.on_no_block(id(2), &r2.hashes[0]).unwrap_err();
+        assert!(matches!(e, PoolError::RefusedClaimed { .. }));
+        // Peer 1 delivers 1..=4, the block at 2 turns out invalid.
+        for h in 1..=4 {
+            pool.on_block(id(1), block(&src, h)).unwrap();
+        }
+        let taken = pool.take_ready(10);
+        assert_eq!(taken.len(), 4);
+        pool.rewind(2, Some(&id(1)), taken[1..].to_vec());
+        assert_eq!(pool.next_height(), 2);
+        assert_eq!(pool.ready_count(), 0, "everything from the bad peer is dropped");
+        assert!(!pool.has_peer(&id(1)));
+        // Heights 2..=4 are asked again, of the other peer.
+        let again = pool.schedule(t);
+        assert!(again.iter().all(|r| r.peer == id(2)));
     }
 }

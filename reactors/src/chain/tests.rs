@@ -74,7 +74,7 @@ pub(crate) fn add(c: &mut Blockchain, b: Block) -> Result<Processed, BlockError>
 }
 
 /// Extends the chain from `parent` by `n` blocks `dt` apart; the hashes.
-fn extend(c: &mut Blockchain, parent: BlockHash, n: usize, dt: u64) -> Vec<BlockHash> {
+pub(crate) fn extend(c: &mut Blockchain, parent: BlockHash, n: usize, dt: u64) -> Vec<BlockHash> {
     let mut out = Vec::new();
     let mut p = parent;
     for _ in 0..n {
