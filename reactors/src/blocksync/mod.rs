@@ -43,7 +43,7 @@ use serde::Serialize;
 use tokio::sync::{oneshot, watch, Notify};
 use tokio::time::Instant;
 
-pub use pool::{BlockPool, PoolConfig, PoolError, Request};
+pub use pool::{Arrival, BlockPool, PoolConfig, PoolError, Request};
 
 use crate::chain::{Block, BlockError, Blockchain, Hash, Header, HeaderPath};
 use crate::consensus::{system_clock, Clock, ConsensusReactor, PeerChain, MAX_LOCATOR};
@@ -132,10 +132,16 @@ pub struct BlockSyncReactor {
     status_arrived: Notify,
     headers_wait: Mutex<HashMap<NodeId, oneshot::Sender<Vec<Header>>>>,
     pool: Mutex<Option<BlockPool>>,
+    /// Wakes the fetch side: an answer arrived or room was made.
     block_arrived: Notify,
+    /// Wakes the apply side: a block arrived.
+    ready_arrived: Notify,
     progress: watch::Sender<SyncProgress>,
     blocks_received: AtomicU64,
     blocks_from: Mutex<HashMap<NodeId, u64>>,
+    /// Bumped by every status answer, so the round loop looks for new pool
+    /// peers only when something changed.
+    status_gen: AtomicU64,
 }
 
 impl std::fmt::Debug for BlockSyncReactor {
@@ -165,9 +171,11 @@ impl BlockSyncReactor {
             headers_wait: Mutex::new(HashMap::new()),
             pool: Mutex::new(None),
             block_arrived: Notify::new(),
+            ready_arrived: Notify::new(),
             progress: watch::channel(SyncProgress::default()).0,
             blocks_received: AtomicU64::new(0),
             blocks_from: Mutex::new(HashMap::new()),
+            status_gen: AtomicU64::new(0),
         }
     }
 
@@ -291,22 +299,67 @@ impl BlockSyncReactor {
         *self.pool.lock() = Some(pool);
         self.add_pool_peers(sw, now);
 
+        // Fetching and applying run side by side; the round ends when
+        // either ends (applied everything, or the fetch side gave up).
+        let applied = AtomicU64::new(0);
+        tokio::select! {
+            _ = self.fetch_loop(sw, &applied) => {}
+            _ = self.apply_loop(sw, &applied) => {}
+        }
+    }
+
+    /// Applies blocks in height order as they become ready, until the
+    /// pool has handed out the whole path.
+    async fn apply_loop(&self, sw: &Switch, applied: &AtomicU64) {
+        loop {
+            let (ready, done) = {
+                let mut guard = self.pool.lock();
+                let Some(pool) = guard.as_mut() else { return };
+                (pool.take_ready(self.cfg.apply_batch), pool.is_done())
+            };
+            if ready.is_empty() {
+                if done {
+                    let height = self.chain().lock().height();
+                    tracing::info!(height, "block sync reached its target; handing over");
+                    return;
+                }
+                tokio::select! {
+                    _ = self.ready_arrived.notified() => {}
+                    _ = tokio::time::sleep(self.cfg.tick) => {}
+                }
+                continue;
+            }
+            let n = self.apply(sw, ready).await;
+            applied.fetch_add(n, Ordering::Relaxed);
+            // Applying made room in the window: schedule more.
+            self.block_arrived.notify_one();
+        }
+    }
+
+    /// Schedules requests, retires timed-out ones, takes in new peers,
+    /// watches for a heavier tip elsewhere and logs progress. Returns when
+    /// the round should end early.
+    async fn fetch_loop(&self, sw: &Switch, applied: &AtomicU64) {
         let target = self.pool.lock().as_ref().map_or(0, |p| p.target_height());
         let mut last_log = Instant::now();
         let mut last_status = Instant::now();
-        let mut applied_since_log = 0u64;
+        let mut seen_gen = u64::MAX;
         loop {
             let now = Instant::now();
             // Peers whose status arrived since: into the pool at once.
-            self.add_pool_peers(sw, now);
-            let (requests, slow, ready) = {
+            let gen = self.status_gen.load(Ordering::Relaxed);
+            if gen != seen_gen {
+                seen_gen = gen;
+                self.add_pool_peers(sw, now);
+            }
+            let (requests, slow, pool_peers, inflight) = {
                 let mut guard = self.pool.lock();
                 let Some(pool) = guard.as_mut() else { return };
                 let slow = pool.expire(now);
                 for id in &slow {
                     pool.remove_peer(id);
                 }
-                (pool.schedule(now), slow, pool.take_ready(self.cfg.apply_batch))
+                (pool.schedule(now), slow, pool.peer_count(), pool.inflight_count())
             };
             for id in slow {
                 if let Some(p) = sw.peer(&id) {
@@ -317,24 +370,6 @@ impl BlockSyncReactor {
             for r in requests {
                 self.send_request(sw, r);
             }
-            if ready.is_empty() {
-                tokio::select! {
-                    _ = self.block_arrived.notified() => {}
-                    _ = tokio::time::sleep(self.cfg.tick) => {}
-                }
-            } else {
-                applied_since_log += self.apply(sw, ready).await;
-            }
-            let (done, pool_peers, inflight) = {
-                let guard = self.pool.lock();
-                let Some(pool) = guard.as_ref() else { return };
-                (pool.is_done(), pool.peer_count(), pool.inflight_count())
-            };
-            if done {
-                let height = self.chain().lock().height();
-                tracing::info!(height, "block sync reached its target; handing over");
-                return;
-            }
             if now.duration_since(last_status) >= self.cfg.status_interval {
                 last_status = now;
                 self.poll_status_quick(sw);
@@ -343,19 +378,23 @@ impl BlockSyncReactor {
                     return;
                 }
             }
-            if pool_peers == 0 && inflight == 0 {
+            let waiting = self.pool.lock().as_ref().map_or(0, |p| p.ready_count());
+            if pool_peers == 0 && inflight == 0 && waiting == 0 {
                 tracing::info!("block sync: no peer left to fetch from; new round");
                 return;
             }
             let since = now.duration_since(last_log);
             if since >= self.cfg.log_interval {
                 let height = self.chain().lock().height();
-                let rate = applied_since_log as f64 / since.as_secs_f64();
+                let rate = applied.swap(0, Ordering::Relaxed) as f64 / since.as_secs_f64();
                 let eta = (rate > 0.0).then(|| target.saturating_sub(height) as f64 / rate);
                 tracing::info!(height, target, blocks_per_s = rate, peers = pool_peers, eta_s = ?eta, "block sync");
                 self.publish(true, height, target, rate, pool_peers, eta);
-                applied_since_log = 0;
                 last_log = now;
+            }
+            tokio::select! {
+                _ = self.block_arrived.notified() => {}
+                _ = tokio::time::sleep(self.cfg.tick) => {}
             }
         }
     }
@@ -597,6 +636,7 @@ impl Reactor for BlockSyncReactor {
                     return;
                 };
                 self.statuses.lock().insert(peer.id(), c);
+                self.status_gen.fetch_add(1, Ordering::Relaxed);
                 self.status_arrived.notify_waiters();
             }
             Some(Sum::HeadersRequest(req)) => {
@@ -692,10 +732,15 @@ impl Reactor for BlockSyncReactor {
                 self.blocks_received.fetch_add(1, Ordering::Relaxed);
                 *self.blocks_from.lock().entry(peer.id()).or_default() += 1;
                 // A late answer to a retired request is not an offence.
-                if let Some(pool) = self.pool.lock().as_mut() {
-                    let _ = pool.on_block(peer.id(), block);
+                let arrival = self.pool.lock().as_mut().map(|pool| pool.on_block(peer.id(), block));
+                if let Some(Ok(a)) = arrival {
+                    if a.request_done {
+                        self.block_arrived.notify_one();
+                    }
+                    if a.next_ready {
+                        self.ready_arrived.notify_one();
+                    }
                 }
-                self.block_arrived.notify_one();
             }
             Some(Sum::NoBlockResponse(r)) => {
                 let Some(hash) = Hash::from_slice(&r.hash) else {

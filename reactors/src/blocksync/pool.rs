@@ -100,6 +100,15 @@ impl PoolPeer {
     }
 }
 
+/// What an arrived block changed, so the driver wakes only who can act.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Arrival {
+    /// It completed its request: the peer has room for another.
+    pub request_done: bool,
+    /// The next height to apply is ready.
+    pub next_ready: bool,
+}
+
 /// A request to send: `peer` is asked for `hashes`, at `heights`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
@@ -118,6 +127,10 @@ pub struct BlockPool {
     path: HeaderPath,
     /// The next height to hand out.
     next: u64,
+    /// Every height from `next` below this is asked for or ready, so
+    /// scheduling starts its search here. Lowered whenever a height
+    /// becomes free again.
+    scan_from: u64,
     peers: HashMap<NodeId, PoolPeer>,
     /// Who has been asked for each height (not yet arrived).
     asked: HashMap<u64, Vec<NodeId>>,
@@ -133,6 +146,7 @@ impl BlockPool {
             cfg,
             path,
             next,
+            scan_from: next,
             peers: HashMap::new(),
             asked: HashMap::new(),
             ready: BTreeMap::new(),
@@ -193,6 +207,7 @@ impl BlockPool {
     /// Removes a peer; its requests will go to others.
     pub fn remove_peer(&mut self, peer: &NodeId) {
         if self.peers.remove(peer).is_some() {
+            self.scan_from = self.next;
             for who in self.asked.values_mut() {
                 who.retain(|p| p != peer);
             }
@@ -215,7 +230,7 @@ impl BlockPool {
         // Passes over the peers, fastest first, one batch each per pass,
         // so every peer is busy from the start and a faster one, freeing
         // its slots sooner, gets more over time.
-        let mut from = self.next;
+        let mut from = self.scan_from.max(self.next);
         loop {
             let mut progressed = false;
             for id in &order {
@@ -227,6 +242,7 @@ impl BlockPool {
                 break;
             }
         }
+        self.scan_from = from;
         // Second requests at the low edge.
         let edge = end.min(self.next + self.cfg.low_edge - 1);
         for h in self.next..=edge {
@@ -321,29 +337,33 @@ impl BlockPool {
 
     /// Forgets `height` from `peer`'s in-flight requests; whether it was
     /// asked of that peer.
-    fn settle(&mut self, peer: &NodeId, height: u64) -> bool {
-        let Some(p) = self.peers.get_mut(peer) else { return false };
-        let key = p.inflight.iter().find(|(_, (_, hs))| hs.contains(&height)).map(|(k, _)| *k);
-        let Some(k) = key else { return false };
+    /// `Some(true)` when that completed its request.
+    fn settle(&mut self, peer: &NodeId, height: u64) -> Option<bool> {
+        let p = self.peers.get_mut(peer)?;
+        let k = p.inflight.iter().find(|(_, (_, hs))| hs.contains(&height)).map(|(k, _)| *k)?;
         let (_, hs) = p.inflight.get_mut(&k).expect("found");
         hs.retain(|h| *h != height);
-        if hs.is_empty() {
+        let done = hs.is_empty();
+        if done {
             p.inflight.remove(&k);
         }
         if let Some(who) = self.asked.get_mut(&height) {
             who.retain(|x| x != peer);
         }
-        true
+        Some(done)
     }
 
     /// A block from `peer`. Errors: [`PoolError::Unsolicited`] when it was
     /// not asked for it (a block not of the path cannot have been).
-    pub fn on_block(&mut self, peer: NodeId, block: Block) -> Result<(), PoolError> {
+    pub fn on_block(&mut self, peer: NodeId, block: Block) -> Result<Arrival, PoolError> {
         let hash = block.hash();
         let height = block.header.height;
-        if self.path.hash_at(height) != Some(hash) || !self.settle(&peer, height) {
+        if self.path.hash_at(height) != Some(hash) {
             return Err(PoolError::Unsolicited(hash));
         }
+        let Some(request_done) = self.settle(&peer, height) else {
+            return Err(PoolError::Unsolicited(hash));
+        };
         let p = self.peers.get_mut(&peer).expect("settled");
         p.delivered += 1;
         p.served += 1;
@@ -353,7 +373,7 @@ impl BlockPool {
             // Whoever else was asked need not answer.
             self.asked.remove(&height);
         }
-        Ok(())
+        Ok(Arrival { request_done, next_ready: self.ready.contains_key(&self.next) })
     }
 
     /// `peer` has no block `hash`. Errors: [`PoolError::Unsolicited`], or
@@ -363,9 +383,10 @@ impl BlockPool {
         let Some(height) = self.path.height_of(hash) else {
             return Err(PoolError::Unsolicited(*hash));
         };
-        if !self.settle(&peer, height) {
+        if self.settle(&peer, height).is_none() {
             return Err(PoolError::Unsolicited(*hash));
         }
+        self.scan_from = self.scan_from.min(height);
         let p = self.peers.get_mut(&peer).expect("settled");
         p.refused_from = Some(p.refused_from.map_or(height, |r| r.min(height)));
         if height <= p.height {
@@ -390,6 +411,7 @@ impl BlockPool {
             if expired.is_empty() {
                 continue;
             }
+            self.scan_from = self.next;
             let p = self.peers.get_mut(&id).expect("listed");
             for (k, hs) in expired {
                 p.inflight.remove(&k);
@@ -428,6 +450,7 @@ impl BlockPool {
     /// are dropped and it leaves the pool, so those heights go to others.
     pub fn rewind(&mut self, height: u64, bad: Option<&NodeId>, rest: Vec<(Block, NodeId)>) {
         self.next = self.next.min(height);
+        self.scan_from = self.next;
         for (b, from) in rest {
             if Some(&from) != bad {
                 self.ready.insert(b.header.height, (b, from));

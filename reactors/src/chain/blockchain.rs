@@ -537,6 +537,7 @@ impl Blockchain {
             headers: Vec::new(),
             hashes: Vec::new(),
             weights: Vec::new(),
+            heights: HashMap::new(),
         })
     }
 
@@ -570,6 +571,7 @@ impl Blockchain {
             };
             check_against_parent(&self.params, h, &parent, anc).map_err(|e| (i, e))?;
             path.headers.push(*h);
+            path.heights.insert(hash, h.height);
             path.hashes.push(hash);
             path.weights.push(weight + work(target));
         }
@@ -836,6 +838,8 @@ pub struct HeaderPath {
     headers: Vec<Header>,
     hashes: Vec<BlockHash>,
     weights: Vec<U256>,
+    /// Height of each hash on the path.
+    heights: HashMap<BlockHash, u64>,
 }
 
 impl HeaderPath {
@@ -885,7 +889,7 @@ impl HeaderPath {
         if *hash == self.fork {
             return Some(self.fork_height);
         }
-        self.hashes.iter().position(|h| h == hash).map(|i| self.fork_height + 1 + i as u64)
+        self.heights.get(hash).copied()
     }
 
     /// The header at `height`.

@@ -171,7 +171,7 @@ impl Store {
         insert_block(&tx, block, hash)?;
         if let Some(m) = main {
             let from = i64::try_from(m.fork_height).map_err(|_| corrupt("height overflow"))?;
-            tx.execute("DELETE FROM main_chain WHERE height > ?1", [from])?;
+            tx.prepare_cached("DELETE FROM main_chain WHERE height > ?1")?.execute([from])?;
             let mut ins =
                 tx.prepare_cached("INSERT INTO main_chain(height, hash) VALUES (?1, ?2)")?;
             for (i, h) in m.hashes.iter().enumerate() {

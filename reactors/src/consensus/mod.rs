@@ -292,19 +292,7 @@ impl ConsensusReactor {
         source: Option<NodeId>,
     ) -> Vec<Result<Processed, BlockError>> {
         let me = self.importer.clone();
-        let run = move || {
-            let mut out = Vec::new();
-            for b in blocks {
-                let r = me.apply(b, source);
-                let stop = r.as_ref().is_err_and(|e| e.is_peer_fault());
-                out.push(r);
-                if stop {
-                    break;
-                }
-            }
-            out
-        };
-        match tokio::task::spawn_blocking(run).await {
+        match tokio::task::spawn_blocking(move || me.apply(blocks, source)).await {
             Ok(v) => v,
             Err(e) => {
                 tracing::error!(error = %e, "block import task failed");
@@ -449,17 +437,44 @@ struct Importer {
 }
 
 impl Importer {
-    /// Holds the chain lock, then the mempool lock, so the mempool follows
-    /// tip changes in the order they happen.
-    fn apply(&self, block: Block, source: Option<NodeId>) -> Result<Processed, BlockError> {
-        let mut chain = self.chain.lock();
-        let p = chain.process_block(block, source, (self.clock)())?;
-        if let Some(tc) = &p.tip_change {
-            self.mempool.lock().apply_tip_change(tc);
-            self.tip.send_replace(tc.new_tip);
-            tracing::info!(height = chain.height(), tip = %tc.new_tip, reorg = tc.disconnected.len(), "new tip");
+    /// Imports `blocks` in order, stopping after the first one its sender
+    /// is to blame for. Holds the chain lock, then the mempool lock, for
+    /// each block, so the mempool follows tip changes in the order they
+    /// happen; the tip watch is told once, at the end (one wake-up per
+    /// batch, not per block, for its subscribers).
+    fn apply(
+        &self,
+        blocks: Vec<Block>,
+        source: Option<NodeId>,
+    ) -> Vec<Result<Processed, BlockError>> {
+        let mut out = Vec::with_capacity(blocks.len());
+        let mut new_tip = None;
+        for block in blocks {
+            let r = {
+                let mut chain = self.chain.lock();
+                let r = chain.process_block(block, source, (self.clock)());
+                if let Ok(Processed { tip_change: Some(tc), .. }) = &r {
+                    self.mempool.lock().apply_tip_change(tc);
+                    new_tip = Some((tc.new_tip, chain.height(), tc.disconnected.len()));
+                }
+                r
+            };
+            let stop = r.as_ref().is_err_and(|e| e.is_peer_fault());
+            out.push(r);
+            if stop {
+                break;
+            }
         }
-        Ok(p)
+        if let Some((tip, height, reorg)) = new_tip {
+            self.tip.send_replace(tip);
+            // One line per mined or relayed block; batches (sync) at debug.
+            if out.len() == 1 {
+                tracing::info!(height, %tip, reorg, "new tip");
+            } else {
+                tracing::debug!(height, %tip, reorg, "new tip");
+            }
+        }
+        out
     }
 }
 
@@ -478,7 +493,7 @@ impl WorkSource for MinerLink {
     }
 
     fn submit(&self, block: Block) {
-        match self.0.importer.apply(block, None) {
+        match self.0.importer.apply(vec![block], None).pop().expect("one result") {
             Ok(p) => {
                 if let Some(rt) = self.0.runtime.get() {
                     let me = self.0.clone();
