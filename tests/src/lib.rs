@@ -1,2 +1,3 @@
-//! Multi-node integration tests, network simulations and end-to-end tests of
-//! the `plexus` binary live here as later issues land (see ARCHITECTURE.md).
+//! Multi-node benchmarks and, as the node lands, end-to-end tests of the
+//! `plexus` binary. Today: `examples/sync_bench.rs` (block sync from four
+//! peers over loopback TCP against local import; see ARCHITECTURE.md).
