@@ -230,6 +230,11 @@ impl BlockSyncReactor {
             self.round(sw, &peer, claim).await;
             *self.pool.lock() = None;
             self.consensus.set_syncing(false);
+            if self.chain().lock().height() == ours.height {
+                // A round that moved nothing (a peer refused or timed
+                // out): pause before the next, rather than spin.
+                tokio::time::sleep(self.cfg.status_wait).await;
+            }
         }
     }
 
@@ -344,6 +349,7 @@ impl BlockSyncReactor {
         let mut last_log = Instant::now();
         let mut last_status = Instant::now();
         let mut seen_gen = u64::MAX;
+        let mut idle_since: Option<Instant> = None;
         loop {
             let now = Instant::now();
             // Peers whose status arrived since: into the pool at once.
@@ -367,6 +373,7 @@ impl BlockSyncReactor {
                     sw.stop_peer_for_error(&p, "block sync requests timed out").await;
                 }
             }
+            let requests_sent = requests.len();
             for r in requests {
                 self.send_request(sw, r);
             }
@@ -382,6 +389,16 @@ impl BlockSyncReactor {
             if pool_peers == 0 && inflight == 0 && waiting == 0 {
                 tracing::info!("block sync: no peer left to fetch from; new round");
                 return;
+            }
+            // Peers left, but none can serve what is missing.
+            if inflight == 0 && waiting == 0 && requests_sent == 0 {
+                let since = *idle_since.get_or_insert(now);
+                if now.duration_since(since) >= self.cfg.pool.request_timeout {
+                    tracing::info!("block sync: no peer serves the missing blocks; new round");
+                    return;
+                }
+            } else {
+                idle_since = None;
             }
             let since = now.duration_since(last_log);
             if since >= self.cfg.log_interval {
