@@ -158,6 +158,13 @@ fn msg(sum: Sum) -> pb::Message {
     pb::Message { sum: Some(sum) }
 }
 
+/// The bytes of `Message{BlockResponse{block}}` from an encoded block,
+/// through the wire-identical `Encoded*` messages.
+fn encoded_block_response(block: Vec<u8>) -> Vec<u8> {
+    let response = pb::EncodedBlockResponse { block: block.into() }.encode_to_vec();
+    pb::EncodedMessage { block_response: response.into() }.encode_to_vec()
+}
+
 impl BlockSyncReactor {
     /// A reactor that applies blocks through `consensus` (its chain,
     /// mempool and tip watch).
@@ -718,20 +725,23 @@ impl Reactor for BlockSyncReactor {
                 let chain = self.chain().clone();
                 let found = tokio::task::spawn_blocking(move || {
                     let c = chain.lock();
-                    hashes.into_iter().map(|h| (h, c.block(&h).ok().flatten())).collect::<Vec<_>>()
+                    hashes
+                        .into_iter()
+                        .map(|h| (h, c.block_encoded(&h).ok().flatten()))
+                        .collect::<Vec<_>>()
                 })
                 .await
                 .unwrap_or_default();
                 for (hash, block) in found {
-                    let reply = match block {
-                        Some(b) => {
-                            Sum::BlockResponse(pb::BlockResponse { block: Some(b.to_proto()) })
-                        }
-                        None => Sum::NoBlockResponse(pb::NoBlockResponse {
+                    let bytes = match block {
+                        // Stored bytes go out as they are (no decode).
+                        Some(b) => encoded_block_response(b),
+                        None => msg(Sum::NoBlockResponse(pb::NoBlockResponse {
                             hash: hash.0.to_vec().into(),
-                        }),
+                        }))
+                        .encode_to_vec(),
                     };
-                    if peer.send_msg(BLOCKSYNC_CHANNEL, &msg(reply)).await.is_err() {
+                    if peer.send(BLOCKSYNC_CHANNEL, bytes).await.is_err() {
                         return;
                     }
                 }
@@ -776,5 +786,28 @@ impl Reactor for BlockSyncReactor {
             }
             None => sw.report(peer, protocol("empty block sync message".into())).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::tests::{add, chain, child_with, params, T};
+
+    #[test]
+    fn served_block_bytes_decode_as_a_block_response() {
+        let p = params(0);
+        let mut c = chain(&p);
+        let txs = vec![bytes::Bytes::from_static(b"one"), bytes::Bytes::from(vec![7u8; 300])];
+        let b = child_with(&c, &p.genesis_hash, T, txs);
+        let h = b.hash();
+        add(&mut c, b).unwrap();
+        let block = c.block(&h).unwrap().unwrap();
+        let bytes = encoded_block_response(c.block_encoded(&h).unwrap().unwrap());
+        assert_eq!(
+            bytes,
+            msg(Sum::BlockResponse(pb::BlockResponse { block: Some(block.to_proto()) }))
+                .encode_to_vec()
+        );
     }
 }

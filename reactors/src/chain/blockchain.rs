@@ -364,6 +364,11 @@ impl Blockchain {
         self.store.block(hash)
     }
 
+    /// A stored block, protobuf-encoded (see [`Store::block_encoded`]).
+    pub fn block_encoded(&self, hash: &BlockHash) -> Result<Option<Vec<u8>>, StoreError> {
+        self.store.block_encoded(hash)
+    }
+
     /// The store (read access).
     pub fn store(&self) -> &Store {
         &self.store

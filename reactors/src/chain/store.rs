@@ -233,6 +233,25 @@ impl Store {
         Ok(Some(Block { header: Header::from_bytes(bytes), txs: body.txs }))
     }
 
+    /// A stored block as its protobuf `plexus.chain.Block` encoding,
+    /// without decoding its transactions: the header field, then the
+    /// stored body (which holds only the `txs` field; protobuf encodings
+    /// concatenate).
+    pub fn block_encoded(&self, hash: &BlockHash) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut st = self.conn.prepare_cached("SELECT header, txs FROM blocks WHERE hash = ?1")?;
+        let row: Option<(Vec<u8>, Vec<u8>)> =
+            st.query_row([&hash.0[..]], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+        let Some((header, txs)) = row else { return Ok(None) };
+        let bytes: &[u8; Header::SIZE] =
+            header.as_slice().try_into().map_err(|_| corrupt("a header is not 96 bytes"))?;
+        let head =
+            pb::Block { header: Some(Header::from_bytes(bytes).to_proto()), txs: Vec::new() };
+        let mut out = Vec::with_capacity(head.encoded_len() + txs.len());
+        head.encode(&mut out).expect("a Vec grows");
+        out.extend_from_slice(&txs);
+        Ok(Some(out))
+    }
+
     /// How many blocks are stored.
     pub fn block_count(&self) -> Result<u64, StoreError> {
         Ok(self.conn.query_row("SELECT COUNT(*) FROM blocks", [], |r| r.get::<_, i64>(0))? as u64)
