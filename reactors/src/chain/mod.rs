@@ -16,6 +16,8 @@ pub use blockchain::{
     TipChange, TipInfo,
 };
 pub use params::{Genesis, GenesisError, NetworkParams};
+/// The 256-bit unsigned integer of targets and weights (`ruint`).
+pub use ruint::aliases::U256;
 pub use store::{Store, StoreError};
 
 /// Why a block was refused. Each consensus rule has its own variant (see

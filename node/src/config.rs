@@ -1,0 +1,263 @@
+//! `config.toml`: the node's settings, each with a documented default.
+//! Command-line flags override them (see `main.rs`).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The whole file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// A human name shown to peers. Default "plexus".
+    pub moniker: String,
+    /// Peer-to-peer settings.
+    pub p2p: P2pConfig,
+    /// The web page, JSON-RPC and metrics.
+    pub rpc: RpcConfig,
+    /// Mining.
+    pub mining: MiningConfig,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+/// `[p2p]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct P2pConfig {
+    /// Address to listen on. Default "0.0.0.0".
+    pub host: String,
+    /// TCP port. Default 26656.
+    pub port: u16,
+    /// Well-known peers to join through: "id@host:port" or "host:port".
+    /// Default none.
+    pub peers: Vec<String>,
+    /// Run as a seed (introducer): answer PEX, keep no peers. Default false.
+    pub seed_mode: bool,
+    /// Most inbound peers. Default 40.
+    pub max_inbound: usize,
+    /// Outbound peers the address book keeps dialing for. Default 10.
+    pub max_outbound: usize,
+    /// Keep only routable addresses in the address book (false for a
+    /// local network). Default true.
+    pub addr_book_strict: bool,
+    /// How often the address book fills free outbound slots, seconds.
+    /// Default 30.
+    pub pex_period_s: u64,
+}
+
+/// `[rpc]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RpcConfig {
+    /// Address to listen on. Default "127.0.0.1" (local only).
+    pub host: String,
+    /// TCP port of the web page, JSON-RPC and /metrics. Default 26657.
+    pub port: u16,
+    /// Allow the methods that change the node (dial_peers, stop_peer,
+    /// stop_node). Default false.
+    #[serde(rename = "unsafe")]
+    pub unsafe_methods: bool,
+}
+
+/// `[mining]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MiningConfig {
+    /// Mine blocks. Default false.
+    pub enabled: bool,
+    /// Miner threads. Default 1.
+    pub threads: usize,
+}
+
+/// `[log]`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// A `RUST_LOG`-style filter; the environment variable wins. Default
+    /// "info".
+    pub filter: String,
+    /// "text" or "json". Default "text".
+    pub format: String,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            moniker: "plexus".into(),
+            p2p: P2pConfig::default(),
+            rpc: RpcConfig::default(),
+            mining: MiningConfig::default(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for P2pConfig {
+    fn default() -> Self {
+        P2pConfig {
+            host: "0.0.0.0".into(),
+            port: 26656,
+            peers: Vec::new(),
+            seed_mode: false,
+            max_inbound: 40,
+            max_outbound: 10,
+            addr_book_strict: true,
+            pex_period_s: 30,
+        }
+    }
+}
+
+impl Default for RpcConfig {
+    fn default() -> Self {
+        RpcConfig { host: "127.0.0.1".into(), port: 26657, unsafe_methods: false }
+    }
+}
+
+impl Default for MiningConfig {
+    fn default() -> Self {
+        MiningConfig { enabled: false, threads: 1 }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { filter: "info".into(), format: "text".into() }
+    }
+}
+
+/// The files of a home directory.
+#[derive(Clone, Debug)]
+pub struct Home(pub PathBuf);
+
+impl Home {
+    /// `--home`, else `$PLEXUS_HOME`, else `~/.plexus`.
+    pub fn resolve(flag: Option<PathBuf>) -> Home {
+        let dir = flag
+            .or_else(|| std::env::var_os("PLEXUS_HOME").map(PathBuf::from))
+            .unwrap_or_else(|| {
+                let home =
+                    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| ".".into());
+                home.join(".plexus")
+            });
+        Home(dir)
+    }
+    /// `config.toml`.
+    pub fn config(&self) -> PathBuf {
+        self.0.join("config.toml")
+    }
+    /// `node_key.json`.
+    pub fn node_key(&self) -> PathBuf {
+        self.0.join("node_key.json")
+    }
+    /// `genesis.json`.
+    pub fn genesis(&self) -> PathBuf {
+        self.0.join("genesis.json")
+    }
+    /// `data/addrbook.json`.
+    pub fn addrbook(&self) -> PathBuf {
+        self.0.join("data/addrbook.json")
+    }
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl NodeConfig {
+    /// Reads `path`. Errors name the file and the bad field.
+    pub fn load(path: &Path) -> anyhow::Result<NodeConfig> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
+
+    /// The file as written by `plexus init`: every field with a comment
+    /// giving its meaning, unit and default.
+    pub fn render(&self) -> String {
+        let q = |s: &str| toml::Value::String(s.to_string()).to_string();
+        let peers = self.p2p.peers.iter().map(|p| q(p)).collect::<Vec<_>>().join(", ");
+        format!(
+            r#"# Plexus node configuration. Flags of `plexus start` override these.
+
+# A human name shown to peers (default "plexus").
+moniker = {moniker}
+
+[p2p]
+# Address to listen on (default "0.0.0.0").
+host = {p2p_host}
+# TCP port for peers (default 26656; flag -p).
+port = {p2p_port}
+# Well-known peers to join through, "id@host:port" or "host:port" (default none; flag -k).
+peers = [{peers}]
+# Run as a seed/introducer: answer address requests, keep no peers (default false).
+seed_mode = {seed}
+# Most inbound peers (default 40).
+max_inbound = {max_in}
+# Outbound peers to keep (default 10).
+max_outbound = {max_out}
+# Keep only routable addresses in the address book; false for a local network (default true).
+addr_book_strict = {strict}
+# How often the address book fills free outbound slots, seconds (default 30).
+pex_period_s = {pex_period}
+
+[rpc]
+# Address of the web page, JSON-RPC and /metrics (default "127.0.0.1": local only).
+host = {rpc_host}
+# Its TCP port (default 26657; flag -i).
+port = {rpc_port}
+# Allow dial_peers, stop_peer and stop_node (default false).
+unsafe = {unsafe_methods}
+
+[mining]
+# Mine blocks (default false; flag -m).
+enabled = {mine}
+# Miner threads (default 1; flag --mine-threads).
+threads = {threads}
+
+[log]
+# RUST_LOG-style filter; the RUST_LOG environment variable wins (default "info").
+filter = {filter}
+# "text" or "json" (default "text"; flag --log-format).
+format = {format}
+"#,
+            moniker = q(&self.moniker),
+            p2p_host = q(&self.p2p.host),
+            p2p_port = self.p2p.port,
+            seed = self.p2p.seed_mode,
+            max_in = self.p2p.max_inbound,
+            max_out = self.p2p.max_outbound,
+            strict = self.p2p.addr_book_strict,
+            pex_period = self.p2p.pex_period_s,
+            rpc_host = q(&self.rpc.host),
+            rpc_port = self.rpc.port,
+            unsafe_methods = self.rpc.unsafe_methods,
+            mine = self.mining.enabled,
+            threads = self.mining.threads,
+            filter = q(&self.log.filter),
+            format = q(&self.log.format),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendered_file_reads_back() {
+        let mut c = NodeConfig::default();
+        c.p2p.peers = vec!["127.0.0.1:26656".into()];
+        c.mining.enabled = true;
+        let back: NodeConfig = toml::from_str(&c.render()).unwrap();
+        assert_eq!(back, c);
+        let default: NodeConfig = toml::from_str(&NodeConfig::default().render()).unwrap();
+        assert_eq!(default, NodeConfig::default());
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_with_their_name() {
+        let e = toml::from_str::<NodeConfig>("[p2p]\nprot = 1\n").unwrap_err();
+        assert!(e.to_string().contains("prot"), "{e}");
+    }
+}

@@ -1,0 +1,244 @@
+//! A running node: the switch over TCP with the PEX, consensus, mempool
+//! and block sync reactors, the chain in `<home>/data/chain.sqlite`, the
+//! optional miner, and the web/RPC server.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use parking_lot::Mutex;
+use plexus_p2p::{NetAddress, NodeInfo, NodeKey, NodeType, Switch, SwitchConfig, TcpTransport};
+use plexus_reactors::blocksync::{BlockSyncConfig, BlockSyncReactor};
+use plexus_reactors::chain::{Blockchain, BlockchainConfig, NetworkParams, Store};
+use plexus_reactors::consensus::{ConsensusConfig, ConsensusReactor};
+use plexus_reactors::mempool::{MempoolConfig, MempoolReactor};
+use plexus_reactors::mining::{Miner, MinerConfig};
+use plexus_reactors::pex::{AddrBook, AddrBookConfig, PexConfig, PexReactor};
+use rand::SeedableRng;
+use tokio::sync::Notify;
+
+use crate::config::{Home, NodeConfig};
+
+/// Writes what a home directory lacks: `config.toml` (from `cfg`),
+/// `node_key.json` (0600) and `genesis.json` (a copy of `genesis`, or the
+/// embedded devnet). Existing files are kept.
+pub fn init(
+    home: &Home,
+    cfg: &NodeConfig,
+    genesis: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(home.dir())
+        .with_context(|| format!("creating {}", home.dir().display()))?;
+    if !home.config().exists() {
+        std::fs::write(home.config(), cfg.render())
+            .with_context(|| format!("writing {}", home.config().display()))?;
+    }
+    NodeKey::load_or_generate(home.node_key())
+        .with_context(|| format!("node key {}", home.node_key().display()))?;
+    if !home.genesis().exists() {
+        let text = match genesis {
+            Some(path) => {
+                // Refuse a bad file now rather than at start.
+                NetworkParams::load(path)?;
+                std::fs::read_to_string(path)?
+            }
+            None => serde_json::to_string_pretty(&NetworkParams::devnet().genesis)?,
+        };
+        std::fs::write(home.genesis(), text)?;
+    }
+    Ok(())
+}
+
+/// A peer given as `-k`: with its id, or an address to dial and learn.
+#[derive(Clone, Debug)]
+pub enum PeerArg {
+    /// `id@host:port`.
+    Known(NetAddress),
+    /// `host:port`.
+    Unknown(String),
+}
+
+impl PeerArg {
+    /// Parses `id@host:port` or `host:port`.
+    pub fn parse(s: &str) -> anyhow::Result<PeerArg> {
+        if s.contains('@') {
+            Ok(PeerArg::Known(s.parse().map_err(|e| anyhow::anyhow!("peer {s}: {e}"))?))
+        } else if s.rsplit_once(':').is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+        {
+            Ok(PeerArg::Unknown(s.to_string()))
+        } else {
+            anyhow::bail!("peer {s}: expected id@host:port or host:port")
+        }
+    }
+}
+
+/// The running node.
+pub struct Node {
+    /// Its home directory.
+    pub home: Home,
+    /// Its configuration (flags applied).
+    pub cfg: NodeConfig,
+    /// The network.
+    pub params: Arc<NetworkParams>,
+    /// The switch.
+    pub sw: Switch,
+    /// Chain and block gossip.
+    pub cons: Arc<ConsensusReactor>,
+    /// Transactions.
+    pub mem: Arc<MempoolReactor>,
+    /// Catching up.
+    pub sync: Arc<BlockSyncReactor>,
+    /// Peer discovery.
+    pub pex: Arc<PexReactor>,
+    /// The miner, when mining.
+    pub miner: Mutex<Option<Miner>>,
+    /// Where the web page and RPC listen.
+    pub rpc_addr: SocketAddr,
+    /// When it started.
+    pub started: Instant,
+    /// Notified by `stop_node` (RPC) to shut down.
+    pub stop_requested: Notify,
+    /// The metrics registry (switch series and node gauges).
+    pub metrics: crate::rpc::Metrics,
+}
+
+impl Node {
+    /// Starts a node from `home` (initialising what is missing) with
+    /// `cfg`. Errors: unreadable files, a store of another network or a
+    /// newer schema, ports in use.
+    pub async fn start(home: Home, cfg: NodeConfig) -> anyhow::Result<Arc<Node>> {
+        init(&home, &cfg, None)?;
+        let key = NodeKey::load(home.node_key())?;
+        let params = Arc::new(NetworkParams::load(&home.genesis())?);
+        let store = Store::open_in_home(home.dir())?;
+        let chain = Blockchain::open(params.clone(), store, BlockchainConfig::default())?;
+        let mem = Arc::new(MempoolReactor::new(MempoolConfig::default()));
+        let chain = Arc::new(Mutex::new(chain));
+        let cons =
+            Arc::new(ConsensusReactor::new(ConsensusConfig::default(), chain, mem.pool().clone()));
+        let sync = Arc::new(BlockSyncReactor::new(BlockSyncConfig::default(), cons.clone()));
+
+        let peers =
+            cfg.p2p.peers.iter().map(|p| PeerArg::parse(p)).collect::<anyhow::Result<Vec<_>>>()?;
+        let seeds: Vec<NetAddress> = peers
+            .iter()
+            .filter_map(|p| if let PeerArg::Known(a) = p { Some(a.clone()) } else { None })
+            .collect();
+        let book_cfg =
+            AddrBookConfig { strict: cfg.p2p.addr_book_strict, ..AddrBookConfig::default() };
+        let book =
+            AddrBook::load(book_cfg, &home.addrbook(), Box::new(rand::rngs::StdRng::from_os_rng()));
+        let pex_cfg = PexConfig {
+            seeds,
+            book_path: Some(home.addrbook()),
+            seed_mode: cfg.p2p.seed_mode,
+            ensure_peers_period: std::time::Duration::from_secs(cfg.p2p.pex_period_s.max(1)),
+            ..PexConfig::default()
+        };
+        let pex = Arc::new(PexReactor::new(pex_cfg, book));
+
+        let mut info = NodeInfo::new(&params.network_id(), &cfg.moniker);
+        info.node_type = if cfg.p2p.seed_mode {
+            NodeType::Introducer
+        } else if cfg.mining.enabled {
+            NodeType::Miner
+        } else {
+            NodeType::FullNode
+        };
+        let listen: SocketAddr = format!("{}:{}", cfg.p2p.host, cfg.p2p.port)
+            .parse()
+            .with_context(|| format!("p2p listen address {}:{}", cfg.p2p.host, cfg.p2p.port))?;
+        let sw_cfg = SwitchConfig {
+            listen_addr: Some(listen),
+            max_inbound: cfg.p2p.max_inbound,
+            max_outbound: cfg.p2p.max_outbound,
+            ..SwitchConfig::default()
+        };
+        let sw = Switch::builder(key, info, sw_cfg, TcpTransport)
+            .shared_reactor(pex.clone())
+            .shared_reactor(cons.clone())
+            .shared_reactor(mem.clone())
+            .shared_reactor(sync.clone())
+            .build()?;
+        sw.start().await.with_context(|| format!("listening for peers on {listen}"))?;
+        pex.start(&sw);
+        cons.start(&sw);
+        mem.start(&sw);
+        sync.start(&sw);
+        for p in peers {
+            let sw = sw.clone();
+            tokio::spawn(async move {
+                let r = match &p {
+                    PeerArg::Known(a) => sw.dial(a).await.map(|_| ()).map_err(|e| e.to_string()),
+                    PeerArg::Unknown(hp) => match tokio::net::lookup_host(hp.as_str()).await {
+                        Ok(mut addrs) => match addrs.next() {
+                            Some(a) => {
+                                sw.dial_unknown(a).await.map(|_| ()).map_err(|e| e.to_string())
+                            }
+                            None => Err("the address resolves to nothing".to_string()),
+                        },
+                        Err(e) => Err(format!("the address does not resolve: {e}")),
+                    },
+                };
+                if let Err(e) = r {
+                    tracing::warn!(peer = ?p, reason = %e, "could not join through peer");
+                }
+            });
+        }
+        let miner = cfg.mining.enabled.then(|| {
+            let mc = MinerConfig { threads: cfg.mining.threads.max(1), ..MinerConfig::default() };
+            cons.start_miner(mc, mem.watch_added())
+        });
+        let rpc_listen: SocketAddr = format!("{}:{}", cfg.rpc.host, cfg.rpc.port)
+            .parse()
+            .with_context(|| format!("rpc listen address {}:{}", cfg.rpc.host, cfg.rpc.port))?;
+        let listener = tokio::net::TcpListener::bind(rpc_listen)
+            .await
+            .with_context(|| format!("listening for the web page and RPC on {rpc_listen}"))?;
+        let rpc_addr = listener.local_addr()?;
+        let metrics = crate::rpc::Metrics::new(&sw);
+        let node = Arc::new(Node {
+            home,
+            cfg,
+            params,
+            sw,
+            cons,
+            mem,
+            sync,
+            pex,
+            miner: Mutex::new(miner),
+            rpc_addr,
+            started: Instant::now(),
+            stop_requested: Notify::new(),
+            metrics,
+        });
+        crate::rpc::serve(node.clone(), listener);
+        tracing::info!(
+            node_id = %node.sw.node_id(),
+            p2p = ?node.sw.listen_addr(),
+            web = %format!("http://{rpc_addr}"),
+            network = %node.params.network_id(),
+            height = node.cons.chain().lock().height(),
+            "node started"
+        );
+        Ok(node)
+    }
+
+    /// Stops mining, disconnects peers gracefully, saves the address book;
+    /// the store closes when the last handle drops.
+    pub async fn shutdown(&self) {
+        let miner = self.miner.lock().take();
+        if let Some(m) = miner {
+            let _ = tokio::task::spawn_blocking(move || m.stop()).await;
+        }
+        self.sw.stop().await;
+        self.pex.save();
+        tracing::info!(height = self.cons.chain().lock().height(), "node stopped");
+    }
+
+    /// The `id@host:port` peers can dial.
+    pub fn p2p_address(&self) -> Option<NetAddress> {
+        self.sw.net_address()
+    }
+}

@@ -1,0 +1,462 @@
+//! The web port: the live web page at `/`, JSON-RPC 2.0 over `POST /` (as
+//! CometBFT accepts it), the same methods as `GET /<method>?param=…`, and
+//! Prometheus metrics at `/metrics`.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use bytes::Bytes;
+use plexus_p2p::{NetAddress, NodeId, Switch};
+use plexus_reactors::chain::{Block, Hash, Header, U256};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use serde_json::{json, Value};
+
+use crate::node::Node;
+
+/// JSON-RPC error codes (the spec's, plus ours from -32000 down).
+pub mod code {
+    /// Not JSON.
+    pub const PARSE: i64 = -32700;
+    /// Not a JSON-RPC request.
+    pub const INVALID_REQUEST: i64 = -32600;
+    /// No such method.
+    pub const METHOD_NOT_FOUND: i64 = -32601;
+    /// Bad parameters.
+    pub const INVALID_PARAMS: i64 = -32602;
+    /// The node failed (store error).
+    pub const INTERNAL: i64 = -32603;
+    /// A method that changes the node, with `rpc.unsafe = false`.
+    pub const NOT_ALLOWED: i64 = -32000;
+    /// No such block.
+    pub const NOT_FOUND: i64 = -32001;
+    /// The mempool refused the transaction.
+    pub const TX_REFUSED: i64 = -32002;
+}
+
+/// A JSON-RPC error object.
+#[derive(Debug)]
+pub struct RpcError {
+    /// One of [`code`].
+    pub code: i64,
+    /// What went wrong, for a person.
+    pub message: String,
+}
+
+fn err(code: i64, message: impl Into<String>) -> RpcError {
+    RpcError { code, message: message.into() }
+}
+
+/// The node's metrics: the switch's series plus gauges read at scrape.
+pub struct Metrics {
+    registry: parking_lot::Mutex<Registry>,
+    height: Gauge,
+    weight_log2: Gauge<f64, AtomicU64>,
+    mempool_txs: Gauge,
+    mempool_bytes: Gauge,
+    hash_rate: Gauge<f64, AtomicU64>,
+    sync_target: Gauge,
+    syncing: Gauge,
+    blocks_found: Gauge,
+}
+
+impl Metrics {
+    /// A registry with `sw`'s series and the node gauges.
+    pub fn new(sw: &Switch) -> Metrics {
+        let mut r = Registry::with_prefix("plexus");
+        sw.metrics().register(&mut r);
+        let m = Metrics {
+            registry: parking_lot::Mutex::new(Registry::default()),
+            height: Gauge::default(),
+            weight_log2: Gauge::default(),
+            mempool_txs: Gauge::default(),
+            mempool_bytes: Gauge::default(),
+            hash_rate: Gauge::default(),
+            sync_target: Gauge::default(),
+            syncing: Gauge::default(),
+            blocks_found: Gauge::default(),
+        };
+        r.register("chain_height", "Main-chain height", m.height.clone());
+        r.register(
+            "chain_weight_log2",
+            "log2 of the main chain's cumulative work",
+            m.weight_log2.clone(),
+        );
+        r.register("mempool_txs", "Transactions in the mempool", m.mempool_txs.clone());
+        r.register(
+            "mempool_bytes",
+            "Bytes of transactions in the mempool",
+            m.mempool_bytes.clone(),
+        );
+        r.register("miner_hash_rate", "Miner hashes per second", m.hash_rate.clone());
+        r.register("miner_blocks_found", "Blocks this node mined", m.blocks_found.clone());
+        r.register(
+            "sync_target_height",
+            "Target height of the running block sync round",
+            m.sync_target.clone(),
+        );
+        r.register("syncing", "1 while a block sync round runs", m.syncing.clone());
+        *m.registry.lock() = r;
+        m
+    }
+
+    fn render(&self, node: &Node) -> String {
+        {
+            let c = node.cons.chain().lock();
+            self.height.set(c.height() as i64);
+            let w = c.weight();
+            self.weight_log2.set(w.bit_len() as f64 - 1.0 + fraction(w));
+        }
+        {
+            let p = node.mem.pool().lock();
+            self.mempool_txs.set(p.len() as i64);
+            self.mempool_bytes.set(p.bytes() as i64);
+        }
+        if let Some(m) = node.miner.lock().as_ref() {
+            self.hash_rate.set(m.hash_rate());
+            self.blocks_found.set(m.blocks_found() as i64);
+        }
+        let prog = node.sync.watch_progress().borrow().clone();
+        self.sync_target.set(prog.target_height as i64);
+        self.syncing.set(prog.syncing as i64);
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry.lock());
+        out
+    }
+}
+
+/// The fractional part of log2(w), from its top bits.
+fn fraction(w: U256) -> f64 {
+    let bits = w.bit_len();
+    if bits <= 1 {
+        return 0.0;
+    }
+    let top = if bits > 53 { (w >> (bits - 53)).to::<u64>() } else { w.to::<u64>() << (53 - bits) };
+    (top as f64 / (1u64 << 52) as f64).log2()
+}
+
+/// Serves the router on `listener` until the node's switch stops.
+pub fn serve(node: Arc<Node>, listener: tokio::net::TcpListener) {
+    let sw = node.sw.clone();
+    let app = router(node);
+    tokio::spawn(async move {
+        let stopped = async move { sw.stopped().await };
+        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
+            tracing::error!(error = %e, "web/RPC server failed");
+        }
+    });
+}
+
+/// The routes.
+pub fn router(node: Arc<Node>) -> Router {
+    Router::new()
+        .route("/", get(index).post(jsonrpc))
+        .route("/metrics", get(metrics))
+        .route("/{method}", get(get_method))
+        .with_state(node)
+}
+
+async fn index() -> Html<&'static str> {
+    Html(include_str!("web/index.html"))
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    let body = node.metrics.render(&node);
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
+        .into_response()
+}
+
+fn reply(id: Value, r: Result<Value, RpcError>) -> Value {
+    match r {
+        Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
+        Err(e) => {
+            json!({"jsonrpc": "2.0", "id": id, "error": {"code": e.code, "message": e.message}})
+        }
+    }
+}
+
+async fn jsonrpc(State(node): State<Arc<Node>>, body: Bytes) -> Json<Value> {
+    let req: Value = match serde_json::from_slice(&body) {
+        Ok(v) => v,
+        Err(e) => return Json(reply(Value::Null, Err(err(code::PARSE, format!("not JSON: {e}"))))),
+    };
+    let id = req.get("id").cloned().unwrap_or(Value::Null);
+    let Some(method) = req.get("method").and_then(Value::as_str) else {
+        return Json(reply(id, Err(err(code::INVALID_REQUEST, "no method"))));
+    };
+    let params = req.get("params").cloned().unwrap_or(json!({}));
+    Json(reply(id, call(&node, method, params).await))
+}
+
+async fn get_method(
+    State(node): State<Arc<Node>>,
+    Path(method): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    // CometBFT's URI form: params as query strings, quoted strings allowed.
+    let params: serde_json::Map<String, Value> = q
+        .into_iter()
+        .map(|(k, v)| {
+            let v = serde_json::from_str::<Value>(&v).unwrap_or(Value::String(v));
+            (k, v)
+        })
+        .collect();
+    let r = call(&node, &method, Value::Object(params)).await;
+    let status = match &r {
+        Ok(_) => StatusCode::OK,
+        Err(e) if e.code == code::METHOD_NOT_FOUND || e.code == code::NOT_FOUND => {
+            StatusCode::NOT_FOUND
+        }
+        Err(e) if e.code == code::NOT_ALLOWED => StatusCode::FORBIDDEN,
+        Err(e) if e.code == code::INTERNAL => StatusCode::INTERNAL_SERVER_ERROR,
+        Err(_) => StatusCode::BAD_REQUEST,
+    };
+    (status, Json(reply(json!(-1), r))).into_response()
+}
+
+fn param<'a>(p: &'a Value, name: &str) -> Option<&'a Value> {
+    p.get(name).filter(|v| !v.is_null())
+}
+
+fn u64_param(p: &Value, name: &str) -> Result<Option<u64>, RpcError> {
+    match param(p, name) {
+        None => Ok(None),
+        Some(v) => {
+            v.as_u64().or_else(|| v.as_str().and_then(|s| s.parse().ok())).map(Some).ok_or_else(
+                || err(code::INVALID_PARAMS, format!("{name} must be a non-negative integer")),
+            )
+        }
+    }
+}
+
+fn header_json(hash: &Hash, h: &Header) -> Value {
+    json!({
+        "hash": hash.to_string(),
+        "height": h.height,
+        "prev_hash": h.prev_hash.to_string(),
+        "merkle_root": h.merkle_root.to_string(),
+        "timestamp_ms": h.timestamp_ms,
+        "bits": format!("{:#010x}", h.bits),
+        "nonce": h.nonce,
+        "version": h.version,
+    })
+}
+
+fn tx_text(tx: &[u8]) -> Value {
+    match std::str::from_utf8(tx) {
+        Ok(s) => json!(s),
+        Err(_) => json!(format!("0x{}", hex::encode(tx))),
+    }
+}
+
+fn block_json(b: &Block) -> Value {
+    let mut v = header_json(&b.hash(), &b.header);
+    v["txs"] = Value::Array(b.txs.iter().map(|t| tx_text(t)).collect());
+    v["size"] = json!(b.size());
+    v
+}
+
+fn require_unsafe(node: &Node) -> Result<(), RpcError> {
+    if node.cfg.rpc.unsafe_methods {
+        Ok(())
+    } else {
+        Err(err(code::NOT_ALLOWED, "method not allowed: set rpc.unsafe = true in config.toml"))
+    }
+}
+
+/// Runs one method. Both the JSON-RPC and the GET forms end here.
+pub async fn call(node: &Arc<Node>, method: &str, p: Value) -> Result<Value, RpcError> {
+    match method {
+        "status" => Ok(status(node)),
+        "net_info" => Ok(net_info(node)),
+        "tips" => {
+            let c = node.cons.chain().lock();
+            let tips: Vec<Value> = c
+                .tips()
+                .iter()
+                .map(|t| json!({"hash": t.hash.to_string(), "height": t.height, "weight": t.weight.to_string()}))
+                .collect();
+            Ok(json!({ "tips": tips }))
+        }
+        "block" => {
+            let c = node.cons.chain().lock();
+            let hash = match (u64_param(&p, "height")?, param(&p, "hash")) {
+                (Some(h), _) => c
+                    .height_to_hash(h)
+                    .ok_or_else(|| err(code::NOT_FOUND, format!("no block at height {h}")))?,
+                (None, Some(v)) => v
+                    .as_str()
+                    .and_then(|s| s.parse::<Hash>().ok())
+                    .ok_or_else(|| err(code::INVALID_PARAMS, "hash must be 64 hex digits"))?,
+                (None, None) => c.tip(),
+            };
+            let block = c.block(&hash).map_err(|e| err(code::INTERNAL, e.to_string()))?;
+            let block = block.ok_or_else(|| err(code::NOT_FOUND, format!("no block {hash}")))?;
+            let mut v = block_json(&block);
+            v["main_chain"] = json!(c.on_main(&hash));
+            Ok(v)
+        }
+        "blockchain" => {
+            let c = node.cons.chain().lock();
+            let max = u64_param(&p, "max_height")?.unwrap_or(c.height()).min(c.height());
+            let min = u64_param(&p, "min_height")?.unwrap_or(max.saturating_sub(19));
+            if min > max {
+                return Err(err(
+                    code::INVALID_PARAMS,
+                    format!("min_height {min} is above max_height {max}"),
+                ));
+            }
+            // At most 20 headers, newest first (as CometBFT).
+            let min = min.max(max.saturating_sub(19));
+            let mut headers = Vec::new();
+            for h in (min..=max).rev() {
+                let hash = c.height_to_hash(h).expect("within the main chain");
+                let header = c.header(&hash).expect("main chain headers are known");
+                let mut v = header_json(&hash, header);
+                if let Ok(Some(b)) = c.block(&hash) {
+                    v["n_txs"] = json!(b.txs.len());
+                }
+                headers.push(v);
+            }
+            Ok(json!({ "last_height": c.height(), "headers": headers }))
+        }
+        "mempool" => {
+            let m = node.mem.pool().lock();
+            let limit = u64_param(&p, "limit")?.unwrap_or(30) as usize;
+            let txs: Vec<Value> = m
+                .iter()
+                .take(limit)
+                .map(|(id, t)| json!({"hash": id.to_string(), "tx": tx_text(t)}))
+                .collect();
+            Ok(json!({ "n_txs": m.len(), "bytes": m.bytes(), "txs": txs }))
+        }
+        "broadcast_tx" => {
+            let tx = param(&p, "tx")
+                .and_then(Value::as_str)
+                .ok_or_else(|| err(code::INVALID_PARAMS, "tx must be a string"))?;
+            let id = node
+                .mem
+                .submit(Bytes::from(tx.as_bytes().to_vec()))
+                .map_err(|e| err(code::TX_REFUSED, e.to_string()))?;
+            Ok(json!({ "hash": id.to_string() }))
+        }
+        "dial_peers" => {
+            require_unsafe(node)?;
+            let list = param(&p, "peers")
+                .and_then(Value::as_array)
+                .ok_or_else(|| err(code::INVALID_PARAMS, "peers must be a list of id@host:port"))?;
+            let mut addrs = Vec::new();
+            for v in list {
+                let s = v.as_str().unwrap_or_default();
+                let a: NetAddress =
+                    s.parse().map_err(|e| err(code::INVALID_PARAMS, format!("peer {s}: {e}")))?;
+                addrs.push(a);
+            }
+            let persistent = param(&p, "persistent").and_then(Value::as_bool).unwrap_or(false);
+            let sw = node.sw.clone();
+            let n = addrs.len();
+            tokio::spawn(async move {
+                sw.dial_peers(addrs, persistent).await;
+            });
+            Ok(json!({ "dialing": n, "persistent": persistent }))
+        }
+        "stop_peer" => {
+            require_unsafe(node)?;
+            let id: NodeId =
+                param(&p, "id").and_then(Value::as_str).and_then(|s| s.parse().ok()).ok_or_else(
+                    || err(code::INVALID_PARAMS, "id must be a node id (40 hex digits)"),
+                )?;
+            let peer =
+                node.sw.peer(&id).ok_or_else(|| err(code::NOT_FOUND, format!("no peer {id}")))?;
+            node.sw.stop_peer_gracefully(&peer).await;
+            Ok(json!({ "stopped": id.to_string() }))
+        }
+        "stop_node" => {
+            require_unsafe(node)?;
+            node.stop_requested.notify_one();
+            Ok(json!({ "stopping": true }))
+        }
+        other => Err(err(code::METHOD_NOT_FOUND, format!("unknown method {other:?}"))),
+    }
+}
+
+fn status(node: &Node) -> Value {
+    let (height, weight, tip, tip_time) = {
+        let c = node.cons.chain().lock();
+        (c.height(), c.weight(), c.tip(), c.tip_header().timestamp_ms)
+    };
+    let sync = node.sync.watch_progress().borrow().clone();
+    let (mining, hash_rate, found) = match node.miner.lock().as_ref() {
+        Some(m) => (true, m.hash_rate(), m.blocks_found()),
+        None => (false, 0.0, 0),
+    };
+    json!({
+        "node_id": node.sw.node_id().to_string(),
+        "moniker": node.cfg.moniker,
+        "home": node.home.dir().display().to_string(),
+        "network": node.params.network_id(),
+        "network_name": node.params.genesis.network_name,
+        "version": env!("CARGO_PKG_VERSION"),
+        "listen_addr": node.p2p_address().map(|a| a.to_string()),
+        "uptime_s": node.started.elapsed().as_secs(),
+        "height": height,
+        "weight": weight.to_string(),
+        "tip": tip.to_string(),
+        "tip_time_ms": tip_time,
+        "syncing": sync.syncing,
+        "sync": sync,
+        "mining": mining,
+        "hash_rate": hash_rate,
+        "blocks_found": found,
+        "n_peers": node.sw.peers().len(),
+        "mempool_txs": node.mem.pool().lock().len(),
+    })
+}
+
+fn net_info(node: &Node) -> Value {
+    let peers: Vec<Value> = node
+        .sw
+        .peers()
+        .iter()
+        .map(|p| {
+            let st = p.stats();
+            let info = p.node_info();
+            let channels: Vec<Value> = st
+                .channels
+                .iter()
+                .map(
+                    |c| json!({"id": c.id, "bytes_sent": c.bytes_sent, "bytes_recv": c.bytes_recv}),
+                )
+                .collect();
+            json!({
+                "id": p.id().to_string(),
+                "addr": p.socket_addr().to_string(),
+                "listen_addr": info.listen_addr,
+                "moniker": info.moniker,
+                "node_type": format!("{:?}", info.node_type),
+                "outbound": p.is_outbound(),
+                "persistent": p.is_persistent(),
+                "uptime_s": p.uptime().as_secs(),
+                "rtt_ms": st.last_rtt.map(|d| d.as_secs_f64() * 1000.0),
+                "send_rate": st.send_rate,
+                "recv_rate": st.recv_rate,
+                "channels": channels,
+            })
+        })
+        .collect();
+    let book = node.pex.book();
+    let book_len = book.lock().len();
+    json!({
+        "listening": true,
+        "listen_addr": node.p2p_address().map(|a| a.to_string()),
+        "n_peers": peers.len(),
+        "address_book": book_len,
+        "peers": peers,
+    })
+}
