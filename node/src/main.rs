@@ -64,6 +64,9 @@ enum Cmd {
         /// Log filter (RUST_LOG wins).
         #[arg(long, default_value = "info")]
         log: String,
+        /// A genesis file for every node (default: the embedded devnet).
+        #[arg(long)]
+        genesis: Option<PathBuf>,
     },
 }
 
@@ -221,6 +224,7 @@ async fn devnet(
     miners: usize,
     home: Option<PathBuf>,
     wpm: u32,
+    genesis: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     anyhow::ensure!(nodes >= 1, "--nodes must be at least 1");
     let tmp;
@@ -253,6 +257,7 @@ async fn devnet(
         if home.config().exists() {
             std::fs::remove_file(home.config())?;
         }
+        node::init(&home, &cfg, genesis.as_deref())?;
         let node = Node::start(home, cfg).await?;
         if seed {
             seed_addr = node.p2p_address();
@@ -334,9 +339,9 @@ async fn main() -> anyhow::Result<()> {
             until_stop(std::slice::from_ref(&node)).await;
             node.shutdown().await;
         }
-        Cmd::Devnet { nodes, miners, home, words_per_minute, log } => {
+        Cmd::Devnet { nodes, miners, home, words_per_minute, log, genesis } => {
             init_logging(&log, "text");
-            devnet(nodes, miners, home, words_per_minute).await?;
+            devnet(nodes, miners, home, words_per_minute, genesis).await?;
         }
     }
     Ok(())
