@@ -20,10 +20,14 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// A test network: blocks of ~65,000 hashes, no retarget.
+/// A test network with no retarget and a few blocks a second on one miner
+/// thread, so the other processes keep a core: blocks of ~1,000,000 hashes
+/// for a release build of `plexus`, ~65,000 for a debug build (which
+/// hashes about 20 times slower).
 fn genesis_file(dir: &Path) -> PathBuf {
+    let shift = if cfg!(debug_assertions) { 16 } else { 20 };
     let g = Genesis {
-        bits: bits_from_target(U256::MAX >> 16),
+        bits: bits_from_target(U256::MAX >> shift),
         network_name: "plexus-e2e".into(),
         ..NetworkParams::regtest().genesis
     };
@@ -84,11 +88,13 @@ fn get(rpc: u16, method: &str) -> Option<Value> {
 }
 
 fn until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(secs);
     while !cond() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(200));
     }
+    println!("{what}: {:.1} s", start.elapsed().as_secs_f64());
 }
 
 fn status(p: &Proc) -> Value {
@@ -153,7 +159,22 @@ fn seed_miner_and_nodes_agree_sync_and_restart() {
     let (h4, _, r4) = node_home(dir.path(), "late", &g);
     let late = start(&h4, r4, &["-k", &join]);
     let target = tip(&n2);
-    until(90, "the late node at the tip", || tip(&late) == target);
+    let reached = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        until(90, "the late node at the tip", || tip(&late) == target)
+    }));
+    if reached.is_err() {
+        let log = std::fs::read_to_string(h4.join("log.txt")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        panic!(
+            "late node stuck at {}: {}\nlog tail:\n{}",
+            height(&late),
+            status(&late),
+            tail.join("\n")
+        );
+    }
+    if std::env::var_os("E2E_LOG").is_some() {
+        println!("{}", std::fs::read_to_string(h4.join("log.txt")).unwrap_or_default());
+    }
     let rounds = status(&late)["sync"]["rounds"].as_u64().unwrap_or(0);
     assert!(rounds >= 1, "the late node caught up without block sync");
 

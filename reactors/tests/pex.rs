@@ -159,6 +159,26 @@ async fn restart_from_saved_book_needs_no_seed() {
     assert!(again.sw.num_peers().0 >= 3, "reconnected to {}", again.sw.num_peers().0);
 }
 
+/// Two nodes whose PEX runs every second with a book below its low water
+/// keep asking each other, but no more often than `min_request_interval`:
+/// in five minutes nobody is punished and the connection stays up.
+#[tokio::test(start_paused = true)]
+async fn fast_ensure_period_asks_within_the_limit() {
+    let net = MemoryTransport::new();
+    let fast = || PexConfig { ensure_peers_period: Duration::from_secs(1), ..PexConfig::default() };
+    let a = start_node(&net, ip(1), NodeKey::generate(), fast(), book(1)).await;
+    let cfg = PexConfig { seeds: vec![a.sw.net_address().unwrap()], ..fast() };
+    let b = start_node(&net, ip(2), NodeKey::generate(), cfg, book(2)).await;
+    let mut events = a.sw.subscribe();
+    b.sw.dial(&a.sw.net_address().unwrap()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    while let Ok(ev) = events.try_recv() {
+        assert!(!matches!(ev, SwitchEvent::PeerRemoved { .. }), "{ev:?}");
+    }
+    assert_eq!(a.sw.num_peers(), (0, 1));
+    assert_eq!(b.sw.num_peers(), (1, 0));
+}
+
 /// Sends raw PEX messages (no PEX reactor of its own).
 struct Raw;
 impl Reactor for Raw {

@@ -130,6 +130,8 @@ pub struct BlockSyncReactor {
     clock: Clock,
     statuses: Mutex<HashMap<NodeId, PeerChain>>,
     status_arrived: Notify,
+    /// As `status_arrived`, but keeps a permit for the idle wait.
+    status_changed: Notify,
     headers_wait: Mutex<HashMap<NodeId, oneshot::Sender<Vec<Header>>>>,
     pool: Mutex<Option<BlockPool>>,
     /// Wakes the fetch side: an answer arrived or room was made.
@@ -175,6 +177,7 @@ impl BlockSyncReactor {
             clock: system_clock(),
             statuses: Mutex::new(HashMap::new()),
             status_arrived: Notify::new(),
+            status_changed: Notify::new(),
             headers_wait: Mutex::new(HashMap::new()),
             pool: Mutex::new(None),
             block_arrived: Notify::new(),
@@ -227,7 +230,8 @@ impl BlockSyncReactor {
             let Some((peer, claim)) = best else {
                 tokio::select! {
                     _ = tokio::time::sleep(self.cfg.status_interval) => {}
-                    _ = self.status_arrived.notified() => {}
+                    // A permit is kept if an answer came before this wait.
+                    _ = self.status_changed.notified() => {}
                 }
                 continue;
             };
@@ -662,6 +666,7 @@ impl Reactor for BlockSyncReactor {
                 self.statuses.lock().insert(peer.id(), c);
                 self.status_gen.fetch_add(1, Ordering::Relaxed);
                 self.status_arrived.notify_waiters();
+                self.status_changed.notify_one();
             }
             Some(Sum::HeadersRequest(req)) => {
                 if req.locator.len() > MAX_LOCATOR {

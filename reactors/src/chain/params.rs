@@ -137,38 +137,33 @@ impl NetworkParams {
     /// The embedded devnet: 10 s blocks, retarget every 20 blocks, 1 MiB
     /// blocks, a first target one CPU thread meets in about a second.
     pub fn devnet() -> NetworkParams {
-        Self::from_genesis(Genesis {
-            network_name: "plexus-devnet".into(),
-            timestamp_ms: 1_795_000_000_000,
-            bits: bits_from_target(U256::MAX >> 24),
-            pow_limit_bits: bits_from_target(U256::MAX >> 8),
-            target_block_time_ms: 10_000,
-            retarget_window: 20,
-            max_block_bytes: 1 << 20,
-            max_tx_bytes: 64 * 1024,
-            max_future_ms: 2 * 3600 * 1000,
-            message: "plexus devnet".into(),
-        })
-        .expect("the devnet genesis is valid")
+        Self::local("plexus-devnet", 24, 10_000, 20)
     }
 
     /// A local test network (Bitcoin's regtest): a block takes about 256
     /// hashes, the target never retargets, 1 s target block time, 1 MiB
     /// blocks.
     pub fn regtest() -> NetworkParams {
+        Self::local("plexus-regtest", 8, 1_000, 0)
+    }
+
+    /// A built-in network: first target 2^(256 - `shift`) (about 2^`shift`
+    /// hashes a block), pow limit 2^255, 1 MiB blocks, 64 KiB transactions,
+    /// 2 h clock tolerance.
+    fn local(name: &str, shift: usize, block_time_ms: u64, window: u64) -> NetworkParams {
         Self::from_genesis(Genesis {
-            network_name: "plexus-regtest".into(),
+            network_name: name.into(),
             timestamp_ms: 1_795_000_000_000,
-            bits: bits_from_target(U256::MAX >> 8),
+            bits: bits_from_target(U256::MAX >> shift),
             pow_limit_bits: bits_from_target(U256::MAX >> 1),
-            target_block_time_ms: 1_000,
-            retarget_window: 0,
+            target_block_time_ms: block_time_ms,
+            retarget_window: window,
             max_block_bytes: 1 << 20,
             max_tx_bytes: 64 * 1024,
             max_future_ms: 2 * 3600 * 1000,
-            message: "plexus regtest".into(),
+            message: format!("{name} genesis"),
         })
-        .expect("the regtest genesis is valid")
+        .expect("the built-in genesis files are valid")
     }
 
     /// The network id: the genesis hash in hex (NodeInfo.network).

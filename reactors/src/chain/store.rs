@@ -220,17 +220,23 @@ impl Store {
         Ok(out)
     }
 
-    /// A stored block by hash.
-    pub fn block(&self, hash: &BlockHash) -> Result<Option<Block>, StoreError> {
+    /// A stored block's header and body blob (the txs-only encoding).
+    fn block_row(&self, hash: &BlockHash) -> Result<Option<(Header, Vec<u8>)>, StoreError> {
         let mut st = self.conn.prepare_cached("SELECT header, txs FROM blocks WHERE hash = ?1")?;
         let row: Option<(Vec<u8>, Vec<u8>)> =
             st.query_row([&hash.0[..]], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
         let Some((header, txs)) = row else { return Ok(None) };
         let bytes: &[u8; Header::SIZE] =
             header.as_slice().try_into().map_err(|_| corrupt("a header is not 96 bytes"))?;
+        Ok(Some((Header::from_bytes(bytes), txs)))
+    }
+
+    /// A stored block by hash.
+    pub fn block(&self, hash: &BlockHash) -> Result<Option<Block>, StoreError> {
+        let Some((header, txs)) = self.block_row(hash)? else { return Ok(None) };
         let body =
             pb::Block::decode(Bytes::from(txs)).map_err(|e| corrupt(format!("block body: {e}")))?;
-        Ok(Some(Block { header: Header::from_bytes(bytes), txs: body.txs }))
+        Ok(Some(Block { header, txs: body.txs }))
     }
 
     /// A stored block as its protobuf `plexus.chain.Block` encoding,
@@ -238,14 +244,8 @@ impl Store {
     /// stored body (which holds only the `txs` field; protobuf encodings
     /// concatenate).
     pub fn block_encoded(&self, hash: &BlockHash) -> Result<Option<Vec<u8>>, StoreError> {
-        let mut st = self.conn.prepare_cached("SELECT header, txs FROM blocks WHERE hash = ?1")?;
-        let row: Option<(Vec<u8>, Vec<u8>)> =
-            st.query_row([&hash.0[..]], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
-        let Some((header, txs)) = row else { return Ok(None) };
-        let bytes: &[u8; Header::SIZE] =
-            header.as_slice().try_into().map_err(|_| corrupt("a header is not 96 bytes"))?;
-        let head =
-            pb::Block { header: Some(Header::from_bytes(bytes).to_proto()), txs: Vec::new() };
+        let Some((header, txs)) = self.block_row(hash)? else { return Ok(None) };
+        let head = pb::Block { header: Some(header.to_proto()), txs: Vec::new() };
         let mut out = Vec::with_capacity(head.encoded_len() + txs.len());
         head.encode(&mut out).expect("a Vec grows");
         out.extend_from_slice(&txs);

@@ -584,30 +584,47 @@ impl AddrBook {
     }
 
     /// Picks an address to dial: tried with probability `tried_bias`
-    /// (0.5 is Bitcoin Core's 50/50), then a random slot accepted with
+    /// (0.5 is Bitcoin Core's 50/50), then a random entry accepted with
     /// probability `chance × factor`, the factor growing ×1.2 per miss.
+    /// The entry is drawn as Bitcoin Core's Select does (a random bucket,
+    /// the first entry from a random position in it) while the table holds
+    /// at least one entry per bucket; a sparser table draws uniformly from
+    /// its entries, since redrawing empty buckets would cost about
+    /// `buckets × bucket_size` probes per pick in a near-empty book.
     pub fn select(&mut self, tried_bias: f64, now: u64) -> Option<NetAddress> {
         let (has_new, has_tried) = (self.new_count() > 0, self.tried_count() > 0);
         if !has_new && !has_tried {
             return None;
         }
         let use_tried = has_tried && (!has_new || self.rng.random::<f64>() < tried_bias);
+        let candidates: Vec<NodeId> = self
+            .entries
+            .values()
+            .filter(|e| e.in_tried == use_tried && !e.is_banned(now))
+            .map(|e| e.id)
+            .collect();
         // Every candidate banned: nothing to return (and nothing to spin on).
-        if !self.entries.values().any(|e| e.in_tried == use_tried && !e.is_banned(now)) {
+        if candidates.is_empty() {
             return None;
         }
+        let buckets = if use_tried { self.tried.len() } else { self.new.len() };
+        let sparse = candidates.len() < buckets;
         let mut factor = 1.0;
-        // A random bucket, then the first entry from a random position in
-        // it (Bitcoin Core's Select); empty buckets are redrawn. The factor
-        // makes acceptance certain after ~45 refusals, so this ends.
+        // The factor makes acceptance certain after ~45 refusals, so this
+        // ends; empty buckets are redrawn.
         for _ in 0..1_000_000 {
-            let table = if use_tried { &self.tried } else { &self.new };
-            let b = self.rng.random_range(0..table.len());
-            let start = self.rng.random_range(0..self.cfg.bucket_size);
-            let Some(id) = (0..self.cfg.bucket_size)
-                .find_map(|i| table[b][(start + i) % self.cfg.bucket_size])
-            else {
-                continue;
+            let id = if sparse {
+                candidates[self.rng.random_range(0..candidates.len())]
+            } else {
+                let table = if use_tried { &self.tried } else { &self.new };
+                let b = self.rng.random_range(0..table.len());
+                let start = self.rng.random_range(0..self.cfg.bucket_size);
+                let Some(id) = (0..self.cfg.bucket_size)
+                    .find_map(|i| table[b][(start + i) % self.cfg.bucket_size])
+                else {
+                    continue;
+                };
+                id
             };
             let e = &self.entries[&id];
             if e.is_banned(now) {

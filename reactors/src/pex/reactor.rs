@@ -8,9 +8,11 @@
 //!   peer for more; with no peer at all, dial the seeds.
 //! - Abuse rules: we only ask outbound peers; a `PexAddrs` we did not ask
 //!   for, or one with more than `max_addrs_per_msg` (250) addresses, is
-//!   misbehaviour (disconnect and ban); a peer asking more often than once
-//!   per `min_request_interval` (10 s; the first request is free) is
-//!   misbehaviour.
+//!   misbehaviour (disconnect and ban); we ask one peer at most once per
+//!   `min_request_interval` (10 s), and a peer whose request comes less
+//!   than half that after its previous one (the slack absorbs delivery
+//!   jitter, as CometBFT's `ensurePeersPeriod / 3`) is misbehaving; the
+//!   first request is free.
 //! - Learning: the listen address in each peer's NodeInfo enters the book
 //!   (never the socket address of an inbound connection, whose port is
 //!   ephemeral); an outbound connection that succeeds promotes its address
@@ -52,7 +54,8 @@ pub struct PexConfig {
     pub book_low_water: usize,
     /// Most addresses accepted in one `PexAddrs`. Default 250.
     pub max_addrs_per_msg: usize,
-    /// Shortest interval between two requests from one peer. Default 10 s.
+    /// Shortest interval between two requests we send one peer; a peer
+    /// asking us again within half of it is misbehaving. Default 10 s.
     pub min_request_interval: Duration,
     /// Seeds dialed when we have no peer (`id@host:port`).
     pub seeds: Vec<NetAddress>,
@@ -156,6 +159,8 @@ struct State {
     asked: HashSet<NodeId>,
     /// When each peer last asked us.
     last_request: HashMap<NodeId, tokio::time::Instant>,
+    /// When we last asked each peer.
+    last_sent: HashMap<NodeId, tokio::time::Instant>,
 }
 
 /// The PEX reactor. Register it with the switch, then call
@@ -436,8 +441,18 @@ impl PexReactor {
     }
 
     async fn request(&self, p: &Peer) {
-        if !self.state.lock().asked.insert(p.id()) {
-            return; // still waiting for its answer
+        {
+            let now = tokio::time::Instant::now();
+            let mut st = self.state.lock();
+            let recent = st
+                .last_sent
+                .get(&p.id())
+                .is_some_and(|t| now.duration_since(*t) < self.cfg.min_request_interval);
+            // Still waiting for its answer, or asked it too recently.
+            if recent || !st.asked.insert(p.id()) {
+                return;
+            }
+            st.last_sent.insert(p.id(), now);
         }
         let msg = pb::Message { sum: Some(Sum::PexRequest(pb::PexRequest {})) };
         if p.send_msg(PEX_CHANNEL, &msg).await.is_err() {
@@ -493,6 +508,7 @@ impl Reactor for PexReactor {
         let mut st = self.state.lock();
         st.asked.remove(&peer.id());
         st.last_request.remove(&peer.id());
+        st.last_sent.remove(&peer.id());
     }
 
     async fn receive(&self, env: Envelope<pb::Message>) {
@@ -508,7 +524,7 @@ impl Reactor for PexReactor {
                 let too_soon = {
                     let mut st = self.state.lock();
                     let last = st.last_request.insert(peer.id(), now);
-                    last.is_some_and(|t| now.duration_since(t) < self.cfg.min_request_interval)
+                    last.is_some_and(|t| now.duration_since(t) < self.cfg.min_request_interval / 2)
                 };
                 if too_soon {
                     self.punish(&env.switch, peer, misbehave("PEX requests too often".into()))
