@@ -262,12 +262,15 @@ async fn a_peer_sending_an_invalid_block_is_banned_and_the_node_goes_on() {
 }
 
 /// A peer whose status claims far more work than it has is asked for
-/// blocks, sends none, and is banned after four such answers.
+/// blocks, sends none, and is banned after four such answers (one per
+/// status round of the victim, here every second).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_lying_about_its_weight_is_banned() {
     let p = params(8);
     let net = MemoryTransport::new();
-    let victim = node(&net, 1, &p, chain(&p)).await;
+    let fast =
+        ConsensusConfig { status_interval: Duration::from_secs(1), ..ConsensusConfig::default() };
+    let victim = node_with(&net, 1, &p, chain(&p), fast).await;
     // The liar's own status loop stays quiet so only the lie is heard.
     let quiet = ConsensusConfig {
         status_interval: Duration::from_secs(3600),
