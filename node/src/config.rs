@@ -58,6 +58,16 @@ pub struct RpcConfig {
     /// stop_node). Default false.
     #[serde(rename = "unsafe")]
     pub unsafe_methods: bool,
+    /// Largest request body, and largest WebSocket message, bytes (as
+    /// CometBFT's `max_body_bytes`). Default 1,000,000.
+    pub max_body_bytes: usize,
+    /// Most WebSocket clients at once (CometBFT's
+    /// `max_subscription_clients`); more are refused with 503. Default 100.
+    pub max_ws_clients: usize,
+    /// A WebSocket client that takes longer than this to accept one
+    /// message is disconnected (CometBFT's write wait), seconds.
+    /// Default 10.
+    pub ws_write_timeout_s: u64,
 }
 
 /// `[mining]`.
@@ -110,7 +120,14 @@ impl Default for P2pConfig {
 
 impl Default for RpcConfig {
     fn default() -> Self {
-        RpcConfig { host: "127.0.0.1".into(), port: 26657, unsafe_methods: false }
+        RpcConfig {
+            host: "127.0.0.1".into(),
+            port: 26657,
+            unsafe_methods: false,
+            max_body_bytes: 1_000_000,
+            max_ws_clients: 100,
+            ws_write_timeout_s: 10,
+        }
     }
 }
 
@@ -208,6 +225,12 @@ host = {rpc_host}
 port = {rpc_port}
 # Allow dial_peers, stop_peer and stop_node (default false).
 unsafe = {unsafe_methods}
+# Largest request body and WebSocket message, bytes (default 1000000).
+max_body_bytes = {max_body}
+# Most WebSocket clients at once; more get 503 (default 100).
+max_ws_clients = {max_ws}
+# Disconnect a WebSocket client that takes longer to accept a message, seconds (default 10).
+ws_write_timeout_s = {ws_wait}
 
 [mining]
 # Mine blocks (default false; flag -m).
@@ -232,6 +255,9 @@ format = {format}
             rpc_host = q(&self.rpc.host),
             rpc_port = self.rpc.port,
             unsafe_methods = self.rpc.unsafe_methods,
+            max_body = self.rpc.max_body_bytes,
+            max_ws = self.rpc.max_ws_clients,
+            ws_wait = self.rpc.ws_write_timeout_s,
             mine = self.mining.enabled,
             threads = self.mining.threads,
             filter = q(&self.log.filter),

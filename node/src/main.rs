@@ -4,6 +4,7 @@
 mod config;
 mod node;
 mod rpc;
+mod ws;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -101,6 +101,8 @@ pub struct Node {
     pub stop_requested: Notify,
     /// The metrics registry (switch series and node gauges).
     pub metrics: crate::rpc::Metrics,
+    /// Connected WebSocket clients.
+    pub ws_clients: std::sync::atomic::AtomicUsize,
 }
 
 impl Node {
@@ -212,6 +214,7 @@ impl Node {
             started: Instant::now(),
             stop_requested: Notify::new(),
             metrics,
+            ws_clients: std::sync::atomic::AtomicUsize::new(0),
         });
         crate::rpc::serve(node.clone(), listener);
         tracing::info!(

@@ -1,6 +1,8 @@
 //! The web port: the live web page at `/`, JSON-RPC 2.0 over `POST /` (as
-//! CometBFT accepts it), the same methods as `GET /<method>?param=…`, and
-//! Prometheus metrics at `/metrics`.
+//! CometBFT accepts it), the same methods as `GET /<method>?param=…`,
+//! JSON-RPC and event subscriptions over the WebSocket at `/websocket`
+//! (see [`crate::ws`]), and Prometheus metrics at `/metrics`. Request
+//! bodies are capped at `rpc.max_body_bytes`.
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
@@ -49,7 +51,7 @@ pub struct RpcError {
     pub message: String,
 }
 
-fn err(code: i64, message: impl Into<String>) -> RpcError {
+pub(crate) fn err(code: i64, message: impl Into<String>) -> RpcError {
     RpcError { code, message: message.into() }
 }
 
@@ -63,7 +65,11 @@ pub struct Metrics {
     hash_rate: Gauge<f64, AtomicU64>,
     sync_target: Gauge,
     syncing: Gauge,
+    sync_height: Gauge,
     blocks_found: Gauge,
+    reorgs: Gauge,
+    reorged_blocks: Gauge,
+    ws_clients: Gauge,
 }
 
 impl Metrics {
@@ -80,28 +86,34 @@ impl Metrics {
             hash_rate: Gauge::default(),
             sync_target: Gauge::default(),
             syncing: Gauge::default(),
+            sync_height: Gauge::default(),
             blocks_found: Gauge::default(),
+            reorgs: Gauge::default(),
+            reorged_blocks: Gauge::default(),
+            ws_clients: Gauge::default(),
         };
-        r.register("chain_height", "Main-chain height", m.height.clone());
-        r.register(
-            "chain_weight_log2",
-            "log2 of the main chain's cumulative work",
-            m.weight_log2.clone(),
-        );
-        r.register("mempool_txs", "Transactions in the mempool", m.mempool_txs.clone());
-        r.register(
-            "mempool_bytes",
-            "Bytes of transactions in the mempool",
-            m.mempool_bytes.clone(),
-        );
+        let counts: [(&str, &str, &Gauge); 10] = [
+            ("chain_height", "Main-chain height", &m.height),
+            ("chain_reorgs", "Reorgs since start", &m.reorgs),
+            (
+                "chain_reorged_blocks",
+                "Blocks taken off the main chain by reorgs since start",
+                &m.reorged_blocks,
+            ),
+            ("mempool_txs", "Transactions in the mempool", &m.mempool_txs),
+            ("mempool_bytes", "Bytes of transactions in the mempool", &m.mempool_bytes),
+            ("miner_blocks_found", "Blocks this node mined", &m.blocks_found),
+            ("syncing", "1 while a block sync round runs", &m.syncing),
+            ("sync_height", "Height the running block sync round has applied", &m.sync_height),
+            ("sync_target_height", "Target height of the running block sync round", &m.sync_target),
+            ("rpc_ws_clients", "Connected WebSocket clients", &m.ws_clients),
+        ];
+        for (name, help, g) in counts {
+            r.register(name, help, g.clone());
+        }
+        let weight = "log2 of the main chain's cumulative work";
+        r.register("chain_weight_log2", weight, m.weight_log2.clone());
         r.register("miner_hash_rate", "Miner hashes per second", m.hash_rate.clone());
-        r.register("miner_blocks_found", "Blocks this node mined", m.blocks_found.clone());
-        r.register(
-            "sync_target_height",
-            "Target height of the running block sync round",
-            m.sync_target.clone(),
-        );
-        r.register("syncing", "1 while a block sync round runs", m.syncing.clone());
         *m.registry.lock() = r;
         m
     }
@@ -125,6 +137,11 @@ impl Metrics {
         let prog = node.sync.watch_progress().borrow().clone();
         self.sync_target.set(prog.target_height as i64);
         self.syncing.set(prog.syncing as i64);
+        self.sync_height.set(prog.height as i64);
+        let (reorgs, reorged) = node.cons.reorgs();
+        self.reorgs.set(reorgs as i64);
+        self.reorged_blocks.set(reorged as i64);
+        self.ws_clients.set(node.ws_clients.load(std::sync::atomic::Ordering::Relaxed) as i64);
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry.lock());
         out
@@ -158,7 +175,9 @@ pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/", get(index).post(jsonrpc))
         .route("/metrics", get(metrics))
+        .route("/websocket", get(crate::ws::handler))
         .route("/{method}", get(get_method))
+        .layer(axum::extract::DefaultBodyLimit::max(node.cfg.rpc.max_body_bytes))
         .with_state(node)
 }
 
@@ -172,7 +191,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
         .into_response()
 }
 
-fn reply(id: Value, r: Result<Value, RpcError>) -> Value {
+pub(crate) fn reply(id: Value, r: Result<Value, RpcError>) -> Value {
     match r {
         Ok(result) => json!({"jsonrpc": "2.0", "id": id, "result": result}),
         Err(e) => {

@@ -297,3 +297,50 @@ async fn a_peer_lying_about_its_weight_is_banned() {
         "{reason:?}"
     );
 }
+
+/// `subscribe` reports each tip change in order: the new blocks, then a
+/// heavier fork as one event that names the blocks it took off the main
+/// chain and those it put on; the reorg counters follow.
+#[tokio::test]
+async fn chain_events_report_new_tips_and_reorgs() {
+    let p = params(8);
+    let net = MemoryTransport::new();
+    let a = node(&net, 1, &p, chain(&p)).await;
+    let mut events = a.cons.subscribe();
+    let b1 = a.mine_one().await;
+    let b2 = a.mine_one().await;
+    for b in [&b1, &b2] {
+        let ev = events.recv().await.unwrap();
+        assert_eq!(ev.new_tip, b.hash());
+        assert_eq!(ev.connected.len(), 1);
+        assert_eq!(ev.connected[0].hash, b.hash());
+        assert_eq!(ev.connected[0].height, b.header.height);
+        assert!(ev.disconnected.is_empty());
+        assert_eq!(ev.source, None);
+    }
+    assert_eq!(a.cons.reorgs(), (0, 0));
+    // A fork of three blocks from genesis, built on another chain.
+    let other = chain(&p);
+    let mut fork = Vec::new();
+    let mut c = other;
+    for i in 0..3 {
+        let now = c.tip_header().timestamp_ms + 7 + i;
+        let mut b = c.template(vec![Bytes::from(format!("fork {i}"))], now);
+        assert!(solve(&mut b.header, u64::MAX));
+        c.process_block(b.clone(), None, now).unwrap();
+        fork.push(b);
+    }
+    let results = a.cons.import_blocks(fork.clone(), None).await;
+    assert!(results.iter().all(Result::is_ok));
+    // Fork blocks 1 and 2 only tie (ties go to the first seen); the
+    // third is heavier and moves the tip in one event.
+    let ev = events.recv().await.unwrap();
+    assert_eq!((ev.fork_height, ev.height, ev.new_tip), (0, 3, fork[2].hash()));
+    let gone: Vec<BlockHash> = ev.disconnected.iter().map(|s| s.hash).collect();
+    assert_eq!(gone, vec![b2.hash(), b1.hash()]);
+    let came: Vec<BlockHash> = ev.connected.iter().map(|s| s.hash).collect();
+    assert_eq!(came, fork.iter().map(Block::hash).collect::<Vec<_>>());
+    assert_eq!(ev.connected[0].n_txs, 1);
+    assert!(events.try_recv().is_err(), "one event for the reorg");
+    assert_eq!(a.cons.reorgs(), (1, 2));
+}

@@ -28,7 +28,7 @@ use plexus_p2p::{
 use plexus_proto::chain::{self as pb, message::Sum};
 use prost::Message;
 use ruint::aliases::U256;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 
 use crate::chain::{Block, BlockError, BlockHash, Blockchain, Hash, ProcessStatus, Processed};
 use crate::mempool::{BoundedSet, Mempool};
@@ -61,6 +61,10 @@ pub struct ConsensusConfig {
     /// Score for a peer whose `Status` claims more work than it, asked,
     /// sends blocks for. Default 25 (banned at the fourth time).
     pub unbacked_status_score: u32,
+    /// Main-chain changes buffered for each [`ConsensusReactor::subscribe`]
+    /// receiver; one that falls further behind is told how many it
+    /// missed (`RecvError::Lagged`). Default 1,024.
+    pub event_buffer: usize,
 }
 
 impl Default for ConsensusConfig {
@@ -73,6 +77,7 @@ impl Default for ConsensusConfig {
             max_known_per_peer: 1024,
             invalid_block_score: 100,
             unbacked_status_score: 25,
+            event_buffer: 1024,
         }
     }
 }
@@ -113,6 +118,56 @@ impl PeerChain {
     pub fn of(chain: &Blockchain) -> PeerChain {
         PeerChain { height: chain.height(), weight: chain.weight(), tip: chain.tip() }
     }
+}
+
+/// A block as [`ChainEvent`]s report it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockSummary {
+    /// Block hash.
+    pub hash: BlockHash,
+    /// Height.
+    pub height: u64,
+    /// Header time, Unix milliseconds.
+    pub timestamp_ms: u64,
+    /// Transactions in it.
+    pub n_txs: usize,
+    /// Encoded size, bytes.
+    pub size: usize,
+}
+
+impl BlockSummary {
+    /// The summary of `b`.
+    pub fn of(b: &Block) -> BlockSummary {
+        BlockSummary {
+            hash: b.hash(),
+            height: b.header.height,
+            timestamp_ms: b.header.timestamp_ms,
+            n_txs: b.txs.len(),
+            size: b.size(),
+        }
+    }
+}
+
+/// One change of the main chain (a new tip, or a reorg when
+/// `disconnected` is not empty), as [`ConsensusReactor::subscribe`]
+/// delivers it: one event per block that moved the tip, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChainEvent {
+    /// The tip before.
+    pub old_tip: BlockHash,
+    /// The tip after.
+    pub new_tip: BlockHash,
+    /// The new tip's height.
+    pub height: u64,
+    /// The highest block the old and new main chains share.
+    pub fork_height: u64,
+    /// Blocks that left the main chain, old tip first.
+    pub disconnected: Vec<BlockSummary>,
+    /// Blocks that joined it, lowest first.
+    pub connected: Vec<BlockSummary>,
+    /// The peer whose block moved the tip; `None` for a block mined here
+    /// or submitted locally.
+    pub source: Option<NodeId>,
 }
 
 struct PeerState {
@@ -169,9 +224,19 @@ impl ConsensusReactor {
         clock: Clock,
     ) -> Self {
         let tip = watch::channel(chain.lock().tip()).0;
+        let events = broadcast::channel(cfg.event_buffer.max(1)).0;
+        let importer = Importer {
+            chain,
+            mempool,
+            tip,
+            events,
+            reorgs: AtomicU64::new(0),
+            reorged_blocks: AtomicU64::new(0),
+            clock,
+        };
         ConsensusReactor {
             cfg,
-            importer: Arc::new(Importer { chain, mempool, tip, clock }),
+            importer: Arc::new(importer),
             peers: Mutex::new(HashMap::new()),
             switch: OnceLock::new(),
             runtime: OnceLock::new(),
@@ -188,6 +253,21 @@ impl ConsensusReactor {
     /// Changes to each new main-chain tip.
     pub fn watch_tip(&self) -> watch::Receiver<BlockHash> {
         self.importer.tip.subscribe()
+    }
+
+    /// Every later main-chain change, one [`ChainEvent`] per block that
+    /// moved the tip (the RPC's subscriptions). Events are built only while
+    /// a receiver exists; a receiver more than `event_buffer` events
+    /// behind gets `RecvError::Lagged`.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<ChainEvent>> {
+        self.importer.events.subscribe()
+    }
+
+    /// Reorgs since start (tip changes that left blocks behind) and the
+    /// blocks they took off the main chain.
+    pub fn reorgs(&self) -> (u64, u64) {
+        let i = &self.importer;
+        (i.reorgs.load(Ordering::Relaxed), i.reorged_blocks.load(Ordering::Relaxed))
     }
 
     /// What `peer` last said of its chain.
@@ -433,6 +513,9 @@ struct Importer {
     chain: Arc<Mutex<Blockchain>>,
     mempool: Arc<Mutex<Mempool>>,
     tip: watch::Sender<BlockHash>,
+    events: broadcast::Sender<Arc<ChainEvent>>,
+    reorgs: AtomicU64,
+    reorged_blocks: AtomicU64,
     clock: Clock,
 }
 
@@ -456,6 +539,23 @@ impl Importer {
                 if let Ok(Processed { tip_change: Some(tc), .. }) = &r {
                     self.mempool.lock().apply_tip_change(tc);
                     new_tip = Some((tc.new_tip, chain.height(), tc.disconnected.len()));
+                    if !tc.disconnected.is_empty() {
+                        self.reorgs.fetch_add(1, Ordering::Relaxed);
+                        let n = tc.disconnected.len() as u64;
+                        self.reorged_blocks.fetch_add(n, Ordering::Relaxed);
+                    }
+                    if self.events.receiver_count() > 0 {
+                        let summaries = |bs: &[Block]| bs.iter().map(BlockSummary::of).collect();
+                        let _ = self.events.send(Arc::new(ChainEvent {
+                            old_tip: tc.old_tip,
+                            new_tip: tc.new_tip,
+                            height: chain.height(),
+                            fork_height: tc.fork_height,
+                            disconnected: summaries(&tc.disconnected),
+                            connected: summaries(&tc.connected),
+                            source,
+                        }));
+                    }
                 }
                 r
             };

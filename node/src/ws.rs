@@ -1,0 +1,308 @@
+//! The WebSocket endpoint `/websocket` (CometBFT's path): every JSON-RPC
+//! method of the HTTP API, plus subscriptions to node events.
+//!
+//! A client sends JSON-RPC 2.0 requests as text messages and gets one
+//! response per request, with the request's `id`. Subscriptions:
+//! - `subscribe {"event": E}` with E one of `new_block` (each block that
+//!   joins the main chain, lowest first), `tip` (each tip change, with the
+//!   reorg it made) and `peers` (a peer added or removed). CometBFT's form
+//!   `{"query": "tm.event='NewBlock'"}` is accepted for `new_block`
+//!   (`'Tip'`, `'Peers'` for the others).
+//! - `unsubscribe {"event": E}`, `unsubscribe_all {}`.
+//!
+//! Each event arrives as a response to the `subscribe` request (its `id`),
+//! as CometBFT sends them: `{"jsonrpc": "2.0", "id": ID, "result":
+//! {"query": E, "data": {"type": E, "value": {…}}}}`. A client that falls
+//! more than the consensus reactor's `event_buffer` (1,024) chain events
+//! behind gets `{"jsonrpc": "2.0", "method": "lagged", "params":
+//! {"missed": N}}` and should re-read the state it shows; one that takes
+//! longer than `rpc.ws_write_timeout_s` (10 s) to accept a message is
+//! disconnected. At most `rpc.max_ws_clients` (100) clients at once.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use plexus_p2p::SwitchEvent;
+use plexus_reactors::consensus::{BlockSummary, ChainEvent};
+use serde_json::{json, Value};
+use tokio::sync::broadcast::{self, error::RecvError};
+
+use crate::node::Node;
+use crate::rpc::{call, code, err, reply, RpcError};
+
+/// The events a client can subscribe to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Event {
+    /// A block joined the main chain.
+    NewBlock,
+    /// The tip changed (possibly by a reorg).
+    Tip,
+    /// A peer was added or removed.
+    Peers,
+}
+
+impl Event {
+    /// The event's name on the wire.
+    pub fn name(self) -> &'static str {
+        match self {
+            Event::NewBlock => "new_block",
+            Event::Tip => "tip",
+            Event::Peers => "peers",
+        }
+    }
+
+    /// From `{"event": name}` or CometBFT's `{"query": "tm.event='X'"}`.
+    fn from_params(p: &Value) -> Result<Event, RpcError> {
+        let bad = || {
+            err(
+                code::INVALID_PARAMS,
+                "event must be new_block, tip or peers (or query tm.event='NewBlock')",
+            )
+        };
+        if let Some(name) = p.get("event").and_then(Value::as_str) {
+            return match name {
+                "new_block" => Ok(Event::NewBlock),
+                "tip" => Ok(Event::Tip),
+                "peers" => Ok(Event::Peers),
+                _ => Err(bad()),
+            };
+        }
+        let q = p.get("query").and_then(Value::as_str).ok_or_else(bad)?;
+        match q.replace(' ', "").as_str() {
+            "tm.event='NewBlock'" => Ok(Event::NewBlock),
+            "tm.event='Tip'" => Ok(Event::Tip),
+            "tm.event='Peers'" => Ok(Event::Peers),
+            _ => Err(bad()),
+        }
+    }
+}
+
+/// `GET /websocket`: upgrades, or answers 503 when `max_ws_clients` are
+/// connected.
+pub async fn handler(State(node): State<Arc<Node>>, ws: WebSocketUpgrade) -> Response {
+    let max = node.cfg.rpc.max_ws_clients;
+    let taken = node
+        .ws_clients
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1));
+    if taken.is_err() {
+        let body = reply(
+            Value::Null,
+            Err(err(code::INTERNAL, format!("{max} WebSocket clients already"))),
+        );
+        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+    }
+    let limit = node.cfg.rpc.max_body_bytes;
+    ws.max_message_size(limit).max_frame_size(limit).on_upgrade(move |socket| async move {
+        Client::new(node.clone()).run(socket).await;
+        node.ws_clients.fetch_sub(1, Ordering::SeqCst);
+    })
+}
+
+/// One connected client.
+struct Client {
+    node: Arc<Node>,
+    /// Subscribed events and the `id` of each `subscribe`.
+    subs: HashMap<Event, Value>,
+    /// Held only while `new_block` or `tip` is subscribed, so the chain
+    /// builds events only for someone.
+    chain: Option<broadcast::Receiver<Arc<ChainEvent>>>,
+    /// Held only while `peers` is subscribed.
+    peers: Option<broadcast::Receiver<SwitchEvent>>,
+    write_timeout: Duration,
+}
+
+/// Why a client's loop ends.
+struct Gone;
+
+impl Client {
+    fn new(node: Arc<Node>) -> Client {
+        let write_timeout = Duration::from_secs(node.cfg.rpc.ws_write_timeout_s.max(1));
+        Client { node, subs: HashMap::new(), chain: None, peers: None, write_timeout }
+    }
+
+    async fn run(mut self, mut socket: WebSocket) {
+        loop {
+            let r = tokio::select! {
+                msg = socket.recv() => match msg {
+                    Some(Ok(Message::Text(t))) => {
+                        let out = self.request(t.as_str()).await;
+                        self.send(&mut socket, &out).await
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        let out = reply(Value::Null, Err(err(code::PARSE, "send JSON-RPC as text messages")));
+                        self.send(&mut socket, &out).await
+                    }
+                    Some(Ok(_)) => Ok(()), // ping/pong are answered by axum
+                    Some(Err(_)) | None => Err(Gone),
+                },
+                ev = recv_opt(&mut self.chain) => self.chain_event(&mut socket, ev).await,
+                ev = recv_opt(&mut self.peers) => self.peer_event(&mut socket, ev).await,
+                _ = self.node.sw.stopped() => Err(Gone),
+            };
+            if r.is_err() {
+                break;
+            }
+        }
+        let _ = tokio::time::timeout(self.write_timeout, socket.send(Message::Close(None))).await;
+    }
+
+    async fn send(&self, socket: &mut WebSocket, v: &Value) -> Result<(), Gone> {
+        let text = v.to_string();
+        match tokio::time::timeout(self.write_timeout, socket.send(Message::Text(text.into())))
+            .await
+        {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(Gone),
+        }
+    }
+
+    /// Answers one request (subscriptions here, the rest by [`call`]).
+    async fn request(&mut self, text: &str) -> Value {
+        let req: Value = match serde_json::from_str(text) {
+            Ok(v) => v,
+            Err(e) => return reply(Value::Null, Err(err(code::PARSE, format!("not JSON: {e}")))),
+        };
+        let id = req.get("id").cloned().unwrap_or(Value::Null);
+        let Some(method) = req.get("method").and_then(Value::as_str) else {
+            return reply(id, Err(err(code::INVALID_REQUEST, "no method")));
+        };
+        let params = req.get("params").cloned().unwrap_or(json!({}));
+        let r = match method {
+            "subscribe" => Event::from_params(&params).map(|e| {
+                self.subs.insert(e, id.clone());
+                json!({})
+            }),
+            "unsubscribe" => Event::from_params(&params).and_then(|e| {
+                self.subs.remove(&e).map(|_| json!({})).ok_or_else(|| {
+                    err(code::INVALID_PARAMS, format!("not subscribed to {}", e.name()))
+                })
+            }),
+            "unsubscribe_all" => {
+                self.subs.clear();
+                Ok(json!({}))
+            }
+            _ => call(&self.node, method, params).await,
+        };
+        self.listen();
+        reply(id, r)
+    }
+
+    /// Holds the event receivers exactly while someone subscribed.
+    fn listen(&mut self) {
+        let chain = self.subs.contains_key(&Event::NewBlock) || self.subs.contains_key(&Event::Tip);
+        match (chain, self.chain.is_some()) {
+            (true, false) => self.chain = Some(self.node.cons.subscribe()),
+            (false, true) => self.chain = None,
+            _ => {}
+        }
+        match (self.subs.contains_key(&Event::Peers), self.peers.is_some()) {
+            (true, false) => self.peers = Some(self.node.sw.subscribe()),
+            (false, true) => self.peers = None,
+            _ => {}
+        }
+    }
+
+    fn event(&self, e: Event, value: Value) -> Option<Value> {
+        let id = self.subs.get(&e)?;
+        Some(json!({
+            "jsonrpc": "2.0",
+            "id": id,
+            "result": {"query": e.name(), "data": {"type": e.name(), "value": value}},
+        }))
+    }
+
+    async fn lagged(&self, socket: &mut WebSocket, missed: u64) -> Result<(), Gone> {
+        let v = json!({"jsonrpc": "2.0", "method": "lagged", "params": {"missed": missed}});
+        self.send(socket, &v).await
+    }
+
+    async fn chain_event(
+        &mut self,
+        socket: &mut WebSocket,
+        ev: Result<Arc<ChainEvent>, RecvError>,
+    ) -> Result<(), Gone> {
+        let ev = match ev {
+            Ok(ev) => ev,
+            Err(RecvError::Lagged(n)) => return self.lagged(socket, n).await,
+            Err(RecvError::Closed) => return Err(Gone),
+        };
+        for b in &ev.connected {
+            if let Some(v) = self.event(Event::NewBlock, summary_json(b)) {
+                self.send(socket, &v).await?;
+            }
+        }
+        let tip = json!({
+            "old_tip": ev.old_tip.to_string(),
+            "tip": ev.new_tip.to_string(),
+            "height": ev.height,
+            "fork_height": ev.fork_height,
+            "reorg_depth": ev.disconnected.len(),
+            "disconnected": ev.disconnected.iter().map(summary_json).collect::<Vec<_>>(),
+            "connected": ev.connected.len(),
+            "source": ev.source.map(|id| id.to_string()),
+        });
+        if let Some(v) = self.event(Event::Tip, tip) {
+            self.send(socket, &v).await?;
+        }
+        Ok(())
+    }
+
+    async fn peer_event(
+        &mut self,
+        socket: &mut WebSocket,
+        ev: Result<SwitchEvent, RecvError>,
+    ) -> Result<(), Gone> {
+        let n_peers = self.node.sw.peers().len();
+        let value = match ev {
+            Ok(SwitchEvent::PeerAdded { id, direction }) => {
+                let peer = self.node.sw.peer(&id);
+                json!({
+                    "event": "added",
+                    "id": id.to_string(),
+                    "outbound": matches!(direction, plexus_p2p::Direction::Outbound),
+                    "moniker": peer.as_ref().map(|p| p.node_info().moniker.clone()),
+                    "addr": peer.as_ref().map(|p| p.socket_addr().to_string()),
+                    "n_peers": n_peers,
+                })
+            }
+            Ok(SwitchEvent::PeerRemoved { id, reason }) => json!({
+                "event": "removed",
+                "id": id.to_string(),
+                "reason": reason.to_string(),
+                "n_peers": n_peers,
+            }),
+            Ok(_) => return Ok(()),
+            Err(RecvError::Lagged(n)) => return self.lagged(socket, n).await,
+            Err(RecvError::Closed) => return Err(Gone),
+        };
+        match self.event(Event::Peers, value) {
+            Some(v) => self.send(socket, &v).await,
+            None => Ok(()),
+        }
+    }
+}
+
+/// Receives from `rx`, or waits forever when there is none.
+async fn recv_opt<T: Clone>(rx: &mut Option<broadcast::Receiver<T>>) -> Result<T, RecvError> {
+    match rx {
+        Some(r) => r.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A block summary as JSON (also the `new_block` event's value).
+pub fn summary_json(b: &BlockSummary) -> Value {
+    json!({
+        "hash": b.hash.to_string(),
+        "height": b.height,
+        "timestamp_ms": b.timestamp_ms,
+        "n_txs": b.n_txs,
+        "size": b.size,
+    })
+}
