@@ -68,6 +68,15 @@ pub struct RpcConfig {
     /// message is disconnected (CometBFT's write wait), seconds.
     /// Default 10.
     pub ws_write_timeout_s: u64,
+    /// A WebSocket client that sends nothing, not even a pong to our
+    /// pings (sent at 9/10 of this), for this long is disconnected
+    /// (CometBFT's read wait), seconds. Default 30.
+    pub ws_read_timeout_s: u64,
+    /// Browser origins allowed to use the API besides the node's own page
+    /// (`"*"`: any); other `Origin`s are refused with 403. Default none.
+    pub cors_allowed_origins: Vec<String>,
+    /// Most addresses in one `dial_peers` call. Default 100.
+    pub max_dial_peers: usize,
 }
 
 /// `[mining]`.
@@ -127,6 +136,9 @@ impl Default for RpcConfig {
             max_body_bytes: 1_000_000,
             max_ws_clients: 100,
             ws_write_timeout_s: 10,
+            ws_read_timeout_s: 30,
+            cors_allowed_origins: Vec::new(),
+            max_dial_peers: 100,
         }
     }
 }
@@ -186,14 +198,37 @@ impl NodeConfig {
     pub fn load(path: &Path) -> anyhow::Result<NodeConfig> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
-        toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+        let cfg: NodeConfig =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        cfg.validate().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        Ok(cfg)
+    }
+
+    /// Refuses values the node cannot run with; the error names the field.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let checks = [
+            (self.rpc.max_body_bytes >= 1024, "rpc.max_body_bytes must be at least 1024"),
+            (self.rpc.ws_read_timeout_s >= 1, "rpc.ws_read_timeout_s must be at least 1"),
+            (self.rpc.ws_write_timeout_s >= 1, "rpc.ws_write_timeout_s must be at least 1"),
+            (self.p2p.pex_period_s >= 1, "p2p.pex_period_s must be at least 1"),
+            (self.mining.threads >= 1, "mining.threads must be at least 1"),
+            (
+                matches!(self.log.format.as_str(), "text" | "json"),
+                "log.format must be text or json",
+            ),
+        ];
+        match checks.iter().find(|(ok, _)| !ok) {
+            Some((_, why)) => anyhow::bail!("{why}"),
+            None => Ok(()),
+        }
     }
 
     /// The file as written by `plexus init`: every field with a comment
     /// giving its meaning, unit and default.
     pub fn render(&self) -> String {
         let q = |s: &str| toml::Value::String(s.to_string()).to_string();
-        let peers = self.p2p.peers.iter().map(|p| q(p)).collect::<Vec<_>>().join(", ");
+        let list = |v: &[String]| v.iter().map(|p| q(p)).collect::<Vec<_>>().join(", ");
+        let peers = list(&self.p2p.peers);
         format!(
             r#"# Plexus node configuration. Flags of `plexus start` override these.
 
@@ -231,6 +266,12 @@ max_body_bytes = {max_body}
 max_ws_clients = {max_ws}
 # Disconnect a WebSocket client that takes longer to accept a message, seconds (default 10).
 ws_write_timeout_s = {ws_wait}
+# Disconnect a WebSocket client silent this long (pinged at 9/10 of it), seconds (default 30).
+ws_read_timeout_s = {ws_read}
+# Browser origins allowed besides the node's own page, "*" for any (default none).
+cors_allowed_origins = [{cors}]
+# Most addresses in one dial_peers call (default 100).
+max_dial_peers = {max_dial}
 
 [mining]
 # Mine blocks (default false; flag -m).
@@ -258,6 +299,9 @@ format = {format}
             max_body = self.rpc.max_body_bytes,
             max_ws = self.rpc.max_ws_clients,
             ws_wait = self.rpc.ws_write_timeout_s,
+            ws_read = self.rpc.ws_read_timeout_s,
+            cors = list(&self.rpc.cors_allowed_origins),
+            max_dial = self.rpc.max_dial_peers,
             mine = self.mining.enabled,
             threads = self.mining.threads,
             filter = q(&self.log.filter),
@@ -279,6 +323,17 @@ mod tests {
         assert_eq!(back, c);
         let default: NodeConfig = toml::from_str(&NodeConfig::default().render()).unwrap();
         assert_eq!(default, NodeConfig::default());
+    }
+
+    #[test]
+    fn values_the_node_cannot_use_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, "[rpc]\nmax_body_bytes = 0\n").unwrap();
+        let e = NodeConfig::load(&path).unwrap_err().to_string();
+        assert!(e.contains("rpc.max_body_bytes"), "{e}");
+        std::fs::write(&path, "[log]\nformat = \"xml\"\n").unwrap();
+        assert!(NodeConfig::load(&path).unwrap_err().to_string().contains("log.format"));
     }
 
     #[test]

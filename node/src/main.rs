@@ -140,7 +140,11 @@ fn start_config(a: &StartArgs, home: &Home) -> anyhow::Result<NodeConfig> {
     if let Some(p) = a.p2p_port {
         cfg.p2p.port = p;
     }
-    cfg.p2p.peers.extend(peer_strings(&a.peers));
+    for p in peer_strings(&a.peers) {
+        if !cfg.p2p.peers.contains(&p) {
+            cfg.p2p.peers.push(p);
+        }
+    }
     for p in &cfg.p2p.peers {
         node::PeerArg::parse(p)?;
     }
@@ -185,38 +189,12 @@ async fn until_stop(nodes: &[Arc<Node>]) {
         if waits.is_empty() {
             std::future::pending::<()>().await;
         }
-        futures_select_all(waits).await;
+        futures_util::future::select_all(waits).await;
     };
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term => {}
         _ = rpc_stop => {}
-    }
-}
-
-/// Resolves when the first of `futs` does.
-async fn futures_select_all<F: std::future::Future<Output = ()> + Unpin>(futs: Vec<F>) {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
-    let mut handles = Vec::new();
-    for f in futs {
-        let tx = tx.clone();
-        handles.push(async move {
-            f.await;
-            let _ = tx.send(()).await;
-        });
-    }
-    let all = async {
-        let mut set = Vec::new();
-        for h in handles {
-            set.push(h);
-        }
-        for h in set {
-            h.await;
-        }
-    };
-    tokio::select! {
-        _ = rx.recv() => {}
-        _ = all => {}
     }
 }
 
@@ -333,6 +311,9 @@ async fn main() -> anyhow::Result<()> {
                 anyhow::bail!("--cuda: this build of plexus has no GPU support; mine on the CPU with -m [--mine-threads N]");
             }
             let home = Home::resolve(a.home.clone());
+            // A first start writes the default config; flags apply to this
+            // run only (as on every later start).
+            node::init(&home, &NodeConfig::default(), None)?;
             let cfg = start_config(&a, &home)?;
             init_logging(&cfg.log.filter, &cfg.log.format);
             let node = Node::start(home, cfg).await?;

@@ -50,6 +50,20 @@ pub fn init(
     Ok(())
 }
 
+/// The address to listen on for `host` (an IPv4 or IPv6 address, bare or
+/// in brackets, or a name such as `localhost`, resolved) and `port`.
+async fn listen_addr(what: &str, host: &str, port: u16) -> anyhow::Result<SocketAddr> {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    tokio::net::lookup_host((bare, port))
+        .await
+        .with_context(|| format!("{what} host {host:?} does not resolve"))?
+        .next()
+        .with_context(|| format!("{what} host {host:?} resolves to no address"))
+}
+
 /// A peer given as `-k`: with its id, or an address to dial and learn.
 #[derive(Clone, Debug)]
 pub enum PeerArg {
@@ -148,9 +162,7 @@ impl Node {
         } else {
             NodeType::FullNode
         };
-        let listen: SocketAddr = format!("{}:{}", cfg.p2p.host, cfg.p2p.port)
-            .parse()
-            .with_context(|| format!("p2p listen address {}:{}", cfg.p2p.host, cfg.p2p.port))?;
+        let listen = listen_addr("p2p", &cfg.p2p.host, cfg.p2p.port).await?;
         let sw_cfg = SwitchConfig {
             listen_addr: Some(listen),
             max_inbound: cfg.p2p.max_inbound,
@@ -192,9 +204,7 @@ impl Node {
             let mc = MinerConfig { threads: cfg.mining.threads.max(1), ..MinerConfig::default() };
             cons.start_miner(mc, mem.watch_added())
         });
-        let rpc_listen: SocketAddr = format!("{}:{}", cfg.rpc.host, cfg.rpc.port)
-            .parse()
-            .with_context(|| format!("rpc listen address {}:{}", cfg.rpc.host, cfg.rpc.port))?;
+        let rpc_listen = listen_addr("rpc", &cfg.rpc.host, cfg.rpc.port).await?;
         let listener = tokio::net::TcpListener::bind(rpc_listen)
             .await
             .with_context(|| format!("listening for the web page and RPC on {rpc_listen}"))?;

@@ -9,13 +9,13 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use bytes::Bytes;
 use plexus_p2p::{NetAddress, NodeId, Switch};
-use plexus_reactors::chain::{Block, Hash, Header, U256};
+use plexus_reactors::chain::{Block, Hash, Header, TxId, U256};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde_json::{json, Value};
@@ -186,7 +186,9 @@ async fn index() -> Html<&'static str> {
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> Response {
-    let body = node.metrics.render(&node);
+    // Rendering reads the chain and the mempool under their locks.
+    let n = node.clone();
+    let body = tokio::task::spawn_blocking(move || n.metrics.render(&n)).await.unwrap_or_default();
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body)
         .into_response()
 }
@@ -200,17 +202,47 @@ pub(crate) fn reply(id: Value, r: Result<Value, RpcError>) -> Value {
     }
 }
 
-async fn jsonrpc(State(node): State<Arc<Node>>, body: Bytes) -> Json<Value> {
-    let req: Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(e) => return Json(reply(Value::Null, Err(err(code::PARSE, format!("not JSON: {e}"))))),
-    };
+async fn jsonrpc(State(node): State<Arc<Node>>, headers: HeaderMap, body: Bytes) -> Response {
+    if !origin_allowed(&node.cfg.rpc, &headers) {
+        return origin_refused(&headers);
+    }
+    Json(request(&node, &body, Via::Post).await).into_response()
+}
+
+/// A parsed JSON-RPC request: id, method, params.
+pub struct Request {
+    /// The request's `id` (null when absent).
+    pub id: Value,
+    /// The method name.
+    pub method: String,
+    /// The `params` (null when absent).
+    pub params: Value,
+}
+
+/// Parses one JSON-RPC request; the error is the finished error response.
+pub fn parse_request(body: &[u8]) -> Result<Request, Value> {
+    let req: Value = serde_json::from_slice(body)
+        .map_err(|e| reply(Value::Null, Err(err(code::PARSE, format!("not JSON: {e}")))))?;
+    if req.is_array() {
+        return Err(reply(
+            Value::Null,
+            Err(err(code::INVALID_REQUEST, "batches are not supported")),
+        ));
+    }
     let id = req.get("id").cloned().unwrap_or(Value::Null);
     let Some(method) = req.get("method").and_then(Value::as_str) else {
-        return Json(reply(id, Err(err(code::INVALID_REQUEST, "no method"))));
+        return Err(reply(id, Err(err(code::INVALID_REQUEST, "no method"))));
     };
-    let params = req.get("params").cloned().unwrap_or(json!({}));
-    Json(reply(id, call(&node, method, params).await))
+    let params = req.get("params").cloned().unwrap_or(Value::Null);
+    Ok(Request { id, method: method.to_string(), params })
+}
+
+/// One JSON-RPC request (`POST /` body) to its response.
+pub async fn request(node: &Arc<Node>, body: &[u8], via: Via) -> Value {
+    match parse_request(body) {
+        Ok(r) => reply(r.id, call(node, &r.method, r.params, via).await),
+        Err(response) => response,
+    }
 }
 
 async fn get_method(
@@ -226,7 +258,7 @@ async fn get_method(
             (k, v)
         })
         .collect();
-    let r = call(&node, &method, Value::Object(params)).await;
+    let r = call(&node, &method, Value::Object(params), Via::Get).await;
     let status = match &r {
         Ok(_) => StatusCode::OK,
         Err(e) if e.code == code::METHOD_NOT_FOUND || e.code == code::NOT_FOUND => {
@@ -281,95 +313,94 @@ fn block_json(b: &Block) -> Value {
     v
 }
 
-fn require_unsafe(node: &Node) -> Result<(), RpcError> {
-    if node.cfg.rpc.unsafe_methods {
-        Ok(())
-    } else {
+/// How a request arrived. GET routes never run methods that change the
+/// node: a page on another site can make a browser send a GET (an `<img>`)
+/// without any check, while POST and WebSocket requests from a browser
+/// carry an `Origin` the node checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// `GET /<method>`.
+    Get,
+    /// `POST /` (JSON-RPC).
+    Post,
+    /// A WebSocket message.
+    WebSocket,
+}
+
+fn require_unsafe(node: &Node, via: Via) -> Result<(), RpcError> {
+    if !node.cfg.rpc.unsafe_methods {
         Err(err(code::NOT_ALLOWED, "method not allowed: set rpc.unsafe = true in config.toml"))
+    } else if via == Via::Get {
+        Err(err(code::NOT_ALLOWED, "methods that change the node need POST or the WebSocket"))
+    } else {
+        Ok(())
     }
 }
 
-/// Runs one method. Both the JSON-RPC and the GET forms end here.
-pub async fn call(node: &Arc<Node>, method: &str, p: Value) -> Result<Value, RpcError> {
+/// Whether a browser request's `Origin` may use the API: no `Origin` (not
+/// a browser), the node's own page (`Origin` = `http(s)://` + `Host`), or
+/// one of `rpc.cors_allowed_origins` (`"*"` allows all), as CometBFT's
+/// `cors_allowed_origins`.
+pub fn origin_allowed(cfg: &crate::config::RpcConfig, headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    if cfg.cors_allowed_origins.iter().any(|o| o == "*" || o == origin) {
+        return true;
+    }
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let bare = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://"));
+    !host.is_empty() && bare == Some(host)
+}
+
+/// The refusal of a cross-origin request.
+pub fn origin_refused(headers: &HeaderMap) -> Response {
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    let msg = format!("requests from {origin} are refused; add it to rpc.cors_allowed_origins");
+    (StatusCode::FORBIDDEN, Json(reply(Value::Null, Err(err(code::NOT_ALLOWED, msg)))))
+        .into_response()
+}
+
+/// Runs one method; the JSON-RPC, GET and WebSocket forms all end here.
+/// `params` must be an object (named parameters) or absent. Reads of the
+/// chain, the store and the mempool run on a blocking thread, so a block
+/// import holding the chain lock never parks the async workers.
+pub async fn call(node: &Arc<Node>, method: &str, p: Value, via: Via) -> Result<Value, RpcError> {
+    let p = match p {
+        Value::Object(_) => p,
+        Value::Null => json!({}),
+        _ => return Err(err(code::INVALID_PARAMS, "params must be an object of named parameters")),
+    };
     match method {
-        "status" => Ok(status(node)),
-        "net_info" => Ok(net_info(node)),
-        "tips" => {
-            let c = node.cons.chain().lock();
-            let tips: Vec<Value> = c
-                .tips()
-                .iter()
-                .map(|t| json!({"hash": t.hash.to_string(), "height": t.height, "weight": t.weight.to_string()}))
-                .collect();
-            Ok(json!({ "tips": tips }))
-        }
-        "block" => {
-            let c = node.cons.chain().lock();
-            let hash = match (u64_param(&p, "height")?, param(&p, "hash")) {
-                (Some(h), _) => c
-                    .height_to_hash(h)
-                    .ok_or_else(|| err(code::NOT_FOUND, format!("no block at height {h}")))?,
-                (None, Some(v)) => v
-                    .as_str()
-                    .and_then(|s| s.parse::<Hash>().ok())
-                    .ok_or_else(|| err(code::INVALID_PARAMS, "hash must be 64 hex digits"))?,
-                (None, None) => c.tip(),
-            };
-            let block = c.block(&hash).map_err(|e| err(code::INTERNAL, e.to_string()))?;
-            let block = block.ok_or_else(|| err(code::NOT_FOUND, format!("no block {hash}")))?;
-            let mut v = block_json(&block);
-            v["main_chain"] = json!(c.on_main(&hash));
-            Ok(v)
-        }
-        "blockchain" => {
-            let c = node.cons.chain().lock();
-            let max = u64_param(&p, "max_height")?.unwrap_or(c.height()).min(c.height());
-            let min = u64_param(&p, "min_height")?.unwrap_or(max.saturating_sub(19));
-            if min > max {
-                return Err(err(
-                    code::INVALID_PARAMS,
-                    format!("min_height {min} is above max_height {max}"),
-                ));
-            }
-            // At most 20 headers, newest first (as CometBFT).
-            let min = min.max(max.saturating_sub(19));
-            let mut headers = Vec::new();
-            for h in (min..=max).rev() {
-                let hash = c.height_to_hash(h).expect("within the main chain");
-                let header = c.header(&hash).expect("main chain headers are known");
-                let mut v = header_json(&hash, header);
-                if let Ok(Some(b)) = c.block(&hash) {
-                    v["n_txs"] = json!(b.txs.len());
-                }
-                headers.push(v);
-            }
-            Ok(json!({ "last_height": c.height(), "headers": headers }))
-        }
-        "mempool" => {
-            let m = node.mem.pool().lock();
-            let limit = u64_param(&p, "limit")?.unwrap_or(30) as usize;
-            let txs: Vec<Value> = m
-                .iter()
-                .take(limit)
-                .map(|(id, t)| json!({"hash": id.to_string(), "tx": tx_text(t)}))
-                .collect();
-            Ok(json!({ "n_txs": m.len(), "bytes": m.bytes(), "txs": txs }))
+        "status" | "net_info" | "tips" | "block" | "blockchain" | "mempool" => {
+            let (node, method) = (node.clone(), method.to_string());
+            tokio::task::spawn_blocking(move || read(&node, &method, &p))
+                .await
+                .unwrap_or_else(|e| Err(err(code::INTERNAL, format!("the request failed: {e}"))))
         }
         "broadcast_tx" => {
-            let tx = param(&p, "tx")
-                .and_then(Value::as_str)
-                .ok_or_else(|| err(code::INVALID_PARAMS, "tx must be a string"))?;
+            // CometBFT's GET form passes unquoted numbers and booleans.
+            let tx = match param(&p, "tx") {
+                Some(Value::String(s)) => s.clone(),
+                Some(v @ (Value::Number(_) | Value::Bool(_))) => v.to_string(),
+                _ => return Err(err(code::INVALID_PARAMS, "tx must be a string")),
+            };
             let id = node
                 .mem
-                .submit(Bytes::from(tx.as_bytes().to_vec()))
+                .submit(Bytes::from(tx.into_bytes()))
                 .map_err(|e| err(code::TX_REFUSED, e.to_string()))?;
             Ok(json!({ "hash": id.to_string() }))
         }
         "dial_peers" => {
-            require_unsafe(node)?;
+            require_unsafe(node, via)?;
             let list = param(&p, "peers")
                 .and_then(Value::as_array)
                 .ok_or_else(|| err(code::INVALID_PARAMS, "peers must be a list of id@host:port"))?;
+            let max = node.cfg.rpc.max_dial_peers;
+            if list.len() > max {
+                let why = format!("{} peers; at most {max} (rpc.max_dial_peers)", list.len());
+                return Err(err(code::INVALID_PARAMS, why));
+            }
             let mut addrs = Vec::new();
             for v in list {
                 let s = v.as_str().unwrap_or_default();
@@ -386,7 +417,7 @@ pub async fn call(node: &Arc<Node>, method: &str, p: Value) -> Result<Value, Rpc
             Ok(json!({ "dialing": n, "persistent": persistent }))
         }
         "stop_peer" => {
-            require_unsafe(node)?;
+            require_unsafe(node, via)?;
             let id: NodeId =
                 param(&p, "id").and_then(Value::as_str).and_then(|s| s.parse().ok()).ok_or_else(
                     || err(code::INVALID_PARAMS, "id must be a node id (40 hex digits)"),
@@ -397,9 +428,105 @@ pub async fn call(node: &Arc<Node>, method: &str, p: Value) -> Result<Value, Rpc
             Ok(json!({ "stopped": id.to_string() }))
         }
         "stop_node" => {
-            require_unsafe(node)?;
+            require_unsafe(node, via)?;
             node.stop_requested.notify_one();
             Ok(json!({ "stopping": true }))
+        }
+        other => Err(err(code::METHOD_NOT_FOUND, format!("unknown method {other:?}"))),
+    }
+}
+
+/// Most transactions one `mempool` call returns (CometBFT's
+/// `unconfirmed_txs` cap).
+pub const MAX_MEMPOOL_LIMIT: usize = 100;
+
+/// Most headers one `blockchain` call returns (as CometBFT).
+pub const MAX_BLOCKCHAIN_HEADERS: u64 = 20;
+
+/// The read-only methods, on a blocking thread. Locks are held only to
+/// copy out what the answer needs; JSON is built after.
+fn read(node: &Node, method: &str, p: &Value) -> Result<Value, RpcError> {
+    let store_err = |e: plexus_reactors::chain::StoreError| err(code::INTERNAL, e.to_string());
+    match method {
+        "status" => Ok(status(node)),
+        "net_info" => Ok(net_info(node)),
+        "tips" => {
+            let tips = node.cons.chain().lock().tips();
+            let tips: Vec<Value> = tips
+                .iter()
+                .map(|t| json!({"hash": t.hash.to_string(), "height": t.height, "weight": t.weight.to_string()}))
+                .collect();
+            Ok(json!({ "tips": tips }))
+        }
+        "block" => {
+            let (height, hash) = (u64_param(p, "height")?, param(p, "hash"));
+            let (block, hash, main) = {
+                let c = node.cons.chain().lock();
+                let hash = match (height, hash) {
+                    (Some(h), _) => c
+                        .height_to_hash(h)
+                        .ok_or_else(|| err(code::NOT_FOUND, format!("no block at height {h}")))?,
+                    (None, Some(v)) => v
+                        .as_str()
+                        .and_then(|s| s.strip_prefix("0x").unwrap_or(s).parse::<Hash>().ok())
+                        .ok_or_else(|| err(code::INVALID_PARAMS, "hash must be 64 hex digits"))?,
+                    (None, None) => c.tip(),
+                };
+                (c.block(&hash).map_err(store_err)?, hash, c.on_main(&hash))
+            };
+            let block = block.ok_or_else(|| err(code::NOT_FOUND, format!("no block {hash}")))?;
+            let mut v = block_json(&block);
+            v["main_chain"] = json!(main);
+            Ok(v)
+        }
+        "blockchain" => {
+            let (last, picked) = {
+                let c = node.cons.chain().lock();
+                let last = c.height();
+                let max = u64_param(p, "max_height")?.unwrap_or(last).min(last);
+                let span = MAX_BLOCKCHAIN_HEADERS - 1;
+                let min = u64_param(p, "min_height")?.unwrap_or(max.saturating_sub(span));
+                if min > max {
+                    let why = format!("min_height {min} is above max_height {max}");
+                    return Err(err(code::INVALID_PARAMS, why));
+                }
+                // Newest first, as CometBFT.
+                let mut picked = Vec::new();
+                for h in (min.max(max.saturating_sub(span))..=max).rev() {
+                    let hash = c.height_to_hash(h);
+                    let header = hash.and_then(|x| c.header(&x).cloned());
+                    let (Some(hash), Some(header)) = (hash, header) else {
+                        return Err(err(code::INTERNAL, format!("main chain has no block {h}")));
+                    };
+                    picked.push((hash, header));
+                }
+                (last, picked)
+            };
+            let mut headers = Vec::with_capacity(picked.len());
+            for (hash, header) in picked {
+                let mut v = header_json(&hash, &header);
+                // One block per lock hold, so imports interleave.
+                let block = node.cons.chain().lock().block(&hash).map_err(store_err)?;
+                if let Some(b) = block {
+                    v["n_txs"] = json!(b.txs.len());
+                }
+                headers.push(v);
+            }
+            Ok(json!({ "last_height": last, "headers": headers }))
+        }
+        "mempool" => {
+            let limit = u64_param(p, "limit")?.unwrap_or(30).min(MAX_MEMPOOL_LIMIT as u64);
+            let (n, bytes, txs) = {
+                let m = node.mem.pool().lock();
+                let txs: Vec<(TxId, Bytes)> =
+                    m.iter().take(limit as usize).map(|(id, t)| (*id, t.clone())).collect();
+                (m.len(), m.bytes(), txs)
+            };
+            let txs: Vec<Value> = txs
+                .iter()
+                .map(|(id, t)| json!({"hash": id.to_string(), "tx": tx_text(t)}))
+                .collect();
+            Ok(json!({ "n_txs": n, "bytes": bytes, "txs": txs }))
         }
         other => Err(err(code::METHOD_NOT_FOUND, format!("unknown method {other:?}"))),
     }

@@ -15,18 +15,23 @@
 //! {"query": E, "data": {"type": E, "value": {…}}}}`. A client that falls
 //! more than the consensus reactor's `event_buffer` (1,024) chain events
 //! behind gets `{"jsonrpc": "2.0", "method": "lagged", "params":
-//! {"missed": N}}` and should re-read the state it shows; one that takes
-//! longer than `rpc.ws_write_timeout_s` (10 s) to accept a message is
-//! disconnected. At most `rpc.max_ws_clients` (100) clients at once.
+//! {"stream": "chain"|"peers", "missed": N}}` and should re-read the state
+//! it shows; one that takes longer than `rpc.ws_write_timeout_s` (10 s) to
+//! accept a message, or sends nothing (not even a pong to the pings sent
+//! every 9/10 of `rpc.ws_read_timeout_s`) for `ws_read_timeout_s` (30 s),
+//! is disconnected. At most `rpc.max_ws_clients` (100) clients at once;
+//! browsers only from the node's own page or `rpc.cors_allowed_origins`.
+//! Methods that change the node are allowed here (as over POST) when
+//! `rpc.unsafe` is set.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use plexus_p2p::SwitchEvent;
 use plexus_reactors::consensus::{BlockSummary, ChainEvent};
@@ -34,7 +39,9 @@ use serde_json::{json, Value};
 use tokio::sync::broadcast::{self, error::RecvError};
 
 use crate::node::Node;
-use crate::rpc::{call, code, err, reply, RpcError};
+use crate::rpc::{
+    call, code, err, origin_allowed, origin_refused, parse_request, reply, Request, RpcError, Via,
+};
 
 /// The events a client can subscribe to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -57,8 +64,9 @@ impl Event {
         }
     }
 
-    /// From `{"event": name}` or CometBFT's `{"query": "tm.event='X'"}`.
-    fn from_params(p: &Value) -> Result<Event, RpcError> {
+    /// From `{"event": name}` or CometBFT's `{"query": "tm.event='X'"}`:
+    /// the event and the query as written (what events echo back).
+    fn from_params(p: &Value) -> Result<(Event, String), RpcError> {
         let bad = || {
             err(
                 code::INVALID_PARAMS,
@@ -66,55 +74,76 @@ impl Event {
             )
         };
         if let Some(name) = p.get("event").and_then(Value::as_str) {
-            return match name {
-                "new_block" => Ok(Event::NewBlock),
-                "tip" => Ok(Event::Tip),
-                "peers" => Ok(Event::Peers),
-                _ => Err(bad()),
+            let e = match name {
+                "new_block" => Event::NewBlock,
+                "tip" => Event::Tip,
+                "peers" => Event::Peers,
+                _ => return Err(bad()),
             };
+            return Ok((e, name.to_string()));
         }
         let q = p.get("query").and_then(Value::as_str).ok_or_else(bad)?;
-        match q.replace(' ', "").as_str() {
-            "tm.event='NewBlock'" => Ok(Event::NewBlock),
-            "tm.event='Tip'" => Ok(Event::Tip),
-            "tm.event='Peers'" => Ok(Event::Peers),
-            _ => Err(bad()),
-        }
+        let e = match q.replace(' ', "").as_str() {
+            "tm.event='NewBlock'" => Event::NewBlock,
+            "tm.event='Tip'" => Event::Tip,
+            "tm.event='Peers'" => Event::Peers,
+            _ => return Err(bad()),
+        };
+        Ok((e, q.to_string()))
+    }
+}
+
+/// A WebSocket client slot, given back when dropped (the upgrade failed,
+/// the client left, or its task panicked).
+struct Slot(Arc<Node>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.ws_clients.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
 /// `GET /websocket`: upgrades, or answers 503 when `max_ws_clients` are
-/// connected.
-pub async fn handler(State(node): State<Arc<Node>>, ws: WebSocketUpgrade) -> Response {
+/// connected and 403 to a browser page from another origin.
+pub async fn handler(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if !origin_allowed(&node.cfg.rpc, &headers) {
+        return origin_refused(&headers);
+    }
     let max = node.cfg.rpc.max_ws_clients;
     let taken = node
         .ws_clients
         .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1));
     if taken.is_err() {
-        let body = reply(
-            Value::Null,
-            Err(err(code::INTERNAL, format!("{max} WebSocket clients already"))),
-        );
-        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response();
+        let e =
+            err(code::INTERNAL, format!("{max} WebSocket clients already (rpc.max_ws_clients)"));
+        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(reply(Value::Null, Err(e))))
+            .into_response();
     }
+    let slot = Slot(node.clone());
     let limit = node.cfg.rpc.max_body_bytes;
     ws.max_message_size(limit).max_frame_size(limit).on_upgrade(move |socket| async move {
-        Client::new(node.clone()).run(socket).await;
-        node.ws_clients.fetch_sub(1, Ordering::SeqCst);
+        Client::new(node).run(socket).await;
+        drop(slot);
     })
 }
 
 /// One connected client.
 struct Client {
     node: Arc<Node>,
-    /// Subscribed events and the `id` of each `subscribe`.
-    subs: HashMap<Event, Value>,
+    /// Subscribed events: the `id` of each `subscribe` and the query as the
+    /// client wrote it (echoed in its events, as CometBFT does).
+    subs: HashMap<Event, (Value, String)>,
     /// Held only while `new_block` or `tip` is subscribed, so the chain
     /// builds events only for someone.
     chain: Option<broadcast::Receiver<Arc<ChainEvent>>>,
     /// Held only while `peers` is subscribed.
     peers: Option<broadcast::Receiver<SwitchEvent>>,
     write_timeout: Duration,
+    read_timeout: Duration,
 }
 
 /// Why a client's loop ends.
@@ -123,26 +152,41 @@ struct Gone;
 impl Client {
     fn new(node: Arc<Node>) -> Client {
         let write_timeout = Duration::from_secs(node.cfg.rpc.ws_write_timeout_s.max(1));
-        Client { node, subs: HashMap::new(), chain: None, peers: None, write_timeout }
+        let read_timeout = Duration::from_secs(node.cfg.rpc.ws_read_timeout_s.max(1));
+        Client { node, subs: HashMap::new(), chain: None, peers: None, write_timeout, read_timeout }
     }
 
     async fn run(mut self, mut socket: WebSocket) {
+        let mut ping = tokio::time::interval(self.read_timeout * 9 / 10);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await;
+        let mut last_heard = Instant::now();
         loop {
             let r = tokio::select! {
-                msg = socket.recv() => match msg {
-                    Some(Ok(Message::Text(t))) => {
-                        let out = self.request(t.as_str()).await;
-                        self.send(&mut socket, &out).await
+                msg = socket.recv() => {
+                    last_heard = Instant::now();
+                    match msg {
+                        Some(Ok(Message::Text(t))) => {
+                            let out = self.request(t.as_str()).await;
+                            self.send(&mut socket, &out).await
+                        }
+                        Some(Ok(Message::Binary(_))) => {
+                            let e = err(code::PARSE, "send JSON-RPC as text messages");
+                            self.send(&mut socket, &reply(Value::Null, Err(e))).await
+                        }
+                        Some(Ok(_)) => Ok(()), // pings are answered by axum; pongs count as heard
+                        Some(Err(_)) | None => Err(Gone),
                     }
-                    Some(Ok(Message::Binary(_))) => {
-                        let out = reply(Value::Null, Err(err(code::PARSE, "send JSON-RPC as text messages")));
-                        self.send(&mut socket, &out).await
-                    }
-                    Some(Ok(_)) => Ok(()), // ping/pong are answered by axum
-                    Some(Err(_)) | None => Err(Gone),
-                },
+                }
                 ev = recv_opt(&mut self.chain) => self.chain_event(&mut socket, ev).await,
                 ev = recv_opt(&mut self.peers) => self.peer_event(&mut socket, ev).await,
+                _ = ping.tick() => {
+                    if last_heard.elapsed() >= self.read_timeout {
+                        Err(Gone)
+                    } else {
+                        self.send_msg(&mut socket, Message::Ping(Default::default())).await
+                    }
+                }
                 _ = self.node.sw.stopped() => Err(Gone),
             };
             if r.is_err() {
@@ -152,42 +196,45 @@ impl Client {
         let _ = tokio::time::timeout(self.write_timeout, socket.send(Message::Close(None))).await;
     }
 
-    async fn send(&self, socket: &mut WebSocket, v: &Value) -> Result<(), Gone> {
-        let text = v.to_string();
-        match tokio::time::timeout(self.write_timeout, socket.send(Message::Text(text.into())))
-            .await
-        {
+    async fn send_msg(&self, socket: &mut WebSocket, m: Message) -> Result<(), Gone> {
+        match tokio::time::timeout(self.write_timeout, socket.send(m)).await {
             Ok(Ok(())) => Ok(()),
             _ => Err(Gone),
         }
     }
 
+    async fn send(&self, socket: &mut WebSocket, v: &Value) -> Result<(), Gone> {
+        self.send_msg(socket, Message::Text(v.to_string().into())).await
+    }
+
     /// Answers one request (subscriptions here, the rest by [`call`]).
     async fn request(&mut self, text: &str) -> Value {
-        let req: Value = match serde_json::from_str(text) {
-            Ok(v) => v,
-            Err(e) => return reply(Value::Null, Err(err(code::PARSE, format!("not JSON: {e}")))),
+        let Request { id, method, params } = match parse_request(text.as_bytes()) {
+            Ok(r) => r,
+            Err(response) => return response,
         };
-        let id = req.get("id").cloned().unwrap_or(Value::Null);
-        let Some(method) = req.get("method").and_then(Value::as_str) else {
-            return reply(id, Err(err(code::INVALID_REQUEST, "no method")));
-        };
-        let params = req.get("params").cloned().unwrap_or(json!({}));
-        let r = match method {
-            "subscribe" => Event::from_params(&params).map(|e| {
-                self.subs.insert(e, id.clone());
-                json!({})
+        let r = match method.as_str() {
+            "subscribe" => Event::from_params(&params).and_then(|(e, query)| {
+                if self.subs.contains_key(&e) {
+                    return Err(err(
+                        code::INVALID_PARAMS,
+                        format!("already subscribed to {query}"),
+                    ));
+                }
+                self.subs.insert(e, (id.clone(), query));
+                Ok(json!({}))
             }),
-            "unsubscribe" => Event::from_params(&params).and_then(|e| {
-                self.subs.remove(&e).map(|_| json!({})).ok_or_else(|| {
-                    err(code::INVALID_PARAMS, format!("not subscribed to {}", e.name()))
-                })
+            "unsubscribe" => Event::from_params(&params).and_then(|(e, query)| {
+                self.subs
+                    .remove(&e)
+                    .map(|_| json!({}))
+                    .ok_or_else(|| err(code::INVALID_PARAMS, format!("not subscribed to {query}")))
             }),
             "unsubscribe_all" => {
                 self.subs.clear();
                 Ok(json!({}))
             }
-            _ => call(&self.node, method, params).await,
+            _ => call(&self.node, &method, params, Via::WebSocket).await,
         };
         self.listen();
         reply(id, r)
@@ -195,31 +242,35 @@ impl Client {
 
     /// Holds the event receivers exactly while someone subscribed.
     fn listen(&mut self) {
-        let chain = self.subs.contains_key(&Event::NewBlock) || self.subs.contains_key(&Event::Tip);
+        let chain = self.subscribed(Event::NewBlock) || self.subscribed(Event::Tip);
         match (chain, self.chain.is_some()) {
             (true, false) => self.chain = Some(self.node.cons.subscribe()),
             (false, true) => self.chain = None,
             _ => {}
         }
-        match (self.subs.contains_key(&Event::Peers), self.peers.is_some()) {
+        match (self.subscribed(Event::Peers), self.peers.is_some()) {
             (true, false) => self.peers = Some(self.node.sw.subscribe()),
             (false, true) => self.peers = None,
             _ => {}
         }
     }
 
+    fn subscribed(&self, e: Event) -> bool {
+        self.subs.contains_key(&e)
+    }
+
     fn event(&self, e: Event, value: Value) -> Option<Value> {
-        let id = self.subs.get(&e)?;
+        let (id, query) = self.subs.get(&e)?;
         Some(json!({
             "jsonrpc": "2.0",
             "id": id,
-            "result": {"query": e.name(), "data": {"type": e.name(), "value": value}},
+            "result": {"query": query, "data": {"type": e.name(), "value": value}},
         }))
     }
 
-    async fn lagged(&self, socket: &mut WebSocket, missed: u64) -> Result<(), Gone> {
-        let v = json!({"jsonrpc": "2.0", "method": "lagged", "params": {"missed": missed}});
-        self.send(socket, &v).await
+    async fn lagged(&self, socket: &mut WebSocket, stream: &str, missed: u64) -> Result<(), Gone> {
+        let params = json!({"stream": stream, "missed": missed});
+        self.send(socket, &json!({"jsonrpc": "2.0", "method": "lagged", "params": params})).await
     }
 
     async fn chain_event(
@@ -229,13 +280,16 @@ impl Client {
     ) -> Result<(), Gone> {
         let ev = match ev {
             Ok(ev) => ev,
-            Err(RecvError::Lagged(n)) => return self.lagged(socket, n).await,
+            Err(RecvError::Lagged(n)) => return self.lagged(socket, "chain", n).await,
             Err(RecvError::Closed) => return Err(Gone),
         };
         for b in &ev.connected {
             if let Some(v) = self.event(Event::NewBlock, summary_json(b)) {
                 self.send(socket, &v).await?;
             }
+        }
+        if !self.subscribed(Event::Tip) {
+            return Ok(());
         }
         let tip = json!({
             "old_tip": ev.old_tip.to_string(),
@@ -247,10 +301,10 @@ impl Client {
             "connected": ev.connected.len(),
             "source": ev.source.map(|id| id.to_string()),
         });
-        if let Some(v) = self.event(Event::Tip, tip) {
-            self.send(socket, &v).await?;
+        match self.event(Event::Tip, tip) {
+            Some(v) => self.send(socket, &v).await,
+            None => Ok(()),
         }
-        Ok(())
     }
 
     async fn peer_event(
@@ -278,7 +332,7 @@ impl Client {
                 "n_peers": n_peers,
             }),
             Ok(_) => return Ok(()),
-            Err(RecvError::Lagged(n)) => return self.lagged(socket, n).await,
+            Err(RecvError::Lagged(n)) => return self.lagged(socket, "peers", n).await,
             Err(RecvError::Closed) => return Err(Gone),
         };
         match self.event(Event::Peers, value) {

@@ -95,6 +95,8 @@ async fn websocket_calls_subscriptions_and_limits() {
         match event_type(&v) {
             Some("new_block") => {
                 assert_eq!(v["id"], json!(10));
+                // The query is echoed as written (CometBFT clients match on it).
+                assert_eq!(v["result"]["query"], json!("tm.event='NewBlock'"));
                 heights.push(v["result"]["data"]["value"]["height"].as_u64().unwrap());
             }
             Some("tip") => {
@@ -107,6 +109,11 @@ async fn websocket_calls_subscriptions_and_limits() {
         }
     }
     assert!(heights.windows(2).all(|w| w[1] == w[0] + 1), "{heights:?}");
+    let again =
+        json!({"jsonrpc": "2.0", "id": 13, "method": "subscribe", "params": {"event": "tip"}});
+    send(&mut ws, again).await;
+    let e = answer(&mut ws, 13, &mut Vec::new()).await;
+    assert!(e["error"]["message"].as_str().unwrap().contains("already subscribed"), "{e}");
 
     // A peer joins: a peers event names it.
     let (h2, _, r2) = node_home(dir.path(), "n2", &g);
@@ -136,12 +143,46 @@ async fn websocket_calls_subscriptions_and_limits() {
         tips += usize::from(event_type(&v) == Some("tip"));
     }
 
+    // A page from another site is refused; the node's own page is not.
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let with_origin = |origin: &str| {
+        let mut req = format!("ws://127.0.0.1:{r1}/websocket").into_client_request().unwrap();
+        req.headers_mut().insert("origin", origin.parse().unwrap());
+        req
+    };
+    match tokio_tungstenite::connect_async(with_origin("http://evil.example")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 403),
+        other => panic!("a foreign origin: {:?}", other.map(|_| ())),
+    }
+    let own = tokio_tungstenite::connect_async(with_origin(&format!("http://127.0.0.1:{r1}")));
+    drop(own.await.expect("the node's own page may connect"));
+    // Methods that change the node need POST or the WebSocket.
+    let e = ureq::get(&format!("http://127.0.0.1:{r1}/stop_node")).call();
+    assert!(matches!(e, Err(ureq::Error::StatusCode(403))), "{e:?}");
+    assert!(get(r1, "status").is_some(), "the node stopped");
+    // The mempool answer is capped whatever the limit asked.
+    let m = get(r1, "mempool?limit=100000").unwrap();
+    assert!(m["txs"].as_array().unwrap().len() <= 100);
+
     // The client limit: a second client is fine, a third gets 503.
     let _second = connect(r1).await.unwrap();
     match connect(r1).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(r)) => assert_eq!(r.status(), 503),
         other => panic!("a third client: {:?}", other.map(|_| ())),
     }
+    // Methods that change the node are refused when rpc.unsafe is off.
+    let (h3, _, r3) = node_home_rpc(dir.path(), "safe", &g, "unsafe = false\n");
+    let safe = start(&h3, r3, &[]);
+    until(30, "the safe node's RPC", || get(r3, "status").is_some());
+    let mut ws3 = connect(r3).await.unwrap();
+    send(&mut ws3, json!({"jsonrpc": "2.0", "id": 1, "method": "stop_node"})).await;
+    let e = answer(&mut ws3, 1, &mut Vec::new()).await;
+    assert_eq!(e["error"]["code"], json!(-32000), "{e}");
+    assert!(e["error"]["message"].as_str().unwrap().contains("rpc.unsafe"), "{e}");
+    let e = ureq::get(&format!("http://127.0.0.1:{r3}/stop_peer?id=00")).call();
+    assert!(matches!(e, Err(ureq::Error::StatusCode(403))), "{e:?}");
+    assert!(get(safe.rpc, "status").is_some(), "the node stopped");
+
     let mut m = ureq::get(&format!("http://127.0.0.1:{r1}/metrics")).call().unwrap();
     let text = m.body_mut().read_to_string().unwrap();
     assert!(text.contains("plexus_rpc_ws_clients 2"), "{text}");

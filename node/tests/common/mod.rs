@@ -53,7 +53,8 @@ pub fn node_home(root: &Path, name: &str, genesis: &Path) -> (PathBuf, u16, u16)
     node_home_rpc(root, name, genesis, "")
 }
 
-/// As [`node_home`], with `rpc_lines` added to the `[rpc]` section.
+/// As [`node_home`], with `rpc_lines` added to the `[rpc]` section (which
+/// may set `unsafe` itself).
 pub fn node_home_rpc(
     root: &Path,
     name: &str,
@@ -70,8 +71,10 @@ pub fn node_home_rpc(
         .unwrap();
     assert!(st.success());
     let (p2p, rpc) = (free_port(), free_port());
+    // Unsafe methods on, unless the caller sets `unsafe` itself.
+    let unsafe_line = if rpc_lines.contains("unsafe") { "" } else { "unsafe = true\n" };
     let cfg = format!(
-        "moniker = \"{name}\"\n[p2p]\nhost = \"127.0.0.1\"\nport = {p2p}\naddr_book_strict = false\npex_period_s = 1\n[rpc]\nport = {rpc}\nunsafe = true\n{rpc_lines}"
+        "moniker = \"{name}\"\n[p2p]\nhost = \"127.0.0.1\"\nport = {p2p}\naddr_book_strict = false\npex_period_s = 1\n[rpc]\nport = {rpc}\n{unsafe_line}{rpc_lines}"
     );
     std::fs::write(home.join("config.toml"), cfg).unwrap();
     (home, p2p, rpc)

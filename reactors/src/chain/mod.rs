@@ -105,6 +105,10 @@ pub enum BlockError {
     /// The store failed; the block was not accepted and may be retried.
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    /// The import task ended before the block was processed (it panicked
+    /// or the runtime is shutting down); the block may be retried.
+    #[error("the block import was aborted")]
+    ImportAborted,
 }
 
 impl BlockError {
@@ -112,7 +116,10 @@ impl BlockError {
     /// future may be clock skew and a store error is ours, so neither
     /// counts; a known-invalid block does (Bitcoin bans for it too).
     pub fn is_peer_fault(&self) -> bool {
-        !matches!(self, BlockError::TimeTooNew { .. } | BlockError::Store(_))
+        !matches!(
+            self,
+            BlockError::TimeTooNew { .. } | BlockError::Store(_) | BlockError::ImportAborted
+        )
     }
 
     /// Whether the block hash can never be valid (remember it and refuse it
@@ -126,6 +133,7 @@ impl BlockError {
             self,
             BlockError::TimeTooNew { .. }
                 | BlockError::Store(_)
+                | BlockError::ImportAborted
                 | BlockError::Malformed(_)
                 | BlockError::BadMerkleRoot
         )

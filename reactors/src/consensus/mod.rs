@@ -150,7 +150,9 @@ impl BlockSummary {
 
 /// One change of the main chain (a new tip, or a reorg when
 /// `disconnected` is not empty), as [`ConsensusReactor::subscribe`]
-/// delivers it: one event per block that moved the tip, in order.
+/// delivers it: one event per processed block that moved the tip, in
+/// order; `connected` holds more than that block when it also connected
+/// stored orphans or won a fork.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ChainEvent {
     /// The tip before.
@@ -165,8 +167,9 @@ pub struct ChainEvent {
     pub disconnected: Vec<BlockSummary>,
     /// Blocks that joined it, lowest first.
     pub connected: Vec<BlockSummary>,
-    /// The peer whose block moved the tip; `None` for a block mined here
-    /// or submitted locally.
+    /// The peer that sent the processed block (orphans it connected may
+    /// have come from others); `None` for a block mined here or submitted
+    /// locally.
     pub source: Option<NodeId>,
 }
 
@@ -255,8 +258,8 @@ impl ConsensusReactor {
         self.importer.tip.subscribe()
     }
 
-    /// Every later main-chain change, one [`ChainEvent`] per block that
-    /// moved the tip (the RPC's subscriptions). Events are built only while
+    /// Every later main-chain change, one [`ChainEvent`] per processed
+    /// block that moved the tip (the RPC's subscriptions). Events are built only while
     /// a receiver exists; a receiver more than `event_buffer` events
     /// behind gets `RecvError::Lagged`.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<ChainEvent>> {
@@ -357,7 +360,11 @@ impl ConsensusReactor {
     /// Imports a block from outside the network (RPC, tools): validates,
     /// stores and announces it.
     pub async fn submit_block(&self, block: Block) -> Result<Processed, BlockError> {
-        let p = self.import_blocks(vec![block], None).await.pop().expect("one result")?;
+        let p = self
+            .import_blocks(vec![block], None)
+            .await
+            .pop()
+            .ok_or(BlockError::ImportAborted)??;
         self.announce(&p, None).await;
         Ok(p)
     }
