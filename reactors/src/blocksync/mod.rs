@@ -45,7 +45,7 @@ use tokio::time::Instant;
 
 pub use pool::{Arrival, BlockPool, PoolConfig, PoolError, Request};
 
-use crate::chain::{Block, BlockError, Blockchain, Hash, Header, HeaderPath};
+use crate::chain::{Block, BlockError, BlockHash, Blockchain, Hash, Header};
 use crate::consensus::{system_clock, Clock, ConsensusReactor, PeerChain, MAX_LOCATOR};
 
 /// The block sync channel.
@@ -304,24 +304,123 @@ impl BlockSyncReactor {
     }
 
     /// One round: headers from `peer`, then blocks from everyone on them.
+    /// Blocks download as soon as the first batch of headers is valid;
+    /// later batches extend the pool's path meanwhile (the weight check
+    /// comes with the last batch).
     async fn round(&self, sw: &Switch, peer: &Peer, claim: PeerChain) {
-        let Some(path) = self.fetch_headers(sw, peer, &claim).await else { return };
-        if path.is_empty() {
+        let Some(headers) = self.request_headers(sw, peer, &claim, None).await else { return };
+        if headers.is_empty() {
+            return;
+        }
+        let now_ms = (self.clock)();
+        let verdict = {
+            let chain = self.chain().lock();
+            match chain.header_path(&headers[0].prev_hash) {
+                None => Err((
+                    Some(MisbehaviorKind::ProtocolError),
+                    "headers do not start on our chain".to_string(),
+                )),
+                Some(mut path) => {
+                    chain.extend_header_path(&mut path, &headers, now_ms).map(|()| path).map_err(
+                        |(i, e)| {
+                            // A header from the future may be clock skew.
+                            let kind = e.is_peer_fault().then_some(MisbehaviorKind::InvalidData);
+                            (kind, format!("invalid header {i} of {}: {e}", headers.len()))
+                        },
+                    )
+                }
+            }
+        };
+        let path = match verdict {
+            Ok(path) => path,
+            Err((kind, why)) => return self.refuse_headers(sw, peer, kind, why).await,
+        };
+        let more = path.tip_hash() != claim.tip
+            && headers.len() >= self.cfg.max_headers_per_request as usize;
+        if !more && !self.weight_proven(sw, peer, &claim, path.weight()).await {
             return;
         }
         let now = Instant::now();
         let mut pool = BlockPool::new(self.cfg.pool.clone(), path, 0);
-        pool.add_peer(peer.id(), pool.target_height(), now);
+        pool.set_headers_complete(!more);
+        pool.add_peer(peer.id(), claim.height, now);
         *self.pool.lock() = Some(pool);
-        self.add_pool_peers(sw, now);
+        self.add_pool_peers(sw, &claim, now);
 
-        // Fetching and applying run side by side; the round ends when
-        // either ends (applied everything, or the fetch side gave up).
+        // Headers, fetching and applying run side by side; the round ends
+        // when fetching or applying ends (applied everything, or the fetch
+        // side gave up), or when the headers turn out bad.
         let applied = AtomicU64::new(0);
-        tokio::select! {
-            _ = self.fetch_loop(sw, &applied) => {}
-            _ = self.apply_loop(sw, &applied) => {}
+        let headers = self.header_loop(sw, peer, &claim);
+        let fetch = self.fetch_loop(sw, &claim, &applied);
+        let apply = self.apply_loop(sw, &applied);
+        tokio::pin!(headers, fetch, apply);
+        let mut headers_done = !more;
+        loop {
+            tokio::select! {
+                ok = &mut headers, if !headers_done => {
+                    if !ok {
+                        return;
+                    }
+                    headers_done = true;
+                }
+                _ = &mut fetch => return,
+                _ = &mut apply => return,
+            }
         }
+    }
+
+    /// Downloads the rest of `peer`'s headers into the running pool's
+    /// path, then checks they add up to its claimed weight. False (and the
+    /// peer reported where it is to blame) when they do not.
+    async fn header_loop(&self, sw: &Switch, peer: &Peer, claim: &PeerChain) -> bool {
+        loop {
+            let tip = self.pool.lock().as_ref().map(|p| p.path().tip_hash());
+            let Some(tip) = tip else { return false };
+            let Some(headers) = self.request_headers(sw, peer, claim, Some(tip)).await else {
+                return false;
+            };
+            let now_ms = (self.clock)();
+            // Chain, then pool: the order everywhere both are held.
+            let verdict = {
+                let chain = self.chain().lock();
+                let mut guard = self.pool.lock();
+                let Some(pool) = guard.as_mut() else { return false };
+                let r = chain.extend_header_path(pool.path_mut(), &headers, now_ms);
+                r.map(|()| pool.path().tip_hash()).map_err(|(i, e)| {
+                    let kind = e.is_peer_fault().then_some(MisbehaviorKind::InvalidData);
+                    (kind, format!("invalid header {i} of {}: {e}", headers.len()))
+                })
+            };
+            let tip = match verdict {
+                Ok(tip) => tip,
+                Err((kind, why)) => {
+                    self.refuse_headers(sw, peer, kind, why).await;
+                    return false;
+                }
+            };
+            // New heights to ask for.
+            self.block_arrived.notify_one();
+            if tip == claim.tip || headers.len() < self.cfg.max_headers_per_request as usize {
+                break;
+            }
+        }
+        let (weight, target) = {
+            let guard = self.pool.lock();
+            let Some(pool) = guard.as_ref() else { return false };
+            (pool.path().weight(), pool.path().tip_height())
+        };
+        if !self.weight_proven(sw, peer, claim, weight).await {
+            return false;
+        }
+        if let Some(pool) = self.pool.lock().as_mut() {
+            pool.set_headers_complete(true);
+        }
+        self.add_pool_peers(sw, claim, Instant::now());
+        self.block_arrived.notify_one();
+        self.ready_arrived.notify_one();
+        tracing::debug!(target_height = target, "block sync: all headers in");
+        true
     }
 
     /// Applies blocks in height order as they become ready, until the
@@ -355,8 +454,8 @@ impl BlockSyncReactor {
     /// Schedules requests, retires timed-out ones, takes in new peers,
     /// watches for a heavier tip elsewhere and logs progress. Returns when
     /// the round should end early.
-    async fn fetch_loop(&self, sw: &Switch, applied: &AtomicU64) {
-        let target = self.pool.lock().as_ref().map_or(0, |p| p.target_height());
+    async fn fetch_loop(&self, sw: &Switch, claim: &PeerChain, applied: &AtomicU64) {
+        let target = claim.height;
         let mut last_log = Instant::now();
         let mut last_status = Instant::now();
         let mut seen_gen = u64::MAX;
@@ -367,16 +466,17 @@ impl BlockSyncReactor {
             let gen = self.status_gen.load(Ordering::Relaxed);
             if gen != seen_gen {
                 seen_gen = gen;
-                self.add_pool_peers(sw, now);
+                self.add_pool_peers(sw, claim, now);
             }
-            let (requests, slow, pool_peers, inflight) = {
+            let (requests, slow, pool_peers, inflight, headers_in) = {
                 let mut guard = self.pool.lock();
                 let Some(pool) = guard.as_mut() else { return };
                 let slow = pool.expire(now);
                 for id in &slow {
                     pool.remove_peer(id);
                 }
-                (pool.schedule(now), slow, pool.peer_count(), pool.inflight_count())
+                let headers_in = pool.headers_complete();
+                (pool.schedule(now), slow, pool.peer_count(), pool.inflight_count(), headers_in)
             };
             for id in slow {
                 if let Some(p) = sw.peer(&id) {
@@ -391,7 +491,7 @@ impl BlockSyncReactor {
             if now.duration_since(last_status) >= self.cfg.status_interval {
                 last_status = now;
                 self.poll_status_quick(sw);
-                if self.heavier_elsewhere(sw) {
+                if self.heavier_elsewhere(sw, claim) {
                     tracing::info!("block sync: a heavier tip off this path appeared; new round");
                     return;
                 }
@@ -401,8 +501,9 @@ impl BlockSyncReactor {
                 tracing::info!("block sync: no peer left to fetch from; new round");
                 return;
             }
-            // Peers left, but none can serve what is missing.
-            if inflight == 0 && waiting == 0 && requests_sent == 0 {
+            // Peers left, but none can serve what is missing (while
+            // headers still arrive, the header side watches its peer).
+            if headers_in && inflight == 0 && waiting == 0 && requests_sent == 0 {
                 let since = *idle_since.get_or_insert(now);
                 if now.duration_since(since) >= self.cfg.pool.request_timeout {
                     tracing::info!("block sync: no peer serves the missing blocks; new round");
@@ -435,9 +536,10 @@ impl BlockSyncReactor {
         }
     }
 
-    /// Adds to the pool every connected peer whose claimed tip lies on the
-    /// path (it can serve up to that height).
-    fn add_pool_peers(&self, sw: &Switch, now: Instant) {
+    /// Adds to the pool every connected peer that claims the round's tip
+    /// (it serves the whole path, also while headers still arrive) or whose
+    /// claimed tip lies on the path (it can serve up to that height).
+    fn add_pool_peers(&self, sw: &Switch, claim: &PeerChain, now: Instant) {
         let claims: Vec<(NodeId, PeerChain)> =
             self.statuses.lock().iter().map(|(id, c)| (*id, c.clone())).collect();
         let mut guard = self.pool.lock();
@@ -446,7 +548,9 @@ impl BlockSyncReactor {
             if sw.peer(&id).is_none() {
                 continue;
             }
-            if let Some(h) = pool.path().height_of(&c.tip) {
+            if c.tip == claim.tip {
+                pool.add_peer(id, c.height, now);
+            } else if let Some(h) = pool.path().height_of(&c.tip) {
                 pool.add_peer(id, h, now);
             } else if c.height >= pool.target_height()
                 && c.weight >= pool.path().weight()
@@ -459,13 +563,16 @@ impl BlockSyncReactor {
     }
 
     /// Whether a connected peer claims a tip off our path, heavier than
-    /// the path and far enough ahead of it to be worth a new round.
-    fn heavier_elsewhere(&self, sw: &Switch) -> bool {
+    /// the round's target and far enough ahead of it to be worth a new
+    /// round.
+    fn heavier_elsewhere(&self, sw: &Switch, claim: &PeerChain) -> bool {
         let guard = self.pool.lock();
         let Some(pool) = guard.as_ref() else { return false };
-        let (w, h) = (pool.path().weight(), pool.target_height());
+        let w = pool.path().weight().max(claim.weight);
+        let h = pool.target_height().max(claim.height);
         self.statuses.lock().iter().any(|(id, c)| {
             sw.peer(id).is_some()
+                && c.tip != claim.tip
                 && pool.path().height_of(&c.tip).is_none()
                 && c.weight > w
                 && c.height > h + self.cfg.resync_distance
@@ -536,83 +643,74 @@ impl BlockSyncReactor {
         applied
     }
 
-    /// Downloads and validates `peer`'s headers from our fork point up to
-    /// its claimed tip. `None` (and the peer reported) when they are
-    /// invalid or do not add up to the claim; `None` as well on a timeout.
-    async fn fetch_headers(
+    /// One `HeadersRequest` to `peer` (locator: `after`, if any, then our
+    /// chain's), and its answer. `None` when the peer left or timed out
+    /// (then it is disconnected).
+    async fn request_headers(
         &self,
         sw: &Switch,
         peer: &Peer,
         claim: &PeerChain,
-    ) -> Option<HeaderPath> {
-        let max = self.cfg.max_headers_per_request;
-        let mut path: Option<HeaderPath> = None;
-        let ban = |why: String, kind| misbehavior(kind, self.cfg.misbehavior_score, why);
-        loop {
-            let mut locator = self.chain().lock().locator();
-            if let Some(p) = &path {
-                locator.insert(0, p.tip_hash());
-            }
-            let (tx, rx) = oneshot::channel();
-            self.headers_wait.lock().insert(peer.id(), tx);
-            let req = pb::HeadersRequest {
-                locator: locator.iter().take(MAX_LOCATOR).map(|h| h.0.to_vec().into()).collect(),
-                stop_hash: claim.tip.0.to_vec().into(),
-                max,
-            };
-            if peer.send_msg(BLOCKSYNC_CHANNEL, &msg(Sum::HeadersRequest(req))).await.is_err() {
-                return None;
-            }
-            let headers = match tokio::time::timeout(self.cfg.headers_timeout, rx).await {
-                Ok(Ok(h)) => h,
-                Ok(Err(_)) => return None, // the peer left
-                Err(_) => {
-                    self.headers_wait.lock().remove(&peer.id());
-                    tracing::info!(peer = %peer.id(), "block sync: headers request timed out");
-                    sw.stop_peer_for_error(peer, "headers request timed out").await;
-                    return None;
-                }
-            };
-            let Some(first) = headers.first() else { break };
-            let now = (self.clock)();
-            // Validate under the chain lock; report after releasing it.
-            let verdict = {
-                let chain = self.chain().lock();
-                if path.is_none() {
-                    path = chain.header_path(&first.prev_hash);
-                }
-                match path.as_mut() {
-                    None => Err((
-                        Some(MisbehaviorKind::ProtocolError),
-                        "headers do not start on our chain".into(),
-                    )),
-                    Some(p) => chain.extend_header_path(p, &headers, now).map_err(|(i, e)| {
-                        // A header from the future may be clock skew: no blame.
-                        let kind = e.is_peer_fault().then_some(MisbehaviorKind::InvalidData);
-                        (kind, format!("invalid header {i} of {}: {e}", headers.len()))
-                    }),
-                }
-            };
-            if let Err((kind, why)) = verdict {
-                tracing::info!(peer = %peer.id(), %why, "block sync: headers refused");
-                if let Some(kind) = kind {
-                    sw.report(peer, ban(why, kind)).await;
-                }
-                return None;
-            }
-            let p = path.as_ref().expect("set above");
-            if p.tip_hash() == claim.tip || headers.len() < max as usize {
-                break;
-            }
+        after: Option<BlockHash>,
+    ) -> Option<Vec<Header>> {
+        let mut locator = self.chain().lock().locator();
+        if let Some(h) = after {
+            locator.insert(0, h);
         }
-        let weight = path.as_ref().map_or(ruint::aliases::U256::ZERO, |p| p.weight());
-        if weight < claim.weight {
-            let why = format!("claimed weight {} but its headers prove {}", claim.weight, weight);
-            sw.report(peer, ban(why, MisbehaviorKind::ConsensusError)).await;
-            self.statuses.lock().remove(&peer.id());
+        let (tx, rx) = oneshot::channel();
+        self.headers_wait.lock().insert(peer.id(), tx);
+        let req = pb::HeadersRequest {
+            locator: locator.iter().take(MAX_LOCATOR).map(|h| h.0.to_vec().into()).collect(),
+            stop_hash: claim.tip.0.to_vec().into(),
+            max: self.cfg.max_headers_per_request,
+        };
+        if peer.send_msg(BLOCKSYNC_CHANNEL, &msg(Sum::HeadersRequest(req))).await.is_err() {
             return None;
         }
-        path
+        match tokio::time::timeout(self.cfg.headers_timeout, rx).await {
+            Ok(Ok(h)) => Some(h),
+            Ok(Err(_)) => None, // the peer left
+            Err(_) => {
+                self.headers_wait.lock().remove(&peer.id());
+                tracing::info!(peer = %peer.id(), "block sync: headers request timed out");
+                sw.stop_peer_for_error(peer, "headers request timed out").await;
+                None
+            }
+        }
+    }
+
+    /// Logs refused headers and reports the peer when it is to blame
+    /// (`kind`; `None` for a header from the future, maybe clock skew).
+    async fn refuse_headers(
+        &self,
+        sw: &Switch,
+        peer: &Peer,
+        kind: Option<MisbehaviorKind>,
+        why: String,
+    ) {
+        tracing::info!(peer = %peer.id(), %why, "block sync: headers refused");
+        if let Some(kind) = kind {
+            sw.report(peer, misbehavior(kind, self.cfg.misbehavior_score, why)).await;
+        }
+    }
+
+    /// Whether headers of `proven` weight back `claim`; if not, `peer`
+    /// lied and is reported (Chia bans peers that lie about weight).
+    async fn weight_proven(
+        &self,
+        sw: &Switch,
+        peer: &Peer,
+        claim: &PeerChain,
+        proven: ruint::aliases::U256,
+    ) -> bool {
+        if proven >= claim.weight {
+            return true;
+        }
+        let why = format!("claimed weight {} but its headers prove {proven}", claim.weight);
+        let ban = misbehavior(MisbehaviorKind::ConsensusError, self.cfg.misbehavior_score, why);
+        sw.report(peer, ban).await;
+        self.statuses.lock().remove(&peer.id());
+        false
     }
 
     /// Our status as a message.

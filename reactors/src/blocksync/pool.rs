@@ -135,6 +135,8 @@ pub struct BlockPool {
     /// Who has been asked for each height (not yet arrived).
     asked: HashMap<u64, Vec<NodeId>>,
     ready: BTreeMap<u64, (Block, NodeId)>,
+    /// False while later headers may still extend the path.
+    headers_complete: bool,
 }
 
 impl BlockPool {
@@ -150,7 +152,26 @@ impl BlockPool {
             peers: HashMap::new(),
             asked: HashMap::new(),
             ready: BTreeMap::new(),
+            headers_complete: true,
         }
+    }
+
+    /// The path, to extend while blocks download (headers and blocks
+    /// overlap); see [`BlockPool::set_headers_complete`].
+    pub fn path_mut(&mut self) -> &mut HeaderPath {
+        &mut self.path
+    }
+
+    /// Marks whether the path is final. A pool made with a path still
+    /// growing is set `false` first: it is not [`done`](Self::is_done)
+    /// when it has handed out the path so far. Default true.
+    pub fn set_headers_complete(&mut self, complete: bool) {
+        self.headers_complete = complete;
+    }
+
+    /// Whether the path is final.
+    pub fn headers_complete(&self) -> bool {
+        self.headers_complete
     }
 
     /// The header path being filled.
@@ -168,9 +189,9 @@ impl BlockPool {
         self.path.tip_height()
     }
 
-    /// Whether every block has been handed out.
+    /// Whether every block of the final path has been handed out.
     pub fn is_done(&self) -> bool {
-        self.next > self.path.tip_height()
+        self.headers_complete && self.next > self.path.tip_height()
     }
 
     /// Peers in the pool.
@@ -188,9 +209,10 @@ impl BlockPool {
         self.peers.iter().map(|(id, p)| (*id, p.served)).collect()
     }
 
-    /// Adds (or updates) a peer that can serve the path up to `height`.
+    /// Adds (or updates) a peer that can serve the path up to `height`
+    /// (its claimed tip height; it may lie beyond the path while headers
+    /// are still arriving, and requests never go past the path).
     pub fn add_peer(&mut self, peer: NodeId, height: u64, now: Instant) {
-        let height = height.min(self.path.tip_height());
         let p = self.peers.entry(peer).or_insert(PoolPeer {
             height,
             inflight: HashMap::new(),
@@ -588,6 +610,41 @@ mod tests {
         assert!(pool.schedule(t0 + c.duplicate_after / 2).is_empty());
         let dup = pool.schedule(t0 + c.duplicate_after);
         assert!(dup.iter().any(|r| r.peer == id(2) && r.heights == vec![1]), "{dup:?}");
+    }
+
+    #[test]
+    fn a_growing_path_is_served_as_it_grows() {
+        let p = params(0);
+        let mut src = chain(&p);
+        extend(&mut src, p.genesis_hash, 30, T);
+        let empty = chain(&p);
+        let headers: Vec<_> =
+            (1..=30u64).map(|h| *src.header(&src.height_to_hash(h).unwrap()).unwrap()).collect();
+        let mut path = empty.header_path(&p.genesis_hash).unwrap();
+        empty.extend_header_path(&mut path, &headers[..10], u64::MAX / 2).unwrap();
+        let mut pool = BlockPool::new(cfg(), path, 0);
+        pool.set_headers_complete(false);
+        let t = Instant::now();
+        pool.add_peer(id(1), 30, t); // claims the whole chain
+        let reqs = pool.schedule(t);
+        assert!(reqs.iter().flat_map(|r| &r.heights).all(|h| *h <= 10), "{reqs:?}");
+        for h in 1..=10 {
+            pool.on_block(id(1), block(&src, h)).unwrap();
+        }
+        assert_eq!(pool.take_ready(100).len(), 10);
+        assert!(!pool.is_done(), "more headers are coming");
+        // More headers: the same peer is asked for them at once.
+        empty.extend_header_path(pool.path_mut(), &headers[10..], u64::MAX / 2).unwrap();
+        pool.set_headers_complete(true);
+        let reqs = pool.schedule(t);
+        assert_eq!(reqs[0].heights[0], 11);
+        assert!(reqs.iter().all(|r| r.peer == id(1)));
+        for h in 11..=30 {
+            pool.schedule(t);
+            pool.on_block(id(1), block(&src, h)).unwrap();
+        }
+        assert_eq!(pool.take_ready(100).len(), 20);
+        assert!(pool.is_done());
     }
 
     #[test]

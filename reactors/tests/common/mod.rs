@@ -88,6 +88,9 @@ pub fn sync_cfg() -> BlockSyncConfig {
         status_wait: Duration::from_millis(500),
         status_interval: Duration::from_millis(500),
         headers_timeout: Duration::from_secs(3),
+        // Several header batches on short chains: blocks download while
+        // later headers arrive, and the weight check comes at the end.
+        max_headers_per_request: 64,
         ..BlockSyncConfig::default()
     }
 }
