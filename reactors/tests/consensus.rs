@@ -279,6 +279,16 @@ async fn a_peer_lying_about_its_weight_is_banned() {
     let liar = node_with(&net, 2, &p, chain(&p), quiet).await;
     let mut events = victim.sw.subscribe();
     connect(&liar, &victim).await;
+    // The liar's honest status on connect first, so the lie is not
+    // overwritten by it.
+    let liar_id = liar.sw.node_id();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while victim.cons.peer_chain(&liar_id).is_none() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the liar's status on connect");
     let lie = pb::Status {
         height: 1_000_000,
         weight: vec![0xff; 32].into(),
