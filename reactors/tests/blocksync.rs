@@ -111,6 +111,16 @@ async fn a_peer_claiming_more_weight_than_its_headers_prove_is_banned() {
     assert!(!banned(&me, &good.sw.node_id()));
 }
 
+/// The heaviest claim comes with no headers at all: that peer is banned
+/// (not picked again and again) and the node syncs from the honest one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_claiming_a_heavy_tip_and_sending_no_headers_is_banned() {
+    let (me, good, bad, tip) = with_faulty(Fault::NoHeaders).await;
+    assert!(wait_tip(&me, tip, 60).await, "stuck at {}", me.height());
+    assert!(wait_banned(&me, &bad.node.sw.node_id(), 30).await);
+    assert!(!banned(&me, &good.sw.node_id()));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_leaving_mid_sync_does_not_stop_it() {
     let p = params();

@@ -66,6 +66,10 @@ pub struct BlockSyncConfig {
     pub max_headers_per_request: u32,
     /// Longest wait for a headers answer. Default 15 s.
     pub headers_timeout: Duration,
+    /// Block requests in flight to the peer whose headers are still being
+    /// downloaded (its header answers queue behind them on the channel).
+    /// Default 2.
+    pub header_peer_pending: usize,
     /// A round starts when a peer's tip is more than this many blocks
     /// above ours (and heavier). Default 16.
     pub resync_distance: u64,
@@ -93,6 +97,7 @@ impl Default for BlockSyncConfig {
             status_interval: Duration::from_secs(10),
             max_headers_per_request: 2000,
             headers_timeout: Duration::from_secs(15),
+            header_peer_pending: 2,
             resync_distance: 16,
             apply_batch: 256,
             max_msg_bytes: 8 << 20,
@@ -132,7 +137,11 @@ pub struct BlockSyncReactor {
     status_arrived: Notify,
     /// As `status_arrived`, but keeps a permit for the idle wait.
     status_changed: Notify,
-    headers_wait: Mutex<HashMap<NodeId, oneshot::Sender<Vec<Header>>>>,
+    /// The headers request in flight per peer: its locator (an answer must
+    /// start after one of those hashes) and who waits for the answer.
+    headers_wait: Mutex<HashMap<NodeId, HeadersWait>>,
+    /// Notified whenever a headers answer arrives.
+    headers_answered: Notify,
     pool: Mutex<Option<BlockPool>>,
     /// Wakes the fetch side: an answer arrived or room was made.
     block_arrived: Notify,
@@ -154,6 +163,26 @@ impl std::fmt::Debug for BlockSyncReactor {
 
 fn misbehavior(kind: MisbehaviorKind, score: u32, reason: impl Into<String>) -> PeerMisbehavior {
     PeerMisbehavior { kind, score, reason: reason.into() }
+}
+
+/// Blame for refused headers: `None` for a header from the future (maybe
+/// clock skew) and, in a follow-up batch, for headers that do not link to
+/// the previous batch (the peer's chain moved meanwhile); the reason text.
+fn header_fault(
+    i: usize,
+    n: usize,
+    e: &BlockError,
+    follow_up: bool,
+) -> (Option<MisbehaviorKind>, String) {
+    let moved = follow_up && matches!(e, BlockError::Unlinked);
+    let kind = (e.is_peer_fault() && !moved).then_some(MisbehaviorKind::InvalidData);
+    (kind, format!("invalid header {i} of {n}: {e}"))
+}
+
+/// A headers request in flight (see `BlockSyncReactor::headers_wait`).
+struct HeadersWait {
+    locator: Vec<BlockHash>,
+    tx: oneshot::Sender<Vec<Header>>,
 }
 
 fn msg(sum: Sum) -> pb::Message {
@@ -179,6 +208,7 @@ impl BlockSyncReactor {
             status_arrived: Notify::new(),
             status_changed: Notify::new(),
             headers_wait: Mutex::new(HashMap::new()),
+            headers_answered: Notify::new(),
             pool: Mutex::new(None),
             block_arrived: Notify::new(),
             ready_arrived: Notify::new(),
@@ -304,12 +334,18 @@ impl BlockSyncReactor {
     }
 
     /// One round: headers from `peer`, then blocks from everyone on them.
-    /// Blocks download as soon as the first batch of headers is valid;
-    /// later batches extend the pool's path meanwhile (the weight check
-    /// comes with the last batch).
+    /// When the headers extend our tip, blocks download as soon as the
+    /// first batch of headers is valid and later batches extend the pool's
+    /// path meanwhile (every block applied then extends our main chain, so
+    /// a peer that turns out to have lied about its weight cost us nothing
+    /// but valid blocks). Headers of a fork off our tip all come first, and
+    /// the weight check before any block of it.
     async fn round(&self, sw: &Switch, peer: &Peer, claim: PeerChain) {
+        let ours = PeerChain::of(&self.chain().lock());
         let Some(headers) = self.request_headers(sw, peer, &claim, None).await else { return };
         if headers.is_empty() {
+            // It claims more work than ours and shows none of it.
+            self.weight_proven(sw, peer, &claim, ours.weight).await;
             return;
         }
         let now_ms = (self.clock)();
@@ -320,42 +356,45 @@ impl BlockSyncReactor {
                     Some(MisbehaviorKind::ProtocolError),
                     "headers do not start on our chain".to_string(),
                 )),
-                Some(mut path) => {
-                    chain.extend_header_path(&mut path, &headers, now_ms).map(|()| path).map_err(
-                        |(i, e)| {
-                            // A header from the future may be clock skew.
-                            let kind = e.is_peer_fault().then_some(MisbehaviorKind::InvalidData);
-                            (kind, format!("invalid header {i} of {}: {e}", headers.len()))
-                        },
-                    )
-                }
+                Some(mut path) => chain
+                    .extend_header_path(&mut path, &headers, now_ms)
+                    .map(|()| path)
+                    .map_err(|(i, e)| header_fault(i, headers.len(), &e, false)),
             }
         };
         let path = match verdict {
             Ok(path) => path,
             Err((kind, why)) => return self.refuse_headers(sw, peer, kind, why).await,
         };
-        let more = path.tip_hash() != claim.tip
-            && headers.len() >= self.cfg.max_headers_per_request as usize;
+        let more = path.tip_hash() != claim.tip;
         if !more && !self.weight_proven(sw, peer, &claim, path.weight()).await {
             return;
         }
+        let overlap = path.fork() == ours.tip;
         let now = Instant::now();
         let mut pool = BlockPool::new(self.cfg.pool.clone(), path, 0);
         pool.set_headers_complete(!more);
-        pool.add_peer(peer.id(), claim.height, now);
+        pool.add_peer(peer.id(), pool.target_height(), now);
+        if more {
+            // Its header answers must not queue behind many blocks.
+            pool.limit_peer(&peer.id(), Some(self.cfg.header_peer_pending));
+        }
         *self.pool.lock() = Some(pool);
         self.add_pool_peers(sw, &claim, now);
+        if more && !overlap && !self.header_loop(sw, peer, &claim).await {
+            return;
+        }
 
-        // Headers, fetching and applying run side by side; the round ends
-        // when fetching or applying ends (applied everything, or the fetch
-        // side gave up), or when the headers turn out bad.
+        // Headers (when still coming), fetching and applying run side by
+        // side; the round ends when fetching or applying ends (applied
+        // everything, or the fetch side gave up), or when the headers turn
+        // out bad.
         let applied = AtomicU64::new(0);
         let headers = self.header_loop(sw, peer, &claim);
         let fetch = self.fetch_loop(sw, &claim, &applied);
         let apply = self.apply_loop(sw, &applied);
         tokio::pin!(headers, fetch, apply);
-        let mut headers_done = !more;
+        let mut headers_done = !(more && overlap);
         loop {
             tokio::select! {
                 ok = &mut headers, if !headers_done => {
@@ -371,8 +410,10 @@ impl BlockSyncReactor {
     }
 
     /// Downloads the rest of `peer`'s headers into the running pool's
-    /// path, then checks they add up to its claimed weight. False (and the
-    /// peer reported where it is to blame) when they do not.
+    /// path, until its claimed tip or an empty answer, then checks they
+    /// add up to its claimed weight. False (and the peer reported where it
+    /// is to blame) when they do not, or when the peer left, timed out or
+    /// moved to another chain meanwhile.
     async fn header_loop(&self, sw: &Switch, peer: &Peer, claim: &PeerChain) -> bool {
         loop {
             let tip = self.pool.lock().as_ref().map(|p| p.path().tip_hash());
@@ -380,6 +421,9 @@ impl BlockSyncReactor {
             let Some(headers) = self.request_headers(sw, peer, claim, Some(tip)).await else {
                 return false;
             };
+            if headers.is_empty() {
+                break;
+            }
             let now_ms = (self.clock)();
             // Chain, then pool: the order everywhere both are held.
             let verdict = {
@@ -387,10 +431,8 @@ impl BlockSyncReactor {
                 let mut guard = self.pool.lock();
                 let Some(pool) = guard.as_mut() else { return false };
                 let r = chain.extend_header_path(pool.path_mut(), &headers, now_ms);
-                r.map(|()| pool.path().tip_hash()).map_err(|(i, e)| {
-                    let kind = e.is_peer_fault().then_some(MisbehaviorKind::InvalidData);
-                    (kind, format!("invalid header {i} of {}: {e}", headers.len()))
-                })
+                r.map(|()| pool.path().tip_hash())
+                    .map_err(|(i, e)| header_fault(i, headers.len(), &e, true))
             };
             let tip = match verdict {
                 Ok(tip) => tip,
@@ -399,27 +441,42 @@ impl BlockSyncReactor {
                     return false;
                 }
             };
-            // New heights to ask for.
+            // It serves what it sent; others whose tips are now on the
+            // path join, and claimants whose tip it reached answer for
+            // what they refused; new heights to ask for.
+            let now = Instant::now();
+            let blamed = match self.pool.lock().as_mut() {
+                Some(pool) => {
+                    pool.add_peer(peer.id(), pool.target_height(), now);
+                    pool.settle_claims()
+                }
+                None => Vec::new(),
+            };
+            for (id, e) in blamed {
+                if let Some(p) = sw.peer(&id) {
+                    self.report_refusal(sw, &p, e).await;
+                }
+            }
+            self.add_pool_peers(sw, claim, now);
             self.block_arrived.notify_one();
-            if tip == claim.tip || headers.len() < self.cfg.max_headers_per_request as usize {
+            if tip == claim.tip {
                 break;
             }
         }
-        let (weight, target) = {
-            let guard = self.pool.lock();
-            let Some(pool) = guard.as_ref() else { return false };
-            (pool.path().weight(), pool.path().tip_height())
-        };
+        let weight = self.pool.lock().as_ref().map(|p| p.path().weight());
+        let Some(weight) = weight else { return false };
         if !self.weight_proven(sw, peer, claim, weight).await {
             return false;
         }
+        let now = Instant::now();
         if let Some(pool) = self.pool.lock().as_mut() {
             pool.set_headers_complete(true);
+            pool.limit_peer(&peer.id(), None);
+            tracing::debug!(target_height = pool.target_height(), "block sync: all headers in");
         }
-        self.add_pool_peers(sw, claim, Instant::now());
+        self.add_pool_peers(sw, claim, now);
         self.block_arrived.notify_one();
         self.ready_arrived.notify_one();
-        tracing::debug!(target_height = target, "block sync: all headers in");
         true
     }
 
@@ -455,7 +512,6 @@ impl BlockSyncReactor {
     /// watches for a heavier tip elsewhere and logs progress. Returns when
     /// the round should end early.
     async fn fetch_loop(&self, sw: &Switch, claim: &PeerChain, applied: &AtomicU64) {
-        let target = claim.height;
         let mut last_log = Instant::now();
         let mut last_status = Instant::now();
         let mut seen_gen = u64::MAX;
@@ -515,6 +571,11 @@ impl BlockSyncReactor {
             let since = now.duration_since(last_log);
             if since >= self.cfg.log_interval {
                 let height = self.chain().lock().height();
+                // The claim until its headers prove where the path ends.
+                let target = match self.pool.lock().as_ref() {
+                    Some(p) if p.headers_complete() => p.target_height(),
+                    _ => claim.height,
+                };
                 let rate = applied.swap(0, Ordering::Relaxed) as f64 / since.as_secs_f64();
                 let eta = (rate > 0.0).then(|| target.saturating_sub(height) as f64 / rate);
                 tracing::info!(height, target, blocks_per_s = rate, peers = pool_peers, eta_s = ?eta, "block sync");
@@ -548,11 +609,12 @@ impl BlockSyncReactor {
             if sw.peer(&id).is_none() {
                 continue;
             }
-            if c.tip == claim.tip {
-                pool.add_peer(id, c.height, now);
-            } else if let Some(h) = pool.path().height_of(&c.tip) {
+            if let Some(h) = pool.path().height_of(&c.tip) {
                 pool.add_peer(id, h, now);
-            } else if c.height >= pool.target_height()
+            } else if c.tip == claim.tip {
+                pool.add_claimant(id, c.height, c.tip, now);
+            } else if pool.headers_complete()
+                && c.height >= pool.target_height()
                 && c.weight >= pool.path().weight()
                 && pool.has_peer(&id)
             {
@@ -653,12 +715,23 @@ impl BlockSyncReactor {
         claim: &PeerChain,
         after: Option<BlockHash>,
     ) -> Option<Vec<Header>> {
+        // An answer to a request that an ended round gave up on may still
+        // be due: let it come first, so it is not taken for this one's.
+        let deadline = tokio::time::Instant::now() + self.cfg.headers_timeout;
+        loop {
+            let answered = self.headers_answered.notified();
+            let stale = self.headers_wait.lock().get(&peer.id()).is_some_and(|w| w.tx.is_closed());
+            if !stale || tokio::time::timeout_at(deadline, answered).await.is_err() {
+                break;
+            }
+        }
         let mut locator = self.chain().lock().locator();
         if let Some(h) = after {
             locator.insert(0, h);
         }
         let (tx, rx) = oneshot::channel();
-        self.headers_wait.lock().insert(peer.id(), tx);
+        let wait = HeadersWait { locator: locator.iter().take(MAX_LOCATOR).copied().collect(), tx };
+        self.headers_wait.lock().insert(peer.id(), wait);
         let req = pb::HeadersRequest {
             locator: locator.iter().take(MAX_LOCATOR).map(|h| h.0.to_vec().into()).collect(),
             stop_hash: claim.tip.0.to_vec().into(),
@@ -677,6 +750,13 @@ impl BlockSyncReactor {
                 None
             }
         }
+    }
+
+    /// Reports a peer that refused a block it claimed to have.
+    async fn report_refusal(&self, sw: &Switch, peer: &Peer, e: PoolError) {
+        let m =
+            misbehavior(MisbehaviorKind::ConsensusError, self.cfg.misbehavior_score, e.to_string());
+        sw.report(peer, m).await;
     }
 
     /// Logs refused headers and reports the peer when it is to blame
@@ -786,10 +866,11 @@ impl Reactor for BlockSyncReactor {
                 let _ = peer.send_msg(BLOCKSYNC_CHANNEL, &reply).await;
             }
             Some(Sum::HeadersResponse(resp)) => {
-                let Some(tx) = self.headers_wait.lock().remove(&peer.id()) else {
+                let Some(wait) = self.headers_wait.lock().remove(&peer.id()) else {
                     sw.report(peer, protocol("unsolicited HeadersResponse".into())).await;
                     return;
                 };
+                self.headers_answered.notify_waiters();
                 if resp.headers.len() > self.cfg.max_headers_per_request as usize {
                     sw.report(
                         peer,
@@ -805,7 +886,16 @@ impl Reactor for BlockSyncReactor {
                     .collect::<Result<Vec<_>, BlockError>>()
                 {
                     Ok(h) => {
-                        let _ = tx.send(h);
+                        // The answer to an earlier request that we gave up
+                        // on (a round ended while it was on its way): not
+                        // this request's, and no fault.
+                        if h.first().is_some_and(|f| !wait.locator.contains(&f.prev_hash)) {
+                            tracing::debug!(peer = %peer.id(), "block sync: a late headers answer ignored");
+                            self.headers_wait.lock().entry(peer.id()).or_insert(wait);
+                            return;
+                        }
+                        // A waiter that is gone (its round ended) drops it.
+                        let _ = wait.tx.send(h);
                     }
                     Err(e) => sw.report(peer, protocol(e.to_string())).await,
                 }
@@ -878,12 +968,7 @@ impl Reactor for BlockSyncReactor {
                 };
                 let refused = self.pool.lock().as_mut().map(|p| p.on_no_block(peer.id(), &hash));
                 if let Some(Err(e @ PoolError::RefusedClaimed { .. })) = refused {
-                    let m = misbehavior(
-                        MisbehaviorKind::ConsensusError,
-                        self.cfg.misbehavior_score,
-                        e.to_string(),
-                    );
-                    sw.report(peer, m).await;
+                    self.report_refusal(sw, peer, e).await;
                 }
                 self.block_arrived.notify_one();
             }

@@ -88,6 +88,13 @@ struct PoolPeer {
     refused_from: Option<u64>,
     /// Blocks it delivered, all told.
     served: u64,
+    /// The tip it claimed when that tip is not yet known to be on the
+    /// path: until the path reaches it, a refusal is no offence (the path
+    /// may turn out to lead elsewhere).
+    claimed_tip: Option<BlockHash>,
+    /// Its own cap on requests in flight (the header peer's while headers
+    /// still come, so its header answers do not queue behind blocks).
+    max_pending: Option<usize>,
 }
 
 impl PoolPeer {
@@ -210,9 +217,53 @@ impl BlockPool {
     }
 
     /// Adds (or updates) a peer that can serve the path up to `height`
-    /// (its claimed tip height; it may lie beyond the path while headers
-    /// are still arriving, and requests never go past the path).
+    /// (requests never go past the path); a block it then refuses at or
+    /// below `height` is an offence.
     pub fn add_peer(&mut self, peer: NodeId, height: u64, now: Instant) {
+        self.add(peer, height, None, now);
+    }
+
+    /// Adds (or updates) a peer that claims `tip` at `height` while the
+    /// path does not reach `tip` yet (headers still arriving): it is asked
+    /// for the path's blocks as they come, and a refusal becomes an offence
+    /// only once the path holds `tip`.
+    pub fn add_claimant(&mut self, peer: NodeId, height: u64, tip: BlockHash, now: Instant) {
+        let tip = self.path.height_of(&tip).is_none().then_some(tip);
+        self.add(peer, height, tip, now);
+    }
+
+    /// Claimants whose claimed tip the path now holds: from here on they
+    /// answer for the path like any peer. Those that refused a block at or
+    /// below their claimed height meanwhile are returned with that offence
+    /// ([`PoolError::RefusedClaimed`]).
+    pub fn settle_claims(&mut self) -> Vec<(NodeId, PoolError)> {
+        let mut out = Vec::new();
+        for (id, p) in self.peers.iter_mut() {
+            let Some(tip) = p.claimed_tip else { continue };
+            if self.path.height_of(&tip).is_none() {
+                continue;
+            }
+            p.claimed_tip = None;
+            if let Some(r) = p.refused_from.filter(|r| *r <= p.height) {
+                out.push((*id, PoolError::RefusedClaimed { height: r, claimed: p.height }));
+            }
+        }
+        out
+    }
+
+    /// Caps `peer`'s requests in flight at `max` (`None`: the configured
+    /// `max_pending_per_peer`).
+    pub fn limit_peer(&mut self, peer: &NodeId, max: Option<usize>) {
+        if let Some(p) = self.peers.get_mut(peer) {
+            p.max_pending = max;
+        }
+    }
+
+    fn room(&self, p: &PoolPeer) -> bool {
+        p.inflight.len() < p.max_pending.unwrap_or(self.cfg.max_pending_per_peer)
+    }
+
+    fn add(&mut self, peer: NodeId, height: u64, claimed_tip: Option<BlockHash>, now: Instant) {
         let p = self.peers.entry(peer).or_insert(PoolPeer {
             height,
             inflight: HashMap::new(),
@@ -222,8 +273,13 @@ impl BlockPool {
             timeouts: 0,
             refused_from: None,
             served: 0,
+            claimed_tip,
+            max_pending: None,
         });
         p.height = p.height.max(height);
+        if claimed_tip.is_none() {
+            p.claimed_tip = None;
+        }
     }
 
     /// Removes a peer; its requests will go to others.
@@ -288,7 +344,7 @@ impl BlockPool {
             let helper = order.iter().find(|id| {
                 let p = &self.peers[*id];
                 **id != first
-                    && p.inflight.len() < self.cfg.max_pending_per_peer
+                    && self.room(p)
                     && p.height >= h
                     && p.refused_from.is_none_or(|r| r > h)
             });
@@ -308,7 +364,7 @@ impl BlockPool {
     /// the batch when the batch starts at the first free height.
     fn next_batch(&self, peer: &NodeId, from: &mut u64, end: u64) -> Option<Vec<u64>> {
         let p = &self.peers[peer];
-        if p.inflight.len() >= self.cfg.max_pending_per_peer {
+        if !self.room(p) {
             return None;
         }
         let limit = end.min(p.height).min(p.refused_from.map_or(u64::MAX, |r| r.saturating_sub(1)));
@@ -409,9 +465,13 @@ impl BlockPool {
             return Err(PoolError::Unsolicited(*hash));
         }
         self.scan_from = self.scan_from.min(height);
+        let path = &self.path;
         let p = self.peers.get_mut(&peer).expect("settled");
         p.refused_from = Some(p.refused_from.map_or(height, |r| r.min(height)));
-        if height <= p.height {
+        // A claimant whose tip the path has not reached may be on another
+        // chain than the path: no blame.
+        let proven = p.claimed_tip.is_none_or(|t| path.height_of(&t).is_some());
+        if proven && height <= p.height {
             return Err(PoolError::RefusedClaimed { height, claimed: p.height });
         }
         Ok(())
@@ -508,6 +568,18 @@ mod tests {
     /// A source chain of `n` blocks and a pool for all of them on an
     /// empty chain.
     fn setup(n: usize, cfg: PoolConfig) -> (Blockchain, BlockPool) {
+        let (src, _, _, pool) = growing(n, n, cfg);
+        (src, pool)
+    }
+
+    /// A source chain of `n` blocks, an empty chain, the `n` headers, and a
+    /// pool on the empty chain whose path holds the first `first` of them
+    /// (headers incomplete when `first < n`).
+    fn growing(
+        n: usize,
+        first: usize,
+        cfg: PoolConfig,
+    ) -> (Blockchain, Blockchain, Vec<crate::chain::Header>, BlockPool) {
         let p = params(0);
         let mut src = chain(&p);
         extend(&mut src, p.genesis_hash, n, T);
@@ -515,8 +587,10 @@ mod tests {
         let mut path = empty.header_path(&p.genesis_hash).unwrap();
         let headers: Vec<_> =
             (1..=n as u64).map(|h| *src.header(&src.height_to_hash(h).unwrap()).unwrap()).collect();
-        empty.extend_header_path(&mut path, &headers, u64::MAX / 2).unwrap();
-        (src, BlockPool::new(cfg, path, 0))
+        empty.extend_header_path(&mut path, &headers[..first], u64::MAX / 2).unwrap();
+        let mut pool = BlockPool::new(cfg, path, 0);
+        pool.set_headers_complete(first == n);
+        (src, empty, headers, pool)
     }
 
     fn block(src: &Blockchain, h: u64) -> Block {
@@ -614,16 +688,7 @@ mod tests {
 
     #[test]
     fn a_growing_path_is_served_as_it_grows() {
-        let p = params(0);
-        let mut src = chain(&p);
-        extend(&mut src, p.genesis_hash, 30, T);
-        let empty = chain(&p);
-        let headers: Vec<_> =
-            (1..=30u64).map(|h| *src.header(&src.height_to_hash(h).unwrap()).unwrap()).collect();
-        let mut path = empty.header_path(&p.genesis_hash).unwrap();
-        empty.extend_header_path(&mut path, &headers[..10], u64::MAX / 2).unwrap();
-        let mut pool = BlockPool::new(cfg(), path, 0);
-        pool.set_headers_complete(false);
+        let (src, empty, headers, mut pool) = growing(30, 10, cfg());
         let t = Instant::now();
         pool.add_peer(id(1), 30, t); // claims the whole chain
         let reqs = pool.schedule(t);
@@ -645,6 +710,26 @@ mod tests {
         }
         assert_eq!(pool.take_ready(100).len(), 20);
         assert!(pool.is_done());
+    }
+
+    #[test]
+    fn a_claimant_is_blamed_for_refusals_only_once_its_tip_is_on_the_path() {
+        let (src, empty, headers, mut pool) = growing(20, 8, cfg());
+        let tip = src.tip();
+        let t = Instant::now();
+        pool.add_claimant(id(1), 20, tip, t);
+        pool.add_claimant(id(2), 20, tip, t);
+        let reqs = pool.schedule(t);
+        let r1 = reqs.iter().find(|r| r.peer == id(1)).unwrap().clone();
+        // Not yet an offence: the path may still lead elsewhere.
+        assert_eq!(pool.on_no_block(id(1), &r1.hashes[0]), Ok(()));
+        assert!(pool.settle_claims().is_empty(), "the path has not reached the tip");
+        empty.extend_header_path(pool.path_mut(), &headers[8..], u64::MAX / 2).unwrap();
+        let blamed = pool.settle_claims();
+        assert_eq!(blamed.len(), 1, "{blamed:?}");
+        assert_eq!(blamed[0].0, id(1));
+        assert!(matches!(blamed[0].1, PoolError::RefusedClaimed { .. }));
+        assert!(pool.settle_claims().is_empty(), "settled once");
     }
 
     #[test]

@@ -213,6 +213,9 @@ pub enum Fault {
     CorruptFrom(u64),
     /// Claims a hundred times its real height and weight; headers honest.
     LieWeight,
+    /// Claims as `LieWeight` does, and answers every headers request with
+    /// no headers.
+    NoHeaders,
 }
 
 pub struct Faulty {
@@ -239,7 +242,7 @@ impl Reactor for Faulty {
                 let r = {
                     let c = self.chain.lock();
                     let (mut weight, mut height) = (c.weight(), c.height());
-                    if let Fault::LieWeight = self.fault {
+                    if let Fault::LieWeight | Fault::NoHeaders = self.fault {
                         weight *= U256::from(100);
                         height *= 100;
                     }
@@ -256,7 +259,9 @@ impl Reactor for Faulty {
                 let locator: Vec<Hash> =
                     req.locator.iter().filter_map(|h| Hash::from_slice(h)).collect();
                 let stop = Hash::from_slice(&req.stop_hash).unwrap_or(Hash::ZERO);
-                let headers = {
+                let headers = if let Fault::NoHeaders = self.fault {
+                    Vec::new()
+                } else {
                     self.chain.lock().main_headers_after(
                         &locator,
                         &stop,
@@ -274,7 +279,7 @@ impl Reactor for Faulty {
                         Fault::NoBlock => {
                             Sum::NoBlockResponse(pb::NoBlockResponse { hash: h.0.to_vec().into() })
                         }
-                        Fault::CorruptFrom(_) | Fault::LieWeight => {
+                        Fault::CorruptFrom(_) | Fault::LieWeight | Fault::NoHeaders => {
                             let mut b = { self.chain.lock().block(&h).unwrap().unwrap() };
                             if matches!(self.fault, Fault::CorruptFrom(x) if b.header.height >= x) {
                                 b.txs.push(Bytes::from_static(b"forged"));
