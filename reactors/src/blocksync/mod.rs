@@ -64,6 +64,10 @@ pub struct BlockSyncConfig {
     pub status_interval: Duration,
     /// Most headers asked for, and answered, per request. Default 2,000.
     pub max_headers_per_request: u32,
+    /// Headers asked for in a round's first request (blocks start to
+    /// download once they are valid; later requests ask for
+    /// `max_headers_per_request`). Default 128.
+    pub first_headers_batch: u32,
     /// Longest wait for a headers answer. Default 15 s.
     pub headers_timeout: Duration,
     /// Block requests in flight to the peer whose headers are still being
@@ -96,6 +100,7 @@ impl Default for BlockSyncConfig {
             min_status_peers: 3,
             status_interval: Duration::from_secs(10),
             max_headers_per_request: 2000,
+            first_headers_batch: 128,
             headers_timeout: Duration::from_secs(15),
             header_peer_pending: 2,
             resync_distance: 16,
@@ -735,7 +740,12 @@ impl BlockSyncReactor {
         let req = pb::HeadersRequest {
             locator: locator.iter().take(MAX_LOCATOR).map(|h| h.0.to_vec().into()).collect(),
             stop_hash: claim.tip.0.to_vec().into(),
-            max: self.cfg.max_headers_per_request,
+            // A small first batch gets blocks moving sooner.
+            max: if after.is_none() {
+                self.cfg.first_headers_batch.clamp(1, self.cfg.max_headers_per_request)
+            } else {
+                self.cfg.max_headers_per_request
+            },
         };
         if peer.send_msg(BLOCKSYNC_CHANNEL, &msg(Sum::HeadersRequest(req))).await.is_err() {
             return None;
