@@ -117,6 +117,9 @@ pub struct Node {
     pub metrics: crate::rpc::Metrics,
     /// Connected WebSocket clients.
     pub ws_clients: std::sync::atomic::AtomicUsize,
+    /// A read-only connection to the chain database for the RPC's block
+    /// reads, so they never take the chain lock an import holds.
+    pub reader: Mutex<Store>,
 }
 
 impl Node {
@@ -128,6 +131,7 @@ impl Node {
         let key = NodeKey::load(home.node_key())?;
         let params = Arc::new(NetworkParams::load(&home.genesis())?);
         let store = Store::open_in_home(home.dir())?;
+        let reader = Mutex::new(Store::open_reader_in_home(home.dir())?);
         let chain = Blockchain::open(params.clone(), store, BlockchainConfig::default())?;
         let mem = Arc::new(MempoolReactor::new(MempoolConfig::default()));
         let chain = Arc::new(Mutex::new(chain));
@@ -225,6 +229,7 @@ impl Node {
             stop_requested: Notify::new(),
             metrics,
             ws_clients: std::sync::atomic::AtomicUsize::new(0),
+            reader,
         });
         crate::rpc::serve(node.clone(), listener);
         tracing::info!(

@@ -443,8 +443,10 @@ pub const MAX_MEMPOOL_LIMIT: usize = 100;
 /// Most headers one `blockchain` call returns (as CometBFT).
 pub const MAX_BLOCKCHAIN_HEADERS: u64 = 20;
 
-/// The read-only methods, on a blocking thread. Locks are held only to
-/// copy out what the answer needs; JSON is built after.
+/// The read-only methods, on a blocking thread. The chain and mempool
+/// locks are held only to copy out what the answer needs (hashes,
+/// headers); blocks are read through the node's read-only database
+/// connection, and JSON is built after.
 fn read(node: &Node, method: &str, p: &Value) -> Result<Value, RpcError> {
     let store_err = |e: plexus_reactors::chain::StoreError| err(code::INTERNAL, e.to_string());
     match method {
@@ -460,7 +462,7 @@ fn read(node: &Node, method: &str, p: &Value) -> Result<Value, RpcError> {
         }
         "block" => {
             let (height, hash) = (u64_param(p, "height")?, param(p, "hash"));
-            let (block, hash, main) = {
+            let (hash, main) = {
                 let c = node.cons.chain().lock();
                 let hash = match (height, hash) {
                     (Some(h), _) => c
@@ -472,8 +474,9 @@ fn read(node: &Node, method: &str, p: &Value) -> Result<Value, RpcError> {
                         .ok_or_else(|| err(code::INVALID_PARAMS, "hash must be 64 hex digits"))?,
                     (None, None) => c.tip(),
                 };
-                (c.block(&hash).map_err(store_err)?, hash, c.on_main(&hash))
+                (hash, c.on_main(&hash))
             };
+            let block = node.reader.lock().block(&hash).map_err(store_err)?;
             let block = block.ok_or_else(|| err(code::NOT_FOUND, format!("no block {hash}")))?;
             let mut v = block_json(&block);
             v["main_chain"] = json!(main);
@@ -505,8 +508,7 @@ fn read(node: &Node, method: &str, p: &Value) -> Result<Value, RpcError> {
             let mut headers = Vec::with_capacity(picked.len());
             for (hash, header) in picked {
                 let mut v = header_json(&hash, &header);
-                // One block per lock hold, so imports interleave.
-                let block = node.cons.chain().lock().block(&hash).map_err(store_err)?;
+                let block = node.reader.lock().block(&hash).map_err(store_err)?;
                 if let Some(b) = block {
                     v["n_txs"] = json!(b.txs.len());
                 }

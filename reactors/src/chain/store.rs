@@ -21,7 +21,7 @@ use std::path::Path;
 use bytes::Bytes;
 use plexus_proto::chain as pb;
 use prost::Message;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use super::block::{Block, BlockHash, Hash, Header};
 
@@ -113,6 +113,31 @@ impl Store {
     /// Opens `<home>/data/chain.sqlite` ([`DEFAULT_DB_PATH`]).
     pub fn open_in_home(home: &Path) -> Result<Store, StoreError> {
         Self::open(&home.join(DEFAULT_DB_PATH))
+    }
+
+    /// A read-only connection to the existing database at `path`, for
+    /// readers beside the one writer (the node's RPC): under WAL a reader
+    /// sees the last committed state and neither blocks nor waits for the
+    /// writer, so block reads need no chain lock. Writes through it fail.
+    /// Errors: [`StoreError::Sqlite`] when the file cannot be opened (open
+    /// the writer first, which creates it), [`StoreError::SchemaTooNew`],
+    /// [`StoreError::Corrupt`] for a database never initialised.
+    pub fn open_reader(path: &Path) -> Result<Store, StoreError> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags)?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::SchemaTooNew { found: version, supported: SCHEMA_VERSION });
+        }
+        if version == 0 {
+            return Err(corrupt("the chain database has no schema yet"));
+        }
+        Ok(Store { conn })
+    }
+
+    /// [`Store::open_reader`] on `<home>/data/chain.sqlite`.
+    pub fn open_reader_in_home(home: &Path) -> Result<Store, StoreError> {
+        Self::open_reader(&home.join(DEFAULT_DB_PATH))
     }
 
     /// A database in memory (tests, benchmarks).

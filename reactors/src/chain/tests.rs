@@ -542,22 +542,24 @@ fn retarget_is_bounded_per_step() {
     assert_eq!(c.header(&hs[3]).unwrap().bits, bits_from_target(start / U256::from(4)));
 }
 
+/// A chain stored in the SQLite file at `path`.
+fn disk_chain(p: &Arc<NetworkParams>, path: &std::path::Path) -> Blockchain {
+    Blockchain::open(p.clone(), Store::open(path).unwrap(), BlockchainConfig::default()).unwrap()
+}
+
 #[test]
 fn reopening_the_store_rebuilds_the_chain() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("data/chain.sqlite");
     let p = params(2);
     let (tip, heights, tips, count) = {
-        let mut c =
-            Blockchain::open(p.clone(), Store::open(&path).unwrap(), BlockchainConfig::default())
-                .unwrap();
+        let mut c = disk_chain(&p, &path);
         extend(&mut c, p.genesis_hash, 6, 10 * T);
         extend(&mut c, p.genesis_hash, 3, 1); // a heavier fork
         let heights: Vec<_> = (0..=c.height()).map(|h| c.height_to_hash(h).unwrap()).collect();
         (c.tip(), heights, c.tips(), c.block_count())
     };
-    let c = Blockchain::open(p.clone(), Store::open(&path).unwrap(), BlockchainConfig::default())
-        .unwrap();
+    let c = disk_chain(&p, &path);
     assert_eq!(c.tip(), tip);
     assert_eq!((0..=c.height()).map(|h| c.height_to_hash(h).unwrap()).collect::<Vec<_>>(), heights);
     assert_eq!(c.tips(), tips);
@@ -568,6 +570,28 @@ fn reopening_the_store_rebuilds_the_chain() {
     let e = Blockchain::open(other, Store::open(&path).unwrap(), BlockchainConfig::default())
         .unwrap_err();
     assert!(matches!(e, StoreError::WrongNetwork { .. }), "{e}");
+}
+
+#[test]
+fn a_reader_sees_committed_blocks_and_cannot_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chain.sqlite");
+    let p = params(0);
+    let mut c = disk_chain(&p, &path);
+    let reader = Store::open_reader(&path).unwrap();
+    let hs = extend(&mut c, p.genesis_hash, 3, T);
+    // Written after the reader opened: it sees them, while the writer
+    // stays open.
+    for h in &hs {
+        assert_eq!(reader.block(h).unwrap().map(|b| b.hash()), Some(*h));
+    }
+    let more = extend(&mut c, hs[2], 1, T);
+    assert!(reader.block(&more[0]).unwrap().is_some());
+    let b = reader.block(&hs[0]).unwrap().unwrap();
+    let mut reader = reader;
+    assert!(reader.put_block(&b, &hs[0], None).is_err(), "a reader cannot write");
+    // A file that is not there is an error, not a new database.
+    assert!(Store::open_reader(&dir.path().join("none.sqlite")).is_err());
 }
 
 #[test]
@@ -589,9 +613,7 @@ fn a_broken_main_chain_table_is_reported() {
     let path = dir.path().join("chain.sqlite");
     let p = params(0);
     {
-        let mut c =
-            Blockchain::open(p.clone(), Store::open(&path).unwrap(), BlockchainConfig::default())
-                .unwrap();
+        let mut c = disk_chain(&p, &path);
         extend(&mut c, p.genesis_hash, 3, T);
     }
     let conn = rusqlite::Connection::open(&path).unwrap();
