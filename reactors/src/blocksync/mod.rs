@@ -27,7 +27,7 @@
 
 mod pool;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -140,13 +140,11 @@ pub struct BlockSyncReactor {
     clock: Clock,
     statuses: Mutex<HashMap<NodeId, PeerChain>>,
     status_arrived: Notify,
-    /// As `status_arrived`, but keeps a permit for the idle wait.
-    status_changed: Notify,
-    /// The headers request in flight per peer: its locator (an answer must
-    /// start after one of those hashes) and who waits for the answer.
-    headers_wait: Mutex<HashMap<NodeId, HeadersWait>>,
-    /// Notified whenever a headers answer arrives.
-    headers_answered: Notify,
+    /// Who waits for each headers request in flight, per peer, oldest
+    /// first: a peer's channel is handled in order, so each answer belongs
+    /// to the oldest request (one a finished round gave up on has no
+    /// receiver left, and its answer is dropped there).
+    headers_wait: Mutex<HashMap<NodeId, VecDeque<oneshot::Sender<Vec<Header>>>>>,
     pool: Mutex<Option<BlockPool>>,
     /// Wakes the fetch side: an answer arrived or room was made.
     block_arrived: Notify,
@@ -184,12 +182,6 @@ fn header_fault(
     (kind, format!("invalid header {i} of {n}: {e}"))
 }
 
-/// A headers request in flight (see `BlockSyncReactor::headers_wait`).
-struct HeadersWait {
-    locator: Vec<BlockHash>,
-    tx: oneshot::Sender<Vec<Header>>,
-}
-
 fn msg(sum: Sum) -> pb::Message {
     pb::Message { sum: Some(sum) }
 }
@@ -211,9 +203,7 @@ impl BlockSyncReactor {
             clock: system_clock(),
             statuses: Mutex::new(HashMap::new()),
             status_arrived: Notify::new(),
-            status_changed: Notify::new(),
             headers_wait: Mutex::new(HashMap::new()),
-            headers_answered: Notify::new(),
             pool: Mutex::new(None),
             block_arrived: Notify::new(),
             ready_arrived: Notify::new(),
@@ -256,26 +246,39 @@ impl BlockSyncReactor {
         });
     }
 
+    /// Polls statuses (at start, after each round, then every
+    /// `status_interval`) and runs a round whenever a peer is far enough
+    /// ahead; between polls, any status that arrives (a new peer's, say)
+    /// is looked at at once without asking everyone again.
     async fn run(&self, sw: &Switch) {
+        let mut next_poll = Instant::now();
         loop {
-            self.poll_status(sw).await;
+            // Registered before the statuses are read, so one arriving
+            // meanwhile still wakes the wait below.
+            let arrived = self.status_arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            if Instant::now() >= next_poll {
+                self.poll_status(sw).await;
+                next_poll = Instant::now() + self.cfg.status_interval;
+            }
             let ours = PeerChain::of(&self.chain().lock());
             self.publish(false, ours.height, ours.height, 0.0, 0, None);
             let best = self.best_peer(sw, &ours);
             let Some((peer, claim)) = best else {
                 tokio::select! {
-                    _ = tokio::time::sleep(self.cfg.status_interval) => {}
-                    // A permit is kept if an answer came before this wait.
-                    _ = self.status_changed.notified() => {}
+                    _ = tokio::time::sleep_until(next_poll) => {}
+                    _ = arrived => {}
                 }
                 continue;
             };
             self.consensus.set_syncing(true);
             self.progress.send_modify(|p| p.rounds += 1);
             tracing::info!(peer = %peer.id(), height = claim.height, ours = ours.height, "block sync starts");
-            self.round(sw, &peer, claim).await;
+            self.round(sw, &peer, claim, &ours).await;
             *self.pool.lock() = None;
             self.consensus.set_syncing(false);
+            next_poll = Instant::now();
             if self.chain().lock().height() == ours.height {
                 // A round that moved nothing (a peer refused or timed
                 // out): pause before the next, rather than spin.
@@ -345,8 +348,7 @@ impl BlockSyncReactor {
     /// a peer that turns out to have lied about its weight cost us nothing
     /// but valid blocks). Headers of a fork off our tip all come first, and
     /// the weight check before any block of it.
-    async fn round(&self, sw: &Switch, peer: &Peer, claim: PeerChain) {
-        let ours = PeerChain::of(&self.chain().lock());
+    async fn round(&self, sw: &Switch, peer: &Peer, claim: PeerChain, ours: &PeerChain) {
         let Some(headers) = self.request_headers(sw, peer, &claim, None).await else { return };
         if headers.is_empty() {
             // It claims more work than ours and shows none of it.
@@ -395,22 +397,17 @@ impl BlockSyncReactor {
         // everything, or the fetch side gave up), or when the headers turn
         // out bad.
         let applied = AtomicU64::new(0);
-        let headers = self.header_loop(sw, peer, &claim);
-        let fetch = self.fetch_loop(sw, &claim, &applied);
-        let apply = self.apply_loop(sw, &applied);
-        tokio::pin!(headers, fetch, apply);
-        let mut headers_done = !(more && overlap);
-        loop {
-            tokio::select! {
-                ok = &mut headers, if !headers_done => {
-                    if !ok {
-                        return;
-                    }
-                    headers_done = true;
-                }
-                _ = &mut fetch => return,
-                _ = &mut apply => return,
+        // Ends the round only when the headers turn out bad.
+        let headers = async {
+            if more && overlap && !self.header_loop(sw, peer, &claim).await {
+                return;
             }
+            std::future::pending::<()>().await
+        };
+        tokio::select! {
+            _ = headers => {}
+            _ = self.fetch_loop(sw, &claim, &applied) => {}
+            _ = self.apply_loop(sw, &applied) => {}
         }
     }
 
@@ -720,25 +717,15 @@ impl BlockSyncReactor {
         claim: &PeerChain,
         after: Option<BlockHash>,
     ) -> Option<Vec<Header>> {
-        // An answer to a request that an ended round gave up on may still
-        // be due: let it come first, so it is not taken for this one's.
-        let deadline = tokio::time::Instant::now() + self.cfg.headers_timeout;
-        loop {
-            let answered = self.headers_answered.notified();
-            let stale = self.headers_wait.lock().get(&peer.id()).is_some_and(|w| w.tx.is_closed());
-            if !stale || tokio::time::timeout_at(deadline, answered).await.is_err() {
-                break;
-            }
-        }
         let mut locator = self.chain().lock().locator();
         if let Some(h) = after {
             locator.insert(0, h);
         }
+        locator.truncate(MAX_LOCATOR);
         let (tx, rx) = oneshot::channel();
-        let wait = HeadersWait { locator: locator.iter().take(MAX_LOCATOR).copied().collect(), tx };
-        self.headers_wait.lock().insert(peer.id(), wait);
+        self.headers_wait.lock().entry(peer.id()).or_default().push_back(tx);
         let req = pb::HeadersRequest {
-            locator: locator.iter().take(MAX_LOCATOR).map(|h| h.0.to_vec().into()).collect(),
+            locator: locator.iter().map(|h| h.0.to_vec().into()).collect(),
             stop_hash: claim.tip.0.to_vec().into(),
             // A small first batch gets blocks moving sooner.
             max: if after.is_none() {
@@ -754,7 +741,8 @@ impl BlockSyncReactor {
             Ok(Ok(h)) => Some(h),
             Ok(Err(_)) => None, // the peer left
             Err(_) => {
-                self.headers_wait.lock().remove(&peer.id());
+                // Its waiter stays queued: a late answer still matches it
+                // (and is dropped) until the peer is gone.
                 tracing::info!(peer = %peer.id(), "block sync: headers request timed out");
                 sw.stop_peer_for_error(peer, "headers request timed out").await;
                 None
@@ -854,7 +842,6 @@ impl Reactor for BlockSyncReactor {
                 self.statuses.lock().insert(peer.id(), c);
                 self.status_gen.fetch_add(1, Ordering::Relaxed);
                 self.status_arrived.notify_waiters();
-                self.status_changed.notify_one();
             }
             Some(Sum::HeadersRequest(req)) => {
                 if req.locator.len() > MAX_LOCATOR {
@@ -876,11 +863,12 @@ impl Reactor for BlockSyncReactor {
                 let _ = peer.send_msg(BLOCKSYNC_CHANNEL, &reply).await;
             }
             Some(Sum::HeadersResponse(resp)) => {
-                let Some(wait) = self.headers_wait.lock().remove(&peer.id()) else {
+                let waiter =
+                    self.headers_wait.lock().get_mut(&peer.id()).and_then(VecDeque::pop_front);
+                let Some(tx) = waiter else {
                     sw.report(peer, protocol("unsolicited HeadersResponse".into())).await;
                     return;
                 };
-                self.headers_answered.notify_waiters();
                 if resp.headers.len() > self.cfg.max_headers_per_request as usize {
                     sw.report(
                         peer,
@@ -896,16 +884,8 @@ impl Reactor for BlockSyncReactor {
                     .collect::<Result<Vec<_>, BlockError>>()
                 {
                     Ok(h) => {
-                        // The answer to an earlier request that we gave up
-                        // on (a round ended while it was on its way): not
-                        // this request's, and no fault.
-                        if h.first().is_some_and(|f| !wait.locator.contains(&f.prev_hash)) {
-                            tracing::debug!(peer = %peer.id(), "block sync: a late headers answer ignored");
-                            self.headers_wait.lock().entry(peer.id()).or_insert(wait);
-                            return;
-                        }
                         // A waiter that is gone (its round ended) drops it.
-                        let _ = wait.tx.send(h);
+                        let _ = tx.send(h);
                     }
                     Err(e) => sw.report(peer, protocol(e.to_string())).await,
                 }
