@@ -132,11 +132,8 @@ fn peer_strings(values: &[String]) -> Vec<String> {
 }
 
 fn start_config(a: &StartArgs, home: &Home) -> anyhow::Result<NodeConfig> {
-    let mut cfg = if home.config().exists() {
-        NodeConfig::load(&home.config())?
-    } else {
-        NodeConfig::default()
-    };
+    // `start` has written the file if it was missing.
+    let mut cfg = NodeConfig::load(&home.config())?;
     if let Some(p) = a.p2p_port {
         cfg.p2p.port = p;
     }

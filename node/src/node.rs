@@ -57,11 +57,10 @@ async fn listen_addr(what: &str, host: &str, port: u16) -> anyhow::Result<Socket
     if let Ok(ip) = bare.parse::<std::net::IpAddr>() {
         return Ok(SocketAddr::new(ip, port));
     }
-    tokio::net::lookup_host((bare, port))
+    let ips = plexus_p2p::netaddr::resolve_host(bare)
         .await
-        .with_context(|| format!("{what} host {host:?} does not resolve"))?
-        .next()
-        .with_context(|| format!("{what} host {host:?} resolves to no address"))
+        .with_context(|| format!("{what} host {host:?}"))?;
+    Ok(SocketAddr::new(ips[0], port))
 }
 
 /// A peer given as `-k`: with its id, or an address to dial and learn.

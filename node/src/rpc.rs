@@ -92,7 +92,7 @@ impl Metrics {
             reorged_blocks: Gauge::default(),
             ws_clients: Gauge::default(),
         };
-        let counts: [(&str, &str, &Gauge); 10] = [
+        let counts: &[(&str, &str, &Gauge)] = &[
             ("chain_height", "Main-chain height", &m.height),
             ("chain_reorgs", "Reorgs since start", &m.reorgs),
             (
@@ -109,7 +109,7 @@ impl Metrics {
             ("rpc_ws_clients", "Connected WebSocket clients", &m.ws_clients),
         ];
         for (name, help, g) in counts {
-            r.register(name, help, g.clone());
+            r.register(*name, *help, (*g).clone());
         }
         let weight = "log2 of the main chain's cumulative work";
         r.register("chain_weight_log2", weight, m.weight_log2.clone());
@@ -206,7 +206,11 @@ async fn jsonrpc(State(node): State<Arc<Node>>, headers: HeaderMap, body: Bytes)
     if !origin_allowed(&node.cfg.rpc, &headers) {
         return origin_refused(&headers);
     }
-    Json(request(&node, &body, Via::Post).await).into_response()
+    let response = match parse_request(&body) {
+        Ok(r) => reply(r.id, call(&node, &r.method, r.params, Via::Post).await),
+        Err(response) => response,
+    };
+    Json(response).into_response()
 }
 
 /// A parsed JSON-RPC request: id, method, params.
@@ -235,14 +239,6 @@ pub fn parse_request(body: &[u8]) -> Result<Request, Value> {
     };
     let params = req.get("params").cloned().unwrap_or(Value::Null);
     Ok(Request { id, method: method.to_string(), params })
-}
-
-/// One JSON-RPC request (`POST /` body) to its response.
-pub async fn request(node: &Arc<Node>, body: &[u8], via: Via) -> Value {
-    match parse_request(body) {
-        Ok(r) => reply(r.id, call(node, &r.method, r.params, via).await),
-        Err(response) => response,
-    }
 }
 
 async fn get_method(
@@ -372,12 +368,6 @@ pub async fn call(node: &Arc<Node>, method: &str, p: Value, via: Via) -> Result<
         _ => return Err(err(code::INVALID_PARAMS, "params must be an object of named parameters")),
     };
     match method {
-        "status" | "net_info" | "tips" | "block" | "blockchain" | "mempool" => {
-            let (node, method) = (node.clone(), method.to_string());
-            tokio::task::spawn_blocking(move || read(&node, &method, &p))
-                .await
-                .unwrap_or_else(|e| Err(err(code::INTERNAL, format!("the request failed: {e}"))))
-        }
         "broadcast_tx" => {
             // CometBFT's GET form passes unquoted numbers and booleans.
             let tx = match param(&p, "tx") {
@@ -432,7 +422,13 @@ pub async fn call(node: &Arc<Node>, method: &str, p: Value, via: Via) -> Result<
             node.stop_requested.notify_one();
             Ok(json!({ "stopping": true }))
         }
-        other => Err(err(code::METHOD_NOT_FOUND, format!("unknown method {other:?}"))),
+        // The read-only methods (or none).
+        _ => {
+            let (node, method) = (node.clone(), method.to_string());
+            tokio::task::spawn_blocking(move || read(&node, &method, &p))
+                .await
+                .unwrap_or_else(|e| Err(err(code::INTERNAL, format!("the request failed: {e}"))))
+        }
     }
 }
 
@@ -506,9 +502,10 @@ fn read(node: &Node, method: &str, p: &Value) -> Result<Value, RpcError> {
                 (last, picked)
             };
             let mut headers = Vec::with_capacity(picked.len());
+            let reader = node.reader.lock();
             for (hash, header) in picked {
                 let mut v = header_json(&hash, &header);
-                let block = node.reader.lock().block(&hash).map_err(store_err)?;
+                let block = reader.block(&hash).map_err(store_err)?;
                 if let Some(b) = block {
                     v["n_txs"] = json!(b.txs.len());
                 }

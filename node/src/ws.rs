@@ -55,13 +55,16 @@ pub enum Event {
 }
 
 impl Event {
+    /// Every event: its wire name and its CometBFT query name.
+    const ALL: [(Event, &'static str, &'static str); 3] = [
+        (Event::NewBlock, "new_block", "NewBlock"),
+        (Event::Tip, "tip", "Tip"),
+        (Event::Peers, "peers", "Peers"),
+    ];
+
     /// The event's name on the wire.
     pub fn name(self) -> &'static str {
-        match self {
-            Event::NewBlock => "new_block",
-            Event::Tip => "tip",
-            Event::Peers => "peers",
-        }
+        Self::ALL.iter().find(|(e, _, _)| *e == self).map_or("", |(_, n, _)| n)
     }
 
     /// From `{"event": name}` or CometBFT's `{"query": "tm.event='X'"}`:
@@ -73,23 +76,15 @@ impl Event {
                 "event must be new_block, tip or peers (or query tm.event='NewBlock')",
             )
         };
-        if let Some(name) = p.get("event").and_then(Value::as_str) {
-            let e = match name {
-                "new_block" => Event::NewBlock,
-                "tip" => Event::Tip,
-                "peers" => Event::Peers,
-                _ => return Err(bad()),
-            };
-            return Ok((e, name.to_string()));
-        }
-        let q = p.get("query").and_then(Value::as_str).ok_or_else(bad)?;
-        let e = match q.replace(' ', "").as_str() {
-            "tm.event='NewBlock'" => Event::NewBlock,
-            "tm.event='Tip'" => Event::Tip,
-            "tm.event='Peers'" => Event::Peers,
-            _ => return Err(bad()),
+        let (written, found) = if let Some(name) = p.get("event").and_then(Value::as_str) {
+            (name, Self::ALL.iter().find(|(_, n, _)| *n == name))
+        } else {
+            let q = p.get("query").and_then(Value::as_str).ok_or_else(bad)?;
+            let compact = q.replace(' ', "");
+            (q, Self::ALL.iter().find(|(_, _, x)| compact == format!("tm.event='{x}'")))
         };
-        Ok((e, q.to_string()))
+        let (e, _, _) = found.ok_or_else(bad)?;
+        Ok((*e, written.to_string()))
     }
 }
 
@@ -283,9 +278,11 @@ impl Client {
             Err(RecvError::Lagged(n)) => return self.lagged(socket, "chain", n).await,
             Err(RecvError::Closed) => return Err(Gone),
         };
-        for b in &ev.connected {
-            if let Some(v) = self.event(Event::NewBlock, summary_json(b)) {
-                self.send(socket, &v).await?;
+        if self.subscribed(Event::NewBlock) {
+            for b in &ev.connected {
+                if let Some(v) = self.event(Event::NewBlock, summary_json(b)) {
+                    self.send(socket, &v).await?;
+                }
             }
         }
         if !self.subscribed(Event::Tip) {
@@ -312,7 +309,7 @@ impl Client {
         socket: &mut WebSocket,
         ev: Result<SwitchEvent, RecvError>,
     ) -> Result<(), Gone> {
-        let n_peers = self.node.sw.peers().len();
+        let n_peers = || self.node.sw.peers().len();
         let value = match ev {
             Ok(SwitchEvent::PeerAdded { id, direction }) => {
                 let peer = self.node.sw.peer(&id);
@@ -322,14 +319,14 @@ impl Client {
                     "outbound": matches!(direction, plexus_p2p::Direction::Outbound),
                     "moniker": peer.as_ref().map(|p| p.node_info().moniker.clone()),
                     "addr": peer.as_ref().map(|p| p.socket_addr().to_string()),
-                    "n_peers": n_peers,
+                    "n_peers": n_peers(),
                 })
             }
             Ok(SwitchEvent::PeerRemoved { id, reason }) => json!({
                 "event": "removed",
                 "id": id.to_string(),
                 "reason": reason.to_string(),
-                "n_peers": n_peers,
+                "n_peers": n_peers(),
             }),
             Ok(_) => return Ok(()),
             Err(RecvError::Lagged(n)) => return self.lagged(socket, "peers", n).await,

@@ -182,11 +182,6 @@ async fn round(
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
@@ -205,15 +200,14 @@ async fn main() {
     for i in 0..args.rounds.max(1) {
         rounds.push(round(&params, &blocks, &servers, dir.path(), i).await);
     }
-    // The round with the median ratio is reported whole.
-    let ratios: Vec<f64> = rounds.iter().map(|r| r.sync_rate / r.import_rate).collect();
-    let ratio = median(ratios.clone());
-    let r = rounds
-        .iter()
-        .find(|r| r.sync_rate / r.import_rate == ratio)
-        .expect("the median is one of the rounds");
+    // Every ratio in run order, then the round with the median ratio,
+    // reported whole.
+    let all: Vec<String> =
+        rounds.iter().map(|r| format!("{:.3}", r.sync_rate / r.import_rate)).collect();
+    rounds.sort_by(|a, b| (a.sync_rate / a.import_rate).total_cmp(&(b.sync_rate / b.import_rate)));
+    let r = &rounds[rounds.len() / 2];
     let (sync_rate, import_rate) = (r.sync_rate, r.import_rate);
-    let all: Vec<String> = ratios.iter().map(|x| format!("{x:.3}")).collect();
+    let ratio = sync_rate / import_rate;
     if args.json {
         println!(
             "{{\"blocks\":{},\"peers\":{},\"rounds\":{},\"sync_blocks_per_s\":{sync_rate:.0},\"import_blocks_per_s\":{import_rate:.0},\"ratio\":{ratio:.3},\"ratios\":[{}],\"wire_bytes_per_block\":{:.1},\"block_bytes\":{block_bytes:.1},\"peers_used\":{},\"first_block_ms\":{:.1},\"blocks_received\":{}}}",

@@ -526,7 +526,7 @@ impl BlockSyncReactor {
                 seen_gen = gen;
                 self.add_pool_peers(sw, claim, now);
             }
-            let (requests, slow, pool_peers, inflight, headers_in) = {
+            let (requests, slow, (pool_peers, inflight), headers_in, target) = {
                 let mut guard = self.pool.lock();
                 let Some(pool) = guard.as_mut() else { return };
                 let slow = pool.expire(now);
@@ -534,7 +534,11 @@ impl BlockSyncReactor {
                     pool.remove_peer(id);
                 }
                 let headers_in = pool.headers_complete();
-                (pool.schedule(now), slow, pool.peer_count(), pool.inflight_count(), headers_in)
+                // The claim until its headers prove where the path ends.
+                let target = if headers_in { pool.target_height() } else { claim.height };
+                let requests = pool.schedule(now);
+                let counts = (pool.peer_count(), pool.inflight_count());
+                (requests, slow, counts, headers_in, target)
             };
             for id in slow {
                 if let Some(p) = sw.peer(&id) {
@@ -573,11 +577,6 @@ impl BlockSyncReactor {
             let since = now.duration_since(last_log);
             if since >= self.cfg.log_interval {
                 let height = self.chain().lock().height();
-                // The claim until its headers prove where the path ends.
-                let target = match self.pool.lock().as_ref() {
-                    Some(p) if p.headers_complete() => p.target_height(),
-                    _ => claim.height,
-                };
                 let rate = applied.swap(0, Ordering::Relaxed) as f64 / since.as_secs_f64();
                 let eta = (rate > 0.0).then(|| target.saturating_sub(height) as f64 / rate);
                 tracing::info!(height, target, blocks_per_s = rate, peers = pool_peers, eta_s = ?eta, "block sync");

@@ -597,18 +597,19 @@ impl AddrBook {
             return None;
         }
         let use_tried = has_tried && (!has_new || self.rng.random::<f64>() < tried_bias);
-        let candidates: Vec<NodeId> = self
-            .entries
-            .values()
-            .filter(|e| e.in_tried == use_tried && !e.is_banned(now))
-            .map(|e| e.id)
-            .collect();
+        let candidate = |e: &&KnownAddress| e.in_tried == use_tried && !e.is_banned(now);
+        let count = self.entries.values().filter(candidate).count();
         // Every candidate banned: nothing to return (and nothing to spin on).
-        if candidates.is_empty() {
+        if count == 0 {
             return None;
         }
         let buckets = if use_tried { self.tried.len() } else { self.new.len() };
-        let sparse = candidates.len() < buckets;
+        let sparse = count < buckets;
+        let candidates: Vec<NodeId> = if sparse {
+            self.entries.values().filter(candidate).map(|e| e.id).collect()
+        } else {
+            Vec::new()
+        };
         let mut factor = 1.0;
         // The factor makes acceptance certain after ~45 refusals, so this
         // ends; empty buckets are redrawn.
