@@ -168,3 +168,37 @@ async fn a_heavier_fork_appearing_during_sync_wins() {
     assert!(!banned(&me, &a.sw.node_id()) && !banned(&me, &c.sw.node_id()));
     let _ = Arc::clone(&me.sync);
 }
+
+/// With nobody ahead, a node asks its peers for their status once per
+/// `status_interval` (200 ms here), not again each time the answers to
+/// its own poll arrive. Real time: a regression spins, which under a
+/// paused clock would hang instead of fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_node_polls_statuses_at_its_interval() {
+    let p = params();
+    let net = MemoryTransport::new();
+    let every = BlockSyncConfig { status_interval: Duration::from_millis(200), ..sync_cfg() };
+    let a = sync_node(&net, 10, &p, chain_with(&p, &[]), every.clone()).await;
+    // One answer completes a poll: a loop that polled again on every
+    // answer would spin.
+    let me = sync_node(
+        &net,
+        1,
+        &p,
+        chain_with(&p, &[]),
+        BlockSyncConfig { min_status_peers: 1, ..every },
+    )
+    .await;
+    connect(&me, &a).await;
+    let window = Duration::from_secs(2);
+    tokio::time::sleep(window).await;
+    let received = a.sw.peers()[0]
+        .stats()
+        .channels
+        .iter()
+        .find(|c| c.id == plexus_reactors::blocksync::BLOCKSYNC_CHANNEL)
+        .map_or(0, |c| c.msgs_recv);
+    // ~10 status requests from `me` and ~10 answers to `a`'s own polls.
+    assert!(received <= 60, "{received} block sync messages in {window:?}");
+    assert!(received >= 5, "{received}: statuses still flow");
+}
