@@ -33,8 +33,9 @@ fn mine_on(c: &Blockchain, parent: &plexus_reactors::chain::BlockHash, salt: u64
 }
 
 /// The child: extends the chain forever, every seventh step by a two-block
-/// fork from the tip's parent (a reorg), printing the main-chain height
-/// after each committed block.
+/// fork from the tip's parent (a reorg), every third by a batch of blocks
+/// in one transaction ([`Blockchain::batch`]), printing the main-chain
+/// height after each commit.
 #[test]
 #[ignore = "run by kill_9_leaves_a_consistent_store in a child process"]
 fn crash_child() {
@@ -52,6 +53,17 @@ fn crash_child() {
             let b = mine_on(&c, &a.hash(), salt + 500_000);
             let r = c.process_block(b, None, far).unwrap();
             assert_eq!(r.tip_change.unwrap().disconnected.len(), 1);
+        } else if salt.is_multiple_of(3) {
+            // A batch of 2 to 5 blocks, committed as one transaction.
+            c.batch(|c| {
+                let mut parent = tip;
+                for k in 0..2 + salt % 4 {
+                    let b = mine_on(c, &parent, salt + 1_000_000 * (k + 1));
+                    parent = b.hash();
+                    c.process_block(b, None, far).unwrap();
+                }
+            })
+            .unwrap();
         } else {
             let b = mine_on(&c, &tip, salt);
             c.process_block(b, None, far).unwrap();

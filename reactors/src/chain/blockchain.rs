@@ -155,7 +155,7 @@ impl OrphanPool {
 pub struct Blockchain {
     params: Arc<NetworkParams>,
     cfg: BlockchainConfig,
-    store: Store,
+    pub(super) store: Store,
     index: HashMap<BlockHash, Entry>,
     /// `height_to_hash` of the main chain.
     main: Vec<BlockHash>,
@@ -208,6 +208,18 @@ impl Blockchain {
             invalid_order: VecDeque::new(),
             next_seq: 0,
         };
+        chain.load()?;
+        Ok(chain)
+    }
+
+    /// Rebuilds the index, tips and `height_to_hash` from the store
+    /// (orphans and known-invalid hashes stay).
+    fn load(&mut self) -> Result<(), StoreError> {
+        let chain = self;
+        chain.index.clear();
+        chain.leaves.clear();
+        chain.main.clear();
+        chain.next_seq = 0;
         for h in chain.store.load_headers()? {
             let hash = h.hash();
             let parent_weight = if h.height == 0 {
@@ -230,8 +242,32 @@ impl Blockchain {
             chain.add_entry(hash, h, parent_weight + work(target));
         }
         chain.main = chain.store.load_main_chain()?;
-        chain.check_main_chain()?;
-        Ok(chain)
+        chain.check_main_chain()
+    }
+
+    /// Runs `f` with every block it stores written in one SQLite
+    /// transaction ([`Store::begin`]), committed when `f` returns: one WAL
+    /// commit for the batch instead of one per block, which is most of
+    /// the cost of storing a small block. A crash keeps the whole batch or
+    /// none of it, so callers report blocks as stored only after this
+    /// returns. Inside an open batch `f` just runs.
+    ///
+    /// Errors: [`StoreError`] when the batch cannot be opened or
+    /// committed; the batch is then rolled back and the index rebuilt from
+    /// the store, so memory again matches the disk (the blocks `f`
+    /// accepted are no longer known).
+    pub fn batch<R>(&mut self, f: impl FnOnce(&mut Blockchain) -> R) -> Result<R, StoreError> {
+        if self.store.in_batch() {
+            return Ok(f(self));
+        }
+        self.store.begin()?;
+        let r = f(self);
+        if let Err(e) = self.store.commit() {
+            let _ = self.store.rollback();
+            self.load()?;
+            return Err(e);
+        }
+        Ok(r)
     }
 
     /// Checks that the stored main chain links up from genesis and ends at

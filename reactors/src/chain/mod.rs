@@ -109,6 +109,11 @@ pub enum BlockError {
     /// or the runtime is shutting down); the block may be retried.
     #[error("the block import was aborted")]
     ImportAborted,
+    /// The block was valid but the batch holding it
+    /// ([`Blockchain::batch`]) could not be committed (the error's text);
+    /// the block is not stored and may be retried.
+    #[error("the block's batch was not committed: {0}")]
+    NotCommitted(String),
 }
 
 impl BlockError {
@@ -118,7 +123,10 @@ impl BlockError {
     pub fn is_peer_fault(&self) -> bool {
         !matches!(
             self,
-            BlockError::TimeTooNew { .. } | BlockError::Store(_) | BlockError::ImportAborted
+            BlockError::TimeTooNew { .. }
+                | BlockError::Store(_)
+                | BlockError::ImportAborted
+                | BlockError::NotCommitted(_)
         )
     }
 
@@ -134,6 +142,7 @@ impl BlockError {
             BlockError::TimeTooNew { .. }
                 | BlockError::Store(_)
                 | BlockError::ImportAborted
+                | BlockError::NotCommitted(_)
                 | BlockError::Malformed(_)
                 | BlockError::BadMerkleRoot
         )

@@ -79,6 +79,9 @@ pub struct MainUpdate<'a> {
 /// The block store. See the module documentation for the schema.
 pub struct Store {
     conn: Connection,
+    /// Tests: the next [`Store::commit`] fails (after rolling nothing back).
+    #[cfg(test)]
+    pub(crate) fail_next_commit: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -96,6 +99,14 @@ fn hash_col(b: Vec<u8>) -> Result<Hash, StoreError> {
 }
 
 impl Store {
+    fn from_conn(conn: Connection) -> Store {
+        Store {
+            conn,
+            #[cfg(test)]
+            fail_next_commit: false,
+        }
+    }
+
     /// Opens (or creates) the database at `path`, creating its directory.
     /// Errors: [`StoreError::SchemaTooNew`] for a newer schema,
     /// [`StoreError::Sqlite`] when SQLite cannot open it.
@@ -132,7 +143,7 @@ impl Store {
         if version == 0 {
             return Err(corrupt("the chain database has no schema yet"));
         }
-        Ok(Store { conn })
+        Ok(Store::from_conn(conn))
     }
 
     /// [`Store::open_reader`] on `<home>/data/chain.sqlite`.
@@ -161,7 +172,7 @@ impl Store {
                  COMMIT;",
             )?;
         }
-        Ok(Store { conn })
+        Ok(Store::from_conn(conn))
     }
 
     /// The genesis hash the database was created for, if any.
@@ -176,7 +187,7 @@ impl Store {
     /// Writes the genesis block as height 0 of an empty database.
     pub fn init_genesis(&mut self, genesis: &Block) -> Result<(), StoreError> {
         let hash = genesis.hash();
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.savepoint()?;
         tx.execute("INSERT INTO meta(key, value) VALUES ('genesis', ?1)", [&hash.0[..]])?;
         insert_block(&tx, genesis, &hash)?;
         tx.execute("INSERT INTO main_chain(height, hash) VALUES (0, ?1)", [&hash.0[..]])?;
@@ -192,7 +203,9 @@ impl Store {
         hash: &BlockHash,
         main: Option<MainUpdate<'_>>,
     ) -> Result<(), StoreError> {
-        let tx = self.conn.transaction()?;
+        // A savepoint: its own transaction, or nested in a batch
+        // ([`Store::begin`]), rolled back alone if a statement fails.
+        let tx = self.conn.savepoint()?;
         insert_block(&tx, block, hash)?;
         if let Some(m) = main {
             let from = i64::try_from(m.fork_height).map_err(|_| corrupt("height overflow"))?;
@@ -205,6 +218,39 @@ impl Store {
         }
         tx.commit()?;
         Ok(())
+    }
+
+    /// Opens a batch: the writes until [`Store::commit`] are one SQLite
+    /// transaction (one WAL commit instead of one per block; a crash keeps
+    /// all of them or none). Errors: [`StoreError::Sqlite`], also when a
+    /// batch is already open.
+    pub fn begin(&mut self) -> Result<(), StoreError> {
+        self.conn.execute_batch("BEGIN")?;
+        Ok(())
+    }
+
+    /// Commits the open batch. On an error the batch is still open; call
+    /// [`Store::rollback`].
+    pub fn commit(&mut self) -> Result<(), StoreError> {
+        #[cfg(test)]
+        if std::mem::take(&mut self.fail_next_commit) {
+            return Err(corrupt("injected commit failure"));
+        }
+        self.conn.execute_batch("COMMIT")?;
+        Ok(())
+    }
+
+    /// Drops the open batch's writes (a no-op when none is open).
+    pub fn rollback(&mut self) -> Result<(), StoreError> {
+        if self.in_batch() {
+            self.conn.execute_batch("ROLLBACK")?;
+        }
+        Ok(())
+    }
+
+    /// Whether a batch ([`Store::begin`]) is open.
+    pub fn in_batch(&self) -> bool {
+        !self.conn.is_autocommit()
     }
 
     /// Every stored header in acceptance order (the order that breaks
@@ -289,7 +335,7 @@ impl Store {
 }
 
 fn insert_block(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &rusqlite::Savepoint<'_>,
     block: &Block,
     hash: &BlockHash,
 ) -> Result<(), StoreError> {

@@ -573,6 +573,66 @@ fn reopening_the_store_rebuilds_the_chain() {
 }
 
 #[test]
+fn a_batch_is_one_commit_and_a_failed_commit_leaves_memory_as_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("chain.sqlite");
+    let p = params(0);
+    let mut c = disk_chain(&p, &path);
+    let reader = Store::open_reader(&path).unwrap();
+    let first = extend(&mut c, p.genesis_hash, 2, T);
+    let blocks: Vec<Block> = {
+        // Mined on a scratch copy of the chain, applied below in batches.
+        let mut scratch = chain(&p);
+        for h in &first {
+            add(&mut scratch, c.block(h).unwrap().unwrap()).unwrap();
+        }
+        let mut parent = first[1];
+        (0..4)
+            .map(|_| {
+                let b = child(&scratch, &parent);
+                parent = b.hash();
+                add(&mut scratch, b.clone()).unwrap();
+                b
+            })
+            .collect()
+    };
+    // Inside a batch nothing is visible to another connection; a block
+    // that fails validation leaves the batch's other blocks alone, and a
+    // nested batch just runs.
+    let mut bad = blocks[1].clone();
+    bad.header.bits ^= 1;
+    c.batch(|c| {
+        add(c, blocks[0].clone()).unwrap();
+        assert!(add(c, bad).is_err());
+        c.batch(|c| add(c, blocks[1].clone()).unwrap()).unwrap();
+        assert!(reader.block(&blocks[0].hash()).unwrap().is_none(), "not committed yet");
+    })
+    .unwrap();
+    assert!(reader.block(&blocks[1].hash()).unwrap().is_some());
+    assert_eq!(c.height(), 4);
+    // A failed commit: rolled back, and the index rebuilt from the disk.
+    c.store.fail_next_commit = true;
+    let e = c
+        .batch(|c| {
+            add(c, blocks[2].clone()).unwrap();
+            add(c, blocks[3].clone()).unwrap();
+        })
+        .unwrap_err();
+    assert!(e.to_string().contains("injected"), "{e}");
+    assert_eq!((c.height(), c.tip()), (4, blocks[1].hash()));
+    assert!(!c.contains(&blocks[3].hash()) && reader.block(&blocks[2].hash()).unwrap().is_none());
+    // The same blocks go in afterwards, and a reopen finds them all.
+    c.batch(|c| {
+        add(c, blocks[2].clone()).unwrap();
+        add(c, blocks[3].clone()).unwrap();
+    })
+    .unwrap();
+    drop(c);
+    let c = disk_chain(&p, &path);
+    assert_eq!((c.height(), c.tip()), (6, blocks[3].hash()));
+}
+
+#[test]
 fn a_reader_sees_committed_blocks_and_cannot_write() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("chain.sqlite");
