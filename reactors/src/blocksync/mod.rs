@@ -28,7 +28,7 @@
 mod pool;
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,7 +45,7 @@ use tokio::time::Instant;
 
 pub use pool::{Arrival, BlockPool, PoolConfig, PoolError, Request};
 
-use crate::chain::{Block, BlockError, BlockHash, Blockchain, Hash, Header};
+use crate::chain::{Block, BlockError, BlockHash, Blockchain, Hash, Header, Processed};
 use crate::consensus::{system_clock, Clock, ConsensusReactor, PeerChain, MAX_LOCATOR};
 
 /// The block sync channel.
@@ -145,9 +145,9 @@ pub struct BlockSyncReactor {
     /// to the oldest request (one a finished round gave up on has no
     /// receiver left, and its answer is dropped there).
     headers_wait: Mutex<HashMap<NodeId, VecDeque<oneshot::Sender<Vec<Header>>>>>,
-    pool: Mutex<Option<BlockPool>>,
+    pool: Arc<Mutex<Option<BlockPool>>>,
     /// Wakes the fetch side: an answer arrived or room was made.
-    block_arrived: Notify,
+    block_arrived: Arc<Notify>,
     /// Wakes the apply side: a block arrived.
     ready_arrived: Notify,
     progress: watch::Sender<SyncProgress>,
@@ -204,8 +204,8 @@ impl BlockSyncReactor {
             statuses: Mutex::new(HashMap::new()),
             status_arrived: Notify::new(),
             headers_wait: Mutex::new(HashMap::new()),
-            pool: Mutex::new(None),
-            block_arrived: Notify::new(),
+            pool: Arc::new(Mutex::new(None)),
+            block_arrived: Arc::new(Notify::new()),
             ready_arrived: Notify::new(),
             progress: watch::channel(SyncProgress::default()).0,
             blocks_received: AtomicU64::new(0),
@@ -396,7 +396,7 @@ impl BlockSyncReactor {
         // side; the round ends when fetching or applying ends (applied
         // everything, or the fetch side gave up), or when the headers turn
         // out bad.
-        let applied = AtomicU64::new(0);
+        let applied = Arc::new(AtomicU64::new(0));
         // Ends the round only when the headers turn out bad.
         let headers = async {
             if more && overlap && !self.header_loop(sw, peer, &claim).await {
@@ -484,7 +484,7 @@ impl BlockSyncReactor {
 
     /// Applies blocks in height order as they become ready, until the
     /// pool has handed out the whole path.
-    async fn apply_loop(&self, sw: &Switch, applied: &AtomicU64) {
+    async fn apply_loop(&self, sw: &Switch, applied: &Arc<AtomicU64>) {
         loop {
             let (ready, done) = {
                 let mut guard = self.pool.lock();
@@ -503,10 +503,7 @@ impl BlockSyncReactor {
                 }
                 continue;
             }
-            let n = self.apply(sw, ready).await;
-            applied.fetch_add(n, Ordering::Relaxed);
-            // Applying made room in the window: schedule more.
-            self.block_arrived.notify_one();
+            self.apply(sw, ready, applied).await;
         }
     }
 
@@ -658,11 +655,77 @@ impl BlockSyncReactor {
         }
     }
 
-    /// Applies `ready` (consecutive heights) through the consensus
-    /// reactor; returns how many were applied.
-    async fn apply(&self, sw: &Switch, ready: Vec<(Block, NodeId)>) -> u64 {
-        let blocks: Vec<Block> = ready.iter().map(|(b, _)| b.clone()).collect();
-        let results = self.consensus.import_blocks(blocks, None).await;
+    /// Applies `ready` (consecutive heights) through the consensus reactor
+    /// on a blocking thread, which then goes on with the next ready blocks
+    /// itself, batch after batch, until none is ready (no trip through the
+    /// runtime between batches); `applied` counts them as they go, and the
+    /// fetch side is woken after each batch (room in the window). A batch
+    /// with a failure comes back here to be settled. If this future is
+    /// dropped (the round ended), the thread stops after its batch.
+    async fn apply(&self, sw: &Switch, ready: Vec<(Block, NodeId)>, applied: &Arc<AtomicU64>) {
+        struct CancelOnDrop(Arc<AtomicBool>);
+        impl Drop for CancelOnDrop {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let cancel = Arc::new(AtomicBool::new(false));
+        let _guard = CancelOnDrop(cancel.clone());
+        let (cons, pool, room) =
+            (self.consensus.clone(), self.pool.clone(), self.block_arrived.clone());
+        let (counter, max) = (applied.clone(), self.cfg.apply_batch);
+        let failed = tokio::task::spawn_blocking(move || {
+            let mut batch = ready;
+            loop {
+                let blocks = batch.iter().map(|(b, _)| b.clone()).collect();
+                let results = cons.import_blocks_blocking(blocks, None);
+                if results.iter().any(Result::is_err) {
+                    return Some((batch, results));
+                }
+                counter.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                room.notify_one();
+                // Checked under the pool lock: a later round's pool is
+                // installed only after this round's future was dropped.
+                batch = match pool.lock().as_mut() {
+                    Some(p) if !cancel.load(Ordering::SeqCst) => p.take_ready(max),
+                    _ => Vec::new(),
+                };
+                if batch.is_empty() {
+                    return None;
+                }
+            }
+        })
+        .await;
+        match failed {
+            Ok(None) => {}
+            Ok(Some((batch, results))) => {
+                let n = self.settle(sw, batch, results).await;
+                applied.fetch_add(n, Ordering::Relaxed);
+                self.block_arrived.notify_one();
+            }
+            Err(e) => {
+                // The import thread died holding blocks taken from the
+                // pool: fetch everything above our tip again.
+                tracing::error!(error = %e, "block sync: import task failed");
+                let height = self.chain().lock().height();
+                if let Some(pool) = self.pool.lock().as_mut() {
+                    pool.rewind(height + 1, None, Vec::new());
+                }
+            }
+        }
+    }
+
+    /// Settles a batch whose import stopped at a failure (`results` holds
+    /// one entry per block processed): the blocks before it count as
+    /// applied, the failed one and the rest go back to the pool (without
+    /// the sender's blocks, and the sender reported, when it is to blame).
+    /// Returns how many were applied.
+    async fn settle(
+        &self,
+        sw: &Switch,
+        ready: Vec<(Block, NodeId)>,
+        results: Vec<Result<Processed, BlockError>>,
+    ) -> u64 {
         let mut applied = 0;
         for (i, r) in results.iter().enumerate() {
             match r {
@@ -696,13 +759,7 @@ impl BlockSyncReactor {
                 }
             }
         }
-        if results.len() < ready.len() {
-            // The import task failed; put the rest back.
-            let rest = ready[results.len()..].to_vec();
-            if let (Some(first), Some(pool)) = (rest.first(), self.pool.lock().as_mut()) {
-                pool.rewind(first.0.header.height, None, rest.clone());
-            }
-        }
+        // The importer stops early only at an error, settled above.
         applied
     }
 

@@ -378,6 +378,19 @@ impl ConsensusReactor {
         Ok(p)
     }
 
+    /// As [`ConsensusReactor::import_blocks`], on the calling thread:
+    /// call it from a blocking thread (`spawn_blocking`), never from an
+    /// async task, since it writes SQLite and holds the chain lock. Block
+    /// sync's apply thread uses it to import batch after batch without a
+    /// trip through the runtime between them.
+    pub fn import_blocks_blocking(
+        &self,
+        blocks: Vec<Block>,
+        source: Option<NodeId>,
+    ) -> Vec<Result<Processed, BlockError>> {
+        self.importer.apply(blocks, source)
+    }
+
     /// Validates and stores `blocks` in order on a blocking thread (SQLite
     /// writes must not hold up the runtime), keeping the mempool and the
     /// tip watch in step, and stops after the first block the sender is to
