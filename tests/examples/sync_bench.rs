@@ -192,8 +192,14 @@ async fn round(
     let me = node(params, chain_with(params, store, &[]), servers.len()).await;
     let mut tips = me.cons.watch_tip();
     let t = Instant::now();
+    // Dialled together, as a node dials its peers.
+    let mut dials = tokio::task::JoinSet::new();
     for s in servers {
-        me.sw.dial(&s.sw.net_address().unwrap()).await.unwrap();
+        let (sw, addr) = (me.sw.clone(), s.sw.net_address().unwrap());
+        dials.spawn(async move { sw.dial(&addr).await.map(|_| ()) });
+    }
+    while let Some(r) = dials.join_next().await {
+        r.unwrap().unwrap();
     }
     let mut first_block = None;
     let done = tokio::time::timeout(Duration::from_secs(600), async {

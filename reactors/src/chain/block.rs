@@ -15,8 +15,25 @@ use super::BlockError;
 /// A 32-byte SHA-256 digest: a block hash or a transaction id. Shown and
 /// parsed as 64 lowercase hex digits; compared to a target as a
 /// big-endian 256-bit integer.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Hash(pub [u8; 32]);
+
+impl std::hash::Hash for Hash {
+    /// Feeds the map's hasher one word, the XOR of the four 8-byte words:
+    /// SHA-256 output is uniform, so the fold keeps every bit's entropy
+    /// for a quarter of the derived impl's input (hash maps of block and
+    /// transaction ids are on the import path). The standard maps stay
+    /// keyed (SipHash with a random key), so a peer still cannot aim ids
+    /// at one bucket without finding 64-bit fold collisions.
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let word = |i: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&self.0[i..i + 8]);
+            u64::from_le_bytes(w)
+        };
+        state.write_u64(word(0) ^ word(8) ^ word(16) ^ word(24));
+    }
+}
 
 /// A block hash: SHA-256(SHA-256(canonical header bytes)).
 pub type BlockHash = Hash;

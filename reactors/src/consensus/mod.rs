@@ -554,8 +554,10 @@ impl Importer {
     /// is to blame for. Holds the chain lock, then the mempool lock, for
     /// each chunk of `commit_batch` blocks, written in one SQLite
     /// transaction; the results of a chunk are returned only once it is
-    /// committed (a failed commit turns its accepted blocks into
-    /// `BlockError::Store` errors). The mempool follows tip changes in the
+    /// committed (a failed commit, a disk fault logged as an error, turns
+    /// its accepted blocks into `BlockError::NotCommitted`; the mempool and
+    /// event subscribers have seen them already). The mempool follows tip
+    /// changes in the
     /// order they happen; the tip watch is told once, at the end (one
     /// wake-up per batch, not per block, for its subscribers).
     fn apply(
