@@ -45,7 +45,10 @@ use tokio::time::Instant;
 
 pub use pool::{Arrival, BlockPool, PoolConfig, PoolError, Request};
 
-use crate::chain::{Block, BlockError, BlockHash, Blockchain, Hash, Header, Processed};
+use crate::chain::{
+    Block, BlockError, BlockHash, Blockchain, BodyChecked, CheckedBlock, Hash, Header,
+    NetworkParams, Processed,
+};
 use crate::consensus::{system_clock, Clock, ConsensusReactor, PeerChain, MAX_LOCATOR};
 
 /// The block sync channel.
@@ -137,6 +140,8 @@ pub struct SyncProgress {
 pub struct BlockSyncReactor {
     cfg: BlockSyncConfig,
     consensus: Arc<ConsensusReactor>,
+    /// The chain's network (body rules of arriving blocks).
+    params: Arc<NetworkParams>,
     clock: Clock,
     statuses: Mutex<HashMap<NodeId, PeerChain>>,
     status_arrived: Notify,
@@ -197,9 +202,11 @@ impl BlockSyncReactor {
     /// A reactor that applies blocks through `consensus` (its chain,
     /// mempool and tip watch).
     pub fn new(cfg: BlockSyncConfig, consensus: Arc<ConsensusReactor>) -> BlockSyncReactor {
+        let params = consensus.chain().lock().params().clone();
         BlockSyncReactor {
             cfg,
             consensus,
+            params,
             clock: system_clock(),
             statuses: Mutex::new(HashMap::new()),
             status_arrived: Notify::new(),
@@ -662,7 +669,12 @@ impl BlockSyncReactor {
     /// fetch side is woken after each batch (room in the window). A batch
     /// with a failure comes back here to be settled. If this future is
     /// dropped (the round ended), the thread stops after its batch.
-    async fn apply(&self, sw: &Switch, ready: Vec<(Block, NodeId)>, applied: &Arc<AtomicU64>) {
+    async fn apply(
+        &self,
+        sw: &Switch,
+        ready: Vec<(CheckedBlock, NodeId)>,
+        applied: &Arc<AtomicU64>,
+    ) {
         struct CancelOnDrop(Arc<AtomicBool>);
         impl Drop for CancelOnDrop {
             fn drop(&mut self) {
@@ -678,7 +690,7 @@ impl BlockSyncReactor {
             let mut batch = ready;
             loop {
                 let blocks = batch.iter().map(|(b, _)| b.clone()).collect();
-                let results = cons.import_blocks_blocking(blocks, None);
+                let results = cons.import_checked_blocking(blocks, None);
                 if results.iter().any(Result::is_err) {
                     return Some((batch, results));
                 }
@@ -715,6 +727,21 @@ impl BlockSyncReactor {
         }
     }
 
+    /// A block whose body breaks a rule arrived from `peer`: it made or
+    /// altered it (its header may be valid, so nothing is remembered as
+    /// invalid). Its blocks waiting in the pool are dropped, it leaves the
+    /// pool (its heights go to others) and it is reported
+    /// (`misbehavior_score`, a ban at the default).
+    async fn invalid_body(&self, sw: &Switch, peer: &Peer, height: u64, e: BlockError) {
+        tracing::warn!(peer = %peer.id(), height, error = %e, "block sync: invalid block");
+        if let Some(pool) = self.pool.lock().as_mut() {
+            pool.rewind(u64::MAX, Some(&peer.id()), Vec::new());
+        }
+        let why = format!("invalid block at height {height}: {e}");
+        let m = misbehavior(MisbehaviorKind::InvalidData, self.cfg.misbehavior_score, why);
+        sw.report(peer, m).await;
+    }
+
     /// Settles a batch whose import stopped at a failure (`results` holds
     /// one entry per block processed): the blocks before it count as
     /// applied, the failed one and the rest go back to the pool (without
@@ -723,7 +750,7 @@ impl BlockSyncReactor {
     async fn settle(
         &self,
         sw: &Switch,
-        ready: Vec<(Block, NodeId)>,
+        ready: Vec<(CheckedBlock, NodeId)>,
         results: Vec<Result<Processed, BlockError>>,
     ) -> u64 {
         let mut applied = 0;
@@ -732,7 +759,7 @@ impl BlockSyncReactor {
                 Ok(_) => applied += 1,
                 Err(e) => {
                     let (block, from) = &ready[i];
-                    let height = block.header.height;
+                    let height = block.block().header.height;
                     let rest = ready[i..].to_vec();
                     if e.is_peer_fault() {
                         tracing::warn!(peer = %from, height, error = %e, "block sync: invalid block");
@@ -997,6 +1024,13 @@ impl Reactor for BlockSyncReactor {
                 };
                 self.blocks_received.fetch_add(1, Ordering::Relaxed);
                 *self.blocks_from.lock().entry(peer.id()).or_default() += 1;
+                // Body rules here, on the receiving task and before any
+                // lock (the header is checked by the path below, once).
+                let height = block.header.height;
+                let block = match BodyChecked::check(&self.params, block) {
+                    Ok(b) => b,
+                    Err(e) => return self.invalid_body(sw, peer, height, e).await,
+                };
                 // A late answer to a retired request is not an offence.
                 let arrival = self.pool.lock().as_mut().map(|pool| pool.on_block(peer.id(), block));
                 if let Some(Ok(a)) = arrival {

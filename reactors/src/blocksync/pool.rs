@@ -17,7 +17,7 @@ use std::time::Duration;
 use plexus_p2p::NodeId;
 use tokio::time::Instant;
 
-use crate::chain::{Block, BlockHash, HeaderPath};
+use crate::chain::{BlockHash, BodyChecked, CheckedBlock, HeaderPath};
 
 /// Settings of the pool (part of [`BlockSyncConfig`](super::BlockSyncConfig)).
 #[derive(Clone, Debug)]
@@ -141,7 +141,7 @@ pub struct BlockPool {
     peers: HashMap<NodeId, PoolPeer>,
     /// Who has been asked for each height (not yet arrived).
     asked: HashMap<u64, Vec<NodeId>>,
-    ready: BTreeMap<u64, (Block, NodeId)>,
+    ready: BTreeMap<u64, (CheckedBlock, NodeId)>,
     /// False while later headers may still extend the path.
     headers_complete: bool,
 }
@@ -431,14 +431,14 @@ impl BlockPool {
         Some(done)
     }
 
-    /// A block from `peer`. Errors: [`PoolError::Unsolicited`] when it was
-    /// not asked for it (a block not of the path cannot have been).
-    pub fn on_block(&mut self, peer: NodeId, block: Block) -> Result<Arrival, PoolError> {
+    /// A block from `peer`, its body checked on arrival; the path admits
+    /// it as a [`CheckedBlock`] (its header is one the path validated).
+    /// Errors: [`PoolError::Unsolicited`] when it was not asked for it (a
+    /// block not of the path cannot have been).
+    pub fn on_block(&mut self, peer: NodeId, block: BodyChecked) -> Result<Arrival, PoolError> {
         let hash = block.hash();
-        let height = block.header.height;
-        if self.path.hash_at(height) != Some(hash) {
-            return Err(PoolError::Unsolicited(hash));
-        }
+        let height = block.block().header.height;
+        let block = self.path.admit(block).ok_or(PoolError::Unsolicited(hash))?;
         let Some(request_done) = self.settle(&peer, height) else {
             return Err(PoolError::Unsolicited(hash));
         };
@@ -512,7 +512,7 @@ impl BlockPool {
     }
 
     /// Takes up to `max` blocks in height order from the next height on.
-    pub fn take_ready(&mut self, max: usize) -> Vec<(Block, NodeId)> {
+    pub fn take_ready(&mut self, max: usize) -> Vec<(CheckedBlock, NodeId)> {
         let mut out = Vec::new();
         while out.len() < max {
             match self.ready.remove(&self.next) {
@@ -530,12 +530,12 @@ impl BlockPool {
     /// `rest` (the blocks taken from `height` on) back. When `bad` names
     /// the peer whose block was invalid, its blocks (in `rest` and waiting)
     /// are dropped and it leaves the pool, so those heights go to others.
-    pub fn rewind(&mut self, height: u64, bad: Option<&NodeId>, rest: Vec<(Block, NodeId)>) {
+    pub fn rewind(&mut self, height: u64, bad: Option<&NodeId>, rest: Vec<(CheckedBlock, NodeId)>) {
         self.next = self.next.min(height);
         self.scan_from = self.next;
         for (b, from) in rest {
             if Some(&from) != bad {
-                self.ready.insert(b.header.height, (b, from));
+                self.ready.insert(b.block().header.height, (b, from));
             }
         }
         if let Some(peer) = bad {
@@ -593,8 +593,9 @@ mod tests {
         (src, empty, headers, pool)
     }
 
-    fn block(src: &Blockchain, h: u64) -> Block {
-        src.block(&src.height_to_hash(h).unwrap()).unwrap().unwrap()
+    fn block(src: &Blockchain, h: u64) -> BodyChecked {
+        let b = src.block(&src.height_to_hash(h).unwrap()).unwrap().unwrap();
+        BodyChecked::check(src.params(), b).unwrap()
     }
 
     fn cfg() -> PoolConfig {
@@ -646,12 +647,14 @@ mod tests {
         pool.on_block(id(1), block(&src, 2)).unwrap();
         assert!(pool.take_ready(10).is_empty(), "height 1 is missing");
         pool.on_block(id(1), block(&src, 1)).unwrap();
-        let got: Vec<u64> = pool.take_ready(10).iter().map(|(b, _)| b.header.height).collect();
+        let got: Vec<u64> =
+            pool.take_ready(10).iter().map(|(b, _)| b.block().header.height).collect();
         assert_eq!(got, vec![1, 2]);
         assert_eq!(pool.next_height(), 3);
         // A block that is not on the path was never asked for.
-        let mut other = block(&src, 3);
+        let mut other = block(&src, 3).block().clone();
         other.header.nonce ^= 1;
+        let other = BodyChecked::check(src.params(), other).unwrap();
         assert!(pool.on_block(id(1), other).is_err());
     }
 

@@ -538,25 +538,9 @@ impl Blockchain {
         hash: &BlockHash,
         now_ms: u64,
     ) -> Result<(), BlockError> {
-        let g = &self.params.genesis;
         let h = &block.header;
         self.check_pow(h, hash)?;
-        if block.compute_merkle_root() != h.merkle_root {
-            return Err(BlockError::BadMerkleRoot);
-        }
-        let mut seen = HashSet::with_capacity(block.txs.len());
-        for (index, tx) in block.txs.iter().enumerate() {
-            if tx.len() > g.max_tx_bytes {
-                return Err(BlockError::TxTooLarge { index, size: tx.len(), max: g.max_tx_bytes });
-            }
-            if !seen.insert(tx) {
-                return Err(BlockError::DuplicateTx { index });
-            }
-        }
-        let size = block.size();
-        if size > g.max_block_bytes {
-            return Err(BlockError::BlockTooLarge { size, max: g.max_block_bytes });
-        }
+        check_body_rules(&self.params, block)?;
         self.check_clock(h, now_ms)
     }
 
@@ -572,6 +556,7 @@ impl Blockchain {
     pub fn header_path(&self, fork: &BlockHash) -> Option<HeaderPath> {
         let e = self.index.get(fork)?;
         Some(HeaderPath {
+            network: self.params.genesis_hash,
             fork: *fork,
             fork_height: e.header.height,
             fork_weight: e.weight,
@@ -592,6 +577,7 @@ impl Blockchain {
         new: &[Header],
         now_ms: u64,
     ) -> Result<(), (usize, BlockError)> {
+        assert_eq!(path.network, self.params.genesis_hash, "a header path of another network");
         for (i, h) in new.iter().enumerate() {
             let (parent_hash, parent, weight) = match path.headers.last() {
                 Some(p) => (*path.hashes.last().expect("same length"), *p, path.weight()),
@@ -669,6 +655,32 @@ impl Blockchain {
         now_ms: u64,
     ) -> Result<Processed, BlockError> {
         let hash = block.hash();
+        self.process(block, hash, source, now_ms, false)
+    }
+
+    /// As [`Blockchain::process_block`] for a block checked before
+    /// ([`CheckedBlock`]): neither its header rules nor its body rules run
+    /// again, only what depends on this chain's state (known, known
+    /// invalid, parent, fork choice) and the store. A block checked for
+    /// another network is processed in full.
+    pub fn process_checked(
+        &mut self,
+        b: CheckedBlock,
+        source: Option<NodeId>,
+        now_ms: u64,
+    ) -> Result<Processed, BlockError> {
+        let checked = b.network == self.params.genesis_hash;
+        self.process(b.block, b.hash, source, now_ms, checked)
+    }
+
+    fn process(
+        &mut self,
+        block: Block,
+        hash: BlockHash,
+        source: Option<NodeId>,
+        now_ms: u64,
+        checked: bool,
+    ) -> Result<Processed, BlockError> {
         let done = |status| Processed {
             hash,
             status,
@@ -682,11 +694,13 @@ impl Blockchain {
         if self.invalid.contains(&hash) {
             return Err(BlockError::KnownInvalid);
         }
-        if let Err(e) = self.check_block(&block, &hash, now_ms) {
-            if e.is_permanent() {
-                self.remember_invalid(hash);
+        if !checked {
+            if let Err(e) = self.check_block(&block, &hash, now_ms) {
+                if e.is_permanent() {
+                    self.remember_invalid(hash);
+                }
+                return Err(e);
             }
-            return Err(e);
         }
         if self.invalid.contains(&block.header.prev_hash) {
             self.remember_invalid(hash);
@@ -700,13 +714,13 @@ impl Blockchain {
         }
         let old_tip = self.tip();
         let mut fresh = HashMap::new();
-        self.connect(block, hash, &mut fresh)?;
+        self.connect(block, hash, &mut fresh, checked)?;
         let mut out = done(ProcessStatus::SideChain);
         out.accepted.push(hash);
         let mut queue = vec![hash];
         while let Some(parent) = queue.pop() {
             for (h, o) in self.orphans.take_children(&parent) {
-                match self.connect(o.block, h, &mut fresh) {
+                match self.connect(o.block, h, &mut fresh, false) {
                     Ok(()) => {
                         out.accepted.push(h);
                         queue.push(h);
@@ -747,18 +761,22 @@ impl Blockchain {
     /// Validates `block` against its known parent and stores it, moving
     /// the main chain to it when it is heavier than the tip (strictly: the
     /// first seen keeps a tie). Keeps the block in `fresh` for the
-    /// [`TipChange`].
+    /// [`TipChange`]. `checked`: its header was validated on a header path
+    /// (the rules against its parent are not run again).
     fn connect(
         &mut self,
         block: Block,
         hash: BlockHash,
         fresh: &mut HashMap<BlockHash, Block>,
+        checked: bool,
     ) -> Result<(), BlockError> {
-        if let Err(e) = self.check_contextual(&block.header) {
-            if e.is_permanent() {
-                self.remember_invalid(hash);
+        if !checked {
+            if let Err(e) = self.check_contextual(&block.header) {
+                if e.is_permanent() {
+                    self.remember_invalid(hash);
+                }
+                return Err(e);
             }
-            return Err(e);
         }
         let target = target_from_bits(block.header.bits).expect("checked in check_block");
         let weight = self.index[&block.header.prev_hash].weight + work(target);
@@ -808,6 +826,96 @@ impl Blockchain {
             .map(&mut load)
             .collect::<Result<Vec<_>, _>>()?;
         Ok(TipChange { old_tip, new_tip: self.tip(), fork_height, disconnected, connected })
+    }
+}
+
+/// The body rules of [`Blockchain::check_block`], which need no chain
+/// state: the merkle root matches the transactions (checked first, so an
+/// altered body never condemns its header), each transaction within
+/// `max_tx_bytes` and none twice, the block within `max_block_bytes`.
+fn check_body_rules(params: &NetworkParams, block: &Block) -> Result<(), BlockError> {
+    let g = &params.genesis;
+    if block.compute_merkle_root() != block.header.merkle_root {
+        return Err(BlockError::BadMerkleRoot);
+    }
+    let mut seen = HashSet::with_capacity(block.txs.len());
+    for (index, tx) in block.txs.iter().enumerate() {
+        if tx.len() > g.max_tx_bytes {
+            return Err(BlockError::TxTooLarge { index, size: tx.len(), max: g.max_tx_bytes });
+        }
+        if !seen.insert(tx) {
+            return Err(BlockError::DuplicateTx { index });
+        }
+    }
+    let size = block.size();
+    if size > g.max_block_bytes {
+        return Err(BlockError::BlockTooLarge { size, max: g.max_block_bytes });
+    }
+    Ok(())
+}
+
+/// A block whose body passed the context-free rules of `params`' network
+/// (merkle root, transaction sizes and duplicates, block size), with its
+/// hash computed: the first half of what block sync checks of a block as
+/// it arrives, on the receiving task and without any lock. The header is
+/// not checked here; [`HeaderPath::admit`] finds it on a validated path.
+#[derive(Clone, Debug)]
+pub struct BodyChecked {
+    block: Block,
+    hash: BlockHash,
+    network: BlockHash,
+}
+
+impl BodyChecked {
+    /// Checks `block`'s body against `params`. Errors: the [`BlockError`]
+    /// of the first body rule it breaks (always the sender's fault; the
+    /// header may still be valid, so the hash must not be remembered as
+    /// invalid), with the block handed back.
+    pub fn check(params: &NetworkParams, block: Block) -> Result<BodyChecked, BlockError> {
+        check_body_rules(params, &block)?;
+        let hash = block.hash();
+        Ok(BodyChecked { block, hash, network: params.genesis_hash })
+    }
+
+    /// The block's hash.
+    pub fn hash(&self) -> BlockHash {
+        self.hash
+    }
+
+    /// The block.
+    pub fn block(&self) -> &Block {
+        &self.block
+    }
+}
+
+/// A block checked once before it is applied: its body by
+/// [`BodyChecked::check`] and its header (proof of work, target, median
+/// time, linkage, clock) as part of a [`HeaderPath`] that a [`Blockchain`]
+/// of the same network validated. [`Blockchain::process_checked`] stores
+/// it without checking either again (headers-first sync validates each
+/// header once, as Chia and Bitcoin Core do, instead of again with its
+/// block). Made only by [`HeaderPath::admit`].
+#[derive(Clone, Debug)]
+pub struct CheckedBlock {
+    block: Block,
+    hash: BlockHash,
+    network: BlockHash,
+}
+
+impl CheckedBlock {
+    /// The block's hash.
+    pub fn hash(&self) -> BlockHash {
+        self.hash
+    }
+
+    /// The block.
+    pub fn block(&self) -> &Block {
+        &self.block
+    }
+
+    /// The block, unwrapped.
+    pub fn into_block(self) -> Block {
+        self.block
     }
 }
 
@@ -873,6 +981,8 @@ fn check_against_parent(
 /// each header with its hash and cumulative weight.
 #[derive(Clone, Debug)]
 pub struct HeaderPath {
+    /// The genesis hash of the chain that validates it.
+    network: BlockHash,
     fork: BlockHash,
     fork_height: u64,
     fork_weight: U256,
@@ -937,5 +1047,15 @@ impl HeaderPath {
     pub fn header_at(&self, height: u64) -> Option<&Header> {
         let i = height.checked_sub(self.fork_height + 1)?;
         self.headers.get(usize::try_from(i).ok()?)
+    }
+
+    /// `b` as a [`CheckedBlock`] when its hash is the path's at its
+    /// height (so its header is one this path validated) and it was
+    /// checked for this path's network; else `None`.
+    pub fn admit(&self, b: BodyChecked) -> Option<CheckedBlock> {
+        if b.network != self.network || self.hash_at(b.block.header.height) != Some(b.hash) {
+            return None;
+        }
+        Some(CheckedBlock { block: b.block, hash: b.hash, network: b.network })
     }
 }

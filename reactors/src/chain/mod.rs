@@ -12,8 +12,8 @@ pub use block::{
     bits_from_target, merkle_root, target_from_bits, work, Block, BlockHash, Hash, Header, TxId,
 };
 pub use blockchain::{
-    median_time, retarget, Blockchain, BlockchainConfig, HeaderPath, ProcessStatus, Processed,
-    TipChange, TipInfo,
+    median_time, retarget, Blockchain, BlockchainConfig, BodyChecked, CheckedBlock, HeaderPath,
+    ProcessStatus, Processed, TipChange, TipInfo,
 };
 pub use params::{Genesis, GenesisError, NetworkParams};
 /// The 256-bit unsigned integer of targets and weights (`ruint`).

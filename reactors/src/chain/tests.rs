@@ -720,3 +720,42 @@ fn header_paths_validate_headers_alone() {
     assert!(matches!(e, (1, BlockError::BadTarget { .. })), "{e:?}");
     assert!(c.header_path(&Hash([9; 32])).is_none());
 }
+
+#[test]
+fn blocks_checked_on_a_header_path_are_stored_without_checking_again() {
+    let p = params(2);
+    let mut src = chain(&p);
+    let mut parent = p.genesis_hash;
+    for i in 0..6 {
+        let b = child_with(&src, &parent, 3 * T, vec![Bytes::from(format!("tx {i}"))]);
+        parent = b.hash();
+        add(&mut src, b).unwrap();
+    }
+    let blocks: Vec<Block> =
+        (1..=6).map(|h| src.block(&src.height_to_hash(h).unwrap()).unwrap().unwrap()).collect();
+    let mut c = chain(&p);
+    let n = now(&p);
+    let mut path = c.header_path(&p.genesis_hash).unwrap();
+    let headers: Vec<Header> = blocks.iter().map(|b| b.header).collect();
+    c.extend_header_path(&mut path, &headers, n).unwrap();
+    // An altered body fails its body rules; the header is not condemned.
+    let mut forged = blocks[2].clone();
+    forged.txs.push(Bytes::from_static(b"forged"));
+    let e = BodyChecked::check(&p, forged).unwrap_err();
+    assert!(matches!(e, BlockError::BadMerkleRoot), "{e}");
+    // A block whose header is not on the path is not admitted.
+    let other = child_with(&src, &blocks[1].hash(), 7 * T, vec![]);
+    assert!(path.admit(BodyChecked::check(&p, other).unwrap()).is_none());
+    // Admitted blocks go in, in order, to the same tip and weight.
+    for b in &blocks {
+        let checked = path.admit(BodyChecked::check(&p, b.clone()).unwrap()).unwrap();
+        assert_eq!(checked.hash(), b.hash());
+        let r = c.process_checked(checked, None, n).unwrap();
+        assert_eq!(r.status, ProcessStatus::MainChain);
+    }
+    assert_eq!((c.tip(), c.weight()), (src.tip(), src.weight()));
+    // A path of another network admits nothing checked for this one.
+    let q = params(0);
+    let far = chain(&q).header_path(&q.genesis_hash).unwrap();
+    assert!(far.admit(BodyChecked::check(&p, blocks[0].clone()).unwrap()).is_none());
+}
