@@ -47,7 +47,7 @@ pub use pool::{Arrival, BlockPool, PoolConfig, PoolError, Request};
 
 use crate::chain::{
     Block, BlockError, BlockHash, Blockchain, BodyChecked, CheckedBlock, Hash, Header,
-    NetworkParams, Processed,
+    NetworkParams, ProcessStatus, Processed,
 };
 use crate::consensus::{system_clock, Clock, ConsensusReactor, PeerChain, MAX_LOCATOR};
 
@@ -686,12 +686,20 @@ impl BlockSyncReactor {
         let (cons, pool, room) =
             (self.consensus.clone(), self.pool.clone(), self.block_arrived.clone());
         let (counter, max) = (applied.clone(), self.cfg.apply_batch);
+        // The first height of the batch being imported, for a panic.
+        let current = Arc::new(AtomicU64::new(u64::MAX));
+        let at = current.clone();
         let failed = tokio::task::spawn_blocking(move || {
             let mut batch = ready;
             loop {
+                at.store(batch[0].0.block().header.height, Ordering::Relaxed);
                 let blocks = batch.iter().map(|(b, _)| b.clone()).collect();
                 let results = cons.import_checked_blocking(blocks, None);
-                if results.iter().any(Result::is_err) {
+                // An orphan here means our chain moved under the path.
+                let unapplied = |r: &Result<Processed, BlockError>| {
+                    r.as_ref().map_or(true, |p| p.status == ProcessStatus::Orphan)
+                };
+                if results.len() < batch.len() || results.iter().any(unapplied) {
                     return Some((batch, results));
                 }
                 counter.fetch_add(batch.len() as u64, Ordering::Relaxed);
@@ -716,13 +724,15 @@ impl BlockSyncReactor {
                 self.block_arrived.notify_one();
             }
             Err(e) => {
-                // The import thread died holding blocks taken from the
-                // pool: fetch everything above our tip again.
+                // The import thread died holding the batch it took from
+                // the pool (its writes were rolled back): fetch from that
+                // batch's first height again.
                 tracing::error!(error = %e, "block sync: import task failed");
-                let height = self.chain().lock().height();
+                let height = current.load(Ordering::Relaxed);
                 if let Some(pool) = self.pool.lock().as_mut() {
-                    pool.rewind(height + 1, None, Vec::new());
+                    pool.rewind(height, None, Vec::new());
                 }
+                self.block_arrived.notify_one();
             }
         }
     }
@@ -756,6 +766,16 @@ impl BlockSyncReactor {
         let mut applied = 0;
         for (i, r) in results.iter().enumerate() {
             match r {
+                Ok(p) if p.status == ProcessStatus::Orphan => {
+                    // Our chain no longer holds the path's parent (it
+                    // moved meanwhile): no one to blame; fetch again.
+                    let height = ready[i].0.block().header.height;
+                    tracing::warn!(height, "block sync: block does not connect; will retry");
+                    if let Some(pool) = self.pool.lock().as_mut() {
+                        pool.rewind(height, None, ready[i..].to_vec());
+                    }
+                    return applied;
+                }
                 Ok(_) => applied += 1,
                 Err(e) => {
                     let (block, from) = &ready[i];
@@ -786,7 +806,14 @@ impl BlockSyncReactor {
                 }
             }
         }
-        // The importer stops early only at an error, settled above.
+        if results.len() < ready.len() {
+            // Not processed (the importer stops early only at an error,
+            // settled above; kept for safety): back to the pool.
+            let rest = ready[results.len()..].to_vec();
+            if let (Some(first), Some(pool)) = (rest.first(), self.pool.lock().as_mut()) {
+                pool.rewind(first.0.block().header.height, None, rest.clone());
+            }
+        }
         applied
     }
 

@@ -19,19 +19,11 @@ use super::BlockError;
 pub struct Hash(pub [u8; 32]);
 
 impl std::hash::Hash for Hash {
-    /// Feeds the map's hasher one word, the XOR of the four 8-byte words:
-    /// SHA-256 output is uniform, so the fold keeps every bit's entropy
-    /// for a quarter of the derived impl's input (hash maps of block and
-    /// transaction ids are on the import path). The standard maps stay
-    /// keyed (SipHash with a random key), so a peer still cannot aim ids
-    /// at one bucket without finding 64-bit fold collisions.
+    /// Feeds the map's hasher the 32 bytes alone (the derived impl adds a
+    /// length prefix for the slice). Every byte counts, so ids a peer
+    /// makes up cannot be aimed at one bucket of a keyed map.
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        let word = |i: usize| {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(&self.0[i..i + 8]);
-            u64::from_le_bytes(w)
-        };
-        state.write_u64(word(0) ^ word(8) ^ word(16) ^ word(24));
+        state.write(&self.0);
     }
 }
 

@@ -165,6 +165,9 @@ pub struct Blockchain {
     invalid: HashSet<BlockHash>,
     invalid_order: VecDeque<BlockHash>,
     next_seq: u64,
+    /// Set when a failed batch could not be undone: every later write is
+    /// refused (memory may not match the disk).
+    broken: Option<String>,
 }
 
 impl std::fmt::Debug for Blockchain {
@@ -207,19 +210,31 @@ impl Blockchain {
             invalid: HashSet::new(),
             invalid_order: VecDeque::new(),
             next_seq: 0,
+            broken: None,
         };
         chain.load()?;
         Ok(chain)
     }
 
     /// Rebuilds the index, tips and `height_to_hash` from the store
-    /// (orphans and known-invalid hashes stay).
+    /// (orphans and known-invalid hashes stay). On an error the chain is
+    /// left as it was.
     fn load(&mut self) -> Result<(), StoreError> {
+        let saved = (
+            std::mem::take(&mut self.index),
+            std::mem::take(&mut self.leaves),
+            std::mem::take(&mut self.main),
+            std::mem::replace(&mut self.next_seq, 0),
+        );
+        let r = self.load_into_empty();
+        if r.is_err() {
+            (self.index, self.leaves, self.main, self.next_seq) = saved;
+        }
+        r
+    }
+
+    fn load_into_empty(&mut self) -> Result<(), StoreError> {
         let chain = self;
-        chain.index.clear();
-        chain.leaves.clear();
-        chain.main.clear();
-        chain.next_seq = 0;
         for h in chain.store.load_headers()? {
             let hash = h.hash();
             let parent_weight = if h.height == 0 {
@@ -252,22 +267,50 @@ impl Blockchain {
     /// none of it, so callers report blocks as stored only after this
     /// returns. Inside an open batch `f` just runs.
     ///
-    /// Errors: [`StoreError`] when the batch cannot be opened or
-    /// committed; the batch is then rolled back and the index rebuilt from
-    /// the store, so memory again matches the disk (the blocks `f`
-    /// accepted are no longer known).
+    /// Errors: [`StoreError`] when the batch cannot be opened, when a
+    /// write in it failed (its blocks got [`BlockError::Store`] inside
+    /// `f`; the rest of the batch is refused), or when it cannot be
+    /// committed. The batch is then rolled back and the index rebuilt from
+    /// the store, so memory again matches the disk: the blocks `f`
+    /// accepted, and orphans they connected, are no longer known. If `f`
+    /// panics, the same happens before the panic goes on. If even that
+    /// fails (the disk is gone), the chain refuses every later write with
+    /// [`StoreError::Corrupt`] and must be reopened.
     pub fn batch<R>(&mut self, f: impl FnOnce(&mut Blockchain) -> R) -> Result<R, StoreError> {
         if self.store.in_batch() {
             return Ok(f(self));
         }
-        self.store.begin()?;
-        let r = f(self);
-        if let Err(e) = self.store.commit() {
-            let _ = self.store.rollback();
-            self.load()?;
-            return Err(e);
+        if let Some(why) = &self.broken {
+            return Err(StoreError::Corrupt(why.clone()));
         }
-        Ok(r)
+        self.store.begin()?;
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self)));
+        let r = match r {
+            Ok(r) => r,
+            Err(panic) => {
+                let _ = self.undo_batch("a panic while writing a batch".into());
+                std::panic::resume_unwind(panic);
+            }
+        };
+        match self.store.commit() {
+            Ok(()) => Ok(r),
+            Err(e) => {
+                self.undo_batch(e.to_string())?;
+                Err(e)
+            }
+        }
+    }
+
+    /// Rolls the open batch back and rebuilds the index from the store;
+    /// when either fails, the chain is marked broken (no more writes).
+    fn undo_batch(&mut self, why: String) -> Result<(), StoreError> {
+        let r = self.store.rollback().and_then(|()| self.load());
+        if let Err(e) = &r {
+            let why = format!("{why}; then rolling back failed: {e}; reopen the chain");
+            tracing::error!("{why}");
+            self.broken = Some(why);
+        }
+        r
     }
 
     /// Checks that the stored main chain links up from genesis and ends at
@@ -688,6 +731,9 @@ impl Blockchain {
             tip_change: None,
             rejected_orphans: Vec::new(),
         };
+        if let Some(why) = &self.broken {
+            return Err(BlockError::Store(StoreError::Corrupt(why.clone())));
+        }
         if self.is_known(&hash) {
             return Ok(done(ProcessStatus::AlreadyKnown));
         }
@@ -870,7 +916,7 @@ impl BodyChecked {
     /// Checks `block`'s body against `params`. Errors: the [`BlockError`]
     /// of the first body rule it breaks (always the sender's fault; the
     /// header may still be valid, so the hash must not be remembered as
-    /// invalid), with the block handed back.
+    /// invalid).
     pub fn check(params: &NetworkParams, block: Block) -> Result<BodyChecked, BlockError> {
         check_body_rules(params, &block)?;
         let hash = block.hash();

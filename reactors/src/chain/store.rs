@@ -79,9 +79,17 @@ pub struct MainUpdate<'a> {
 /// The block store. See the module documentation for the schema.
 pub struct Store {
     conn: Connection,
+    /// A batch ([`Store::begin`]) is open.
+    batch: bool,
+    /// A write of the open batch failed (its text): the batch can only be
+    /// rolled back.
+    batch_error: Option<String>,
     /// Tests: the next [`Store::commit`] fails (after rolling nothing back).
     #[cfg(test)]
     pub(crate) fail_next_commit: bool,
+    /// Tests: the next block write fails.
+    #[cfg(test)]
+    pub(crate) fail_next_write: bool,
 }
 
 impl std::fmt::Debug for Store {
@@ -102,8 +110,12 @@ impl Store {
     fn from_conn(conn: Connection) -> Store {
         Store {
             conn,
+            batch: false,
+            batch_error: None,
             #[cfg(test)]
             fail_next_commit: false,
+            #[cfg(test)]
+            fail_next_write: false,
         }
     }
 
@@ -203,6 +215,35 @@ impl Store {
         hash: &BlockHash,
         main: Option<MainUpdate<'_>>,
     ) -> Result<(), StoreError> {
+        if self.batch {
+            if let Some(e) = &self.batch_error {
+                return Err(corrupt(format!("an earlier write of this batch failed: {e}")));
+            }
+            // SQLite rolls a transaction back itself on some errors (disk
+            // full, I/O): writing on would commit each block alone.
+            if self.conn.is_autocommit() {
+                let e = "SQLite rolled the batch back".to_string();
+                self.batch_error = Some(e.clone());
+                return Err(corrupt(e));
+            }
+        }
+        let r = self.write_block(block, hash, main);
+        if let (true, Err(e)) = (self.batch, &r) {
+            self.batch_error = Some(e.to_string());
+        }
+        r
+    }
+
+    fn write_block(
+        &mut self,
+        block: &Block,
+        hash: &BlockHash,
+        main: Option<MainUpdate<'_>>,
+    ) -> Result<(), StoreError> {
+        #[cfg(test)]
+        if std::mem::take(&mut self.fail_next_write) {
+            return Err(corrupt("injected write failure"));
+        }
         // A savepoint: its own transaction, or nested in a batch
         // ([`Store::begin`]), rolled back alone if a statement fails.
         let tx = self.conn.savepoint()?;
@@ -222,35 +263,49 @@ impl Store {
 
     /// Opens a batch: the writes until [`Store::commit`] are one SQLite
     /// transaction (one WAL commit instead of one per block; a crash keeps
-    /// all of them or none). Errors: [`StoreError::Sqlite`], also when a
-    /// batch is already open.
+    /// all of them or none). Errors: [`StoreError::Sqlite`], and
+    /// [`StoreError::Corrupt`] when a batch is already open.
     pub fn begin(&mut self) -> Result<(), StoreError> {
+        if self.batch {
+            return Err(corrupt("a batch is already open"));
+        }
         self.conn.execute_batch("BEGIN")?;
+        self.batch = true;
+        self.batch_error = None;
         Ok(())
     }
 
-    /// Commits the open batch. On an error the batch is still open; call
-    /// [`Store::rollback`].
+    /// Commits the open batch. Errors: the first failed write of the batch
+    /// (nothing is committed), or SQLite's; the batch is then still open:
+    /// call [`Store::rollback`].
     pub fn commit(&mut self) -> Result<(), StoreError> {
+        if let Some(e) = &self.batch_error {
+            return Err(corrupt(format!("a write of this batch failed: {e}")));
+        }
         #[cfg(test)]
         if std::mem::take(&mut self.fail_next_commit) {
             return Err(corrupt("injected commit failure"));
         }
         self.conn.execute_batch("COMMIT")?;
+        self.batch = false;
         Ok(())
     }
 
-    /// Drops the open batch's writes (a no-op when none is open).
+    /// Drops the open batch's writes (a no-op when none is open). Errors:
+    /// SQLite's, and then the batch stays open (every later
+    /// [`Store::begin`] fails, so nothing more is written).
     pub fn rollback(&mut self) -> Result<(), StoreError> {
-        if self.in_batch() {
+        if !self.conn.is_autocommit() {
             self.conn.execute_batch("ROLLBACK")?;
         }
+        self.batch = false;
+        self.batch_error = None;
         Ok(())
     }
 
     /// Whether a batch ([`Store::begin`]) is open.
     pub fn in_batch(&self) -> bool {
-        !self.conn.is_autocommit()
+        self.batch
     }
 
     /// Every stored header in acceptance order (the order that breaks

@@ -621,6 +621,30 @@ fn a_batch_is_one_commit_and_a_failed_commit_leaves_memory_as_the_disk() {
     assert!(e.to_string().contains("injected"), "{e}");
     assert_eq!((c.height(), c.tip()), (4, blocks[1].hash()));
     assert!(!c.contains(&blocks[3].hash()) && reader.block(&blocks[2].hash()).unwrap().is_none());
+    // A failed write: the rest of the batch is refused and nothing of it
+    // stays, in memory or on disk.
+    let e = c
+        .batch(|c| {
+            add(c, blocks[2].clone()).unwrap();
+            c.store.fail_next_write = true;
+            assert!(matches!(add(c, blocks[3].clone()), Err(BlockError::Store(_))));
+            let e = add(c, blocks[3].clone()).unwrap_err();
+            assert!(e.to_string().contains("earlier write"), "{e}");
+        })
+        .unwrap_err();
+    assert!(e.to_string().contains("injected write failure"), "{e}");
+    assert_eq!((c.height(), c.tip()), (4, blocks[1].hash()));
+    assert!(!c.contains(&blocks[2].hash()) && reader.block(&blocks[2].hash()).unwrap().is_none());
+    // A panic inside a batch: rolled back before the panic goes on.
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = c.batch(|c| {
+            add(c, blocks[2].clone()).unwrap();
+            panic!("in the middle of a batch");
+        });
+    }));
+    assert!(caught.is_err());
+    assert_eq!((c.height(), c.tip()), (4, blocks[1].hash()));
+    assert!(!c.store().in_batch() && reader.block(&blocks[2].hash()).unwrap().is_none());
     // The same blocks go in afterwards, and a reopen finds them all.
     c.batch(|c| {
         add(c, blocks[2].clone()).unwrap();

@@ -32,6 +32,7 @@ use tokio::sync::{broadcast, watch};
 
 use crate::chain::{
     Block, BlockError, BlockHash, Blockchain, CheckedBlock, Hash, ProcessStatus, Processed,
+    TipChange,
 };
 use crate::mempool::{BoundedSet, Mempool};
 use crate::mining::{Miner, MinerConfig, WorkSource};
@@ -74,8 +75,12 @@ pub struct ConsensusConfig {
     /// every block alone. Default 256, block sync's `apply_batch` (on this
     /// VM the `Blockchain` alone imported small blocks at ~23,000 blocks/s
     /// with 1, ~68,000 with 64 and ~85,000-90,000 with 256; the lock is
-    /// then held a few milliseconds per chunk).
+    /// then held a few milliseconds per chunk of small blocks, and
+    /// `commit_batch_bytes` bounds it for large ones).
     pub commit_batch: usize,
+    /// Most block bytes in one such transaction, so large blocks do not
+    /// hold the chain lock for long. Default 8 MiB.
+    pub commit_batch_bytes: usize,
 }
 
 impl Default for ConsensusConfig {
@@ -90,6 +95,7 @@ impl Default for ConsensusConfig {
             unbacked_status_score: 25,
             event_buffer: 1024,
             commit_batch: 256,
+            commit_batch_bytes: 8 << 20,
         }
     }
 }
@@ -249,6 +255,7 @@ impl ConsensusReactor {
             reorged_blocks: AtomicU64::new(0),
             clock,
             commit_batch: cfg.commit_batch.max(1),
+            commit_batch_bytes: cfg.commit_batch_bytes.max(1),
         };
         ConsensusReactor {
             cfg,
@@ -554,6 +561,7 @@ struct Importer {
     reorged_blocks: AtomicU64,
     clock: Clock,
     commit_batch: usize,
+    commit_batch_bytes: usize,
 }
 
 /// A block for the importer: checked in full, or checked before.
@@ -562,48 +570,87 @@ enum Incoming {
     Checked(CheckedBlock),
 }
 
+impl Incoming {
+    fn size(&self) -> usize {
+        match self {
+            Incoming::Block(b) => b.size(),
+            Incoming::Checked(b) => b.block().size(),
+        }
+    }
+}
+
 impl Importer {
     /// Imports `blocks` in order, stopping after the first one its sender
-    /// is to blame for. Holds the chain lock, then the mempool lock, for
-    /// each chunk of `commit_batch` blocks, written in one SQLite
-    /// transaction; the results of a chunk are returned only once it is
-    /// committed (a failed commit, a disk fault logged as an error, turns
-    /// its accepted blocks into `BlockError::NotCommitted`; the mempool and
-    /// event subscribers have seen them already). The mempool follows tip
-    /// changes in the
-    /// order they happen; the tip watch is told once, at the end (one
-    /// wake-up per batch, not per block, for its subscribers).
+    /// is to blame for, or at a store error. Holds the chain lock for each
+    /// chunk of at most `commit_batch` blocks and `commit_batch_bytes`,
+    /// written in one SQLite transaction ([`Blockchain::batch`]). Only once
+    /// a chunk is committed do the mempool (its lock taken per tip change,
+    /// after the chain's), the reorg counters and event subscribers follow
+    /// its tip changes, in order, and are its results returned; a failed
+    /// chunk (a disk fault, logged as an error) turns its accepted blocks
+    /// into `BlockError::NotCommitted` and ends the import. The tip watch
+    /// is told once, at the end (one wake-up per import, not per block).
     fn apply(
         &self,
         blocks: Vec<Incoming>,
         source: Option<NodeId>,
     ) -> Vec<Result<Processed, BlockError>> {
-        let mut out = Vec::with_capacity(blocks.len());
+        let mut out: Vec<Result<Processed, BlockError>> = Vec::with_capacity(blocks.len());
         let mut new_tip = None;
         let mut blocks = blocks.into_iter().peekable();
         let mut stop = false;
         while !stop && blocks.peek().is_some() {
             let mut chain = self.chain.lock();
             let start = out.len();
+            // Where the chain stood after each block that moved the tip.
+            let mut moved = Vec::new();
             let committed = chain.batch(|chain| {
-                for block in blocks.by_ref().take(self.commit_batch) {
-                    let r = self.apply_one(chain, block, source, &mut new_tip);
-                    stop = r.as_ref().is_err_and(|e| e.is_peer_fault());
+                let (mut n, mut bytes) = (0, 0);
+                while let Some(block) =
+                    blocks.next_if(|_| n < self.commit_batch && bytes < self.commit_batch_bytes)
+                {
+                    n += 1;
+                    bytes += block.size();
+                    let now_ms = (self.clock)();
+                    let r = match block {
+                        Incoming::Block(b) => chain.process_block(b, source, now_ms),
+                        Incoming::Checked(b) => chain.process_checked(b, source, now_ms),
+                    };
+                    if let Ok(Processed { tip_change: Some(_), .. }) = &r {
+                        moved.push((out.len(), chain.height()));
+                    }
+                    stop = r
+                        .as_ref()
+                        .is_err_and(|e| e.is_peer_fault() || matches!(e, BlockError::Store(_)));
                     out.push(r);
                     if stop {
                         break;
                     }
                 }
             });
-            if let Err(e) = committed {
-                tracing::error!(error = %e, "storing blocks failed");
-                for r in &mut out[start..] {
-                    if r.is_ok() {
-                        *r = Err(BlockError::NotCommitted(e.to_string()));
+            match committed {
+                Ok(()) => {
+                    for (i, height) in moved {
+                        if let Ok(Processed { tip_change: Some(tc), .. }) = &out[i] {
+                            self.follow(tc, height, source);
+                            new_tip = Some((tc.new_tip, height, tc.disconnected.len()));
+                        }
                     }
                 }
-                new_tip = Some((chain.tip(), chain.height(), 0));
-                break;
+                Err(e) => {
+                    tracing::error!(error = %e, "storing blocks failed");
+                    for r in &mut out[start..] {
+                        if r.is_ok() {
+                            *r = Err(BlockError::NotCommitted(e.to_string()));
+                        }
+                    }
+                    if out.len() == start {
+                        // The batch did not open: the next block failed.
+                        out.push(Err(BlockError::NotCommitted(e.to_string())));
+                    }
+                    new_tip = Some((chain.tip(), chain.height(), 0));
+                    break;
+                }
             }
         }
         if let Some((tip, height, reorg)) = new_tip {
@@ -618,43 +665,26 @@ impl Importer {
         out
     }
 
-    /// Processes one block under the chain lock: the mempool, counters and
-    /// event subscribers follow its tip change; `new_tip` is set to
-    /// (tip, height, blocks disconnected) when it moved the tip.
-    fn apply_one(
-        &self,
-        chain: &mut Blockchain,
-        block: Incoming,
-        source: Option<NodeId>,
-        new_tip: &mut Option<(BlockHash, u64, usize)>,
-    ) -> Result<Processed, BlockError> {
-        let now_ms = (self.clock)();
-        let r = match block {
-            Incoming::Block(b) => chain.process_block(b, source, now_ms),
-            Incoming::Checked(b) => chain.process_checked(b, source, now_ms),
-        };
-        if let Ok(Processed { tip_change: Some(tc), .. }) = &r {
-            self.mempool.lock().apply_tip_change(tc);
-            *new_tip = Some((tc.new_tip, chain.height(), tc.disconnected.len()));
-            if !tc.disconnected.is_empty() {
-                self.reorgs.fetch_add(1, Ordering::Relaxed);
-                let n = tc.disconnected.len() as u64;
-                self.reorged_blocks.fetch_add(n, Ordering::Relaxed);
-            }
-            if self.events.receiver_count() > 0 {
-                let summaries = |bs: &[Block]| bs.iter().map(BlockSummary::of).collect();
-                let _ = self.events.send(Arc::new(ChainEvent {
-                    old_tip: tc.old_tip,
-                    new_tip: tc.new_tip,
-                    height: chain.height(),
-                    fork_height: tc.fork_height,
-                    disconnected: summaries(&tc.disconnected),
-                    connected: summaries(&tc.connected),
-                    source,
-                }));
-            }
+    /// The mempool, reorg counters and event subscribers follow a
+    /// committed tip change (`height`: the chain's height after it).
+    fn follow(&self, tc: &TipChange, height: u64, source: Option<NodeId>) {
+        self.mempool.lock().apply_tip_change(tc);
+        if !tc.disconnected.is_empty() {
+            self.reorgs.fetch_add(1, Ordering::Relaxed);
+            self.reorged_blocks.fetch_add(tc.disconnected.len() as u64, Ordering::Relaxed);
         }
-        r
+        if self.events.receiver_count() > 0 {
+            let summaries = |bs: &[Block]| bs.iter().map(BlockSummary::of).collect();
+            let _ = self.events.send(Arc::new(ChainEvent {
+                old_tip: tc.old_tip,
+                new_tip: tc.new_tip,
+                height,
+                fork_height: tc.fork_height,
+                disconnected: summaries(&tc.disconnected),
+                connected: summaries(&tc.connected),
+                source,
+            }));
+        }
     }
 }
 
