@@ -156,6 +156,9 @@ pub struct BlockSyncReactor {
     /// Wakes the apply side: a block arrived.
     ready_arrived: Notify,
     progress: watch::Sender<SyncProgress>,
+    /// True while an apply thread runs (it outlives a round that ended
+    /// while it imported a batch; the next round waits for it).
+    applying: Arc<watch::Sender<bool>>,
     blocks_received: AtomicU64,
     blocks_from: Mutex<HashMap<NodeId, u64>>,
     /// Bumped by every status answer, so the round loop looks for new pool
@@ -215,6 +218,7 @@ impl BlockSyncReactor {
             block_arrived: Arc::new(Notify::new()),
             ready_arrived: Notify::new(),
             progress: watch::channel(SyncProgress::default()).0,
+            applying: Arc::new(watch::channel(false).0),
             blocks_received: AtomicU64::new(0),
             blocks_from: Mutex::new(HashMap::new()),
             status_gen: AtomicU64::new(0),
@@ -284,6 +288,9 @@ impl BlockSyncReactor {
             tracing::info!(peer = %peer.id(), height = claim.height, ours = ours.height, "block sync starts");
             self.round(sw, &peer, claim, &ours).await;
             *self.pool.lock() = None;
+            // An apply thread still importing its last batch finishes
+            // before our chain state is read again.
+            let _ = self.applying.subscribe().wait_for(|busy| !busy).await;
             self.consensus.set_syncing(false);
             next_poll = Instant::now();
             if self.chain().lock().height() == ours.height {
@@ -686,10 +693,19 @@ impl BlockSyncReactor {
         let (cons, pool, room) =
             (self.consensus.clone(), self.pool.clone(), self.block_arrived.clone());
         let (counter, max) = (applied.clone(), self.cfg.apply_batch);
+        struct Busy(Arc<watch::Sender<bool>>);
+        impl Drop for Busy {
+            fn drop(&mut self) {
+                self.0.send_replace(false);
+            }
+        }
+        self.applying.send_replace(true);
+        let busy = Busy(self.applying.clone());
         // The first height of the batch being imported, for a panic.
         let current = Arc::new(AtomicU64::new(u64::MAX));
         let at = current.clone();
         let failed = tokio::task::spawn_blocking(move || {
+            let _busy = busy;
             let mut batch = ready;
             loop {
                 at.store(batch[0].0.block().header.height, Ordering::Relaxed);
