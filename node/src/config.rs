@@ -3,6 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
+use std::time::Duration;
+
+use plexus_reactors::blocksync::{BlockSyncConfig, PoolConfig};
+use plexus_reactors::consensus::ConsensusConfig;
 use serde::{Deserialize, Serialize};
 
 /// The whole file.
@@ -17,6 +21,8 @@ pub struct NodeConfig {
     pub rpc: RpcConfig,
     /// Mining.
     pub mining: MiningConfig,
+    /// Block sync and block import.
+    pub sync: SyncConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -89,6 +95,41 @@ pub struct MiningConfig {
     pub threads: usize,
 }
 
+/// `[sync]`: block sync (`plexus_reactors::blocksync::BlockSyncConfig`
+/// and its `PoolConfig`) and block import
+/// (`plexus_reactors::consensus::ConsensusConfig`). Defaults are the
+/// library's.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SyncConfig {
+    /// Heights requested ahead of the next block to apply. Default 1024.
+    pub window: u64,
+    /// Blocks asked for per request, 1..=32. Default 32.
+    pub blocks_per_request: usize,
+    /// Requests pending per peer. Default 16.
+    pub max_pending_per_peer: usize,
+    /// Longest a block request may take (less for a peer that has been
+    /// fast), seconds. Default 15.
+    pub request_timeout_s: u64,
+    /// Statuses a round waits for (fewer if fewer peers). Default 3.
+    pub min_status_peers: usize,
+    /// Longest a round waits for them, seconds. Default 3.
+    pub status_wait_s: u64,
+    /// How often peers are asked for their status, seconds. Default 10.
+    pub status_interval_s: u64,
+    /// A round starts when a peer is more than this many blocks ahead
+    /// (closer peers are caught up with by the consensus reactor).
+    /// Default 16.
+    pub resync_distance: u64,
+    /// Most blocks handed to the importer at once. Default 256.
+    pub apply_batch: usize,
+    /// Most blocks written in one SQLite transaction (the chain lock is
+    /// held that long). Default 256.
+    pub commit_batch: usize,
+    /// Most block bytes in one SQLite transaction. Default 8388608 (8 MiB).
+    pub commit_batch_bytes: usize,
+}
+
 /// `[log]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -107,7 +148,58 @@ impl Default for NodeConfig {
             p2p: P2pConfig::default(),
             rpc: RpcConfig::default(),
             mining: MiningConfig::default(),
+            sync: SyncConfig::default(),
             log: LogConfig::default(),
+        }
+    }
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        let (sync, cons) = (BlockSyncConfig::default(), ConsensusConfig::default());
+        SyncConfig {
+            window: sync.pool.window,
+            blocks_per_request: sync.pool.blocks_per_request,
+            max_pending_per_peer: sync.pool.max_pending_per_peer,
+            request_timeout_s: sync.pool.request_timeout.as_secs(),
+            min_status_peers: sync.min_status_peers,
+            status_wait_s: sync.status_wait.as_secs(),
+            status_interval_s: sync.status_interval.as_secs(),
+            resync_distance: sync.resync_distance,
+            apply_batch: sync.apply_batch,
+            commit_batch: cons.commit_batch,
+            commit_batch_bytes: cons.commit_batch_bytes,
+        }
+    }
+}
+
+impl SyncConfig {
+    /// The block sync reactor's settings (the rest at their defaults).
+    pub fn block_sync(&self) -> BlockSyncConfig {
+        let d = BlockSyncConfig::default();
+        BlockSyncConfig {
+            pool: PoolConfig {
+                window: self.window,
+                blocks_per_request: self.blocks_per_request,
+                max_pending_per_peer: self.max_pending_per_peer,
+                request_timeout: Duration::from_secs(self.request_timeout_s),
+                ..d.pool
+            },
+            min_status_peers: self.min_status_peers,
+            status_wait: Duration::from_secs(self.status_wait_s),
+            status_interval: Duration::from_secs(self.status_interval_s),
+            resync_distance: self.resync_distance,
+            apply_batch: self.apply_batch,
+            ..d
+        }
+    }
+
+    /// The consensus reactor's settings (the rest at their defaults).
+    pub fn consensus(&self) -> ConsensusConfig {
+        ConsensusConfig {
+            commit_batch: self.commit_batch,
+            commit_batch_bytes: self.commit_batch_bytes,
+            ..ConsensusConfig::default()
         }
     }
 }
@@ -212,6 +304,17 @@ impl NodeConfig {
             (self.rpc.ws_write_timeout_s >= 1, "rpc.ws_write_timeout_s must be at least 1"),
             (self.p2p.pex_period_s >= 1, "p2p.pex_period_s must be at least 1"),
             (self.mining.threads >= 1, "mining.threads must be at least 1"),
+            (self.sync.window >= 1, "sync.window must be at least 1"),
+            (
+                (1..=32).contains(&self.sync.blocks_per_request),
+                "sync.blocks_per_request must be 1 to 32",
+            ),
+            (self.sync.max_pending_per_peer >= 1, "sync.max_pending_per_peer must be at least 1"),
+            (self.sync.request_timeout_s >= 1, "sync.request_timeout_s must be at least 1"),
+            (self.sync.status_interval_s >= 1, "sync.status_interval_s must be at least 1"),
+            (self.sync.apply_batch >= 1, "sync.apply_batch must be at least 1"),
+            (self.sync.commit_batch >= 1, "sync.commit_batch must be at least 1"),
+            (self.sync.commit_batch_bytes >= 1, "sync.commit_batch_bytes must be at least 1"),
             (
                 matches!(self.log.format.as_str(), "text" | "json"),
                 "log.format must be text or json",
@@ -279,6 +382,30 @@ enabled = {mine}
 # Miner threads (default 1; flag --mine-threads).
 threads = {threads}
 
+[sync]
+# Heights requested ahead of the next block to apply (default 1024).
+window = {window}
+# Blocks asked for per request, 1 to 32 (default 32).
+blocks_per_request = {per_request}
+# Requests pending per peer (default 16).
+max_pending_per_peer = {pending}
+# Longest a block request may take, less for a peer that has been fast, seconds (default 15).
+request_timeout_s = {req_timeout}
+# Statuses a sync round waits for, fewer if fewer peers (default 3).
+min_status_peers = {min_status}
+# Longest it waits for them, seconds (default 3).
+status_wait_s = {status_wait}
+# How often peers are asked for their status, seconds (default 10).
+status_interval_s = {status_interval}
+# Sync when a peer is more than this many blocks ahead (default 16).
+resync_distance = {resync}
+# Most blocks handed to the importer at once (default 256).
+apply_batch = {apply_batch}
+# Most blocks written in one SQLite transaction; the chain lock is held that long (default 256).
+commit_batch = {commit_batch}
+# Most block bytes in one SQLite transaction (default 8388608).
+commit_batch_bytes = {commit_bytes}
+
 [log]
 # RUST_LOG-style filter; the RUST_LOG environment variable wins (default "info").
 filter = {filter}
@@ -304,6 +431,17 @@ format = {format}
             max_dial = self.rpc.max_dial_peers,
             mine = self.mining.enabled,
             threads = self.mining.threads,
+            window = self.sync.window,
+            per_request = self.sync.blocks_per_request,
+            pending = self.sync.max_pending_per_peer,
+            req_timeout = self.sync.request_timeout_s,
+            min_status = self.sync.min_status_peers,
+            status_wait = self.sync.status_wait_s,
+            status_interval = self.sync.status_interval_s,
+            resync = self.sync.resync_distance,
+            apply_batch = self.sync.apply_batch,
+            commit_batch = self.sync.commit_batch,
+            commit_bytes = self.sync.commit_batch_bytes,
             filter = q(&self.log.filter),
             format = q(&self.log.format),
         )
@@ -334,6 +472,24 @@ mod tests {
         assert!(e.contains("rpc.max_body_bytes"), "{e}");
         std::fs::write(&path, "[log]\nformat = \"xml\"\n").unwrap();
         assert!(NodeConfig::load(&path).unwrap_err().to_string().contains("log.format"));
+        std::fs::write(&path, "[sync]\nblocks_per_request = 33\n").unwrap();
+        let e = NodeConfig::load(&path).unwrap_err().to_string();
+        assert!(e.contains("sync.blocks_per_request"), "{e}");
+    }
+
+    #[test]
+    fn sync_settings_reach_the_reactors_configs() {
+        let d = SyncConfig::default();
+        assert_eq!(d.block_sync().pool.window, BlockSyncConfig::default().pool.window);
+        assert_eq!(d.consensus().commit_batch, ConsensusConfig::default().commit_batch);
+        let text = "[sync]\nwindow = 64\nblocks_per_request = 8\nrequest_timeout_s = 4\n\
+                    status_interval_s = 2\nresync_distance = 5\ncommit_batch = 7\n";
+        let c: NodeConfig = toml::from_str(text).unwrap();
+        let (b, k) = (c.sync.block_sync(), c.sync.consensus());
+        assert_eq!((b.pool.window, b.pool.blocks_per_request), (64, 8));
+        assert_eq!(b.pool.request_timeout, Duration::from_secs(4));
+        assert_eq!((b.status_interval, b.resync_distance), (Duration::from_secs(2), 5));
+        assert_eq!((k.commit_batch, k.commit_batch_bytes), (7, 8 << 20));
     }
 
     #[test]

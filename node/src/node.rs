@@ -9,9 +9,9 @@ use std::time::Instant;
 use anyhow::Context;
 use parking_lot::Mutex;
 use plexus_p2p::{NetAddress, NodeInfo, NodeKey, NodeType, Switch, SwitchConfig, TcpTransport};
-use plexus_reactors::blocksync::{BlockSyncConfig, BlockSyncReactor};
+use plexus_reactors::blocksync::BlockSyncReactor;
 use plexus_reactors::chain::{Blockchain, BlockchainConfig, NetworkParams, Store};
-use plexus_reactors::consensus::{ConsensusConfig, ConsensusReactor};
+use plexus_reactors::consensus::ConsensusReactor;
 use plexus_reactors::mempool::{MempoolConfig, MempoolReactor};
 use plexus_reactors::mining::{Miner, MinerConfig};
 use plexus_reactors::pex::{AddrBook, AddrBookConfig, PexConfig, PexReactor};
@@ -134,9 +134,8 @@ impl Node {
         let chain = Blockchain::open(params.clone(), store, BlockchainConfig::default())?;
         let mem = Arc::new(MempoolReactor::new(MempoolConfig::default()));
         let chain = Arc::new(Mutex::new(chain));
-        let cons =
-            Arc::new(ConsensusReactor::new(ConsensusConfig::default(), chain, mem.pool().clone()));
-        let sync = Arc::new(BlockSyncReactor::new(BlockSyncConfig::default(), cons.clone()));
+        let cons = Arc::new(ConsensusReactor::new(cfg.sync.consensus(), chain, mem.pool().clone()));
+        let sync = Arc::new(BlockSyncReactor::new(cfg.sync.block_sync(), cons.clone()));
 
         let peers =
             cfg.p2p.peers.iter().map(|p| PeerArg::parse(p)).collect::<anyhow::Result<Vec<_>>>()?;
