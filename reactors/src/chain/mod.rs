@@ -137,15 +137,8 @@ impl BlockError {
     /// "mutated block"), so the merkle root is checked before every other
     /// body rule.
     pub(crate) fn is_permanent(&self) -> bool {
-        !matches!(
-            self,
-            BlockError::TimeTooNew { .. }
-                | BlockError::Store(_)
-                | BlockError::ImportAborted
-                | BlockError::NotCommitted(_)
-                | BlockError::Malformed(_)
-                | BlockError::BadMerkleRoot
-        )
+        self.is_peer_fault()
+            && !matches!(self, BlockError::Malformed(_) | BlockError::BadMerkleRoot)
     }
 }
 
