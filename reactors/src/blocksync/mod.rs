@@ -682,25 +682,24 @@ impl BlockSyncReactor {
         ready: Vec<(CheckedBlock, NodeId)>,
         applied: &Arc<AtomicU64>,
     ) {
-        struct CancelOnDrop(Arc<AtomicBool>);
-        impl Drop for CancelOnDrop {
+        /// Runs its closure when dropped (also when unwinding).
+        struct OnDrop<F: FnMut()>(F);
+        impl<F: FnMut()> Drop for OnDrop<F> {
             fn drop(&mut self) {
-                self.0.store(true, Ordering::SeqCst);
+                (self.0)();
             }
         }
         let cancel = Arc::new(AtomicBool::new(false));
-        let _guard = CancelOnDrop(cancel.clone());
+        let flag = cancel.clone();
+        let _cancel_on_drop = OnDrop(move || flag.store(true, Ordering::SeqCst));
         let (cons, pool, room) =
             (self.consensus.clone(), self.pool.clone(), self.block_arrived.clone());
         let (counter, max) = (applied.clone(), self.cfg.apply_batch);
-        struct Busy(Arc<watch::Sender<bool>>);
-        impl Drop for Busy {
-            fn drop(&mut self) {
-                self.0.send_replace(false);
-            }
-        }
         self.applying.send_replace(true);
-        let busy = Busy(self.applying.clone());
+        let applying = self.applying.clone();
+        let busy = OnDrop(move || {
+            applying.send_replace(false);
+        });
         // The first height of the batch being imported, for a panic.
         let current = Arc::new(AtomicU64::new(u64::MAX));
         let at = current.clone();
@@ -755,82 +754,71 @@ impl BlockSyncReactor {
 
     /// A block whose body breaks a rule arrived from `peer`: it made or
     /// altered it (its header may be valid, so nothing is remembered as
-    /// invalid). Its blocks waiting in the pool are dropped, it leaves the
-    /// pool (its heights go to others) and it is reported
-    /// (`misbehavior_score`, a ban at the default).
+    /// invalid). It is blamed as for an invalid block ([`Self::blame`]),
+    /// its already ready blocks dropped.
     async fn invalid_body(&self, sw: &Switch, peer: &Peer, height: u64, e: BlockError) {
-        tracing::warn!(peer = %peer.id(), height, error = %e, "block sync: invalid block");
-        if let Some(pool) = self.pool.lock().as_mut() {
-            pool.rewind(u64::MAX, Some(&peer.id()), Vec::new());
-        }
-        let why = format!("invalid block at height {height}: {e}");
-        let m = misbehavior(MisbehaviorKind::InvalidData, self.cfg.misbehavior_score, why);
-        sw.report(peer, m).await;
+        self.blame(sw, &peer.id(), height, u64::MAX, Vec::new(), &e).await;
     }
 
-    /// Settles a batch whose import stopped at a failure (`results` holds
-    /// one entry per block processed): the blocks before it count as
-    /// applied, the failed one and the rest go back to the pool (without
-    /// the sender's blocks, and the sender reported, when it is to blame).
-    /// Returns how many were applied.
+    /// `from` sent an invalid block at `height`: the pool rewinds to
+    /// `rewind_to` with `rest` put back, dropping `from`'s blocks and
+    /// taking it out of the pool (its heights go to others), and it is
+    /// reported (`misbehavior_score`, a ban at the default).
+    async fn blame(
+        &self,
+        sw: &Switch,
+        from: &NodeId,
+        height: u64,
+        rewind_to: u64,
+        rest: Vec<(CheckedBlock, NodeId)>,
+        e: &BlockError,
+    ) {
+        tracing::warn!(peer = %from, height, error = %e, "block sync: invalid block");
+        if let Some(pool) = self.pool.lock().as_mut() {
+            pool.rewind(rewind_to, Some(from), rest);
+        }
+        if let Some(p) = sw.peer(from) {
+            let why = format!("invalid block at height {height}: {e}");
+            let m = misbehavior(MisbehaviorKind::InvalidData, self.cfg.misbehavior_score, why);
+            sw.report(&p, m).await;
+        }
+    }
+
+    /// Settles a batch whose import stopped early (`results` holds one
+    /// entry per block processed): the blocks before the first that was
+    /// not applied count as applied; that one and the rest go back to the
+    /// pool. An invalid block blames its sender ([`Self::blame`]); an error
+    /// of ours (retried after a tick), an orphan (our chain moved under the
+    /// path) or a block not processed blames no one. Returns how many were
+    /// applied.
     async fn settle(
         &self,
         sw: &Switch,
         ready: Vec<(CheckedBlock, NodeId)>,
         results: Vec<Result<Processed, BlockError>>,
     ) -> u64 {
-        let mut applied = 0;
-        for (i, r) in results.iter().enumerate() {
-            match r {
-                Ok(p) if p.status == ProcessStatus::Orphan => {
-                    // Our chain no longer holds the path's parent (it
-                    // moved meanwhile): no one to blame; fetch again.
-                    let height = ready[i].0.block().header.height;
-                    tracing::warn!(height, "block sync: block does not connect; will retry");
-                    if let Some(pool) = self.pool.lock().as_mut() {
-                        pool.rewind(height, None, ready[i..].to_vec());
-                    }
-                    return applied;
+        let applied = results
+            .iter()
+            .take_while(|r| matches!(r, Ok(p) if p.status != ProcessStatus::Orphan))
+            .count();
+        let rest = ready[applied..].to_vec();
+        let Some((first, from)) = rest.first() else { return applied as u64 };
+        let (height, from) = (first.block().header.height, *from);
+        match results.get(applied) {
+            Some(Err(e)) if e.is_peer_fault() => {
+                self.blame(sw, &from, height, height, rest, e).await;
+            }
+            not_applied => {
+                tracing::warn!(height, error = ?not_applied.and_then(|r| r.as_ref().err()), "block sync: block not applied; will retry");
+                if let Some(pool) = self.pool.lock().as_mut() {
+                    pool.rewind(height, None, rest);
                 }
-                Ok(_) => applied += 1,
-                Err(e) => {
-                    let (block, from) = &ready[i];
-                    let height = block.block().header.height;
-                    let rest = ready[i..].to_vec();
-                    if e.is_peer_fault() {
-                        tracing::warn!(peer = %from, height, error = %e, "block sync: invalid block");
-                        if let Some(pool) = self.pool.lock().as_mut() {
-                            pool.rewind(height, Some(from), rest);
-                        }
-                        if let Some(p) = sw.peer(from) {
-                            let why = format!("invalid block at height {height}: {e}");
-                            let m = misbehavior(
-                                MisbehaviorKind::InvalidData,
-                                self.cfg.misbehavior_score,
-                                why,
-                            );
-                            sw.report(&p, m).await;
-                        }
-                    } else {
-                        tracing::warn!(height, error = %e, "block sync: block not applied; will retry");
-                        if let Some(pool) = self.pool.lock().as_mut() {
-                            pool.rewind(height, None, rest);
-                        }
-                        tokio::time::sleep(self.cfg.tick).await;
-                    }
-                    return applied;
+                if matches!(not_applied, Some(Err(_))) {
+                    tokio::time::sleep(self.cfg.tick).await;
                 }
             }
         }
-        if results.len() < ready.len() {
-            // Not processed (the importer stops early only at an error,
-            // settled above; kept for safety): back to the pool.
-            let rest = ready[results.len()..].to_vec();
-            if let (Some(first), Some(pool)) = (rest.first(), self.pool.lock().as_mut()) {
-                pool.rewind(first.0.block().header.height, None, rest.clone());
-            }
-        }
-        applied
+        applied as u64
     }
 
     /// One `HeadersRequest` to `peer` (locator: `after`, if any, then our

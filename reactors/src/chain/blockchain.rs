@@ -712,8 +712,9 @@ impl Blockchain {
         source: Option<NodeId>,
         now_ms: u64,
     ) -> Result<Processed, BlockError> {
-        let checked = b.network == self.params.genesis_hash;
-        self.process(b.block, b.hash, source, now_ms, checked)
+        let BodyChecked { block, hash, network } = b.0;
+        let checked = network == self.params.genesis_hash;
+        self.process(block, hash, source, now_ms, checked)
     }
 
     fn process(
@@ -942,26 +943,17 @@ impl BodyChecked {
 /// header once, as Chia and Bitcoin Core do, instead of again with its
 /// block). Made only by [`HeaderPath::admit`].
 #[derive(Clone, Debug)]
-pub struct CheckedBlock {
-    block: Block,
-    hash: BlockHash,
-    network: BlockHash,
-}
+pub struct CheckedBlock(BodyChecked);
 
 impl CheckedBlock {
     /// The block's hash.
     pub fn hash(&self) -> BlockHash {
-        self.hash
+        self.0.hash
     }
 
     /// The block.
     pub fn block(&self) -> &Block {
-        &self.block
-    }
-
-    /// The block, unwrapped.
-    pub fn into_block(self) -> Block {
-        self.block
+        &self.0.block
     }
 }
 
@@ -1102,6 +1094,6 @@ impl HeaderPath {
         if b.network != self.network || self.hash_at(b.block.header.height) != Some(b.hash) {
             return None;
         }
-        Some(CheckedBlock { block: b.block, hash: b.hash, network: b.network })
+        Some(CheckedBlock(b))
     }
 }
