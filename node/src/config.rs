@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use std::time::Duration;
 
+use plexus_p2p::PeerManagerConfig;
 use plexus_reactors::blocksync::{BlockSyncConfig, PoolConfig};
 use plexus_reactors::consensus::ConsensusConfig;
 use serde::{Deserialize, Serialize};
@@ -50,6 +51,44 @@ pub struct P2pConfig {
     /// How often the address book fills free outbound slots, seconds.
     /// Default 30.
     pub pex_period_s: u64,
+    /// Most inbound peers from one IP, loopback exempt (0: no limit). Default 1.
+    pub max_inbound_per_ip: usize,
+    /// Most inbound peers from one /16 (IPv4) or /32 (IPv6), private ranges exempt (0: no limit). Default 10.
+    pub max_inbound_per_netgroup: usize,
+    /// Most outbound peers into one /16 or /32, persistent peers exempt (0: no limit). Default 2.
+    pub max_outbound_per_netgroup: usize,
+    /// Most inbound handshakes at once. Default 64.
+    pub max_pending_handshakes: usize,
+    /// Most inbound handshakes at once from one IP, loopback exempt. Default 8.
+    pub max_pending_handshakes_per_ip: usize,
+    /// An IP that fails `preauth_failures` handshakes within a minute is refused this long before the handshake (never loopback), seconds. Default 10.
+    pub ip_cooloff_s: u64,
+    /// Failed handshakes from one IP within a minute that start its cool-off. Default 10.
+    pub preauth_failures: u32,
+    /// Misbehaviour score at which a peer's identity is banned. Default 100.
+    pub ban_threshold: u32,
+    /// Half-life of a misbehaviour score, seconds. Default 1800.
+    pub score_half_life_s: u64,
+    /// Identities whose reputation is remembered (oldest dropped first). Default 10000.
+    pub reputation_capacity: usize,
+    /// First ban for protocol errors, seconds (Chia). Default 10.
+    pub ban_protocol_error_s: u64,
+    /// First ban for breaking a rate limit, seconds (Chia). Default 300.
+    pub ban_rate_limit_s: u64,
+    /// First ban for invalid or withheld chain data, seconds (Chia). Default 600.
+    pub ban_consensus_error_s: u64,
+    /// Longest ban; a repeat offender's ban doubles up to it, seconds. Default 86400.
+    pub ban_max_s: u64,
+    /// Inbound peers kept from eviction for distinct netgroups. Default 4.
+    pub evict_protect_netgroups: usize,
+    /// Inbound peers kept from eviction for the lowest ping. Default 8.
+    pub evict_protect_ping: usize,
+    /// Inbound peers kept from eviction for relaying novel transactions most recently. Default 4.
+    pub evict_protect_txs: usize,
+    /// Inbound peers kept from eviction for relaying novel blocks most recently. Default 4.
+    pub evict_protect_blocks: usize,
+    /// Share of the remaining inbound peers kept from eviction for the longest uptime, percent. Default 50.
+    pub evict_protect_uptime_percent: u8,
 }
 
 /// `[rpc]`.
@@ -206,6 +245,7 @@ impl SyncConfig {
 
 impl Default for P2pConfig {
     fn default() -> Self {
+        let d = PeerManagerConfig::default();
         P2pConfig {
             host: "0.0.0.0".into(),
             port: 26656,
@@ -215,6 +255,56 @@ impl Default for P2pConfig {
             max_outbound: 10,
             addr_book_strict: true,
             pex_period_s: 30,
+            max_inbound_per_ip: d.max_inbound_per_ip,
+            max_inbound_per_netgroup: d.max_inbound_per_netgroup,
+            max_outbound_per_netgroup: d.max_outbound_per_netgroup,
+            max_pending_handshakes: d.max_pending_handshakes,
+            max_pending_handshakes_per_ip: d.max_pending_handshakes_per_ip,
+            ip_cooloff_s: d.ip_cooloff.as_secs(),
+            preauth_failures: d.preauth_failures,
+            ban_threshold: d.ban_threshold,
+            score_half_life_s: d.score_half_life.as_secs(),
+            reputation_capacity: d.reputation_capacity,
+            ban_protocol_error_s: d.ban_protocol_error.as_secs(),
+            ban_rate_limit_s: d.ban_rate_limit.as_secs(),
+            ban_consensus_error_s: d.ban_consensus_error.as_secs(),
+            ban_max_s: d.ban_max.as_secs(),
+            evict_protect_netgroups: d.evict_protect_netgroups,
+            evict_protect_ping: d.evict_protect_ping,
+            evict_protect_txs: d.evict_protect_txs,
+            evict_protect_blocks: d.evict_protect_blocks,
+            evict_protect_uptime_percent: d.evict_protect_uptime_percent,
+        }
+    }
+}
+
+impl P2pConfig {
+    /// The switch's peer-manager settings (the rest at the library's
+    /// defaults).
+    pub fn peer_manager(&self) -> PeerManagerConfig {
+        PeerManagerConfig {
+            max_inbound: self.max_inbound,
+            max_outbound: self.max_outbound,
+            max_inbound_per_ip: self.max_inbound_per_ip,
+            max_inbound_per_netgroup: self.max_inbound_per_netgroup,
+            max_outbound_per_netgroup: self.max_outbound_per_netgroup,
+            max_pending_handshakes: self.max_pending_handshakes,
+            max_pending_handshakes_per_ip: self.max_pending_handshakes_per_ip,
+            ip_cooloff: Duration::from_secs(self.ip_cooloff_s),
+            preauth_failures: self.preauth_failures,
+            ban_threshold: self.ban_threshold,
+            score_half_life: Duration::from_secs(self.score_half_life_s),
+            reputation_capacity: self.reputation_capacity,
+            ban_protocol_error: Duration::from_secs(self.ban_protocol_error_s),
+            ban_rate_limit: Duration::from_secs(self.ban_rate_limit_s),
+            ban_consensus_error: Duration::from_secs(self.ban_consensus_error_s),
+            ban_max: Duration::from_secs(self.ban_max_s),
+            evict_protect_netgroups: self.evict_protect_netgroups,
+            evict_protect_ping: self.evict_protect_ping,
+            evict_protect_txs: self.evict_protect_txs,
+            evict_protect_blocks: self.evict_protect_blocks,
+            evict_protect_uptime_percent: self.evict_protect_uptime_percent,
+            ..PeerManagerConfig::default()
         }
     }
 }
@@ -303,6 +393,19 @@ impl NodeConfig {
             (self.rpc.ws_read_timeout_s >= 1, "rpc.ws_read_timeout_s must be at least 1"),
             (self.rpc.ws_write_timeout_s >= 1, "rpc.ws_write_timeout_s must be at least 1"),
             (self.p2p.pex_period_s >= 1, "p2p.pex_period_s must be at least 1"),
+            (self.p2p.ban_threshold >= 1, "p2p.ban_threshold must be at least 1"),
+            (self.p2p.score_half_life_s >= 1, "p2p.score_half_life_s must be at least 1"),
+            (self.p2p.reputation_capacity >= 1, "p2p.reputation_capacity must be at least 1"),
+            (self.p2p.max_pending_handshakes >= 1, "p2p.max_pending_handshakes must be at least 1"),
+            (
+                self.p2p.max_pending_handshakes_per_ip >= 1,
+                "p2p.max_pending_handshakes_per_ip must be at least 1",
+            ),
+            (
+                self.p2p.evict_protect_uptime_percent <= 100,
+                "p2p.evict_protect_uptime_percent must be at most 100",
+            ),
+            (self.p2p.ban_max_s <= 365 * 86_400, "p2p.ban_max_s must be at most a year"),
             (self.mining.threads >= 1, "mining.threads must be at least 1"),
             (self.sync.window >= 1, "sync.window must be at least 1"),
             (
@@ -355,6 +458,44 @@ max_outbound = {max_out}
 addr_book_strict = {strict}
 # How often the address book fills free outbound slots, seconds (default 30).
 pex_period_s = {pex_period}
+# Most inbound peers from one IP, loopback exempt (0: no limit; default 1).
+max_inbound_per_ip = {max_inbound_per_ip}
+# Most inbound peers from one /16 (IPv4) or /32 (IPv6), private ranges exempt (0: no limit; default 10).
+max_inbound_per_netgroup = {max_inbound_per_netgroup}
+# Most outbound peers into one /16 or /32, persistent peers exempt (0: no limit; default 2).
+max_outbound_per_netgroup = {max_outbound_per_netgroup}
+# Most inbound handshakes at once (default 64).
+max_pending_handshakes = {max_pending_handshakes}
+# Most inbound handshakes at once from one IP, loopback exempt (default 8).
+max_pending_handshakes_per_ip = {max_pending_handshakes_per_ip}
+# An IP that fails `preauth_failures` handshakes within a minute is refused this long before the handshake (never loopback), seconds (default 10).
+ip_cooloff_s = {ip_cooloff_s}
+# Failed handshakes from one IP within a minute that start its cool-off (default 10).
+preauth_failures = {preauth_failures}
+# Misbehaviour score at which a peer's identity is banned (default 100).
+ban_threshold = {ban_threshold}
+# Half-life of a misbehaviour score, seconds (default 1800).
+score_half_life_s = {score_half_life_s}
+# Identities whose reputation is remembered (oldest dropped first) (default 10000).
+reputation_capacity = {reputation_capacity}
+# First ban for protocol errors, seconds (Chia) (default 10).
+ban_protocol_error_s = {ban_protocol_error_s}
+# First ban for breaking a rate limit, seconds (Chia) (default 300).
+ban_rate_limit_s = {ban_rate_limit_s}
+# First ban for invalid or withheld chain data, seconds (Chia) (default 600).
+ban_consensus_error_s = {ban_consensus_error_s}
+# Longest ban; a repeat offender's ban doubles up to it, seconds (default 86400).
+ban_max_s = {ban_max_s}
+# Inbound peers kept from eviction for distinct netgroups (default 4).
+evict_protect_netgroups = {evict_protect_netgroups}
+# Inbound peers kept from eviction for the lowest ping (default 8).
+evict_protect_ping = {evict_protect_ping}
+# Inbound peers kept from eviction for relaying novel transactions most recently (default 4).
+evict_protect_txs = {evict_protect_txs}
+# Inbound peers kept from eviction for relaying novel blocks most recently (default 4).
+evict_protect_blocks = {evict_protect_blocks}
+# Share of the remaining inbound peers kept from eviction for the longest uptime, percent (default 50).
+evict_protect_uptime_percent = {evict_protect_uptime_percent}
 
 [rpc]
 # Address of the web page, JSON-RPC and /metrics (default "127.0.0.1": local only).
@@ -420,6 +561,25 @@ format = {format}
             max_out = self.p2p.max_outbound,
             strict = self.p2p.addr_book_strict,
             pex_period = self.p2p.pex_period_s,
+            max_inbound_per_ip = self.p2p.max_inbound_per_ip,
+            max_inbound_per_netgroup = self.p2p.max_inbound_per_netgroup,
+            max_outbound_per_netgroup = self.p2p.max_outbound_per_netgroup,
+            max_pending_handshakes = self.p2p.max_pending_handshakes,
+            max_pending_handshakes_per_ip = self.p2p.max_pending_handshakes_per_ip,
+            ip_cooloff_s = self.p2p.ip_cooloff_s,
+            preauth_failures = self.p2p.preauth_failures,
+            ban_threshold = self.p2p.ban_threshold,
+            score_half_life_s = self.p2p.score_half_life_s,
+            reputation_capacity = self.p2p.reputation_capacity,
+            ban_protocol_error_s = self.p2p.ban_protocol_error_s,
+            ban_rate_limit_s = self.p2p.ban_rate_limit_s,
+            ban_consensus_error_s = self.p2p.ban_consensus_error_s,
+            ban_max_s = self.p2p.ban_max_s,
+            evict_protect_netgroups = self.p2p.evict_protect_netgroups,
+            evict_protect_ping = self.p2p.evict_protect_ping,
+            evict_protect_txs = self.p2p.evict_protect_txs,
+            evict_protect_blocks = self.p2p.evict_protect_blocks,
+            evict_protect_uptime_percent = self.p2p.evict_protect_uptime_percent,
             rpc_host = q(&self.rpc.host),
             rpc_port = self.rpc.port,
             unsafe_methods = self.rpc.unsafe_methods,

@@ -167,11 +167,13 @@ impl Node {
         let listen = listen_addr("p2p", &cfg.p2p.host, cfg.p2p.port).await?;
         let sw_cfg = SwitchConfig {
             listen_addr: Some(listen),
-            max_inbound: cfg.p2p.max_inbound,
-            max_outbound: cfg.p2p.max_outbound,
+            peers: cfg.p2p.peer_manager(),
             ..SwitchConfig::default()
         };
+        // Reputations were saved with the address book on the last run.
+        let reputation = pex.book().lock().reputation().to_vec();
         let sw = Switch::builder(key, info, sw_cfg, TcpTransport)
+            .reputation(reputation)
             .shared_reactor(pex.clone())
             .shared_reactor(cons.clone())
             .shared_reactor(mem.clone())

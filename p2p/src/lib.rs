@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 pub mod crypto;
+pub mod fault;
 pub mod key;
 pub mod mconn;
 pub mod netaddr;
@@ -19,6 +20,7 @@ pub mod secret;
 pub mod switch;
 pub mod transport;
 
+pub use fault::{Fault, Misbehavior};
 pub use key::{NodeId, NodeKey};
 pub use mconn::{
     ChannelDescriptor, ChannelReceiver, ConnectionStats, MConnConfig, MConnError, MConnection,
@@ -27,7 +29,7 @@ pub use netaddr::{Host, NetAddress, NetAddressError};
 pub use node_info::{NodeInfo, NodeType, ProtocolVersion};
 pub use secret::{CryptoBackend, SecretConfig, SecretConnection, SecretError};
 pub use switch::{
-    Direction, Envelope, MisbehaviorKind, Peer, PeerMisbehavior, Reactor, RejectReason, StopReason,
-    Switch, SwitchConfig, SwitchEvent,
+    ConnKind, Direction, Envelope, Peer, PeerManager, PeerManagerConfig, Reactor, RejectReason,
+    StopReason, Switch, SwitchConfig, SwitchEvent,
 };
 pub use transport::{Listener, MemoryTransport, TcpTransport, Transport};

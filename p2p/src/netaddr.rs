@@ -12,6 +12,53 @@ use std::str::FromStr;
 
 use crate::key::{NodeId, NodeIdError};
 
+/// The network group of an IP, as Bitcoin Core's `CNetAddr::GetGroup`
+/// simplified: /16 for IPv4 (`[4, a, b]`), /32 for IPv6 (`[6, a, b, c, d]`),
+/// and one group each for loopback, the private ranges (10/8, 172.16/12,
+/// 192.168/16, fc00::/7), link-local, carrier-grade NAT and reserved space
+/// (`[0xff, n]`). The address book buckets by it and the peer manager
+/// limits and evicts by it.
+pub fn netgroup(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            if v4.is_loopback() {
+                vec![0xff, 1]
+            } else if o[0] == 10 {
+                vec![0xff, 2]
+            } else if o[0] == 172 && (16..32).contains(&o[1]) {
+                vec![0xff, 3]
+            } else if o[0] == 192 && o[1] == 168 {
+                vec![0xff, 4]
+            } else if v4.is_link_local() {
+                vec![0xff, 5]
+            } else if o[0] == 100 && (64..128).contains(&o[1]) {
+                vec![0xff, 8] // carrier-grade NAT
+            } else if o[0] == 0 || o[0] >= 240 {
+                vec![0xff, 9] // "this network", reserved and broadcast
+            } else {
+                vec![4, o[0], o[1]]
+            }
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return netgroup(IpAddr::V4(v4));
+            }
+            let s = v6.segments();
+            if v6.is_loopback() {
+                vec![0xff, 1]
+            } else if s[0] & 0xfe00 == 0xfc00 {
+                vec![0xff, 6] // unique local
+            } else if s[0] & 0xffc0 == 0xfe80 {
+                vec![0xff, 7] // link local
+            } else {
+                let o = v6.octets();
+                vec![6, o[0], o[1], o[2], o[3]]
+            }
+        }
+    }
+}
+
 /// The host part of a [`NetAddress`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Host {
@@ -184,6 +231,12 @@ pub async fn resolve_host(name: &str) -> Result<Vec<IpAddr>, ResolveError> {
         return Err(err("no addresses".into()));
     }
     Ok(out)
+}
+
+/// Whether [`netgroup`] puts `ip` in one of the local groups (loopback,
+/// private, link-local, CGNAT, reserved) rather than a routable /16 or /32.
+pub fn is_local_group(ip: IpAddr) -> bool {
+    netgroup(ip)[0] == 0xff
 }
 
 #[cfg(test)]

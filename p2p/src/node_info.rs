@@ -14,6 +14,7 @@ use plexus_proto::p2p as pb;
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::fault::{Fault, Misbehavior};
 use crate::key::NodeId;
 use crate::secret::{SecretConnection, SecretError};
 
@@ -95,6 +96,7 @@ pub struct NodeInfo {
 
 /// Why a NodeInfo is refused or its exchange failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum NodeInfoError {
     /// The secret connection failed during the exchange.
     #[error("secret connection: {0}")]
@@ -108,6 +110,29 @@ pub enum NodeInfoError {
     /// The NodeInfo breaks a rule of [`NodeInfo::validate`].
     #[error("invalid node info: {0}")]
     Invalid(String),
+}
+
+impl NodeInfoError {
+    /// Whose fault: a malformed or invalid NodeInfo is the peer's, a
+    /// timeout is the network's, a secret-connection error says itself.
+    pub fn fault(&self) -> Fault {
+        match self {
+            NodeInfoError::Secret(e) => e.fault(),
+            NodeInfoError::Timeout(_) => Fault::Io,
+            NodeInfoError::Malformed(_) | NodeInfoError::Invalid(_) => Fault::Peer,
+        }
+    }
+
+    /// The reputation-table entry of a peer fault (`None` otherwise).
+    pub fn misbehavior(&self) -> Option<Misbehavior> {
+        match self {
+            NodeInfoError::Secret(e) => e.misbehavior(),
+            NodeInfoError::Malformed(_) | NodeInfoError::Invalid(_) => {
+                Some(Misbehavior::MalformedMessage)
+            }
+            NodeInfoError::Timeout(_) => None,
+        }
+    }
 }
 
 impl NodeInfo {

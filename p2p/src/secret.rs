@@ -31,6 +31,7 @@ use snow::resolvers::DefaultResolver;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 
 pub use crate::crypto::CryptoBackend;
+use crate::fault::{Fault, Misbehavior};
 use crate::key::{NodeId, NodeKey};
 
 /// The Noise protocol name.
@@ -92,6 +93,7 @@ impl Default for SecretConfig {
 /// Why a secret handshake or an encrypted frame failed. Every variant is a
 /// reason to drop the connection; none is a panic.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SecretError {
     /// The underlying stream failed.
     #[error("i/o error: {0}")]
@@ -137,6 +139,36 @@ pub enum SecretError {
         /// The id proved by the handshake.
         actual: NodeId,
     },
+}
+
+impl SecretError {
+    /// Whose fault: a garbage handshake, a bad frame length or a frame
+    /// that fails to decrypt is the peer's; I/O, EOF and timeouts are the
+    /// network's; a dialed id mismatch is the peer's (it is not who the
+    /// address said).
+    pub fn fault(&self) -> Fault {
+        match self {
+            SecretError::Io(_)
+            | SecretError::Timeout(_)
+            | SecretError::Truncated { .. }
+            | SecretError::Closed => Fault::Io,
+            SecretError::FrameTooLarge { .. }
+            | SecretError::FrameTooShort(_)
+            | SecretError::Handshake(_)
+            | SecretError::Decrypt
+            | SecretError::WrongPeer { .. } => Fault::Peer,
+        }
+    }
+
+    /// The reputation-table entry of a peer fault after the handshake
+    /// (`None` otherwise; before the handshake there is no identity to
+    /// score, and the peer manager counts the failure against the IP).
+    pub fn misbehavior(&self) -> Option<Misbehavior> {
+        match self.fault() {
+            Fault::Peer => Some(Misbehavior::MalformedFrame),
+            _ => None,
+        }
+    }
 }
 
 /// Reads one frame body into `rbuf`'s front. Returns `Ok(None)` on a clean

@@ -1,6 +1,9 @@
 //! Multi-switch tests over the in-memory transport (and one over loopback
 //! TCP): connect and disconnect, every upgrade rejection, limits,
-//! persistent redial, bans, broadcast, reactor isolation, the chat example.
+//! persistent redial, bans, broadcast, reactor isolation, the chat example;
+//! and the peer manager's rules against real switches: bans by identity
+//! (honest neighbours on one IP untouched), wire violations scored across
+//! reconnects and restarts with decay, inbound eviction.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -9,8 +12,8 @@ use std::time::Duration;
 use plexus_p2p::node_info::{self, NodeInfo};
 use plexus_p2p::switch::SwitchBuildError;
 use plexus_p2p::{
-    ChannelDescriptor, Envelope, MemoryTransport, MisbehaviorKind, NetAddress, NodeKey,
-    PeerMisbehavior, Reactor, RejectReason, SecretConfig, SecretConnection, SecretError,
+    ChannelDescriptor, Envelope, MemoryTransport, Misbehavior, NetAddress, NodeKey,
+    PeerManagerConfig, Reactor, RejectReason, SecretConfig, SecretConnection, SecretError,
     StopReason, Switch, SwitchConfig, TcpTransport, Transport,
 };
 use prost::Message;
@@ -58,13 +61,12 @@ impl Reactor for Probe {
         changed();
     }
     async fn receive(&self, env: Envelope<ChatLine>) {
+        if env.message.text == "block" {
+            // Stands for a block new to us (the consensus reactor's call).
+            env.switch.note_novel_block(&env.peer.id());
+        }
         if env.message.text == "bad" {
-            let m = PeerMisbehavior {
-                kind: MisbehaviorKind::InvalidData,
-                score: 100,
-                reason: "said bad".into(),
-            };
-            env.switch.report(&env.peer, m).await;
+            env.switch.report(&env.peer, Misbehavior::BadBlock, "said bad").await;
             return;
         }
         if self.slow {
@@ -406,7 +408,10 @@ async fn invalid_node_info_is_refused() {
 #[tokio::test]
 async fn inbound_and_outbound_limits() {
     let net = MemoryTransport::new();
-    let cfg = SwitchConfig { max_inbound: 1, ..config() };
+    let cfg = SwitchConfig {
+        peers: PeerManagerConfig { max_inbound: 1, ..PeerManagerConfig::default() },
+        ..config()
+    };
     let b = node_with(net.clone(), cfg, "test", vec![Arc::new(Probe::on(1))]).await;
     let a1 = node(&net, vec![Arc::new(Probe::on(1))]).await;
     let a2 = node(&net, vec![Arc::new(Probe::on(1))]).await;
@@ -416,7 +421,10 @@ async fn inbound_and_outbound_limits() {
     eventually(|| b.counters().rejected.get("inbound_full") == Some(&1)).await;
     assert_eq!(b.num_peers().1, 1);
 
-    let cfg = SwitchConfig { max_outbound: 1, ..config() };
+    let cfg = SwitchConfig {
+        peers: PeerManagerConfig { max_outbound: 1, ..PeerManagerConfig::default() },
+        ..config()
+    };
     let c = node_with(net.clone(), cfg, "test", vec![Arc::new(Probe::on(1))]).await;
     c.dial(&a1.net_address().unwrap()).await.unwrap();
     let err = c.dial(&a2.net_address().unwrap()).await.unwrap_err();
@@ -431,9 +439,9 @@ async fn misbehaviour_disconnects_and_bans() {
     let peer = a.dial(&b.net_address().unwrap()).await.unwrap();
     peer.send(1, line("bad")).await.unwrap();
     eventually(|| b.peers().is_empty()).await;
-    assert!(matches!(b.last_stop_reason(&a.node_id()), Some(StopReason::Misbehavior(_))));
+    assert!(matches!(b.last_stop_reason(&a.node_id()), Some(StopReason::Misbehavior { .. })));
     assert_eq!(b.counters().bans, 1);
-    // b refuses a while banned (by IP before the handshake: loopback here).
+    // b refuses a while banned (by identity, after the handshake).
     eventually(|| a.peers().is_empty()).await;
     let _ = a.dial(&b.net_address().unwrap()).await;
     eventually(|| b.counters().rejected.get("banned") == Some(&1)).await;
@@ -451,7 +459,7 @@ async fn undecodable_message_is_a_protocol_error() {
     peer.send(1, vec![0xff, 0xff, 0xff]).await.unwrap();
     eventually(|| b.peers().is_empty()).await;
     assert!(
-        matches!(b.last_stop_reason(&a.node_id()), Some(StopReason::Misbehavior(ref w)) if w.contains("undecodable"))
+        matches!(b.last_stop_reason(&a.node_id()), Some(StopReason::Misbehavior { ref reason, .. }) if reason.contains("undecodable"))
     );
 }
 
@@ -771,8 +779,11 @@ async fn unconditional_peers_pass_the_inbound_limit() {
     let a1 = node(&net, vec![Arc::new(Probe::on(1))]).await;
     let vip_key = NodeKey::generate();
     let cfg = SwitchConfig {
-        max_inbound: 1,
-        unconditional_peer_ids: vec![vip_key.node_id()],
+        peers: PeerManagerConfig {
+            max_inbound: 1,
+            unconditional_peer_ids: vec![vip_key.node_id()],
+            ..PeerManagerConfig::default()
+        },
         ..config()
     };
     let b = node_with(net.clone(), cfg, "test", vec![Arc::new(Probe::on(1))]).await;
@@ -835,4 +846,212 @@ async fn abandoned_dial_leaves_no_trace() {
     eventually(|| a.peers().is_empty()).await;
     // Not stuck as "dialing" or "duplicate".
     a.dial(&b.net_address().unwrap()).await.unwrap();
+}
+
+// ------------------------------------------------------------ peer manager
+
+/// Three nodes behind one IP (a NAT); one misbehaves toward a fourth and is
+/// banned. The ban hits its identity only: the two others stay, keep
+/// relaying, and can redial while it holds; a new key from the same IP is
+/// accepted.
+#[tokio::test]
+async fn a_ban_spares_honest_neighbours_on_the_same_ip() {
+    let net = MemoryTransport::new();
+    let probe = Arc::new(Probe::on(1));
+    let cfg = SwitchConfig {
+        peers: PeerManagerConfig { max_inbound_per_ip: 8, ..PeerManagerConfig::default() },
+        ..config()
+    };
+    let victim = node_with(net.clone(), cfg, "test", vec![probe.clone()]).await;
+    let nat = net.with_ip("10.7.7.7".parse().unwrap());
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        let n = node_with(nat.clone(), config(), "test", vec![Arc::new(Probe::on(1))]).await;
+        n.dial(&victim.net_address().unwrap()).await.unwrap();
+        nodes.push(n);
+    }
+    eventually(|| victim.num_peers().1 == 3).await;
+    let (evil, honest) = (&nodes[0], &nodes[1..]);
+    let to_victim = evil.peer(&victim.node_id()).unwrap();
+    to_victim.send(1, line("bad")).await.unwrap();
+    eventually(|| victim.peer(&evil.node_id()).is_none()).await;
+    assert!(victim.is_banned(&evil.node_id()));
+    assert!(matches!(
+        victim.last_stop_reason(&evil.node_id()),
+        Some(StopReason::Misbehavior { kind: Misbehavior::BadBlock, ban: Some(_), .. })
+    ));
+    // The neighbours are still connected and still heard.
+    for h in honest {
+        assert!(victim.peer(&h.node_id()).is_some());
+        h.peer(&victim.node_id()).unwrap().send(1, line("still here")).await.unwrap();
+    }
+    eventually(|| probe.got.load(Ordering::SeqCst) == 2).await;
+    // They can leave and come back while the ban holds.
+    let h = &honest[0];
+    h.stop_peer_gracefully(&h.peer(&victim.node_id()).unwrap()).await;
+    eventually(|| victim.peer(&h.node_id()).is_none()).await;
+    h.dial(&victim.net_address().unwrap()).await.unwrap();
+    eventually(|| victim.peer(&h.node_id()).is_some()).await;
+    // The banned identity cannot.
+    eventually(|| evil.peers().is_empty()).await;
+    let _ = evil.dial(&victim.net_address().unwrap()).await;
+    eventually(|| victim.counters().rejected.get("banned") == Some(&1)).await;
+    assert!(victim.peer(&evil.node_id()).is_none());
+    // A new key from the banned node's IP is accepted.
+    let fresh = node_with(nat, config(), "test", vec![Arc::new(Probe::on(1))]).await;
+    fresh.dial(&victim.net_address().unwrap()).await.unwrap();
+    eventually(|| victim.peer(&fresh.node_id()).is_some()).await;
+    assert!(victim.is_banned(&evil.node_id()));
+}
+
+/// The outcome of one connection attempt by a raw peer: admitted (then it
+/// sends a packet on an undeclared channel and is dropped) or refused.
+async fn undeclared_channel_try(
+    net: &MemoryTransport,
+    victim: &Switch,
+    key: &NodeKey,
+) -> Result<(), &'static str> {
+    use plexus_proto::p2p::{packet::Sum, Packet, PacketMsg};
+    let mut events = victim.subscribe();
+    let stream = net.dial(victim.listen_addr().unwrap()).await.unwrap();
+    let mut conn =
+        SecretConnection::connect(stream, key, None, &SecretConfig::default()).await.unwrap();
+    let mut info = test_info("raw");
+    info.node_id = key.node_id();
+    info.channels = vec![1];
+    let _ = node_info::exchange(&mut conn, &info, Duration::from_secs(5)).await;
+    loop {
+        match events.recv().await.unwrap() {
+            plexus_p2p::SwitchEvent::PeerAdded { id, .. } if id == key.node_id() => break,
+            plexus_p2p::SwitchEvent::Rejected { reason, .. } => return Err(reason),
+            _ => {}
+        }
+    }
+    let pkt = Packet {
+        sum: Some(Sum::Msg(PacketMsg { channel_id: 9, eof: true, data: vec![1].into() })),
+    };
+    conn.send_frame(&pkt.encode_length_delimited_to_vec()).await.unwrap();
+    loop {
+        if let plexus_p2p::SwitchEvent::PeerRemoved { id, reason } = events.recv().await.unwrap() {
+            if id == key.node_id() {
+                assert!(
+                    matches!(
+                        reason,
+                        StopReason::Misbehavior { kind: Misbehavior::UndeclaredChannel, .. }
+                    ),
+                    "{reason}"
+                );
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// A peer repeating a wire violation (a message on an undeclared channel)
+/// with the same key is refused by its third try; its score survives the
+/// reconnects and a restart of the victim (saved and restored), and decays
+/// back after the half-life.
+#[tokio::test]
+async fn a_repeated_wire_violation_is_banned_across_reconnects_and_restarts() {
+    let net = MemoryTransport::new();
+    let key = NodeKey::generate();
+    let victim_key = NodeKey::generate();
+    let start = |records: Vec<plexus_p2p::switch::ReputationRecord>| {
+        let (net, k) = (net.clone(), victim_key.clone());
+        async move {
+            let cfg = SwitchConfig {
+                listen_addr: Some("127.0.0.1:31001".parse().unwrap()),
+                ..SwitchConfig::default()
+            };
+            let sw = Switch::builder(k, test_info("victim"), cfg, net)
+                .reactor(Probe::on(1))
+                .reputation(records)
+                .build()
+                .unwrap();
+            // The stopped victim's accept task lets go of the address as
+            // soon as it runs.
+            let mut tries = 0;
+            while let Err(e) = sw.start().await {
+                assert!(tries < 10_000, "{e}");
+                tries += 1;
+                tokio::task::yield_now().await;
+            }
+            watch(&sw);
+            sw
+        }
+    };
+    let victim = start(Vec::new()).await;
+    let id = key.node_id();
+    assert_eq!(undeclared_channel_try(&net, &victim, &key).await, Ok(()));
+    assert_eq!(victim.standing(&id).score.round(), 50.0, "scored once, not banned");
+    assert!(!victim.is_banned(&id));
+    assert_eq!(undeclared_channel_try(&net, &victim, &key).await, Ok(()));
+    assert!(victim.is_banned(&id), "banned at the second offence");
+    assert_eq!(undeclared_channel_try(&net, &victim, &key).await, Err("banned"));
+    // The victim restarts with what it saved: still banned.
+    let saved = victim.reputation_snapshot();
+    victim.stop().await;
+    drop(victim);
+    let victim = start(saved).await;
+    assert!(victim.is_banned(&id));
+    assert_eq!(undeclared_channel_try(&net, &victim, &key).await, Err("banned"));
+    let score = victim.standing(&id).score;
+    assert!(score > 40.0, "the score survived the restart: {score}");
+    // A half-life later (paused clock) the ban is over and the score halved:
+    // one more offence is forgiven, not banned.
+    tokio::time::pause();
+    tokio::time::advance(PeerManagerConfig::default().score_half_life).await;
+    tokio::time::resume();
+    let halved = victim.standing(&id).score;
+    assert!((halved - score / 2.0).abs() < 1.0, "{halved} vs {score}");
+    assert_eq!(undeclared_channel_try(&net, &victim, &key).await, Ok(()));
+    assert!(!victim.is_banned(&id));
+}
+
+/// Inbound is full of peers from one netgroup: a peer from another netgroup
+/// gets in by evicting the youngest of them that did not just relay a novel
+/// block; the outbound peer is untouched.
+#[tokio::test]
+async fn a_full_inbound_evicts_for_a_peer_from_another_netgroup() {
+    let net = MemoryTransport::new();
+    let cfg = SwitchConfig {
+        peers: PeerManagerConfig {
+            max_inbound: 4,
+            max_inbound_per_netgroup: 0,
+            evict_protect_netgroups: 1,
+            evict_protect_ping: 0,
+            evict_protect_txs: 0,
+            evict_protect_blocks: 1,
+            evict_protect_uptime_percent: 0,
+            ..PeerManagerConfig::default()
+        },
+        ..config()
+    };
+    let vprobe = Arc::new(Probe::on(1));
+    let victim = node_with(net.clone(), cfg, "test", vec![vprobe.clone()]).await;
+    let out = node(&net, vec![Arc::new(Probe::on(1))]).await;
+    victim.dial(&out.net_address().unwrap()).await.unwrap();
+    let mut inbound = Vec::new();
+    for i in 1..=4 {
+        let t = net.with_ip(format!("20.1.0.{i}").parse().unwrap());
+        let n = node_with(t, config(), "test", vec![Arc::new(Probe::on(1))]).await;
+        n.dial(&victim.net_address().unwrap()).await.unwrap();
+        eventually(|| victim.peer(&n.node_id()).is_some()).await;
+        inbound.push(n);
+    }
+    // The youngest relays a novel block.
+    let youngest = &inbound[3];
+    youngest.peer(&victim.node_id()).unwrap().send(1, line("block")).await.unwrap();
+    eventually(|| vprobe.got.load(Ordering::SeqCst) == 1).await;
+    let t = net.with_ip("30.2.0.1".parse().unwrap());
+    let newcomer = node_with(t, config(), "test", vec![Arc::new(Probe::on(1))]).await;
+    newcomer.dial(&victim.net_address().unwrap()).await.unwrap();
+    eventually(|| victim.peer(&newcomer.node_id()).is_some()).await;
+    let third = &inbound[2];
+    eventually(|| victim.peer(&third.node_id()).is_none()).await;
+    assert!(matches!(victim.last_stop_reason(&third.node_id()), Some(StopReason::Evicted)));
+    assert_eq!(victim.counters().evictions, 1);
+    assert!(victim.peer(&youngest.node_id()).is_some(), "relayed a novel block");
+    assert!(victim.peer(&out.node_id()).is_some(), "outbound never evicted");
+    assert_eq!(victim.num_peers(), (1, 4));
 }

@@ -11,14 +11,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use plexus_p2p::{MemoryTransport, StopReason};
+use plexus_p2p::MemoryTransport;
 use plexus_reactors::blocksync::BlockSyncConfig;
 use plexus_reactors::chain::BlockHash;
 
 const N: usize = 400;
 
 fn banned(n: &SyncNode, id: &plexus_p2p::NodeId) -> bool {
-    matches!(n.sw.last_stop_reason(id), Some(StopReason::Misbehavior(_)))
+    n.sw.is_banned(id)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

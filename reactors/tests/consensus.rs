@@ -247,7 +247,7 @@ async fn a_peer_sending_an_invalid_block_is_banned_and_the_node_goes_on() {
         }
     };
     assert!(
-        matches!(&reason, StopReason::Misbehavior(r) if r.contains("proof of work")),
+        matches!(&reason, StopReason::Misbehavior { reason: r, .. } if r.contains("proof of work")),
         "{reason:?}"
     );
     assert_eq!(victim.height(), 0);
@@ -302,7 +302,7 @@ async fn a_peer_lying_about_its_weight_is_banned() {
     };
     lying.abort();
     assert!(
-        matches!(&reason, StopReason::Misbehavior(r) if r.contains("not backed")),
+        matches!(&reason, StopReason::Misbehavior { reason: r, .. } if r.contains("not backed")),
         "{reason:?}"
     );
 }

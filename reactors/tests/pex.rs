@@ -234,7 +234,7 @@ async fn unsolicited_addrs_are_misbehaviour() {
     // is solicited; the second is not.
     let reason = abuse(vec![addrs(3), addrs(3)]).await;
     assert!(
-        matches!(reason, StopReason::Misbehavior(ref w) if w.contains("unsolicited")),
+        matches!(reason, StopReason::Misbehavior { reason: ref w, .. } if w.contains("unsolicited")),
         "{reason}"
     );
 }
@@ -242,7 +242,10 @@ async fn unsolicited_addrs_are_misbehaviour() {
 #[tokio::test(start_paused = true)]
 async fn too_many_addrs_are_misbehaviour() {
     let reason = abuse(vec![addrs(251)]).await;
-    assert!(matches!(reason, StopReason::Misbehavior(ref w) if w.contains("251")), "{reason}");
+    assert!(
+        matches!(reason, StopReason::Misbehavior { reason: ref w, .. } if w.contains("251")),
+        "{reason}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -250,7 +253,7 @@ async fn asking_too_often_is_misbehaviour() {
     let req = pb::Message { sum: Some(Sum::PexRequest(pb::PexRequest {})) };
     let reason = abuse(vec![req.clone(), req]).await;
     assert!(
-        matches!(reason, StopReason::Misbehavior(ref w) if w.contains("too often")),
+        matches!(reason, StopReason::Misbehavior { reason: ref w, .. } if w.contains("too often")),
         "{reason}"
     );
 }

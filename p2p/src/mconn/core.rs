@@ -165,6 +165,7 @@ pub struct MConnCore {
     next_ping: Instant,
     ping_sent: Option<Instant>,
     last_rtt: Option<Duration>,
+    min_rtt: Option<Duration>,
     send_limit: Option<RateLimit>,
     rate_blocked_until: Option<Instant>,
     /// PacketMsg wire bytes written and not yet acknowledged by the peer.
@@ -248,6 +249,7 @@ impl MConnCore {
             pong_pending: false,
             ping_sent: None,
             last_rtt: None,
+            min_rtt: None,
             send_limit,
             rate_blocked_until: None,
             unacked: 0,
@@ -623,7 +625,9 @@ impl MConnCore {
             Sum::Pong(_) => {
                 // An unsolicited pong is harmless; it is ignored.
                 if let Some(sent) = self.ping_sent.take() {
-                    self.last_rtt = Some(now.saturating_duration_since(sent));
+                    let rtt = now.saturating_duration_since(sent);
+                    self.last_rtt = Some(rtt);
+                    self.min_rtt = Some(self.min_rtt.map_or(rtt, |m| m.min(rtt)));
                 }
             }
             Sum::Credit(c) => {
@@ -761,6 +765,7 @@ impl MConnCore {
             send_rate: send_meter.rate,
             recv_rate: recv_meter.rate,
             last_rtt: self.last_rtt,
+            min_rtt: self.min_rtt,
             channels: self
                 .send
                 .iter()

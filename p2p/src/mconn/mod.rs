@@ -16,6 +16,7 @@ use std::time::Duration;
 
 pub use driver::{ChannelReceiver, MConnection, SendError, TrySendError};
 
+use crate::fault::{Fault, Misbehavior};
 use crate::secret::SecretError;
 
 /// A channel as declared by a reactor (CometBFT's `ChannelDescriptor`).
@@ -253,6 +254,7 @@ impl MConnConfig {
 /// Why an MConnection closed. Peer-facing variants mean the peer broke the
 /// protocol; the switch scores or bans it.
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum MConnError {
     /// Invalid local configuration (not the peer's fault).
     #[error("invalid configuration: {0}")]
@@ -311,6 +313,40 @@ pub enum MConnError {
     Stopped,
 }
 
+impl MConnError {
+    /// Whose fault the close is: wire violations are the peer's, a missing
+    /// pong or a broken stream is I/O, a bad config or `stop` is ours.
+    pub fn fault(&self) -> Fault {
+        match self {
+            MConnError::Config(_) | MConnError::Stopped => Fault::Local,
+            MConnError::Secret(e) => e.fault(),
+            MConnError::PongTimeout(_) => Fault::Io,
+            MConnError::PacketTooLarge { .. }
+            | MConnError::Malformed(_)
+            | MConnError::EmptyPacket
+            | MConnError::UnknownChannel(_)
+            | MConnError::MessageTooLarge { .. }
+            | MConnError::CreditExceeded { .. } => Fault::Peer,
+        }
+    }
+
+    /// The reputation-table entry of a peer fault (`None` otherwise).
+    pub fn misbehavior(&self) -> Option<Misbehavior> {
+        Some(match self {
+            MConnError::Secret(e) => return e.misbehavior(),
+            MConnError::PacketTooLarge { .. } | MConnError::MessageTooLarge { .. } => {
+                Misbehavior::OversizedMessage
+            }
+            MConnError::Malformed(_) | MConnError::EmptyPacket => Misbehavior::MalformedPacket,
+            MConnError::UnknownChannel(_) => Misbehavior::UndeclaredChannel,
+            MConnError::CreditExceeded { .. } => Misbehavior::FlowControlViolation,
+            MConnError::Config(_) | MConnError::Stopped | MConnError::PongTimeout(_) => {
+                return None
+            }
+        })
+    }
+}
+
 impl From<SecretError> for MConnError {
     fn from(e: SecretError) -> Self {
         MConnError::Secret(std::sync::Arc::new(e))
@@ -352,6 +388,9 @@ pub struct ConnectionStats {
     pub recv_rate: u64,
     /// Round trip of the last answered ping.
     pub last_rtt: Option<Duration>,
+    /// Lowest round trip measured on this connection (the peer manager's
+    /// eviction rule protects the lowest).
+    pub min_rtt: Option<Duration>,
     /// One entry per channel, in declaration order.
     pub channels: Vec<ChannelStats>,
 }

@@ -74,6 +74,10 @@ pub struct SwitchMetrics {
     pub rejected: Family<ReasonLabel, Counter>,
     /// Bans imposed.
     pub bans: Counter,
+    /// Misbehaviour reports by kind ([`crate::fault::Misbehavior::label`]).
+    pub misbehaviors: Family<ReasonLabel, Counter>,
+    /// Inbound peers evicted for a newcomer.
+    pub evictions: Counter,
 }
 
 impl SwitchMetrics {
@@ -96,5 +100,7 @@ impl SwitchMetrics {
             self.rejected.clone(),
         );
         r.register("bans", "Bans imposed", self.bans.clone());
+        r.register("misbehaviors", "Misbehaviour reports by kind", self.misbehaviors.clone());
+        r.register("evictions", "Inbound peers evicted for a newcomer", self.evictions.clone());
     }
 }

@@ -1,36 +1,40 @@
 //! The [`Switch`]: accepts and dials peers over a [`Transport`], runs the
-//! upgrade checks, keeps the [`PeerSet`], and routes each channel's
-//! messages to the [`Reactor`] that owns it (CometBFT's `p2p/switch.go`).
+//! upgrade ([`upgrade`]), keeps the [`PeerSet`], and routes each channel's
+//! messages to the [`Reactor`] that owns it ([`routing`]; CometBFT's
+//! `p2p/switch.go`). Policy is not here: the sans-IO [`PeerManager`]
+//! decides admission, reputation, bans, eviction and redials, and the
+//! switch carries its decisions out.
 //!
-//! Upgrade checks, in order, each a typed [`RejectReason`]:
-//! 1. a ban on the remote IP (and, when dialing, on the id);
-//! 2. duplicate: already connected to the dialed id;
-//! 3. too many inbound connections from one IP (`max_inbound_per_ip`,
-//!    loopback exempt when `per_ip_exempt_loopback`);
-//! 4. the application filter by address (with `filter_timeout`);
-//! 5. the secret handshake, whose deadline `handshake_timeout` also covers
-//!    the NodeInfo exchange;
-//! 6. the dialed id matches the authenticated id;
-//! 7. the peer's NodeInfo is valid;
-//! 8. the NodeInfo id equals the authenticated id;
-//! 9. not ourselves;
-//! 10. compatible: same network and block protocol, a shared channel;
+//! An inbound connection meets, in order: the manager's pre-handshake
+//! checks (IP cool-off, attempt rate, pending handshakes, per-IP limit),
+//! the application filter by address, the upgrade checks, then
+//! [`PeerManager::admit`] under the manager's lock (ban, duplicate and the
+//! simultaneous-dial choice, per-IP and per-netgroup limits, the inbound
+//! limit with eviction). An outbound dial meets [`PeerManager::check_dial`]
+//! before the transport dial, and the same upgrade and admission after.
 //!
-//! then, now that the id is known: a ban on the id, the application filter
-//! by id, and, under the peer-set lock, the switch not stopping, duplicate
-//! by id (a simultaneous pair of connections keeps the one dialed by the
-//! lower id), the per-IP limit again, and the inbound or outbound limit
-//! (unconditional peers exempt).
+//! Layout: [`config`] (settings), [`peer`] (Peer, PeerSet), [`upgrade`]
+//! (handshake, NodeInfo, checks, [`RejectReason`]), [`manager`]
+//! ([`PeerManager`]) with [`reputation`] and [`eviction`], [`routing`]
+//! (channel tasks to reactors), [`reactor`] (the [`Reactor`] API),
+//! [`metrics`], [`rpc`] (request/response over a channel).
 
+pub mod config;
+pub mod eviction;
+pub mod manager;
 mod metrics;
+pub mod peer;
 mod reactor;
+pub mod reputation;
+mod routing;
 pub mod rpc;
+pub mod upgrade;
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,225 +42,68 @@ use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
-use tracing::Instrument;
 
+pub use config::{PeerManagerConfig, SwitchConfig};
+pub use manager::{Admission, ConnId, ConnKind, PeerManager, PeerStanding};
 pub use metrics::SwitchMetrics;
-use metrics::{ChannelLabel, DirLabel, ReasonLabel};
+use metrics::{DirLabel, ReasonLabel};
+pub use peer::{Direction, Peer, PeerSet};
 use reactor::{BoxFuture, DynReactor};
 pub use reactor::{Envelope, Reactor};
+pub use reputation::{ReputationRecord, Verdict};
+pub use upgrade::RejectReason;
+use upgrade::Upgrade;
 
+use crate::fault::{Fault, Misbehavior};
 use crate::key::{NodeId, NodeKey};
-use crate::mconn::{
-    ChannelDescriptor, ConnectionStats, MConnConfig, MConnError, MConnection, SendError,
-};
+use crate::mconn::{ChannelDescriptor, MConnError};
 use crate::netaddr::NetAddress;
-use crate::node_info::{self, NodeInfo, NodeInfoError};
-use crate::secret::{SecretConfig, SecretConnection, SecretError};
+use crate::node_info::NodeInfo;
 use crate::transport::{Listener, Transport};
-
-/// Switch settings. Every field is read by the code.
-#[derive(Debug, Clone)]
-pub struct SwitchConfig {
-    /// Where to listen; `None` for a dial-only switch.
-    pub listen_addr: Option<SocketAddr>,
-    /// Deadline for a transport dial. Default 3 s.
-    pub dial_timeout: Duration,
-    /// Deadline for the secret handshake plus the NodeInfo exchange.
-    /// Default 10 s.
-    pub handshake_timeout: Duration,
-    /// Deadline for each call of the application filters. Default 5 s.
-    pub filter_timeout: Duration,
-    /// Most inbound peers (unconditional peers exempt). Default 40.
-    pub max_inbound: usize,
-    /// Most outbound peers (unconditional and persistent peers exempt).
-    /// Default 8.
-    pub max_outbound: usize,
-    /// Most inbound connections from one IP (0 = no limit). Default 1.
-    pub max_inbound_per_ip: usize,
-    /// Whether loopback addresses are exempt from `max_inbound_per_ip`
-    /// (devnets on one machine). Default true.
-    pub per_ip_exempt_loopback: bool,
-    /// A peer that sends nothing but pings and pongs for this long is
-    /// disconnected (Chia's rule); zero disables. Default 30 min.
-    pub idle_timeout: Duration,
-    /// Peers to keep connected: redialed with backoff, forever.
-    pub persistent_peers: Vec<NetAddress>,
-    /// Peers exempt from the inbound and outbound limits.
-    pub unconditional_peer_ids: Vec<NodeId>,
-    /// Peers never gossiped to others (PEX reads this).
-    pub private_peer_ids: Vec<NodeId>,
-    /// First redial delay of a persistent peer. Default 1 s.
-    pub redial_initial: Duration,
-    /// Largest redial delay of a persistent peer. Default 10 min.
-    pub redial_max: Duration,
-    /// Misbehaviour score at which a peer is disconnected and banned.
-    /// Default 100.
-    pub ban_threshold: u32,
-    /// Ban for protocol errors (bad packets, undecodable messages).
-    /// Default 10 s (Chia).
-    pub ban_protocol_error: Duration,
-    /// Ban for invalid data (bad blocks or transactions). Default 60 s.
-    pub ban_invalid_data: Duration,
-    /// Ban for consensus errors (lying about the chain). Default 600 s
-    /// (Chia).
-    pub ban_consensus_error: Duration,
-    /// Grace period for reactors to finish the messages of a peer that
-    /// disconnected; a `receive` still running after it is aborted so the
-    /// peer can leave. Default 5 s.
-    pub remove_grace: Duration,
-    /// Most inbound connections in the handshake at once; more are dropped
-    /// unanswered. Default 64.
-    pub max_pending_handshakes: usize,
-    /// Pause after a failed accept (e.g. out of file descriptors) before
-    /// accepting again. Default 100 ms.
-    pub accept_retry_delay: Duration,
-    /// Channel settings.
-    pub mconn: MConnConfig,
-    /// Handshake settings (its timeout is replaced by `handshake_timeout`).
-    pub secret: SecretConfig,
-}
-
-impl Default for SwitchConfig {
-    fn default() -> Self {
-        SwitchConfig {
-            listen_addr: None,
-            dial_timeout: Duration::from_secs(3),
-            handshake_timeout: Duration::from_secs(10),
-            filter_timeout: Duration::from_secs(5),
-            max_inbound: 40,
-            max_outbound: 8,
-            max_inbound_per_ip: 1,
-            per_ip_exempt_loopback: true,
-            idle_timeout: Duration::from_secs(30 * 60),
-            persistent_peers: Vec::new(),
-            unconditional_peer_ids: Vec::new(),
-            private_peer_ids: Vec::new(),
-            redial_initial: Duration::from_secs(1),
-            redial_max: Duration::from_secs(600),
-            ban_threshold: 100,
-            ban_protocol_error: Duration::from_secs(10),
-            ban_invalid_data: Duration::from_secs(60),
-            ban_consensus_error: Duration::from_secs(600),
-            remove_grace: Duration::from_secs(5),
-            max_pending_handshakes: 64,
-            accept_retry_delay: Duration::from_millis(100),
-            mconn: MConnConfig::default(),
-            secret: SecretConfig::default(),
-        }
-    }
-}
-
-/// Which side opened the connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
-    /// We dialed.
-    Outbound,
-    /// They dialed.
-    Inbound,
-}
-
-/// Why a connection was refused during the upgrade. Seen by the dialer
-/// and in the log, and counted.
-#[derive(Debug, thiserror::Error)]
-pub enum RejectReason {
-    /// The transport could not connect (or timed out).
-    #[error("dial failed: {0}")]
-    Dial(io::Error),
-    /// The address did not resolve.
-    #[error("{0}")]
-    Resolve(String),
-    /// The id or IP is banned until the given time.
-    #[error("banned ({0})")]
-    Banned(String),
-    /// Already connected to this id.
-    #[error("duplicate connection to {0}")]
-    Duplicate(NodeId),
-    /// Too many inbound connections from this IP.
-    #[error("too many connections from {0}")]
-    TooManyFromIp(IpAddr),
-    /// The application filter refused the address or id.
-    #[error("filtered: {0}")]
-    Filtered(String),
-    /// The application filter did not answer within `filter_timeout`.
-    #[error("filter timed out")]
-    FilterTimeout,
-    /// The secret handshake failed (including a dialed id mismatch,
-    /// [`SecretError::WrongPeer`]).
-    #[error("secret handshake: {0}")]
-    Handshake(SecretError),
-    /// The NodeInfo exchange failed or the NodeInfo is invalid.
-    #[error("node info: {0}")]
-    NodeInfo(NodeInfoError),
-    /// The NodeInfo names another id than the handshake proved.
-    #[error("node info id {claimed} differs from authenticated id {actual}")]
-    NodeInfoIdMismatch {
-        /// Id in the NodeInfo.
-        claimed: NodeId,
-        /// Id proved by the handshake.
-        actual: NodeId,
-    },
-    /// We connected to ourselves.
-    #[error("connected to ourselves")]
-    SelfConnection,
-    /// Another network, block protocol, or no shared channel.
-    #[error("incompatible: {0}")]
-    Incompatible(String),
-    /// `max_inbound` reached.
-    #[error("inbound peer limit reached")]
-    InboundFull,
-    /// `max_outbound` reached.
-    #[error("outbound peer limit reached")]
-    OutboundFull,
-    /// `max_pending_handshakes` inbound handshakes already running.
-    #[error("too many handshakes in progress")]
-    TooManyHandshakes,
-    /// The switch is stopping.
-    #[error("switch stopped")]
-    Stopped,
-}
-
-impl RejectReason {
-    /// A short label for metrics and logs.
-    pub fn label(&self) -> &'static str {
-        match self {
-            RejectReason::Dial(_) => "dial",
-            RejectReason::Resolve(_) => "resolve",
-            RejectReason::Banned(_) => "banned",
-            RejectReason::Duplicate(_) => "duplicate",
-            RejectReason::TooManyFromIp(_) => "too_many_from_ip",
-            RejectReason::Filtered(_) => "filtered",
-            RejectReason::FilterTimeout => "filter_timeout",
-            RejectReason::Handshake(_) => "handshake",
-            RejectReason::NodeInfo(_) => "node_info",
-            RejectReason::NodeInfoIdMismatch { .. } => "node_info_id",
-            RejectReason::SelfConnection => "self",
-            RejectReason::Incompatible(_) => "incompatible",
-            RejectReason::InboundFull => "inbound_full",
-            RejectReason::OutboundFull => "outbound_full",
-            RejectReason::TooManyHandshakes => "too_many_handshakes",
-            RejectReason::Stopped => "stopped",
-        }
-    }
-}
 
 /// Why a peer was disconnected.
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum StopReason {
-    /// The connection failed or the peer broke the wire protocol.
+    /// The connection failed or the peer broke the wire protocol (a wire
+    /// violation is also scored, see [`MConnError::misbehavior`]).
     #[error("connection: {0}")]
     Connection(MConnError),
     /// A reactor or the application stopped it for an error.
     #[error("error: {0}")]
     Error(String),
-    /// Misbehaviour past the threshold; banned.
-    #[error("banned for misbehaviour: {0}")]
-    Misbehavior(String),
+    /// A misbehaviour that disconnects, or one that tipped the score over
+    /// the threshold (then `ban` says for how long).
+    #[error("misbehaviour ({kind}): {reason}{}", ban.map(|d| format!("; banned for {d:?}")).unwrap_or_default())]
+    Misbehavior {
+        /// What it did.
+        kind: Misbehavior,
+        /// What happened, for the log.
+        reason: String,
+        /// The ban this earned, if any.
+        ban: Option<Duration>,
+    },
+    /// Evicted to make room for a new inbound peer.
+    #[error("evicted for a new inbound peer")]
+    Evicted,
     /// Nothing but pings and pongs for `idle_timeout`.
     #[error("idle for {0:?}")]
     Idle(Duration),
     /// Stopped gracefully (by us or by the switch stopping).
     #[error("stopped")]
     Graceful,
+}
+
+impl StopReason {
+    /// Whose fault the disconnect is.
+    pub fn fault(&self) -> Fault {
+        match self {
+            StopReason::Connection(e) => e.fault(),
+            StopReason::Misbehavior { .. } => Fault::Peer,
+            StopReason::Idle(_) => Fault::Io,
+            StopReason::Error(_) | StopReason::Evicted | StopReason::Graceful => Fault::Local,
+        }
+    }
 }
 
 /// What happened to the switch's peers, for subscribers
@@ -284,163 +131,15 @@ pub enum SwitchEvent {
         /// [`RejectReason::label`].
         reason: &'static str,
     },
-}
-
-/// Kinds of misbehaviour a reactor reports, each with its ban time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MisbehaviorKind {
-    /// Malformed or unexpected messages.
-    ProtocolError,
-    /// Invalid blocks, transactions or addresses.
-    InvalidData,
-    /// Lying about the chain (weight, tip).
-    ConsensusError,
-}
-
-/// A misbehaviour report: the peer's score grows by `score`; at
-/// `ban_threshold` it is disconnected and banned for its kind's time.
-#[derive(Debug, Clone)]
-pub struct PeerMisbehavior {
-    /// What kind.
-    pub kind: MisbehaviorKind,
-    /// How much it counts (the threshold defaults to 100).
-    pub score: u32,
-    /// What happened, for the log.
-    pub reason: String,
-}
-
-struct PeerInner {
-    info: NodeInfo,
-    direction: Direction,
-    socket_addr: SocketAddr,
-    persistent: bool,
-    conn: MConnection,
-    connected_at: Instant,
-    /// Milliseconds since `connected_at` of the last message received.
-    last_msg_ms: AtomicU64,
-    score: AtomicU64,
-    stop_reason: Mutex<Option<StopReason>>,
-    metrics: SwitchMetrics,
-}
-
-/// A connected peer: its NodeInfo, direction and connection. Cheap to
-/// clone.
-#[derive(Clone)]
-pub struct Peer(Arc<PeerInner>);
-
-impl std::fmt::Debug for Peer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Peer")
-            .field("id", &self.id())
-            .field("addr", &self.0.socket_addr)
-            .field("direction", &self.0.direction)
-            .finish()
-    }
-}
-
-impl Peer {
-    /// The peer's authenticated id.
-    pub fn id(&self) -> NodeId {
-        self.0.info.node_id
-    }
-    /// What the peer said about itself.
-    pub fn node_info(&self) -> &NodeInfo {
-        &self.0.info
-    }
-    /// Who dialed.
-    pub fn direction(&self) -> Direction {
-        self.0.direction
-    }
-    /// Whether we dialed.
-    pub fn is_outbound(&self) -> bool {
-        self.0.direction == Direction::Outbound
-    }
-    /// Whether the switch redials this peer.
-    pub fn is_persistent(&self) -> bool {
-        self.0.persistent
-    }
-    /// The remote socket address (for inbound peers an ephemeral port).
-    pub fn socket_addr(&self) -> SocketAddr {
-        self.0.socket_addr
-    }
-    /// How long the peer has been connected.
-    pub fn uptime(&self) -> Duration {
-        self.0.connected_at.elapsed()
-    }
-    /// Connection statistics (bytes and messages per channel, RTT).
-    pub fn stats(&self) -> ConnectionStats {
-        self.0.conn.stats()
-    }
-    /// Sends raw bytes on a channel, waiting for room up to `send_timeout`.
-    ///
-    /// # Errors
-    /// [`SendError`].
-    pub async fn send(&self, channel: u8, msg: impl Into<Bytes>) -> Result<(), SendError> {
-        let msg = msg.into();
-        let len = msg.len() as u64;
-        self.0.conn.send(channel, msg).await?;
-        self.count_sent(channel, len);
-        Ok(())
-    }
-
-    fn count_sent(&self, channel: u8, len: u64) {
-        let l = ChannelLabel::of(channel);
-        self.0.metrics.bytes_sent.get_or_create(&l).inc_by(len);
-        self.0.metrics.messages_sent.get_or_create(&l).inc();
-    }
-    /// Encodes and sends a protobuf message on a channel.
-    ///
-    /// # Errors
-    /// [`SendError`].
-    pub async fn send_msg<M: prost::Message>(&self, channel: u8, msg: &M) -> Result<(), SendError> {
-        self.send(channel, msg.encode_to_vec()).await
-    }
-    /// Queues raw bytes if there is room now; `false` otherwise.
-    pub fn try_send(&self, channel: u8, msg: impl Into<Bytes>) -> bool {
-        let msg = msg.into();
-        let len = msg.len() as u64;
-        let ok = self.0.conn.try_send(channel, msg).is_ok();
-        if ok {
-            self.count_sent(channel, len);
-        }
-        ok
-    }
-}
-
-/// The connected peers, by id.
-#[derive(Default)]
-pub struct PeerSet {
-    peers: HashMap<NodeId, Peer>,
-}
-
-impl PeerSet {
-    /// Number of peers.
-    pub fn len(&self) -> usize {
-        self.peers.len()
-    }
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.peers.is_empty()
-    }
-    /// The peer with this id.
-    pub fn get(&self, id: &NodeId) -> Option<&Peer> {
-        self.peers.get(id)
-    }
-    /// Peers of a direction.
-    pub fn count(&self, dir: Direction) -> usize {
-        self.peers.values().filter(|p| p.direction() == dir).count()
-    }
-    /// Inbound peers from this IP.
-    pub fn inbound_from(&self, ip: IpAddr) -> usize {
-        self.peers
-            .values()
-            .filter(|p| p.direction() == Direction::Inbound && p.socket_addr().ip() == ip)
-            .count()
-    }
-    /// All peers.
-    pub fn iter(&self) -> impl Iterator<Item = &Peer> {
-        self.peers.values()
-    }
+    /// A peer was scored for misbehaviour.
+    Misbehaved {
+        /// The peer.
+        id: NodeId,
+        /// What it did.
+        kind: Misbehavior,
+        /// The manager's verdict (score, disconnect, ban).
+        verdict: Verdict,
+    },
 }
 
 type AddrFilter = Arc<dyn Fn(SocketAddr) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
@@ -487,6 +186,8 @@ pub struct SwitchCounters {
     pub rejected: HashMap<&'static str, u64>,
     /// Bans imposed.
     pub bans: u64,
+    /// Inbound peers evicted.
+    pub evictions: u64,
 }
 
 struct Inner {
@@ -498,10 +199,10 @@ struct Inner {
     /// channel id -> reactor index
     routes: HashMap<u8, usize>,
     channels: Vec<ChannelDescriptor>,
+    /// Policy. Lock order: `manager` before `peers`.
+    manager: Mutex<PeerManager>,
     peers: Mutex<PeerSet>,
     dialing: Mutex<HashSet<NodeId>>,
-    bans_id: Mutex<HashMap<NodeId, Instant>>,
-    bans_ip: Mutex<HashMap<IpAddr, Instant>>,
     persistent: Mutex<HashMap<NodeId, NetAddress>>,
     last_stop: Mutex<HashMap<NodeId, StopReason>>,
     counters: Mutex<SwitchCounters>,
@@ -511,7 +212,6 @@ struct Inner {
     cancel: CancellationToken,
     metrics: SwitchMetrics,
     events: tokio::sync::broadcast::Sender<SwitchEvent>,
-    handshakes: Arc<tokio::sync::Semaphore>,
     started: std::sync::atomic::AtomicBool,
     persistent_running: Mutex<HashSet<NodeId>>,
     /// Woken whenever a peer leaves the set.
@@ -528,19 +228,45 @@ impl std::fmt::Debug for Switch {
     }
 }
 
+/// A handle to a switch that does not keep it alive: for a reactor the
+/// switch owns that needs the switch later (an `Arc` cycle otherwise).
+#[derive(Clone)]
+pub struct WeakSwitch(std::sync::Weak<Inner>);
+
+impl WeakSwitch {
+    /// The switch, if it still exists.
+    pub fn upgrade(&self) -> Option<Switch> {
+        self.0.upgrade().map(Switch)
+    }
+}
+
+impl std::fmt::Debug for WeakSwitch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WeakSwitch")
+    }
+}
+
 /// Why a switch could not be built.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SwitchBuildError {
     /// Two reactors claim the same channel id.
     #[error("channel {0:#04x} is claimed by two reactors")]
     ChannelClash(u8),
-    /// A channel descriptor or the MConnection config is invalid.
+    /// A channel descriptor or the config is invalid.
     #[error("{0}")]
     Config(String),
 }
 
+impl SwitchBuildError {
+    /// Always ours: the application's reactors or config.
+    pub fn fault(&self) -> Fault {
+        Fault::Local
+    }
+}
+
 /// Builds a [`Switch`]: key, NodeInfo template, config, transport,
-/// reactors, optional filters.
+/// reactors, optional filters, saved reputations and the RNG seed.
 pub struct SwitchBuilder {
     key: NodeKey,
     info: NodeInfo,
@@ -549,6 +275,8 @@ pub struct SwitchBuilder {
     reactors: Vec<Arc<dyn DynReactor>>,
     addr_filter: Option<AddrFilter>,
     id_filter: Option<IdFilter>,
+    reputation: Vec<ReputationRecord>,
+    seed: Option<u64>,
 }
 
 impl SwitchBuilder {
@@ -586,6 +314,20 @@ impl SwitchBuilder {
         self
     }
 
+    /// Starts with these saved reputations ([`Switch::reputation_snapshot`]
+    /// of an earlier run; the node keeps them in the address book file).
+    pub fn reputation(mut self, records: Vec<ReputationRecord>) -> Self {
+        self.reputation = records;
+        self
+    }
+
+    /// Seeds the peer manager's RNG (netgroup key, redial jitter); by
+    /// default a random seed.
+    pub fn rng_seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
     /// Builds the switch. The NodeInfo's `node_id` and `channels` are set
     /// from the key and the reactors.
     ///
@@ -605,6 +347,7 @@ impl SwitchBuilder {
             }
         }
         self.config.mconn.validate().map_err(|e| SwitchBuildError::Config(e.to_string()))?;
+        self.config.validate().map_err(SwitchBuildError::Config)?;
         self.info.node_id = self.key.node_id();
         self.info.channels = channels.iter().map(|d| d.id).collect();
         if self.info.listen_addr.is_empty() {
@@ -613,34 +356,15 @@ impl SwitchBuilder {
             self.info.listen_addr = addr.to_string();
         }
         self.info.validate().map_err(|e| SwitchBuildError::Config(e.to_string()))?;
-        let persistent = self.config.persistent_peers.iter().map(|a| (a.id, a.clone())).collect();
-        if self.config.redial_initial.is_zero()
-            || self.config.redial_max < self.config.redial_initial
-        {
-            return Err(SwitchBuildError::Config(
-                "redial_initial must be positive and at most redial_max".into(),
-            ));
+        let persistent: HashMap<NodeId, NetAddress> =
+            self.config.persistent_peers.iter().map(|a| (a.id, a.clone())).collect();
+        let seed = self.seed.unwrap_or_else(rand::random);
+        let mut manager = PeerManager::new(self.config.peers.clone(), self.key.node_id(), seed);
+        for id in persistent.keys() {
+            manager.add_persistent(*id);
         }
-        let c = &self.config;
-        let year = Duration::from_secs(365 * 86_400);
-        for (name, d) in [
-            ("dial_timeout", c.dial_timeout),
-            ("handshake_timeout", c.handshake_timeout),
-            ("filter_timeout", c.filter_timeout),
-            ("idle_timeout", c.idle_timeout),
-            ("redial_max", c.redial_max),
-            ("remove_grace", c.remove_grace),
-            ("accept_retry_delay", c.accept_retry_delay),
-        ] {
-            if d > year {
-                return Err(SwitchBuildError::Config(format!("{name} must be at most a year")));
-            }
-        }
-        if self.config.max_pending_handshakes == 0 {
-            return Err(SwitchBuildError::Config("max_pending_handshakes must be positive".into()));
-        }
+        manager.restore(std_now(), unix_now(), &self.reputation);
         Ok(Switch(Arc::new(Inner {
-            handshakes: Arc::new(tokio::sync::Semaphore::new(self.config.max_pending_handshakes)),
             key: self.key,
             info: parking_lot::RwLock::new(self.info),
             config: self.config,
@@ -648,10 +372,9 @@ impl SwitchBuilder {
             reactors: self.reactors,
             routes,
             channels,
+            manager: Mutex::new(manager),
             peers: Mutex::new(PeerSet::default()),
             dialing: Mutex::new(HashSet::new()),
-            bans_id: Mutex::new(HashMap::new()),
-            bans_ip: Mutex::new(HashMap::new()),
             persistent: Mutex::new(persistent),
             last_stop: Mutex::new(HashMap::new()),
             counters: Mutex::new(SwitchCounters::default()),
@@ -672,20 +395,29 @@ fn now_ms(since: Instant) -> u64 {
     tokio::time::Instant::now().into_std().saturating_duration_since(since).as_millis() as u64
 }
 
-/// `Err` while `key` is banned; forgets an expired ban.
-fn check_ban<K: std::hash::Hash + Eq>(bans: &mut HashMap<K, Instant>, key: &K) -> Result<(), ()> {
-    match bans.get(key) {
-        Some(until) if *until > std_now() => Err(()),
-        Some(_) => {
-            bans.remove(key);
-            Ok(())
-        }
-        None => Ok(()),
-    }
-}
-
+/// The switch's clock: tokio's, so a paused test clock drives the peer
+/// manager too.
 fn std_now() -> Instant {
     tokio::time::Instant::now().into_std()
+}
+
+/// Unix time in seconds (saved reputations are in wall-clock terms).
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Gives a pending inbound handshake back to the manager when dropped
+/// (whatever way the accept task ends), with the failure's fault.
+struct PendingHandshake {
+    sw: Switch,
+    ip: std::net::IpAddr,
+    failure: Option<Fault>,
+}
+
+impl Drop for PendingHandshake {
+    fn drop(&mut self) {
+        self.sw.0.manager.lock().handshake_finished(std_now(), self.ip, self.failure);
+    }
 }
 
 impl Switch {
@@ -705,7 +437,14 @@ impl Switch {
             reactors: Vec::new(),
             addr_filter: None,
             id_filter: None,
+            reputation: Vec::new(),
+            seed: None,
         }
+    }
+
+    /// A handle that does not keep the switch alive.
+    pub fn downgrade(&self) -> WeakSwitch {
+        WeakSwitch(Arc::downgrade(&self.0))
     }
 
     /// Our id.
@@ -734,7 +473,7 @@ impl Switch {
     }
 
     /// Starts listening (if configured), dialing the persistent peers, and
-    /// the idle-peer check.
+    /// the maintenance loop (pings to the manager, idle peers).
     ///
     /// # Errors
     /// The listener could not bind.
@@ -743,7 +482,14 @@ impl Switch {
             return Ok(());
         }
         if let Some(addr) = self.0.config.listen_addr {
-            let listener = self.0.transport.listen(addr).await?;
+            let listener = match self.0.transport.listen(addr).await {
+                Ok(l) => l,
+                Err(e) => {
+                    // Not started: a later call may try again.
+                    self.0.started.store(false, Ordering::SeqCst);
+                    return Err(e);
+                }
+            };
             let bound = listener.local_addr();
             *self.0.listen.lock() = Some(bound);
             {
@@ -760,10 +506,8 @@ impl Switch {
         for a in persistent {
             self.spawn_persistent(a);
         }
-        if !self.0.config.idle_timeout.is_zero() {
-            let sw = self.clone();
-            tokio::spawn(async move { sw.idle_loop().await });
-        }
+        let sw = self.clone();
+        tokio::spawn(async move { sw.maintenance_loop().await });
         Ok(())
     }
 
@@ -818,7 +562,7 @@ impl Switch {
         &self.0.metrics
     }
 
-    /// Rejection and ban counters.
+    /// Rejection, ban and eviction counters.
     pub fn counters(&self) -> SwitchCounters {
         self.0.counters.lock().clone()
     }
@@ -826,6 +570,23 @@ impl Switch {
     /// Whether ids in `private_peer_ids` include `id` (never gossip it).
     pub fn is_private(&self, id: &NodeId) -> bool {
         self.0.config.private_peer_ids.contains(id)
+    }
+
+    /// `id`'s reputation now: its decayed score and the time left on its
+    /// ban.
+    pub fn standing(&self, id: &NodeId) -> PeerStanding {
+        self.0.manager.lock().standing(std_now(), id)
+    }
+
+    /// Whether `id` is banned now.
+    pub fn is_banned(&self, id: &NodeId) -> bool {
+        self.standing(id).banned_for.is_some()
+    }
+
+    /// Every remembered reputation in saved form (for
+    /// [`SwitchBuilder::reputation`] on the next start).
+    pub fn reputation_snapshot(&self) -> Vec<ReputationRecord> {
+        self.0.manager.lock().snapshot(std_now(), unix_now())
     }
 
     /// Dials `addrs` concurrently and returns each outcome. With
@@ -842,6 +603,7 @@ impl Switch {
             if persistent {
                 let new = self.0.persistent.lock().insert(a.id, a.clone()).is_none();
                 if new {
+                    self.0.manager.lock().add_persistent(a.id);
                     self.spawn_persistent(a);
                     continue;
                 }
@@ -866,9 +628,12 @@ impl Switch {
     /// # Errors
     /// The [`RejectReason`].
     pub async fn dial(&self, addr: &NetAddress) -> Result<Peer, RejectReason> {
-        // The upgrade runs in its own task: if the caller stops waiting,
-        // the connection is still either fully set up or fully dropped.
-        self.dial_with(addr, false).await
+        let kind = if self.0.persistent.lock().contains_key(&addr.id) {
+            ConnKind::Persistent
+        } else {
+            ConnKind::Outbound
+        };
+        self.dial_with(addr, kind).await
     }
 
     /// Dials a short-lived feeler connection (addrman's test-before-evict),
@@ -877,12 +642,14 @@ impl Switch {
     /// # Errors
     /// The [`RejectReason`].
     pub async fn dial_feeler(&self, addr: &NetAddress) -> Result<Peer, RejectReason> {
-        self.dial_with(addr, true).await
+        self.dial_with(addr, ConnKind::Feeler).await
     }
 
-    async fn dial_with(&self, addr: &NetAddress, exempt: bool) -> Result<Peer, RejectReason> {
+    async fn dial_with(&self, addr: &NetAddress, kind: ConnKind) -> Result<Peer, RejectReason> {
+        // The upgrade runs in its own task: if the caller stops waiting,
+        // the connection is still either fully set up or fully dropped.
         let (sw, a) = (self.clone(), addr.clone());
-        let res = self.run_dial(async move { sw.dial_inner(&a, exempt).await }).await;
+        let res = self.run_dial(async move { sw.dial_inner(&a, kind).await }).await;
         if let Err(e) = &res {
             tracing::debug!(peer = %addr, reason = %e, "dial failed");
         }
@@ -902,23 +669,15 @@ impl Switch {
         res
     }
 
-    async fn dial_inner(&self, addr: &NetAddress, exempt: bool) -> Result<Peer, RejectReason> {
+    async fn dial_inner(&self, addr: &NetAddress, kind: ConnKind) -> Result<Peer, RejectReason> {
         if self.0.cancel.is_cancelled() {
             return Err(RejectReason::Stopped);
         }
-        self.check_ban_id(&addr.id)?;
-        if self.0.peers.lock().get(&addr.id).is_some() || !self.0.dialing.lock().insert(addr.id) {
+        self.0.manager.lock().check_dial(std_now(), Some(addr.id), kind)?;
+        if !self.0.dialing.lock().insert(addr.id) {
             return Err(RejectReason::Duplicate(addr.id));
         }
         let res = async {
-            let persistent = self.0.persistent.lock().contains_key(&addr.id);
-            let persistent_or_exempt = persistent || exempt;
-            if !persistent_or_exempt
-                && !self.is_unconditional(&addr.id)
-                && self.num_peers().0 >= self.0.config.max_outbound
-            {
-                return Err(RejectReason::OutboundFull);
-            }
             // Name resolution shares the dial deadline; then each address the
             // name resolves to is tried in turn until one answers.
             let sockets = tokio::time::timeout(self.0.config.dial_timeout, addr.resolve())
@@ -927,8 +686,9 @@ impl Switch {
                 .map_err(|e| RejectReason::Resolve(e.to_string()))?;
             let mut last = RejectReason::Resolve(format!("{} resolved to no address", addr.host));
             for socket in sockets {
-                match self.connect_out(socket, Some(addr.id), persistent, exempt).await {
-                    Err(e @ (RejectReason::Dial(_) | RejectReason::Banned(_))) => last = e,
+                let up = Upgrade { kind, expected: Some(addr.id) };
+                match self.connect_out(socket, up).await {
+                    Err(e @ RejectReason::Dial(_)) => last = e,
                     other => return other,
                 }
             }
@@ -951,31 +711,22 @@ impl Switch {
             if sw.0.cancel.is_cancelled() {
                 return Err(RejectReason::Stopped);
             }
-            if sw.num_peers().0 >= sw.0.config.max_outbound {
-                return Err(RejectReason::OutboundFull);
-            }
-            sw.connect_out(socket, None, false, false).await
+            sw.0.manager.lock().check_dial(std_now(), None, ConnKind::Outbound)?;
+            sw.connect_out(socket, Upgrade { kind: ConnKind::Outbound, expected: None }).await
         })
         .await
     }
 
-    /// IP ban, address filter, transport dial within `dial_timeout`, then
-    /// the upgrade of an outbound connection.
-    async fn connect_out(
-        &self,
-        socket: SocketAddr,
-        expected: Option<NodeId>,
-        persistent: bool,
-        exempt: bool,
-    ) -> Result<Peer, RejectReason> {
-        self.check_ban_ip(socket.ip())?;
+    /// Address filter, transport dial within `dial_timeout`, then the
+    /// upgrade of an outbound connection.
+    async fn connect_out(&self, socket: SocketAddr, up: Upgrade) -> Result<Peer, RejectReason> {
         self.run_addr_filter(socket).await?;
         let stream =
             tokio::time::timeout(self.0.config.dial_timeout, self.0.transport.dial(socket))
                 .await
                 .map_err(|_| RejectReason::Dial(io::ErrorKind::TimedOut.into()))?
                 .map_err(RejectReason::Dial)?;
-        self.upgrade(stream, socket, Direction::Outbound, expected, persistent, exempt).await
+        self.upgrade(stream, socket, up).await
     }
 
     async fn accept_loop(&self, mut listener: Box<dyn DynListener>) {
@@ -992,17 +743,20 @@ impl Switch {
                     continue;
                 }
             };
-            let Ok(permit) = self.0.handshakes.clone().try_acquire_owned() else {
-                self.record_reject(Direction::Inbound, &RejectReason::TooManyHandshakes);
+            let admitted = self.0.manager.lock().inbound_attempt(std_now(), remote.ip());
+            if let Err(e) = admitted {
+                self.record_reject(Direction::Inbound, &e);
                 continue;
-            };
+            }
+            let mut pending = PendingHandshake { sw: self.clone(), ip: remote.ip(), failure: None };
             let sw = self.clone();
             tokio::spawn(async move {
-                let _permit = permit;
                 if let Err(e) = sw.accept_one(stream, remote).await {
+                    pending.failure = Some(e.fault());
                     sw.record_reject(Direction::Inbound, &e);
                     tracing::debug!(%remote, reason = %e, "inbound connection refused");
                 }
+                drop(pending);
             });
         }
     }
@@ -1012,12 +766,8 @@ impl Switch {
         stream: BoxStream,
         remote: SocketAddr,
     ) -> Result<Peer, RejectReason> {
-        self.check_ban_ip(remote.ip())?;
-        if self.ip_full(&self.0.peers.lock(), remote.ip()) {
-            return Err(RejectReason::TooManyFromIp(remote.ip()));
-        }
         self.run_addr_filter(remote).await?;
-        self.upgrade(stream, remote, Direction::Inbound, None, false, false).await
+        self.upgrade(stream, remote, Upgrade { kind: ConnKind::Inbound, expected: None }).await
     }
 
     async fn run_addr_filter(&self, addr: SocketAddr) -> Result<(), RejectReason> {
@@ -1026,20 +776,6 @@ impl Switch {
             .await
             .map_err(|_| RejectReason::FilterTimeout)?
             .map_err(RejectReason::Filtered)
-    }
-
-    fn is_unconditional(&self, id: &NodeId) -> bool {
-        self.0.config.unconditional_peer_ids.contains(id)
-    }
-
-    fn check_ban_id(&self, id: &NodeId) -> Result<(), RejectReason> {
-        check_ban(&mut self.0.bans_id.lock(), id)
-            .map_err(|_| RejectReason::Banned(format!("id {id}")))
-    }
-
-    fn check_ban_ip(&self, ip: IpAddr) -> Result<(), RejectReason> {
-        check_ban(&mut self.0.bans_ip.lock(), &ip)
-            .map_err(|_| RejectReason::Banned(format!("ip {ip}")))
     }
 
     /// Counts a refused connection (counters and the metric of its
@@ -1054,220 +790,54 @@ impl Switch {
         self.emit(SwitchEvent::Rejected { direction, reason: e.label() });
     }
 
-    /// Whether `ip` already has `max_inbound_per_ip` inbound peers in `set`
-    /// (loopback exempt when `per_ip_exempt_loopback`).
-    fn ip_full(&self, set: &PeerSet, ip: IpAddr) -> bool {
-        let cfg = &self.0.config;
-        let exempt = cfg.per_ip_exempt_loopback && ip.is_loopback();
-        cfg.max_inbound_per_ip != 0 && !exempt && set.inbound_from(ip) >= cfg.max_inbound_per_ip
-    }
-
-    async fn upgrade(
-        &self,
-        stream: BoxStream,
-        remote: SocketAddr,
-        direction: Direction,
-        dialed: Option<NodeId>,
-        persistent: bool,
-        exempt: bool,
-    ) -> Result<Peer, RejectReason> {
-        let cfg = &self.0.config;
-        let secret_cfg =
-            SecretConfig { handshake_timeout: cfg.handshake_timeout, ..cfg.secret.clone() };
-        let deadline = tokio::time::Instant::now() + cfg.handshake_timeout;
-        let mut conn = match direction {
-            Direction::Outbound => {
-                SecretConnection::connect(stream, &self.0.key, dialed, &secret_cfg).await
-            }
-            Direction::Inbound => SecretConnection::accept(stream, &self.0.key, &secret_cfg).await,
-        }
-        .map_err(RejectReason::Handshake)?;
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let ours = self.node_info();
-        let info =
-            node_info::exchange(&mut conn, &ours, left).await.map_err(RejectReason::NodeInfo)?;
-        let actual = conn.remote_id();
-        if info.node_id != actual {
-            return Err(RejectReason::NodeInfoIdMismatch { claimed: info.node_id, actual });
-        }
-        if actual == self.node_id() {
-            return Err(RejectReason::SelfConnection);
-        }
-        ours.compatible_with(&info).map_err(RejectReason::Incompatible)?;
-        self.check_ban_id(&actual)?;
-        if let Some(f) = &self.0.id_filter {
-            tokio::time::timeout(cfg.filter_timeout, f(info.clone()))
-                .await
-                .map_err(|_| RejectReason::FilterTimeout)?
-                .map_err(RejectReason::Filtered)?;
-        }
-        // Only channels both sides serve are opened.
-        let chans: Vec<ChannelDescriptor> =
-            self.0.channels.iter().filter(|d| info.channels.contains(&d.id)).cloned().collect();
-        let (mconn, receivers) = MConnection::new(conn, &chans, cfg.mconn.clone())
-            .map_err(|e| RejectReason::Incompatible(e.to_string()))?;
-        let peer = Peer(Arc::new(PeerInner {
-            info,
-            direction,
-            socket_addr: remote,
-            persistent,
-            conn: mconn,
-            connected_at: std_now(),
-            last_msg_ms: AtomicU64::new(0),
-            score: AtomicU64::new(0),
-            stop_reason: Mutex::new(None),
-            metrics: self.0.metrics.clone(),
-        }));
-        self.admit(&peer, persistent || exempt).await?;
-        self.0.metrics.peers.get_or_create(&DirLabel { direction: direction.into() }).inc();
-        self.run_peer(peer.clone(), receivers).await;
-        Ok(peer)
-    }
-
-    /// The checks made under the peer-set lock, then the insert. Of two
-    /// simultaneous connections between the same pair (each side dialed),
-    /// both sides keep the one dialed by the lower id: a new preferred
-    /// connection waits for the other one to be stopped and removed.
-    async fn admit(&self, peer: &Peer, persistent: bool) -> Result<(), RejectReason> {
-        let cfg = &self.0.config;
+    /// Asks the manager to admit `peer`, and carries out its answer: an
+    /// eviction, or the replacement of the other connection of a
+    /// simultaneous pair (the new one waits for the old one to leave).
+    async fn admit(&self, peer: &Peer) -> Result<(), RejectReason> {
         let id = peer.id();
-        let we_dialed_lower = self.node_id() < id;
-        let preferred = |p: &Peer| p.is_outbound() == we_dialed_lower;
         loop {
             let left = self.0.peer_left.notified();
             tokio::pin!(left);
             left.as_mut().enable();
-            let replaced = {
-                let mut set = self.0.peers.lock();
+            let decision = {
+                let mut manager = self.0.manager.lock();
                 if self.0.cancel.is_cancelled() {
                     return Err(RejectReason::Stopped);
                 }
-                match set.get(&id) {
-                    Some(old) if preferred(peer) && !preferred(old) => old.clone(),
-                    Some(_) => return Err(RejectReason::Duplicate(id)),
-                    None => {
-                        let unconditional = self.is_unconditional(&id);
-                        let ip = peer.socket_addr().ip();
-                        match peer.direction() {
-                            Direction::Inbound if self.ip_full(&set, ip) => {
-                                return Err(RejectReason::TooManyFromIp(ip))
-                            }
-                            Direction::Inbound
-                                if !unconditional
-                                    && set.count(Direction::Inbound) >= cfg.max_inbound =>
-                            {
-                                return Err(RejectReason::InboundFull)
-                            }
-                            Direction::Outbound
-                                if !unconditional
-                                    && !persistent
-                                    && set.count(Direction::Outbound) >= cfg.max_outbound =>
-                            {
-                                return Err(RejectReason::OutboundFull)
-                            }
-                            _ => {}
-                        }
-                        set.peers.insert(id, peer.clone());
-                        return Ok(());
-                    }
+                let d = manager.admit(std_now(), id, peer.socket_addr().ip(), peer.kind());
+                let conn = match &d {
+                    Admission::Accept(c) | Admission::Evict { conn: c, .. } => Some(*c),
+                    _ => None,
+                };
+                if let Some(c) = conn {
+                    let _ = peer.0.conn_id.set(c);
+                    self.0.peers.lock().peers.insert(id, peer.clone());
                 }
+                d
             };
-            let why = "replaced by the connection dialed by the lower id";
-            self.stop_peer(&replaced, StopReason::Error(why.into())).await;
-            left.await;
-        }
-    }
-
-    /// Notifies reactors, starts one task per channel, and a task that
-    /// waits for the end of the connection.
-    async fn run_peer(&self, peer: Peer, receivers: Vec<crate::mconn::ChannelReceiver>) {
-        let span = tracing::info_span!("peer", id = %peer.id(), addr = %peer.socket_addr(), dir = ?peer.direction());
-        for r in &self.0.reactors {
-            r.add_peer(&peer).await;
-        }
-        tracing::info!(parent: &span, moniker = %peer.node_info().moniker, "peer added");
-        self.emit(SwitchEvent::PeerAdded { id: peer.id(), direction: peer.direction() });
-        let mut tasks = tokio::task::JoinSet::new();
-        for mut rx in receivers {
-            let ch = rx.id();
-            let reactor = self.0.reactors[self.0.routes[&ch]].clone();
-            let (sw, p) = (self.clone(), peer.clone());
-            tasks.spawn(
-                async move {
-                    let label = ChannelLabel::of(ch);
-                    while let Some(bytes) = rx.recv().await {
-                        p.0.last_msg_ms.store(now_ms(p.0.connected_at).max(1), Ordering::Relaxed);
-                        p.0.metrics.bytes_received.get_or_create(&label).inc_by(bytes.len() as u64);
-                        p.0.metrics.messages_received.get_or_create(&label).inc();
-                        if let Err(e) = reactor.receive(sw.clone(), p.clone(), ch, bytes).await {
-                            let why = format!("undecodable message on channel {ch:#04x}: {e}");
-                            sw.report(
-                                &p,
-                                PeerMisbehavior {
-                                    kind: MisbehaviorKind::ProtocolError,
-                                    score: u32::MAX,
-                                    reason: why,
-                                },
-                            )
-                            .await;
-                            break;
-                        }
+            match decision {
+                Admission::Accept(_) => break,
+                Admission::Evict { victim, .. } => {
+                    if let Some(v) = self.peer(&victim) {
+                        tracing::info!(peer = %victim, newcomer = %id, "evicting an inbound peer");
+                        self.0.counters.lock().evictions += 1;
+                        self.0.metrics.evictions.inc();
+                        self.stop_peer(&v, StopReason::Evicted).await;
                     }
+                    break;
                 }
-                .instrument(span.clone()),
-            );
-        }
-        let sw = self.clone();
-        tokio::spawn(
-            async move {
-                let conn_reason = peer.0.conn.closed().await;
-                // Let every reactor see the last messages before remove_peer,
-                // within the grace period; a stuck receive is aborted.
-                let grace = sw.0.config.remove_grace;
-                let drained = tokio::time::timeout(grace, async {
-                    while tasks.join_next().await.is_some() {}
-                })
-                .await;
-                if drained.is_err() {
-                    tracing::warn!(
-                        ?grace,
-                        "a reactor did not finish in time; aborting its receive"
-                    );
-                    tasks.abort_all();
-                    while tasks.join_next().await.is_some() {}
-                }
-                let reason = peer
-                    .0
-                    .stop_reason
-                    .lock()
-                    .clone()
-                    .unwrap_or(StopReason::Connection(conn_reason));
-                for r in &sw.0.reactors {
-                    r.remove_peer(&peer, &reason).await;
-                }
-                {
-                    let mut last = sw.0.last_stop.lock();
-                    if last.len() >= 1024 {
-                        last.clear();
+                Admission::Replace => {
+                    if let Some(old) = self.peer(&id) {
+                        let why = "replaced by the connection dialed by the lower id";
+                        self.stop_peer(&old, StopReason::Error(why.into())).await;
                     }
-                    last.insert(peer.id(), reason.clone());
+                    left.await;
                 }
-                {
-                    let mut set = sw.0.peers.lock();
-                    if set.get(&peer.id()).is_some_and(|p| Arc::ptr_eq(&p.0, &peer.0)) {
-                        set.peers.remove(&peer.id());
-                    }
-                }
-                sw.0.metrics
-                    .peers
-                    .get_or_create(&DirLabel { direction: peer.direction().into() })
-                    .dec();
-                tracing::info!(%reason, "peer removed");
-                sw.0.peer_left.notify_waiters();
-                sw.emit(SwitchEvent::PeerRemoved { id: peer.id(), reason });
+                Admission::Refuse(e) => return Err(e),
             }
-            .instrument(span),
-        );
+        }
+        self.0.metrics.peers.get_or_create(&DirLabel { direction: peer.direction().into() }).inc();
+        Ok(())
     }
 
     /// Disconnects a peer for an error (CometBFT's `StopPeerForError`).
@@ -1294,48 +864,60 @@ impl Switch {
         }
     }
 
-    /// Records misbehaviour; at `ban_threshold` the peer is disconnected
-    /// and its id and IP banned for the kind's time.
-    pub async fn report(&self, peer: &Peer, m: PeerMisbehavior) {
-        let before = peer.0.score.fetch_add(u64::from(m.score), Ordering::Relaxed);
-        let score = before.saturating_add(u64::from(m.score));
-        tracing::debug!(peer = %peer.id(), kind = ?m.kind, score, reason = %m.reason, "misbehaviour");
-        let threshold = u64::from(self.0.config.ban_threshold);
-        // Ban once, when the score first reaches the threshold.
-        if score < threshold || before >= threshold {
-            return;
+    /// Scores `id` for `kind` and counts the outcome; returns the verdict.
+    fn score_id(&self, id: NodeId, kind: Misbehavior, reason: &str) -> Verdict {
+        let verdict = self.0.manager.lock().misbehaved(std_now(), id, kind);
+        self.0
+            .metrics
+            .misbehaviors
+            .get_or_create(&ReasonLabel { reason: kind.label().into() })
+            .inc();
+        if let Some(ban) = verdict.ban {
+            self.0.counters.lock().bans += 1;
+            self.0.metrics.bans.inc();
+            tracing::info!(peer = %id, %kind, ?ban, reason, "banned");
+        } else {
+            tracing::debug!(peer = %id, %kind, score = verdict.score, reason, "misbehaviour");
         }
-        let dur = match m.kind {
-            MisbehaviorKind::ProtocolError => self.0.config.ban_protocol_error,
-            MisbehaviorKind::InvalidData => self.0.config.ban_invalid_data,
-            MisbehaviorKind::ConsensusError => self.0.config.ban_consensus_error,
-        };
-        self.ban(peer.id(), Some(peer.socket_addr().ip()), dur);
-        self.stop_peer(peer, StopReason::Misbehavior(m.reason)).await;
+        self.emit(SwitchEvent::Misbehaved { id, kind, verdict });
+        verdict
     }
 
-    /// Bans an id (and optionally an IP) for `dur`; checked on accept and
-    /// dial.
-    /// A ban never shortens one already in force; expired bans are pruned.
-    pub fn ban(&self, id: NodeId, ip: Option<IpAddr>, dur: Duration) {
-        let now = std_now();
-        let until = now.checked_add(dur).unwrap_or(now + Duration::from_secs(100 * 365 * 86_400));
-        fn put<K: std::hash::Hash + Eq>(
-            m: &mut HashMap<K, Instant>,
-            k: K,
-            until: Instant,
-            now: Instant,
-        ) {
-            m.retain(|_, t| *t > now);
-            let e = m.entry(k).or_insert(until);
-            *e = (*e).max(until);
+    /// Reports what `peer` did wrong. Its identity's score grows by the
+    /// kind's weight (the table in [`crate::fault`]); the peer is
+    /// disconnected if the kind disconnects or the score reached
+    /// `ban_threshold`, and then banned by NodeId (never by IP) for its
+    /// tier's time.
+    pub async fn report(&self, peer: &Peer, kind: Misbehavior, reason: impl Into<String>) {
+        let reason = reason.into();
+        let verdict = self.score_id(peer.id(), kind, &reason);
+        if verdict.disconnect {
+            self.stop_peer(peer, StopReason::Misbehavior { kind, reason, ban: verdict.ban }).await;
         }
-        put(&mut self.0.bans_id.lock(), id, until, now);
-        if let Some(ip) = ip {
-            put(&mut self.0.bans_ip.lock(), ip, until, now);
-        }
+    }
+
+    /// `peer` relayed a block new to us: the eviction rule protects the
+    /// most recent such peers.
+    pub fn note_novel_block(&self, peer: &NodeId) {
+        self.0.manager.lock().novel_block(std_now(), peer);
+    }
+
+    /// `peer` relayed a transaction new to us: the eviction rule protects
+    /// the most recent such peers.
+    pub fn note_novel_tx(&self, peer: &NodeId) {
+        self.0.manager.lock().novel_tx(std_now(), peer);
+    }
+
+    /// Bans an identity for `dur` (the application's decision), checked on
+    /// accept and dial; never shortens a ban in force. A connected peer
+    /// with that id is disconnected.
+    pub async fn ban(&self, id: NodeId, dur: Duration) {
+        self.0.manager.lock().ban(std_now(), id, dur);
         self.0.counters.lock().bans += 1;
         self.0.metrics.bans.inc();
+        if let Some(p) = self.peer(&id) {
+            self.stop_peer_for_error(&p, "banned").await;
+        }
     }
 
     /// Sends `msg` on `channel` to every peer at once, each bounded by
@@ -1384,8 +966,6 @@ impl Switch {
         }
         let sw = self.clone();
         tokio::spawn(async move {
-            let cfg = &sw.0.config;
-            let mut delay = cfg.redial_initial;
             loop {
                 if sw.0.cancel.is_cancelled() {
                     return;
@@ -1395,7 +975,6 @@ impl Switch {
                     None => sw.dial(&addr).await.ok(),
                 };
                 if let Some(p) = peer {
-                    delay = cfg.redial_initial;
                     tokio::select! {
                         _ = p.0.conn.closed() => {}
                         _ = sw.0.cancel.cancelled() => return,
@@ -1411,26 +990,45 @@ impl Switch {
                         left.await;
                     }
                 }
-                // Exponential backoff with up to 25% jitter, capped.
-                let jitter = delay.mul_f64(rand::random::<f64>() * 0.25);
+                // The manager's backoff: doubling with jitter, capped,
+                // reset when the peer is admitted.
+                let delay = sw.0.manager.lock().redial_delay(&addr.id);
                 tokio::select! {
-                    _ = tokio::time::sleep(delay + jitter) => {}
+                    _ = tokio::time::sleep(delay) => {}
                     _ = sw.0.cancel.cancelled() => return,
                 }
-                delay = (delay * 2).min(cfg.redial_max);
             }
         });
     }
 
-    async fn idle_loop(&self) {
+    /// Every `maintenance_interval` (and at least four times per
+    /// `idle_timeout`): feeds each peer's lowest round trip to the manager,
+    /// disconnects idle peers, and lets the manager forget spent state.
+    async fn maintenance_loop(&self) {
         let idle = self.0.config.idle_timeout;
-        let period = (idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+        let mut period = self.0.config.maintenance_interval;
+        if !idle.is_zero() {
+            period = period.min((idle / 4).max(Duration::from_millis(100)));
+        }
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(period) => {}
                 _ = self.0.cancel.cancelled() => return,
             }
-            for p in self.peers() {
+            let peers = self.peers();
+            {
+                let mut manager = self.0.manager.lock();
+                for p in &peers {
+                    if let Some(rtt) = p.stats().min_rtt {
+                        manager.ping(&p.id(), rtt);
+                    }
+                }
+                manager.tick(std_now());
+            }
+            if idle.is_zero() {
+                continue;
+            }
+            for p in peers {
                 let last = Duration::from_millis(p.0.last_msg_ms.load(Ordering::Relaxed));
                 let since = Duration::from_millis(now_ms(p.0.connected_at)).saturating_sub(last);
                 if since >= idle {

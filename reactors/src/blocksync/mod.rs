@@ -34,8 +34,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use plexus_p2p::{
-    ChannelDescriptor, Envelope, MisbehaviorKind, NodeId, Peer, PeerMisbehavior, Reactor,
-    StopReason, Switch,
+    ChannelDescriptor, Envelope, Misbehavior, NodeId, Peer, Reactor, StopReason, Switch,
 };
 use plexus_proto::blocksync::{self as pb, message::Sum};
 use prost::Message;
@@ -90,9 +89,6 @@ pub struct BlockSyncConfig {
     /// How often the round loop schedules and checks timeouts when no
     /// block arrives. Default 50 ms.
     pub tick: Duration,
-    /// Score for invalid headers or blocks, and for refusing a block of
-    /// the claimed chain (the switch bans at 100). Default 100.
-    pub misbehavior_score: u32,
 }
 
 impl Default for BlockSyncConfig {
@@ -111,7 +107,6 @@ impl Default for BlockSyncConfig {
             max_msg_bytes: 8 << 20,
             log_interval: Duration::from_secs(5),
             tick: Duration::from_millis(50),
-            misbehavior_score: 100,
         }
     }
 }
@@ -172,10 +167,6 @@ impl std::fmt::Debug for BlockSyncReactor {
     }
 }
 
-fn misbehavior(kind: MisbehaviorKind, score: u32, reason: impl Into<String>) -> PeerMisbehavior {
-    PeerMisbehavior { kind, score, reason: reason.into() }
-}
-
 /// Blame for refused headers: `None` for a header from the future (maybe
 /// clock skew) and, in a follow-up batch, for headers that do not link to
 /// the previous batch (the peer's chain moved meanwhile); the reason text.
@@ -184,9 +175,9 @@ fn header_fault(
     n: usize,
     e: &BlockError,
     follow_up: bool,
-) -> (Option<MisbehaviorKind>, String) {
+) -> (Option<Misbehavior>, String) {
     let moved = follow_up && matches!(e, BlockError::Unlinked);
-    let kind = (e.is_peer_fault() && !moved).then_some(MisbehaviorKind::InvalidData);
+    let kind = if moved { None } else { e.misbehavior() };
     (kind, format!("invalid header {i} of {n}: {e}"))
 }
 
@@ -374,7 +365,7 @@ impl BlockSyncReactor {
             let chain = self.chain().lock();
             match chain.header_path(&headers[0].prev_hash) {
                 None => Err((
-                    Some(MisbehaviorKind::ProtocolError),
+                    Some(Misbehavior::MalformedMessage),
                     "headers do not start on our chain".to_string(),
                 )),
                 Some(mut path) => chain
@@ -763,7 +754,7 @@ impl BlockSyncReactor {
     /// `from` sent an invalid block at `height`: the pool rewinds to
     /// `rewind_to` with `rest` put back, dropping `from`'s blocks and
     /// taking it out of the pool (its heights go to others), and it is
-    /// reported (`misbehavior_score`, a ban at the default).
+    /// reported (a bad block: a ban).
     async fn blame(
         &self,
         sw: &Switch,
@@ -779,8 +770,7 @@ impl BlockSyncReactor {
         }
         if let Some(p) = sw.peer(from) {
             let why = format!("invalid block at height {height}: {e}");
-            let m = misbehavior(MisbehaviorKind::InvalidData, self.cfg.misbehavior_score, why);
-            sw.report(&p, m).await;
+            sw.report(&p, e.misbehavior().unwrap_or(Misbehavior::BadBlock), why).await;
         }
     }
 
@@ -866,9 +856,7 @@ impl BlockSyncReactor {
 
     /// Reports a peer that refused a block it claimed to have.
     async fn report_refusal(&self, sw: &Switch, peer: &Peer, e: PoolError) {
-        let m =
-            misbehavior(MisbehaviorKind::ConsensusError, self.cfg.misbehavior_score, e.to_string());
-        sw.report(peer, m).await;
+        sw.report(peer, Misbehavior::WithheldData, e.to_string()).await;
     }
 
     /// Logs refused headers and reports the peer when it is to blame
@@ -877,12 +865,12 @@ impl BlockSyncReactor {
         &self,
         sw: &Switch,
         peer: &Peer,
-        kind: Option<MisbehaviorKind>,
+        kind: Option<Misbehavior>,
         why: String,
     ) {
         tracing::info!(peer = %peer.id(), %why, "block sync: headers refused");
         if let Some(kind) = kind {
-            sw.report(peer, misbehavior(kind, self.cfg.misbehavior_score, why)).await;
+            sw.report(peer, kind, why).await;
         }
     }
 
@@ -899,8 +887,7 @@ impl BlockSyncReactor {
             return true;
         }
         let why = format!("claimed weight {} but its headers prove {proven}", claim.weight);
-        let ban = misbehavior(MisbehaviorKind::ConsensusError, self.cfg.misbehavior_score, why);
-        sw.report(peer, ban).await;
+        sw.report(peer, Misbehavior::WeightLie, why).await;
         self.statuses.lock().remove(&peer.id());
         false
     }
@@ -943,14 +930,14 @@ impl Reactor for BlockSyncReactor {
 
     async fn receive(&self, env: Envelope<pb::Message>) {
         let (sw, peer) = (&env.switch, &env.peer);
-        let protocol = |why: String| misbehavior(MisbehaviorKind::ProtocolError, 100, why);
         match env.message.sum {
             Some(Sum::StatusRequest(_)) => {
                 let _ = peer.send_msg(BLOCKSYNC_CHANNEL, &self.status_response()).await;
             }
             Some(Sum::StatusResponse(s)) => {
                 let Some(c) = PeerChain::from_wire(s.height, &s.weight, &s.tip_hash) else {
-                    sw.report(peer, protocol("malformed StatusResponse".into())).await;
+                    sw.report(peer, Misbehavior::MalformedMessage, "malformed StatusResponse")
+                        .await;
                     return;
                 };
                 self.statuses.lock().insert(peer.id(), c);
@@ -959,14 +946,19 @@ impl Reactor for BlockSyncReactor {
             }
             Some(Sum::HeadersRequest(req)) => {
                 if req.locator.len() > MAX_LOCATOR {
-                    sw.report(peer, protocol(format!("locator of {} hashes", req.locator.len())))
-                        .await;
+                    sw.report(
+                        peer,
+                        Misbehavior::MalformedMessage,
+                        format!("locator of {} hashes", req.locator.len()),
+                    )
+                    .await;
                     return;
                 }
                 let Some(locator) =
                     req.locator.iter().map(|h| Hash::from_slice(h)).collect::<Option<Vec<_>>>()
                 else {
-                    sw.report(peer, protocol("locator hash not 32 bytes".into())).await;
+                    sw.report(peer, Misbehavior::MalformedMessage, "locator hash not 32 bytes")
+                        .await;
                     return;
                 };
                 let stop = Hash::from_slice(&req.stop_hash).unwrap_or(Hash::ZERO);
@@ -980,13 +972,15 @@ impl Reactor for BlockSyncReactor {
                 let waiter =
                     self.headers_wait.lock().get_mut(&peer.id()).and_then(VecDeque::pop_front);
                 let Some(tx) = waiter else {
-                    sw.report(peer, protocol("unsolicited HeadersResponse".into())).await;
+                    sw.report(peer, Misbehavior::UnsolicitedMessage, "unsolicited HeadersResponse")
+                        .await;
                     return;
                 };
                 if resp.headers.len() > self.cfg.max_headers_per_request as usize {
                     sw.report(
                         peer,
-                        protocol(format!("{} headers in one answer", resp.headers.len())),
+                        Misbehavior::MalformedMessage,
+                        format!("{} headers in one answer", resp.headers.len()),
                     )
                     .await;
                     return;
@@ -1001,14 +995,15 @@ impl Reactor for BlockSyncReactor {
                         // A waiter that is gone (its round ended) drops it.
                         let _ = tx.send(h);
                     }
-                    Err(e) => sw.report(peer, protocol(e.to_string())).await,
+                    Err(e) => sw.report(peer, Misbehavior::MalformedMessage, e.to_string()).await,
                 }
             }
             Some(Sum::BlockRequest(req)) => {
                 if req.hashes.is_empty() || req.hashes.len() > 32 {
                     sw.report(
                         peer,
-                        protocol(format!("BlockRequest of {} hashes", req.hashes.len())),
+                        Misbehavior::MalformedMessage,
+                        format!("BlockRequest of {} hashes", req.hashes.len()),
                     )
                     .await;
                     return;
@@ -1016,7 +1011,7 @@ impl Reactor for BlockSyncReactor {
                 let Some(hashes) =
                     req.hashes.iter().map(|h| Hash::from_slice(h)).collect::<Option<Vec<_>>>()
                 else {
-                    sw.report(peer, protocol("block hash not 32 bytes".into())).await;
+                    sw.report(peer, Misbehavior::MalformedMessage, "block hash not 32 bytes").await;
                     return;
                 };
                 let chain = self.chain().clone();
@@ -1046,10 +1041,16 @@ impl Reactor for BlockSyncReactor {
             Some(Sum::BlockResponse(resp)) => {
                 let block = match resp.block.map(Block::from_proto) {
                     Some(Ok(b)) => b,
-                    Some(Err(e)) => return sw.report(peer, protocol(e.to_string())).await,
+                    Some(Err(e)) => {
+                        return sw.report(peer, Misbehavior::MalformedMessage, e.to_string()).await
+                    }
                     None => {
                         return sw
-                            .report(peer, protocol("BlockResponse without a block".into()))
+                            .report(
+                                peer,
+                                Misbehavior::MalformedMessage,
+                                "BlockResponse without a block",
+                            )
                             .await
                     }
                 };
@@ -1075,7 +1076,9 @@ impl Reactor for BlockSyncReactor {
             }
             Some(Sum::NoBlockResponse(r)) => {
                 let Some(hash) = Hash::from_slice(&r.hash) else {
-                    return sw.report(peer, protocol("hash not 32 bytes".into())).await;
+                    return sw
+                        .report(peer, Misbehavior::MalformedMessage, "hash not 32 bytes")
+                        .await;
                 };
                 let refused = self.pool.lock().as_mut().map(|p| p.on_no_block(peer.id(), &hash));
                 if let Some(Err(e @ PoolError::RefusedClaimed { .. })) = refused {
@@ -1083,7 +1086,9 @@ impl Reactor for BlockSyncReactor {
                 }
                 self.block_arrived.notify_one();
             }
-            None => sw.report(peer, protocol("empty block sync message".into())).await,
+            None => {
+                sw.report(peer, Misbehavior::MalformedMessage, "empty block sync message").await
+            }
         }
     }
 }

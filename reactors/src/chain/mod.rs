@@ -130,6 +130,18 @@ impl BlockError {
         )
     }
 
+    /// The reputation-table entry for the peer that sent this block
+    /// (`None` when it is not the peer's fault): a failed proof of work is
+    /// [`Misbehavior::BadPow`], any other rule [`Misbehavior::BadBlock`].
+    pub fn misbehavior(&self) -> Option<plexus_p2p::Misbehavior> {
+        use plexus_p2p::Misbehavior;
+        match self {
+            _ if !self.is_peer_fault() => None,
+            BlockError::BadPow => Some(Misbehavior::BadPow),
+            _ => Some(Misbehavior::BadBlock),
+        }
+    }
+
     /// Whether the block hash can never be valid (remember it and refuse it
     /// at once next time). A block from the future may become valid later;
     /// a body that does not match its merkle root says nothing about the

@@ -22,8 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use plexus_p2p::{
-    ChannelDescriptor, Envelope, MisbehaviorKind, NodeId, Peer, PeerMisbehavior, Reactor,
-    StopReason, Switch,
+    ChannelDescriptor, Envelope, Misbehavior, NodeId, Peer, Reactor, StopReason, Switch,
 };
 use plexus_proto::chain::{self as pb, message::Sum};
 use prost::Message;
@@ -59,11 +58,6 @@ pub struct ConsensusConfig {
     pub request_timeout: Duration,
     /// Per-peer memory of blocks it has sent or been sent. Default 1,024.
     pub max_known_per_peer: usize,
-    /// Score for an invalid block (the switch bans at 100). Default 100.
-    pub invalid_block_score: u32,
-    /// Score for a peer whose `Status` claims more work than it, asked,
-    /// sends blocks for. Default 25 (banned at the fourth time).
-    pub unbacked_status_score: u32,
     /// Main-chain changes buffered for each [`ConsensusReactor::subscribe`]
     /// receiver; one that falls further behind is told how many it
     /// missed (`RecvError::Lagged`). Default 1,024.
@@ -91,8 +85,6 @@ impl Default for ConsensusConfig {
             max_msg_bytes: 8 << 20,
             request_timeout: Duration::from_secs(30),
             max_known_per_peer: 1024,
-            invalid_block_score: 100,
-            unbacked_status_score: 25,
             event_buffer: 1024,
             commit_batch: 256,
             commit_batch_bytes: 8 << 20,
@@ -216,14 +208,6 @@ impl std::fmt::Debug for ConsensusReactor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ConsensusReactor").field("chain", &*self.importer.chain.lock()).finish()
     }
-}
-
-fn misbehavior(kind: MisbehaviorKind, score: u32, reason: String) -> PeerMisbehavior {
-    PeerMisbehavior { kind, score, reason }
-}
-
-fn protocol_error(reason: impl Into<String>) -> PeerMisbehavior {
-    misbehavior(MisbehaviorKind::ProtocolError, 100, reason.into())
 }
 
 impl ConsensusReactor {
@@ -516,25 +500,22 @@ impl ConsensusReactor {
         for r in self.import_blocks(blocks, Some(peer.id())).await {
             match r {
                 Err(e) if e.is_peer_fault() => {
-                    let score = self.cfg.invalid_block_score;
-                    let m = misbehavior(
-                        MisbehaviorKind::InvalidData,
-                        score,
-                        format!("invalid block: {e}"),
-                    );
-                    sw.report(peer, m).await;
+                    let kind = e.misbehavior().unwrap_or(Misbehavior::BadBlock);
+                    sw.report(peer, kind, format!("invalid block: {e}")).await;
                     return (new, orphan);
                 }
                 Err(e) => tracing::debug!(peer = %peer.id(), error = %e, "block not accepted"),
                 Ok(p) => {
+                    if !p.accepted.is_empty() {
+                        // A novel block protects this peer from eviction.
+                        sw.note_novel_block(&peer.id());
+                    }
                     new += p.accepted.len() + (p.status == ProcessStatus::Orphan) as usize;
                     orphan |= p.status == ProcessStatus::Orphan;
                     for (src, h, e) in &p.rejected_orphans {
                         if let Some(bad) = src.and_then(|id| sw.peer(&id)) {
-                            let score = self.cfg.invalid_block_score;
-                            let why = format!("invalid block {h}: {e}");
-                            sw.report(&bad, misbehavior(MisbehaviorKind::InvalidData, score, why))
-                                .await;
+                            let kind = e.misbehavior().unwrap_or(Misbehavior::BadBlock);
+                            sw.report(&bad, kind, format!("invalid block {h}: {e}")).await;
                         }
                     }
                     self.announce(&p, Some(peer.id())).await;
@@ -744,7 +725,7 @@ impl Reactor for ConsensusReactor {
         match env.message.sum {
             Some(Sum::Status(s)) => {
                 let Some(status) = PeerChain::from_wire(s.height, &s.weight, &s.tip_hash) else {
-                    sw.report(peer, protocol_error("malformed Status")).await;
+                    sw.report(peer, Misbehavior::MalformedMessage, "malformed Status").await;
                     return;
                 };
                 let tip = status.tip;
@@ -759,7 +740,8 @@ impl Reactor for ConsensusReactor {
             }
             Some(Sum::NewBlock(nb)) => {
                 let Some(block) = nb.block else {
-                    sw.report(peer, protocol_error("NewBlock without a block")).await;
+                    sw.report(peer, Misbehavior::MalformedMessage, "NewBlock without a block")
+                        .await;
                     return;
                 };
                 match Block::from_proto(block) {
@@ -769,14 +751,15 @@ impl Reactor for ConsensusReactor {
                             self.request_blocks(peer).await;
                         }
                     }
-                    Err(e) => sw.report(peer, protocol_error(e.to_string())).await,
+                    Err(e) => sw.report(peer, Misbehavior::MalformedMessage, e.to_string()).await,
                 }
             }
             Some(Sum::GetBlocks(req)) => {
                 if req.locator.len() > MAX_LOCATOR {
                     sw.report(
                         peer,
-                        protocol_error(format!("locator of {} hashes", req.locator.len())),
+                        Misbehavior::MalformedMessage,
+                        format!("locator of {} hashes", req.locator.len()),
                     )
                     .await;
                     return;
@@ -784,7 +767,8 @@ impl Reactor for ConsensusReactor {
                 let Some(locator) =
                     req.locator.iter().map(|h| Hash::from_slice(h)).collect::<Option<Vec<_>>>()
                 else {
-                    sw.report(peer, protocol_error("locator hash not 32 bytes")).await;
+                    sw.report(peer, Misbehavior::MalformedMessage, "locator hash not 32 bytes")
+                        .await;
                     return;
                 };
                 let max = req.max_blocks.min(self.cfg.max_blocks_per_request) as usize;
@@ -814,18 +798,18 @@ impl Reactor for ConsensusReactor {
             Some(Sum::Blocks(list)) => {
                 let asked = self.peers.lock().get_mut(&peer.id()).and_then(|st| st.request.take());
                 let Some((_, max)) = asked else {
-                    sw.report(peer, protocol_error("unsolicited Blocks")).await;
+                    sw.report(peer, Misbehavior::UnsolicitedMessage, "unsolicited Blocks").await;
                     return;
                 };
                 if list.blocks.len() > max as usize {
                     let why = format!("{} blocks for a request of {max}", list.blocks.len());
-                    sw.report(peer, protocol_error(why)).await;
+                    sw.report(peer, Misbehavior::MalformedMessage, why).await;
                     return;
                 }
                 let blocks = match Self::decode_blocks(list.blocks) {
                     Ok(b) => b,
                     Err(e) => {
-                        sw.report(peer, protocol_error(e.to_string())).await;
+                        sw.report(peer, Misbehavior::MalformedMessage, e.to_string()).await;
                         return;
                     }
                 };
@@ -836,16 +820,11 @@ impl Reactor for ConsensusReactor {
                     self.request_blocks(peer).await;
                 } else if ahead {
                     // It claims more work than it can show.
-                    let why = "status weight not backed by blocks".to_string();
-                    let m = misbehavior(
-                        MisbehaviorKind::ConsensusError,
-                        self.cfg.unbacked_status_score,
-                        why,
-                    );
-                    sw.report(peer, m).await;
+                    let why = "status weight not backed by blocks";
+                    sw.report(peer, Misbehavior::UnbackedClaim, why).await;
                 }
             }
-            None => sw.report(peer, protocol_error("empty consensus message")).await,
+            None => sw.report(peer, Misbehavior::MalformedMessage, "empty consensus message").await,
         }
     }
 }

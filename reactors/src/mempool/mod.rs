@@ -11,8 +11,7 @@ use std::sync::{Arc, OnceLock};
 use bytes::Bytes;
 use parking_lot::Mutex;
 use plexus_p2p::{
-    ChannelDescriptor, Envelope, MisbehaviorKind, NodeId, Peer, PeerMisbehavior, Reactor,
-    StopReason, Switch,
+    ChannelDescriptor, Envelope, Misbehavior, NodeId, Peer, Reactor, StopReason, Switch,
 };
 use plexus_proto::mempool::{self as pb, message::Sum};
 use prost::Message;
@@ -158,16 +157,15 @@ impl Reactor for MempoolReactor {
 
     async fn receive(&self, env: Envelope<pb::Message>) {
         let peer = &env.peer;
-        let report = |kind, reason: String| PeerMisbehavior { kind, score: 100, reason };
         let Some(Sum::Txs(list)) = env.message.sum else {
-            let m = report(MisbehaviorKind::ProtocolError, "empty mempool message".into());
-            env.switch.report(peer, m).await;
+            let why = "empty mempool message";
+            env.switch.report(peer, Misbehavior::MalformedMessage, why).await;
             return;
         };
         let max = self.pool.lock().config().max_txs_per_msg;
         if list.txs.len() > max {
             let why = format!("{} transactions in one message, limit {max}", list.txs.len());
-            env.switch.report(peer, report(MisbehaviorKind::ProtocolError, why)).await;
+            env.switch.report(peer, Misbehavior::MalformedMessage, why).await;
             return;
         }
         let mut fresh = Vec::new();
@@ -188,11 +186,13 @@ impl Reactor for MempoolReactor {
             }
         }
         if !fresh.is_empty() {
+            // Novel transactions protect this peer from inbound eviction.
+            env.switch.note_novel_tx(&peer.id());
             self.added.send_modify(|n| *n += fresh.len() as u64);
             self.gossip(&env.switch, &fresh, Some(peer.id()));
         }
         if let Some(e) = bad {
-            env.switch.report(peer, report(MisbehaviorKind::InvalidData, e.to_string())).await;
+            env.switch.report(peer, Misbehavior::InvalidTransaction, e.to_string()).await;
         }
     }
 }

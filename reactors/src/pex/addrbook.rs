@@ -27,6 +27,7 @@ use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
+use plexus_p2p::switch::ReputationRecord;
 use plexus_p2p::{NetAddress, NodeId};
 use rand::{Rng, RngCore};
 use serde::{Deserialize, Serialize};
@@ -196,6 +197,10 @@ struct SavedFile {
     /// Occupied slots: (bucket, slot, id) in the new and tried tables.
     new: Vec<(usize, usize, NodeId)>,
     tried: Vec<(usize, usize, NodeId)>,
+    /// The switch's reputations by NodeId, saved with the book (absent in
+    /// files written before they were).
+    #[serde(default)]
+    reputation: Vec<ReputationRecord>,
 }
 
 /// The address book. See the module docs.
@@ -207,6 +212,9 @@ pub struct AddrBook {
     tried: Vec<Vec<Option<NodeId>>>,
     /// Newcomers waiting for a tried slot, with when they were queued.
     collisions: VecDeque<(NodeId, u64)>,
+    /// Reputations kept in the same file (the switch's, see
+    /// [`AddrBook::set_reputation`]).
+    reputation: Vec<ReputationRecord>,
     rng: Box<dyn RngCore + Send>,
 }
 
@@ -219,48 +227,9 @@ impl std::fmt::Debug for AddrBook {
     }
 }
 
-/// The group of an IP: /16 for IPv4, /32 for IPv6, one group for loopback,
-/// one per private or local range.
-pub fn group(ip: IpAddr) -> Vec<u8> {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            if v4.is_loopback() {
-                vec![0xff, 1]
-            } else if o[0] == 10 {
-                vec![0xff, 2]
-            } else if o[0] == 172 && (16..32).contains(&o[1]) {
-                vec![0xff, 3]
-            } else if o[0] == 192 && o[1] == 168 {
-                vec![0xff, 4]
-            } else if v4.is_link_local() {
-                vec![0xff, 5]
-            } else if o[0] == 100 && (64..128).contains(&o[1]) {
-                vec![0xff, 8] // carrier-grade NAT
-            } else if o[0] == 0 || o[0] >= 240 {
-                vec![0xff, 9] // "this network", reserved and broadcast
-            } else {
-                vec![4, o[0], o[1]]
-            }
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return group(IpAddr::V4(v4));
-            }
-            let s = v6.segments();
-            if v6.is_loopback() {
-                vec![0xff, 1]
-            } else if s[0] & 0xfe00 == 0xfc00 {
-                vec![0xff, 6] // unique local
-            } else if s[0] & 0xffc0 == 0xfe80 {
-                vec![0xff, 7] // link local
-            } else {
-                let o = v6.octets();
-                vec![6, o[0], o[1], o[2], o[3]]
-            }
-        }
-    }
-}
+/// The group of an IP (one piece with the peer manager's netgroups): see
+/// [`plexus_p2p::netaddr::netgroup`].
+pub use plexus_p2p::netaddr::netgroup as group;
 
 fn routable(ip: IpAddr) -> bool {
     group(ip)[0] != 0xff && !ip.is_unspecified() && !ip.is_multicast()
@@ -282,7 +251,29 @@ impl AddrBook {
         rng.fill_bytes(&mut key);
         let new = vec![vec![None; cfg.bucket_size]; cfg.new_buckets];
         let tried = vec![vec![None; cfg.bucket_size]; cfg.tried_buckets];
-        AddrBook { cfg, key, entries: HashMap::new(), new, tried, collisions: VecDeque::new(), rng }
+        AddrBook {
+            cfg,
+            key,
+            entries: HashMap::new(),
+            new,
+            tried,
+            collisions: VecDeque::new(),
+            reputation: Vec::new(),
+            rng,
+        }
+    }
+
+    /// The reputations saved with the book (loaded from its file; the node
+    /// hands them to [`plexus_p2p::switch::SwitchBuilder::reputation`]).
+    pub fn reputation(&self) -> &[ReputationRecord] {
+        &self.reputation
+    }
+
+    /// Replaces the reputations saved with the book (the PEX reactor puts
+    /// the switch's [`plexus_p2p::Switch::reputation_snapshot`] here before
+    /// each save).
+    pub fn set_reputation(&mut self, records: Vec<ReputationRecord>) {
+        self.reputation = records;
     }
 
     fn hash(&self, parts: &[&[u8]]) -> u64 {
@@ -686,6 +677,7 @@ impl AddrBook {
             shape,
             new: slots(&self.new),
             tried: slots(&self.tried),
+            reputation: self.reputation.clone(),
         })
         .expect("plain data serialises")
     }
@@ -712,6 +704,7 @@ impl AddrBook {
         saved.entries.retain(|e| seen.insert(e.id));
         let mut book = AddrBook::new(cfg, rng);
         book.key = saved.key;
+        book.reputation = std::mem::take(&mut saved.reputation);
         if saved.shape == shape {
             // Same tables: restore every slot exactly.
             for mut e in saved.entries {
@@ -823,6 +816,7 @@ struct Saved {
     shape: (usize, usize, usize),
     new: Vec<(usize, usize, NodeId)>,
     tried: Vec<(usize, usize, NodeId)>,
+    reputation: Vec<ReputationRecord>,
 }
 
 fn parse(json: &str) -> Result<Saved, String> {
@@ -832,7 +826,14 @@ fn parse(json: &str) -> Result<Saved, String> {
     }
     let mut key = [0u8; 32];
     hex::decode_to_slice(&file.key, &mut key).map_err(|e| format!("key: {e}"))?;
-    Ok(Saved { key, entries: file.entries, shape: file.shape, new: file.new, tried: file.tried })
+    Ok(Saved {
+        key,
+        entries: file.entries,
+        shape: file.shape,
+        new: file.new,
+        tried: file.tried,
+        reputation: file.reputation,
+    })
 }
 
 #[cfg(test)]

@@ -33,9 +33,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
+use plexus_p2p::switch::WeakSwitch;
 use plexus_p2p::{
-    ChannelDescriptor, Envelope, MisbehaviorKind, NetAddress, NodeId, Peer, PeerMisbehavior,
-    Reactor, RejectReason, Switch,
+    ChannelDescriptor, Envelope, Misbehavior, NetAddress, NodeId, Peer, Reactor, Switch,
 };
 use plexus_proto::pex::{self as pb, message::Sum};
 use rand::Rng;
@@ -171,6 +171,8 @@ pub struct PexReactor {
     seed: std::sync::atomic::AtomicBool,
     book: Arc<Mutex<AddrBook>>,
     state: Mutex<State>,
+    /// The switch, once started (weak: the switch owns this reactor).
+    switch: Mutex<Option<WeakSwitch>>,
 }
 
 impl std::fmt::Debug for PexReactor {
@@ -215,14 +217,15 @@ impl PexReactor {
             seed,
             book: Arc::new(Mutex::new(book)),
             state: Mutex::new(State::default()),
+            switch: Mutex::new(None),
         }
     }
 
-    /// Reports a PEX rule broken by `peer` to the switch (disconnect and
-    /// ban) and bans its address in the book.
-    async fn punish(&self, sw: &Switch, peer: &Peer, m: PeerMisbehavior) {
+    /// Reports a PEX rule broken by `peer` to the switch (scored; every
+    /// PEX kind disconnects) and bans its address in the book.
+    async fn punish(&self, sw: &Switch, peer: &Peer, kind: Misbehavior, reason: String) {
         self.book.lock().ban(&peer.id(), unix_now() + self.cfg.misbehaviour_ban.as_secs());
-        sw.report(peer, m).await;
+        sw.report(peer, kind, reason).await;
     }
 
     fn is_seed(&self) -> bool {
@@ -234,9 +237,21 @@ impl PexReactor {
         self.book.clone()
     }
 
-    /// Saves the book if a path is configured.
+    /// Puts the switch's reputations into the book, so they are saved with
+    /// it (and restored on the next start).
+    fn take_reputation(&self) {
+        let sw = self.switch.lock().as_ref().and_then(WeakSwitch::upgrade);
+        if let Some(sw) = sw {
+            let records = sw.reputation_snapshot();
+            self.book.lock().set_reputation(records);
+        }
+    }
+
+    /// Saves the book, with the switch's reputations, if a path is
+    /// configured.
     pub fn save(&self) {
         if let Some(path) = &self.cfg.book_path {
+            self.take_reputation();
             if let Err(e) = self.book.lock().save(path) {
                 tracing::warn!(error = %e, "saving the address book failed");
             }
@@ -247,6 +262,7 @@ impl PexReactor {
     /// thread so the runtime never waits for the disk.
     fn save_in_background(&self) {
         if let Some(path) = self.cfg.book_path.clone() {
+            self.take_reputation();
             let json = self.book.lock().to_json();
             tokio::task::spawn_blocking(move || {
                 if let Err(e) = AddrBook::write_json(&path, &json) {
@@ -259,6 +275,7 @@ impl PexReactor {
     /// Starts the ensure-peers and save loops for `switch`; they end when
     /// the switch stops.
     pub fn start(self: &Arc<Self>, switch: &Switch) {
+        *self.switch.lock() = Some(switch.downgrade());
         if switch.node_info().node_type == plexus_p2p::NodeType::Introducer {
             self.seed.store(true, std::sync::atomic::Ordering::Relaxed);
         }
@@ -286,7 +303,8 @@ impl PexReactor {
         let now = unix_now();
         self.book.lock().resolve_collisions(now);
         let (out, _) = sw.num_peers();
-        let target = if self.is_seed() { self.cfg.crawl_batch } else { sw.config().max_outbound };
+        let target =
+            if self.is_seed() { self.cfg.crawl_batch } else { sw.config().peers.max_outbound };
         if out < target {
             let picks = self.pick_candidates(sw, target - out, now);
             if !picks.is_empty() {
@@ -384,13 +402,7 @@ impl PexReactor {
                 // It answered: add_peer marked it good; close the feeler.
                 Ok(p) => sw2.stop_peer_gracefully(&p).await,
                 // Refused on our side (limits, duplicate, stopping): no verdict.
-                Err(
-                    RejectReason::Duplicate(_)
-                    | RejectReason::OutboundFull
-                    | RejectReason::Stopped
-                    | RejectReason::Filtered(_)
-                    | RejectReason::FilterTimeout,
-                ) => {}
+                Err(e) if e.fault() == plexus_p2p::Fault::Local => {}
                 // It did not answer: the newcomer takes the slot.
                 Err(_) => {
                     let now = unix_now();
@@ -513,11 +525,6 @@ impl Reactor for PexReactor {
 
     async fn receive(&self, env: Envelope<pb::Message>) {
         let peer = &env.peer;
-        let misbehave = |reason: String| PeerMisbehavior {
-            kind: MisbehaviorKind::ProtocolError,
-            score: 100,
-            reason,
-        };
         match env.message.sum {
             Some(Sum::PexRequest(_)) => {
                 let now = tokio::time::Instant::now();
@@ -527,8 +534,8 @@ impl Reactor for PexReactor {
                     last.is_some_and(|t| now.duration_since(t) < self.cfg.min_request_interval / 2)
                 };
                 if too_soon {
-                    self.punish(&env.switch, peer, misbehave("PEX requests too often".into()))
-                        .await;
+                    let why = "PEX requests too often".to_string();
+                    self.punish(&env.switch, peer, Misbehavior::Flood, why).await;
                     return;
                 }
                 let private = &env.switch.config().private_peer_ids;
@@ -543,12 +550,13 @@ impl Reactor for PexReactor {
             }
             Some(Sum::PexAddrs(list)) => {
                 if !self.state.lock().asked.remove(&peer.id()) {
-                    self.punish(&env.switch, peer, misbehave("unsolicited PexAddrs".into())).await;
+                    let why = "unsolicited PexAddrs".to_string();
+                    self.punish(&env.switch, peer, Misbehavior::UnsolicitedMessage, why).await;
                     return;
                 }
                 if list.addrs.len() > self.cfg.max_addrs_per_msg {
                     let why = format!("{} addresses in one PexAddrs", list.addrs.len());
-                    self.punish(&env.switch, peer, misbehave(why)).await;
+                    self.punish(&env.switch, peer, Misbehavior::BadAddresses, why).await;
                     return;
                 }
                 let now = unix_now();
@@ -566,7 +574,10 @@ impl Reactor for PexReactor {
                     env.switch.stop_peer_gracefully(peer).await;
                 }
             }
-            None => self.punish(&env.switch, peer, misbehave("empty PEX message".into())).await,
+            None => {
+                let why = "empty PEX message".to_string();
+                self.punish(&env.switch, peer, Misbehavior::MalformedMessage, why).await
+            }
         }
     }
 }

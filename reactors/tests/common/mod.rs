@@ -169,12 +169,12 @@ pub async fn wait_tip(n: &SyncNode, tip: BlockHash, secs: u64) -> bool {
     tokio::time::timeout(Duration::from_secs(secs), wait).await.unwrap_or(false)
 }
 
-/// Waits for `id` to be disconnected from `n` for misbehaviour.
+/// Waits for `id` to be banned by `n` (and so disconnected).
 pub async fn wait_banned(n: &SyncNode, id: &NodeId, secs: u64) -> bool {
     let mut events = n.sw.subscribe();
     let wait = async {
         loop {
-            if matches!(n.sw.last_stop_reason(id), Some(StopReason::Misbehavior(_))) {
+            if n.sw.is_banned(id) {
                 return true;
             }
             if events.recv().await.is_err() {

@@ -1,0 +1,542 @@
+//! The [`PeerManager`]: the switch's policy as a plain struct (quinn-proto's
+//! `Endpoint` and reth's `PeersManager` are the models). It takes events —
+//! an inbound attempt, a finished handshake, a connection to admit, a
+//! disconnect, a misbehaviour, a novel block or transaction, a measured
+//! ping — each with the time injected, and returns decisions; the
+//! [`Switch`](super::Switch)'s tokio code carries them out. Randomness
+//! (the netgroup key, redial jitter) comes from a seeded RNG.
+//!
+//! What it decides:
+//! - before the handshake: per-IP attempt rate, per-IP and total pending
+//!   handshakes, per-IP inbound limit, and a short cool-off for an IP that
+//!   keeps failing handshakes (never loopback, never a ban);
+//! - after it: bans (by NodeId only), duplicates and the simultaneous-dial
+//!   choice (the connection dialed by the lower id wins), limits by
+//!   direction, IP and netgroup, and inbound eviction
+//!   ([`super::eviction`]) when inbound is full;
+//! - reputation ([`crate::fault`] has the table): scores by NodeId across
+//!   reconnects, decaying, with ban tiers; persistent and unconditional
+//!   peers are disconnected but capped and never banned for long;
+//! - the redial backoff of persistent peers.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use sha2::{Digest, Sha256};
+
+use super::config::PeerManagerConfig;
+use super::eviction::{select_to_evict, EvictionCandidate};
+use super::reputation::{Reputation, ReputationRecord, Verdict};
+use super::upgrade::RejectReason;
+use super::Direction;
+use crate::fault::{Fault, Misbehavior};
+use crate::key::NodeId;
+use crate::netaddr::{is_local_group, netgroup};
+
+/// Identifies one admitted connection (an id may reconnect; stale events
+/// about an earlier connection are ignored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+/// What kind of connection asks to be admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConnKind {
+    /// They dialed us.
+    Inbound,
+    /// We dialed, counted against `max_outbound`.
+    Outbound,
+    /// We dialed a persistent peer: exempt from the outbound limits.
+    Persistent,
+    /// We dialed a short-lived feeler (addrman's test-before-evict):
+    /// exempt from the outbound limits.
+    Feeler,
+}
+
+impl ConnKind {
+    /// Who dialed.
+    pub fn direction(self) -> Direction {
+        match self {
+            ConnKind::Inbound => Direction::Inbound,
+            _ => Direction::Outbound,
+        }
+    }
+}
+
+/// The manager's answer to a connection that passed the handshake.
+#[derive(Debug)]
+pub enum Admission {
+    /// Admitted.
+    Accept(ConnId),
+    /// Admitted once `victim`, an inbound peer, is disconnected (it no
+    /// longer counts against the limits).
+    Evict {
+        /// The new connection.
+        conn: ConnId,
+        /// The inbound peer to disconnect.
+        victim: NodeId,
+    },
+    /// A connection to this id exists and the new one is preferred (the
+    /// one dialed by the lower id): stop the old one, wait until it is
+    /// gone, then ask again.
+    Replace,
+    /// Refused.
+    Refuse(RejectReason),
+}
+
+/// One admitted connection, as the manager sees it.
+#[derive(Debug, Clone)]
+struct Connected {
+    conn: ConnId,
+    kind: ConnKind,
+    ip: IpAddr,
+    group: Vec<u8>,
+    connected_at: Instant,
+    min_ping: Option<Duration>,
+    last_block: Option<Instant>,
+    last_tx: Option<Instant>,
+    /// Chosen for eviction; no longer counted, still blocks duplicates.
+    evicting: bool,
+}
+
+/// Per-IP state before authentication.
+#[derive(Debug, Clone)]
+struct IpState {
+    pending: usize,
+    tokens: f64,
+    refilled: Instant,
+    failures: u32,
+    window_start: Instant,
+    cooloff_until: Option<Instant>,
+}
+
+/// A peer's standing, for the RPC and tests.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PeerStanding {
+    /// Current score (decayed to now); the ban threshold defaults to 100.
+    pub score: f64,
+    /// Time left on its ban, if banned.
+    pub banned_for: Option<Duration>,
+}
+
+/// The switch's policy: admission, reputation, bans, eviction, redials.
+#[derive(Debug)]
+pub struct PeerManager {
+    cfg: PeerManagerConfig,
+    local_id: NodeId,
+    rng: StdRng,
+    netgroup_key: [u8; 32],
+    peers: HashMap<NodeId, Connected>,
+    reputation: Reputation,
+    ips: HashMap<IpAddr, IpState>,
+    pending: usize,
+    persistent: HashSet<NodeId>,
+    unconditional: HashSet<NodeId>,
+    redial: HashMap<NodeId, Duration>,
+    next_conn: u64,
+}
+
+/// Above this many tracked IPs, idle ones are pruned at once.
+const MAX_TRACKED_IPS: usize = 65_536;
+
+impl PeerManager {
+    /// A manager for the node `local_id`, its randomness drawn from
+    /// `seed` (a fixed seed makes every decision reproducible).
+    pub fn new(cfg: PeerManagerConfig, local_id: NodeId, seed: u64) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let netgroup_key = rng.random();
+        let unconditional = cfg.unconditional_peer_ids.iter().copied().collect();
+        PeerManager {
+            cfg,
+            local_id,
+            rng,
+            netgroup_key,
+            peers: HashMap::new(),
+            reputation: Reputation::new(),
+            ips: HashMap::new(),
+            pending: 0,
+            persistent: HashSet::new(),
+            unconditional,
+            redial: HashMap::new(),
+            next_conn: 0,
+        }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &PeerManagerConfig {
+        &self.cfg
+    }
+
+    /// Marks `id` as a persistent peer (exempt from outbound limits,
+    /// never evicted, never banned for long).
+    pub fn add_persistent(&mut self, id: NodeId) {
+        self.persistent.insert(id);
+    }
+
+    /// Whether `id` is persistent or unconditional.
+    pub fn is_protected(&self, id: &NodeId) -> bool {
+        self.persistent.contains(id) || self.unconditional.contains(id)
+    }
+
+    /// Whether `id` is unconditional (exempt from the peer limits).
+    pub fn is_unconditional(&self, id: &NodeId) -> bool {
+        self.unconditional.contains(id)
+    }
+
+    fn ip_exempt(&self, ip: IpAddr) -> bool {
+        self.cfg.per_ip_exempt_loopback && ip.is_loopback()
+    }
+
+    fn ip_state(&mut self, ip: IpAddr, now: Instant) -> &mut IpState {
+        if self.ips.len() >= MAX_TRACKED_IPS && !self.ips.contains_key(&ip) {
+            self.prune_ips(now);
+        }
+        let burst = f64::from(self.cfg.attempt_burst);
+        self.ips.entry(ip).or_insert(IpState {
+            pending: 0,
+            tokens: burst,
+            refilled: now,
+            failures: 0,
+            window_start: now,
+            cooloff_until: None,
+        })
+    }
+
+    fn prune_ips(&mut self, now: Instant) {
+        let (rate, burst) = (self.cfg.attempt_rate_per_ip, f64::from(self.cfg.attempt_burst));
+        let window = self.cfg.preauth_window;
+        self.ips.retain(|_, s| {
+            let tokens = s.tokens + now.saturating_duration_since(s.refilled).as_secs_f64() * rate;
+            s.pending > 0
+                || tokens < burst
+                || s.cooloff_until.is_some_and(|t| t > now)
+                || (s.failures > 0 && now.saturating_duration_since(s.window_start) < window)
+        });
+    }
+
+    /// Inbound peers (not being evicted) and outbound peers.
+    fn counts(&self) -> (usize, usize) {
+        let live = || self.peers.values().filter(|c| !c.evicting);
+        let inbound = live().filter(|c| c.kind == ConnKind::Inbound).count();
+        (live().count() - inbound, inbound)
+    }
+
+    /// A new inbound connection from `ip`, before any byte is read: the
+    /// IP's cool-off, its attempt rate, the pending-handshake limits and
+    /// the per-IP inbound limit. On `Ok` the handshake counts as pending
+    /// until [`PeerManager::handshake_finished`].
+    ///
+    /// # Errors
+    /// [`RejectReason::CoolingOff`], [`RejectReason::TooManyAttempts`],
+    /// [`RejectReason::TooManyHandshakes`],
+    /// [`RejectReason::TooManyFromIp`].
+    pub fn inbound_attempt(&mut self, now: Instant, ip: IpAddr) -> Result<(), RejectReason> {
+        let exempt = self.ip_exempt(ip);
+        let cfg = self.cfg.clone();
+        if self.pending >= cfg.max_pending_handshakes {
+            return Err(RejectReason::TooManyHandshakes);
+        }
+        let inbound_from_ip = self
+            .peers
+            .values()
+            .filter(|c| c.kind == ConnKind::Inbound && !c.evicting && c.ip == ip)
+            .count();
+        let s = self.ip_state(ip, now);
+        if !ip.is_loopback() && s.cooloff_until.is_some_and(|t| t > now) {
+            return Err(RejectReason::CoolingOff(ip));
+        }
+        if !exempt {
+            let dt = now.saturating_duration_since(s.refilled).as_secs_f64();
+            s.tokens = (s.tokens + dt * cfg.attempt_rate_per_ip).min(f64::from(cfg.attempt_burst));
+            s.refilled = now;
+            if s.tokens < 1.0 {
+                return Err(RejectReason::TooManyAttempts(ip));
+            }
+            s.tokens -= 1.0;
+            if s.pending >= cfg.max_pending_handshakes_per_ip {
+                return Err(RejectReason::TooManyHandshakes);
+            }
+            if cfg.max_inbound_per_ip != 0 && inbound_from_ip >= cfg.max_inbound_per_ip {
+                return Err(RejectReason::TooManyFromIp(ip));
+            }
+        }
+        s.pending += 1;
+        self.pending += 1;
+        Ok(())
+    }
+
+    /// The handshake of an inbound connection from `ip` ended (admitted,
+    /// refused or failed). A failure that is the peer's fault before it
+    /// was authenticated counts toward the IP's cool-off: after
+    /// `preauth_failures` within `preauth_window` the IP is refused for
+    /// `ip_cooloff` (never loopback).
+    pub fn handshake_finished(&mut self, now: Instant, ip: IpAddr, failure: Option<Fault>) {
+        let cfg = self.cfg.clone();
+        self.pending = self.pending.saturating_sub(1);
+        let s = self.ip_state(ip, now);
+        s.pending = s.pending.saturating_sub(1);
+        if failure != Some(Fault::Peer) || ip.is_loopback() {
+            return;
+        }
+        if now.saturating_duration_since(s.window_start) >= cfg.preauth_window {
+            s.window_start = now;
+            s.failures = 0;
+        }
+        s.failures += 1;
+        if s.failures >= cfg.preauth_failures {
+            s.cooloff_until = Some(now + cfg.ip_cooloff);
+            s.failures = 0;
+            s.window_start = now;
+        }
+    }
+
+    /// Whether we may dial `id` now: not banned, not connected, and for a
+    /// regular dial, room among outbound peers.
+    ///
+    /// # Errors
+    /// [`RejectReason::Banned`], [`RejectReason::Duplicate`],
+    /// [`RejectReason::OutboundFull`].
+    pub fn check_dial(
+        &self,
+        now: Instant,
+        id: Option<NodeId>,
+        kind: ConnKind,
+    ) -> Result<(), RejectReason> {
+        if let Some(id) = id {
+            if self.reputation.banned_until(&id, now).is_some() {
+                return Err(RejectReason::Banned(id));
+            }
+            if self.peers.contains_key(&id) {
+                return Err(RejectReason::Duplicate(id));
+            }
+            if self.is_unconditional(&id) {
+                return Ok(());
+            }
+        }
+        if kind == ConnKind::Outbound && self.counts().0 >= self.cfg.max_outbound {
+            return Err(RejectReason::OutboundFull);
+        }
+        Ok(())
+    }
+
+    /// Whether `id`, authenticated, may be admitted at all (not banned):
+    /// checked right after the handshake, before the application's filter.
+    ///
+    /// # Errors
+    /// [`RejectReason::Banned`].
+    pub fn check_banned(&self, now: Instant, id: &NodeId) -> Result<(), RejectReason> {
+        match self.reputation.banned_until(id, now) {
+            Some(_) => Err(RejectReason::Banned(*id)),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether a connection of `direction` to `id` is the one kept when
+    /// both sides dial each other: the one dialed by the lower id.
+    fn preferred(&self, id: &NodeId, direction: Direction) -> bool {
+        (direction == Direction::Outbound) == (self.local_id < *id)
+    }
+
+    /// An authenticated connection asks to join the peer set.
+    pub fn admit(&mut self, now: Instant, id: NodeId, ip: IpAddr, kind: ConnKind) -> Admission {
+        if let Err(e) = self.check_banned(now, &id) {
+            return Admission::Refuse(e);
+        }
+        if let Some(old) = self.peers.get(&id) {
+            let new_preferred = self.preferred(&id, kind.direction());
+            let old_preferred = self.preferred(&id, old.kind.direction());
+            return if new_preferred && !old_preferred {
+                Admission::Replace
+            } else {
+                Admission::Refuse(RejectReason::Duplicate(id))
+            };
+        }
+        let unconditional = self.is_unconditional(&id);
+        let group = netgroup(ip);
+        let group_limited = !is_local_group(ip) && !unconditional;
+        let (outbound, inbound) = self.counts();
+        let same_group = |kind_of: &dyn Fn(ConnKind) -> bool| {
+            self.peers
+                .values()
+                .filter(|c| !c.evicting && kind_of(c.kind) && c.group == group)
+                .count()
+        };
+        let mut victim = None;
+        match kind {
+            ConnKind::Inbound => {
+                let exempt = self.ip_exempt(ip) || unconditional;
+                let from_ip = self
+                    .peers
+                    .values()
+                    .filter(|c| c.kind == ConnKind::Inbound && !c.evicting && c.ip == ip)
+                    .count();
+                if !exempt
+                    && self.cfg.max_inbound_per_ip != 0
+                    && from_ip >= self.cfg.max_inbound_per_ip
+                {
+                    return Admission::Refuse(RejectReason::TooManyFromIp(ip));
+                }
+                let limit = self.cfg.max_inbound_per_netgroup;
+                if group_limited && limit != 0 && same_group(&|k| k == ConnKind::Inbound) >= limit {
+                    return Admission::Refuse(RejectReason::TooManyFromNetgroup(ip));
+                }
+                if !unconditional && inbound >= self.cfg.max_inbound {
+                    match self.select_victim() {
+                        Some(v) => victim = Some(v),
+                        None => return Admission::Refuse(RejectReason::InboundFull),
+                    }
+                }
+            }
+            ConnKind::Outbound => {
+                if !unconditional && outbound >= self.cfg.max_outbound {
+                    return Admission::Refuse(RejectReason::OutboundFull);
+                }
+                let limit = self.cfg.max_outbound_per_netgroup;
+                if group_limited
+                    && limit != 0
+                    && !self.persistent.contains(&id)
+                    && same_group(&|k| k != ConnKind::Inbound) >= limit
+                {
+                    return Admission::Refuse(RejectReason::TooManyFromNetgroup(ip));
+                }
+            }
+            ConnKind::Persistent | ConnKind::Feeler => {}
+        }
+        if kind == ConnKind::Persistent {
+            self.persistent.insert(id);
+            self.redial.remove(&id);
+        }
+        self.next_conn += 1;
+        let conn = ConnId(self.next_conn);
+        self.peers.insert(
+            id,
+            Connected {
+                conn,
+                kind,
+                ip,
+                group,
+                connected_at: now,
+                min_ping: None,
+                last_block: None,
+                last_tx: None,
+                evicting: false,
+            },
+        );
+        match victim {
+            Some(v) => {
+                if let Some(c) = self.peers.get_mut(&v) {
+                    c.evicting = true;
+                }
+                Admission::Evict { conn, victim: v }
+            }
+            None => Admission::Accept(conn),
+        }
+    }
+
+    fn keyed_netgroup(&self, group: &[u8]) -> u64 {
+        let h = Sha256::new().chain_update(self.netgroup_key).chain_update(group).finalize();
+        u64::from_be_bytes(h[..8].try_into().expect("8 bytes"))
+    }
+
+    /// The inbound peer to evict for a newcomer, if any is evictable.
+    fn select_victim(&self) -> Option<NodeId> {
+        let candidates = self
+            .peers
+            .iter()
+            .filter(|(id, c)| c.kind == ConnKind::Inbound && !c.evicting && !self.is_protected(id))
+            .map(|(id, c)| EvictionCandidate {
+                id: *id,
+                connected_at: c.connected_at,
+                min_ping: c.min_ping,
+                last_block: c.last_block,
+                last_tx: c.last_tx,
+                keyed_netgroup: self.keyed_netgroup(&c.group),
+                netgroup: c.group.clone(),
+            })
+            .collect();
+        select_to_evict(candidates, &self.cfg)
+    }
+
+    /// The connection `conn` of `id` has ended (an event about an older
+    /// connection of the same id is ignored).
+    pub fn disconnected(&mut self, id: &NodeId, conn: ConnId) {
+        if self.peers.get(id).is_some_and(|c| c.conn == conn) {
+            self.peers.remove(id);
+        }
+    }
+
+    /// `id` misbehaved: its score grows by the kind's weight, and the
+    /// verdict says whether to disconnect and for how long it is banned.
+    pub fn misbehaved(&mut self, now: Instant, id: NodeId, kind: Misbehavior) -> Verdict {
+        let protected = self.is_protected(&id);
+        self.reputation.report(&self.cfg, id, kind, protected, now)
+    }
+
+    /// Bans `id` for `dur` (an application decision; never shortens a ban
+    /// in force).
+    pub fn ban(&mut self, now: Instant, id: NodeId, dur: Duration) {
+        self.reputation.ban(&self.cfg, id, dur, now);
+    }
+
+    /// `id` relayed a block new to us (protects it from eviction).
+    pub fn novel_block(&mut self, now: Instant, id: &NodeId) {
+        if let Some(c) = self.peers.get_mut(id) {
+            c.last_block = Some(now);
+        }
+    }
+
+    /// `id` relayed a transaction new to us (protects it from eviction).
+    pub fn novel_tx(&mut self, now: Instant, id: &NodeId) {
+        if let Some(c) = self.peers.get_mut(id) {
+            c.last_tx = Some(now);
+        }
+    }
+
+    /// A round trip measured to `id`.
+    pub fn ping(&mut self, id: &NodeId, rtt: Duration) {
+        if let Some(c) = self.peers.get_mut(id) {
+            c.min_ping = Some(c.min_ping.map_or(rtt, |m| m.min(rtt)));
+        }
+    }
+
+    /// `id`'s score and ban now.
+    pub fn standing(&self, now: Instant, id: &NodeId) -> PeerStanding {
+        PeerStanding {
+            score: self.reputation.score(&self.cfg, id, now),
+            banned_for: self.reputation.banned_until(id, now).map(|t| t - now),
+        }
+    }
+
+    /// The delay before the next redial of persistent peer `id`: starts at
+    /// `redial_initial`, doubles per call up to `redial_max`, plus up to
+    /// 25 % jitter; [`PeerManager::admit`] of a persistent connection
+    /// resets it.
+    pub fn redial_delay(&mut self, id: &NodeId) -> Duration {
+        let cur = *self.redial.get(id).unwrap_or(&self.cfg.redial_initial);
+        self.redial.insert(*id, (cur * 2).min(self.cfg.redial_max));
+        cur + cur.mul_f64(self.rng.random::<f64>() * 0.25)
+    }
+
+    /// Housekeeping: forgets spent reputations and idle IP state.
+    pub fn tick(&mut self, now: Instant) {
+        self.reputation.prune(&self.cfg, now);
+        self.prune_ips(now);
+    }
+
+    /// Every identity's reputation in saved form, as of `now` and unix time
+    /// `wall` seconds.
+    pub fn snapshot(&self, now: Instant, wall: u64) -> Vec<ReputationRecord> {
+        self.reputation.snapshot(&self.cfg, now, wall)
+    }
+
+    /// Takes back saved reputations (the wall time since they were saved
+    /// decays the scores and runs down the bans).
+    pub fn restore(&mut self, now: Instant, wall: u64, records: &[ReputationRecord]) {
+        self.reputation.restore(&self.cfg, records, now, wall);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,171 @@
+//! [`Peer`] (one authenticated MConnection with its NodeInfo, direction
+//! and kind) and the [`PeerSet`] of connected peers (CometBFT's
+//! `p2p/peer.go` and `peer_set.go`).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+
+use super::manager::{ConnId, ConnKind};
+use super::metrics::{ChannelLabel, SwitchMetrics};
+use super::StopReason;
+use crate::key::NodeId;
+use crate::mconn::{ConnectionStats, MConnection, SendError};
+use crate::node_info::NodeInfo;
+
+/// Which side opened the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// We dialed.
+    Outbound,
+    /// They dialed.
+    Inbound,
+}
+
+pub(super) struct PeerInner {
+    pub(super) info: NodeInfo,
+    pub(super) kind: ConnKind,
+    /// Set once the peer manager admits the connection.
+    pub(super) conn_id: std::sync::OnceLock<ConnId>,
+    pub(super) socket_addr: SocketAddr,
+    pub(super) conn: MConnection,
+    pub(super) connected_at: Instant,
+    /// Milliseconds since `connected_at` of the last message received.
+    pub(super) last_msg_ms: AtomicU64,
+    pub(super) stop_reason: Mutex<Option<StopReason>>,
+    pub(super) metrics: SwitchMetrics,
+}
+
+/// A connected peer: its NodeInfo, direction and connection. Cheap to
+/// clone.
+#[derive(Clone)]
+pub struct Peer(pub(super) Arc<PeerInner>);
+
+impl std::fmt::Debug for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peer")
+            .field("id", &self.id())
+            .field("addr", &self.0.socket_addr)
+            .field("kind", &self.0.kind)
+            .finish()
+    }
+}
+
+impl Peer {
+    /// The peer's authenticated id.
+    pub fn id(&self) -> NodeId {
+        self.0.info.node_id
+    }
+    /// What the peer said about itself.
+    pub fn node_info(&self) -> &NodeInfo {
+        &self.0.info
+    }
+    /// Who dialed.
+    pub fn direction(&self) -> Direction {
+        self.0.kind.direction()
+    }
+    /// The peer manager's id of this connection (`ConnId(0)` before it
+    /// was admitted).
+    pub fn conn_id(&self) -> ConnId {
+        self.0.conn_id.get().copied().unwrap_or(ConnId(0))
+    }
+    /// What kind of connection: inbound, outbound, persistent or feeler.
+    pub fn kind(&self) -> ConnKind {
+        self.0.kind
+    }
+    /// Whether we dialed.
+    pub fn is_outbound(&self) -> bool {
+        self.direction() == Direction::Outbound
+    }
+    /// Whether the switch redials this peer.
+    pub fn is_persistent(&self) -> bool {
+        self.0.kind == ConnKind::Persistent
+    }
+    /// The remote socket address (for inbound peers an ephemeral port).
+    pub fn socket_addr(&self) -> SocketAddr {
+        self.0.socket_addr
+    }
+    /// How long the peer has been connected.
+    pub fn uptime(&self) -> Duration {
+        self.0.connected_at.elapsed()
+    }
+    /// Connection statistics (bytes and messages per channel, RTT).
+    pub fn stats(&self) -> ConnectionStats {
+        self.0.conn.stats()
+    }
+    /// Sends raw bytes on a channel, waiting for room up to `send_timeout`.
+    ///
+    /// # Errors
+    /// [`SendError`].
+    pub async fn send(&self, channel: u8, msg: impl Into<Bytes>) -> Result<(), SendError> {
+        let msg = msg.into();
+        let len = msg.len() as u64;
+        self.0.conn.send(channel, msg).await?;
+        self.count_sent(channel, len);
+        Ok(())
+    }
+
+    fn count_sent(&self, channel: u8, len: u64) {
+        let l = ChannelLabel::of(channel);
+        self.0.metrics.bytes_sent.get_or_create(&l).inc_by(len);
+        self.0.metrics.messages_sent.get_or_create(&l).inc();
+    }
+    /// Encodes and sends a protobuf message on a channel.
+    ///
+    /// # Errors
+    /// [`SendError`].
+    pub async fn send_msg<M: prost::Message>(&self, channel: u8, msg: &M) -> Result<(), SendError> {
+        self.send(channel, msg.encode_to_vec()).await
+    }
+    /// Queues raw bytes if there is room now; `false` otherwise.
+    pub fn try_send(&self, channel: u8, msg: impl Into<Bytes>) -> bool {
+        let msg = msg.into();
+        let len = msg.len() as u64;
+        let ok = self.0.conn.try_send(channel, msg).is_ok();
+        if ok {
+            self.count_sent(channel, len);
+        }
+        ok
+    }
+}
+
+/// The connected peers, by id.
+#[derive(Default)]
+pub struct PeerSet {
+    pub(super) peers: HashMap<NodeId, Peer>,
+}
+
+impl PeerSet {
+    /// Number of peers.
+    pub fn len(&self) -> usize {
+        self.peers.len()
+    }
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.peers.is_empty()
+    }
+    /// The peer with this id.
+    pub fn get(&self, id: &NodeId) -> Option<&Peer> {
+        self.peers.get(id)
+    }
+    /// Peers of a direction.
+    pub fn count(&self, dir: Direction) -> usize {
+        self.peers.values().filter(|p| p.direction() == dir).count()
+    }
+    /// Inbound peers from this IP.
+    pub fn inbound_from(&self, ip: IpAddr) -> usize {
+        self.peers
+            .values()
+            .filter(|p| p.direction() == Direction::Inbound && p.socket_addr().ip() == ip)
+            .count()
+    }
+    /// All peers.
+    pub fn iter(&self) -> impl Iterator<Item = &Peer> {
+        self.peers.values()
+    }
+}

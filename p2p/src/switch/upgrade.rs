@@ -1,0 +1,272 @@
+//! The upgrade of a raw stream into a [`Peer`]: the secret handshake, the
+//! NodeInfo exchange and the checks, in order (CometBFT's
+//! `p2p/transport.go` upgrade), each failure a typed [`RejectReason`] that
+//! says whose fault it is.
+//!
+//! 1. the secret handshake, whose deadline `handshake_timeout` also
+//!    covers the NodeInfo exchange; the dialed id matches the
+//!    authenticated id;
+//! 2. the authenticated id is not banned (checked before our NodeInfo
+//!    is sent, so a banned peer sees the connection close right after the
+//!    handshake);
+//! 3. the peer's NodeInfo is valid;
+//! 4. the NodeInfo id equals the authenticated id;
+//! 5. not ourselves;
+//! 6. compatible: same network and block protocol, a shared channel;
+//! 7. the application filter by NodeInfo (within `filter_timeout`).
+//!
+//! Admission to the peer set (limits, duplicates, eviction) follows in
+//! [`super::PeerManager::admit`]. An error after step 1 that is the peer's
+//! fault is scored against the authenticated id; one before it counts
+//! against the IP (see [`super::PeerManager::handshake_finished`]).
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use super::manager::ConnKind;
+use super::peer::{Peer, PeerInner};
+use super::{BoxStream, Switch};
+use crate::fault::{Fault, Misbehavior};
+use crate::key::NodeId;
+use crate::mconn::{ChannelDescriptor, ChannelReceiver, MConnection};
+use crate::node_info::{self, NodeInfoError};
+use crate::secret::{SecretConfig, SecretConnection, SecretError};
+
+/// Why a connection was refused. Seen by the dialer and in the log, and
+/// counted by [`RejectReason::label`]; [`RejectReason::fault`] says whose
+/// fault it is.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RejectReason {
+    /// The transport could not connect (or timed out).
+    #[error("dial failed: {0}")]
+    Dial(io::Error),
+    /// The address did not resolve.
+    #[error("{0}")]
+    Resolve(String),
+    /// The identity is banned (for misbehaving toward us).
+    #[error("banned (id {0})")]
+    Banned(NodeId),
+    /// The IP failed too many handshakes lately and is refused for
+    /// `ip_cooloff` before the handshake.
+    #[error("cooling off ({0} failed too many handshakes)")]
+    CoolingOff(IpAddr),
+    /// The IP connects faster than `attempt_rate_per_ip`.
+    #[error("too many connection attempts from {0}")]
+    TooManyAttempts(IpAddr),
+    /// Already connected to this id.
+    #[error("duplicate connection to {0}")]
+    Duplicate(NodeId),
+    /// Too many inbound connections from this IP.
+    #[error("too many connections from {0}")]
+    TooManyFromIp(IpAddr),
+    /// Too many connections in this IP's netgroup.
+    #[error("too many connections in the netgroup of {0}")]
+    TooManyFromNetgroup(IpAddr),
+    /// The application filter refused the address or id.
+    #[error("filtered: {0}")]
+    Filtered(String),
+    /// The application filter did not answer within `filter_timeout`.
+    #[error("filter timed out")]
+    FilterTimeout,
+    /// The secret handshake failed (including a dialed id mismatch,
+    /// [`SecretError::WrongPeer`]).
+    #[error("secret handshake: {0}")]
+    Handshake(SecretError),
+    /// The NodeInfo exchange failed or the NodeInfo is invalid.
+    #[error("node info: {0}")]
+    NodeInfo(NodeInfoError),
+    /// The NodeInfo names another id than the handshake proved.
+    #[error("node info id {claimed} differs from authenticated id {actual}")]
+    NodeInfoIdMismatch {
+        /// Id in the NodeInfo.
+        claimed: NodeId,
+        /// Id proved by the handshake.
+        actual: NodeId,
+    },
+    /// We connected to ourselves.
+    #[error("connected to ourselves")]
+    SelfConnection,
+    /// Another network, block protocol, or no shared channel.
+    #[error("incompatible: {0}")]
+    Incompatible(String),
+    /// `max_inbound` reached and no inbound peer could be evicted.
+    #[error("inbound peer limit reached")]
+    InboundFull,
+    /// `max_outbound` reached.
+    #[error("outbound peer limit reached")]
+    OutboundFull,
+    /// `max_pending_handshakes` (in total or from this IP) inbound
+    /// handshakes already running.
+    #[error("too many handshakes in progress")]
+    TooManyHandshakes,
+    /// The switch is stopping.
+    #[error("switch stopped")]
+    Stopped,
+}
+
+impl RejectReason {
+    /// A short label for metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            RejectReason::Dial(_) => "dial",
+            RejectReason::Resolve(_) => "resolve",
+            RejectReason::Banned(_) => "banned",
+            RejectReason::CoolingOff(_) => "cooling_off",
+            RejectReason::TooManyAttempts(_) => "too_many_attempts",
+            RejectReason::Duplicate(_) => "duplicate",
+            RejectReason::TooManyFromIp(_) => "too_many_from_ip",
+            RejectReason::TooManyFromNetgroup(_) => "too_many_from_netgroup",
+            RejectReason::Filtered(_) => "filtered",
+            RejectReason::FilterTimeout => "filter_timeout",
+            RejectReason::Handshake(_) => "handshake",
+            RejectReason::NodeInfo(_) => "node_info",
+            RejectReason::NodeInfoIdMismatch { .. } => "node_info_id",
+            RejectReason::SelfConnection => "self",
+            RejectReason::Incompatible(_) => "incompatible",
+            RejectReason::InboundFull => "inbound_full",
+            RejectReason::OutboundFull => "outbound_full",
+            RejectReason::TooManyHandshakes => "too_many_handshakes",
+            RejectReason::Stopped => "stopped",
+        }
+    }
+
+    /// Whose fault the refusal is. A dial or resolve failure is I/O; a
+    /// broken handshake or NodeInfo is the peer's; an incompatible peer is
+    /// nobody's; bans, limits, filters and stopping are our decisions.
+    pub fn fault(&self) -> Fault {
+        match self {
+            RejectReason::Dial(_) | RejectReason::Resolve(_) => Fault::Io,
+            RejectReason::Handshake(e) => e.fault(),
+            RejectReason::NodeInfo(e) => e.fault(),
+            RejectReason::NodeInfoIdMismatch { .. } => Fault::Peer,
+            RejectReason::Incompatible(_) | RejectReason::SelfConnection => Fault::Incompatible,
+            RejectReason::Banned(_)
+            | RejectReason::CoolingOff(_)
+            | RejectReason::TooManyAttempts(_)
+            | RejectReason::Duplicate(_)
+            | RejectReason::TooManyFromIp(_)
+            | RejectReason::TooManyFromNetgroup(_)
+            | RejectReason::Filtered(_)
+            | RejectReason::FilterTimeout
+            | RejectReason::InboundFull
+            | RejectReason::OutboundFull
+            | RejectReason::TooManyHandshakes
+            | RejectReason::Stopped => Fault::Local,
+        }
+    }
+}
+
+/// How an upgrade starts: who dialed, and which id the dialer expects.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Upgrade {
+    /// Kind of connection (sets the direction and the limits that apply).
+    pub kind: ConnKind,
+    /// The id the dialed address named (outbound only).
+    pub expected: Option<NodeId>,
+}
+
+impl Switch {
+    /// Runs steps 1-7 on `stream` from/to `remote` and admits the peer.
+    /// A peer fault after the handshake is scored against the
+    /// authenticated id.
+    pub(super) async fn upgrade(
+        &self,
+        stream: BoxStream,
+        remote: SocketAddr,
+        up: Upgrade,
+    ) -> Result<Peer, RejectReason> {
+        let (peer, receivers) = {
+            let (conn, deadline) = self.handshake(stream, up).await?;
+            let actual = conn.remote_id();
+            match self.check_authenticated(conn, deadline, remote, up).await {
+                Ok(x) => x,
+                Err(e) => {
+                    let kind = match &e {
+                        RejectReason::NodeInfo(ni) => ni.misbehavior(),
+                        RejectReason::NodeInfoIdMismatch { .. } => {
+                            Some(Misbehavior::MalformedMessage)
+                        }
+                        _ => None,
+                    };
+                    if let Some(kind) = kind {
+                        self.score_id(actual, kind, &e.to_string());
+                    }
+                    return Err(e);
+                }
+            }
+        };
+        self.admit(&peer).await?;
+        self.run_peer(peer.clone(), receivers).await;
+        Ok(peer)
+    }
+
+    /// Step 1: the secret handshake.
+    async fn handshake(
+        &self,
+        stream: BoxStream,
+        up: Upgrade,
+    ) -> Result<(SecretConnection<BoxStream>, tokio::time::Instant), RejectReason> {
+        let cfg = &self.0.config;
+        let secret_cfg =
+            SecretConfig { handshake_timeout: cfg.handshake_timeout, ..cfg.secret.clone() };
+        let deadline = tokio::time::Instant::now() + cfg.handshake_timeout;
+        let conn = match up.kind {
+            ConnKind::Inbound => SecretConnection::accept(stream, &self.0.key, &secret_cfg).await,
+            _ => SecretConnection::connect(stream, &self.0.key, up.expected, &secret_cfg).await,
+        }
+        .map_err(RejectReason::Handshake)?;
+        Ok((conn, deadline))
+    }
+
+    /// Steps 2-7, and the MConnection over the channels both sides serve.
+    async fn check_authenticated(
+        &self,
+        mut conn: SecretConnection<BoxStream>,
+        deadline: tokio::time::Instant,
+        remote: SocketAddr,
+        up: Upgrade,
+    ) -> Result<(Peer, Vec<ChannelReceiver>), RejectReason> {
+        let cfg = &self.0.config;
+        self.0.manager.lock().check_banned(super::std_now(), &conn.remote_id())?;
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let ours = self.node_info();
+        let info =
+            node_info::exchange(&mut conn, &ours, left).await.map_err(RejectReason::NodeInfo)?;
+        let actual = conn.remote_id();
+        if info.node_id != actual {
+            return Err(RejectReason::NodeInfoIdMismatch { claimed: info.node_id, actual });
+        }
+        if actual == self.node_id() {
+            return Err(RejectReason::SelfConnection);
+        }
+        ours.compatible_with(&info).map_err(RejectReason::Incompatible)?;
+        if let Some(f) = &self.0.id_filter {
+            tokio::time::timeout(cfg.filter_timeout, f(info.clone()))
+                .await
+                .map_err(|_| RejectReason::FilterTimeout)?
+                .map_err(RejectReason::Filtered)?;
+        }
+        // Only channels both sides serve are opened.
+        let chans: Vec<ChannelDescriptor> =
+            self.0.channels.iter().filter(|d| info.channels.contains(&d.id)).cloned().collect();
+        let (mconn, receivers) = MConnection::new(conn, &chans, cfg.mconn.clone())
+            .map_err(|e| RejectReason::Incompatible(e.to_string()))?;
+        let peer = Peer(Arc::new(PeerInner {
+            info,
+            kind: up.kind,
+            conn_id: std::sync::OnceLock::new(),
+            socket_addr: remote,
+            conn: mconn,
+            connected_at: super::std_now(),
+            last_msg_ms: AtomicU64::new(0),
+            stop_reason: Mutex::new(None),
+            metrics: self.0.metrics.clone(),
+        }));
+        Ok((peer, receivers))
+    }
+}
