@@ -653,6 +653,28 @@ mod tests {
     }
 
     #[test]
+    fn peer_manager_settings_reach_the_switch_config() {
+        let d = NodeConfig::default().p2p.peer_manager();
+        let lib = PeerManagerConfig::default();
+        assert_eq!(d.ban_threshold, lib.ban_threshold);
+        assert_eq!(d.score_half_life, lib.score_half_life);
+        assert_eq!(d.evict_protect_ping, lib.evict_protect_ping);
+        let text = "[p2p]\nmax_inbound = 7\nmax_inbound_per_netgroup = 3\nban_threshold = 60\n\
+                    score_half_life_s = 90\nban_max_s = 120\nevict_protect_ping = 2\n\
+                    ip_cooloff_s = 4\n";
+        let c: NodeConfig = toml::from_str(text).unwrap();
+        let m = c.p2p.peer_manager();
+        assert_eq!((m.max_inbound, m.max_inbound_per_netgroup, m.ban_threshold), (7, 3, 60));
+        assert_eq!(m.score_half_life, Duration::from_secs(90));
+        assert_eq!((m.ban_max, m.ip_cooloff), (Duration::from_secs(120), Duration::from_secs(4)));
+        assert_eq!(m.evict_protect_ping, 2);
+        let mut bad = NodeConfig::default();
+        bad.p2p.evict_protect_uptime_percent = 101;
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(e.contains("p2p.evict_protect_uptime_percent"), "{e}");
+    }
+
+    #[test]
     fn unknown_fields_are_refused_with_their_name() {
         let e = toml::from_str::<NodeConfig>("[p2p]\nprot = 1\n").unwrap_err();
         assert!(e.to_string().contains("prot"), "{e}");

@@ -328,3 +328,27 @@ fn select_reaches_every_tried_entry() {
     }
     assert_eq!(seen.len(), 4, "{seen:?}");
 }
+
+#[test]
+fn reputations_are_saved_with_the_book() {
+    use plexus_p2p::switch::ReputationRecord;
+    let mut b = AddrBook::new(AddrBookConfig::default(), rng(1));
+    b.add(&na(1, [1, 2, 3, 4]), src([5, 6, 7, 8]), NOW, 1, NOW).unwrap();
+    let rec = ReputationRecord {
+        id: na(9, [9, 9, 9, 9]).id,
+        score: 50.0,
+        ban_left_s: 7,
+        bans: 1,
+        since_ban_s: None,
+        saved_at: NOW,
+    };
+    b.set_reputation(vec![rec.clone()]);
+    let back = AddrBook::from_json(AddrBookConfig::default(), &b.to_json(), rng(2)).unwrap();
+    assert_eq!(back.reputation(), &[rec]);
+    assert_eq!(back.len(), 1);
+    // A file from before reputations were saved still loads.
+    let mut old: serde_json::Value = serde_json::from_str(&b.to_json()).unwrap();
+    old.as_object_mut().unwrap().remove("reputation");
+    let back = AddrBook::from_json(AddrBookConfig::default(), &old.to_string(), rng(3)).unwrap();
+    assert!(back.reputation().is_empty());
+}
