@@ -110,6 +110,13 @@ pub enum NodeInfoError {
     /// The NodeInfo breaks a rule of [`NodeInfo::validate`].
     #[error("invalid node info: {0}")]
     Invalid(String),
+    /// A field this release does not know (a node type or capability id
+    /// from a newer release): incompatible, not misbehaviour.
+    #[error("unsupported node info: {0}")]
+    Unsupported(String),
+    /// Our own NodeInfo encodes to more than 10 KiB (our configuration).
+    #[error("our node info is {0} bytes, more than 10 KiB")]
+    OursTooLarge(usize),
 }
 
 impl NodeInfoError {
@@ -120,6 +127,8 @@ impl NodeInfoError {
             NodeInfoError::Secret(e) => e.fault(),
             NodeInfoError::Timeout(_) => Fault::Io,
             NodeInfoError::Malformed(_) | NodeInfoError::Invalid(_) => Fault::Peer,
+            NodeInfoError::Unsupported(_) => Fault::Incompatible,
+            NodeInfoError::OursTooLarge(_) => Fault::Local,
         }
     }
 
@@ -130,7 +139,9 @@ impl NodeInfoError {
             NodeInfoError::Malformed(_) | NodeInfoError::Invalid(_) => {
                 Some(Misbehavior::MalformedMessage)
             }
-            NodeInfoError::Timeout(_) => None,
+            NodeInfoError::Timeout(_)
+            | NodeInfoError::Unsupported(_)
+            | NodeInfoError::OursTooLarge(_) => None,
         }
     }
 }
@@ -264,13 +275,15 @@ impl NodeInfo {
             channels: p.channels.to_vec(),
             moniker: p.moniker,
             node_type: NodeType::from_pb(p.node_type)
-                .ok_or_else(|| bad(format!("node_type {}", p.node_type)))?,
+                .ok_or_else(|| NodeInfoError::Unsupported(format!("node_type {}", p.node_type)))?,
             capabilities: p
                 .capabilities
                 .into_iter()
                 .map(|c| {
                     Ok((
-                        u16::try_from(c.id).map_err(|_| bad(format!("capability id {}", c.id)))?,
+                        u16::try_from(c.id).map_err(|_| {
+                            NodeInfoError::Unsupported(format!("capability id {}", c.id))
+                        })?,
                         c.value,
                     ))
                 })
@@ -295,7 +308,7 @@ pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     tokio::time::timeout(timeout, async {
         let bytes = ours.to_proto().encode_length_delimited_to_vec();
         if bytes.len() > MAX_NODE_INFO_SIZE {
-            return Err(NodeInfoError::Invalid(format!("our node info is {} bytes", bytes.len())));
+            return Err(NodeInfoError::OursTooLarge(bytes.len()));
         }
         conn.send_frame(&bytes).await?;
         let frame = conn.recv_frame().await?;

@@ -138,8 +138,23 @@ pub struct PeerManager {
     next_conn: u64,
 }
 
-/// Above this many tracked IPs, idle ones are pruned at once.
+/// Above this many tracked IPs, idle ones are pruned at once; if that is not
+/// enough, every IP without a pending handshake is forgotten, so the table
+/// stays within this plus `max_pending_handshakes`.
 const MAX_TRACKED_IPS: usize = 65_536;
+
+/// The key of an address for the per-IP rules: the canonical IP (an
+/// IPv4-mapped IPv6 address is its IPv4 address), and for IPv6 its /64,
+/// the block one host or one customer usually holds.
+fn ip_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) if !v6.is_loopback() => {
+            let s = v6.segments();
+            IpAddr::from([s[0], s[1], s[2], s[3], 0, 0, 0, 0])
+        }
+        other => other,
+    }
+}
 
 impl PeerManager {
     /// A manager for the node `local_id`, its randomness drawn from
@@ -186,12 +201,15 @@ impl PeerManager {
     }
 
     fn ip_exempt(&self, ip: IpAddr) -> bool {
-        self.cfg.per_ip_exempt_loopback && ip.is_loopback()
+        self.cfg.per_ip_exempt_loopback && ip.to_canonical().is_loopback()
     }
 
     fn ip_state(&mut self, ip: IpAddr, now: Instant) -> &mut IpState {
         if self.ips.len() >= MAX_TRACKED_IPS && !self.ips.contains_key(&ip) {
             self.prune_ips(now);
+            if self.ips.len() >= MAX_TRACKED_IPS {
+                self.ips.retain(|_, s| s.pending > 0);
+            }
         }
         let burst = f64::from(self.cfg.attempt_burst);
         self.ips.entry(ip).or_insert(IpState {
@@ -216,11 +234,22 @@ impl PeerManager {
         });
     }
 
-    /// Inbound peers (not being evicted) and outbound peers.
+    /// Peers that count against `max_outbound` and `max_inbound`: not being
+    /// evicted, not unconditional, and for outbound neither persistent nor
+    /// feelers (they are exempt, so they take no regular slot either).
     fn counts(&self) -> (usize, usize) {
-        let live = || self.peers.values().filter(|c| !c.evicting);
-        let inbound = live().filter(|c| c.kind == ConnKind::Inbound).count();
-        (live().count() - inbound, inbound)
+        let mut counts = (0, 0);
+        for (id, c) in &self.peers {
+            if c.evicting || self.unconditional.contains(id) {
+                continue;
+            }
+            match c.kind {
+                ConnKind::Inbound => counts.1 += 1,
+                ConnKind::Outbound => counts.0 += 1,
+                ConnKind::Persistent | ConnKind::Feeler => {}
+            }
+        }
+        counts
     }
 
     /// A new inbound connection from `ip`, before any byte is read: the
@@ -233,7 +262,9 @@ impl PeerManager {
     /// [`RejectReason::TooManyHandshakes`],
     /// [`RejectReason::TooManyFromIp`].
     pub fn inbound_attempt(&mut self, now: Instant, ip: IpAddr) -> Result<(), RejectReason> {
+        let ip = ip.to_canonical();
         let exempt = self.ip_exempt(ip);
+        let key = ip_key(ip);
         let cfg = self.cfg.clone();
         if self.pending >= cfg.max_pending_handshakes {
             return Err(RejectReason::TooManyHandshakes);
@@ -243,8 +274,8 @@ impl PeerManager {
             .values()
             .filter(|c| c.kind == ConnKind::Inbound && !c.evicting && c.ip == ip)
             .count();
-        let s = self.ip_state(ip, now);
-        if !ip.is_loopback() && s.cooloff_until.is_some_and(|t| t > now) {
+        let s = self.ip_state(key, now);
+        if !key.is_loopback() && s.cooloff_until.is_some_and(|t| t > now) {
             return Err(RejectReason::CoolingOff(ip));
         }
         if !exempt {
@@ -274,10 +305,11 @@ impl PeerManager {
     /// `ip_cooloff` (never loopback).
     pub fn handshake_finished(&mut self, now: Instant, ip: IpAddr, failure: Option<Fault>) {
         let cfg = self.cfg.clone();
+        let key = ip_key(ip);
         self.pending = self.pending.saturating_sub(1);
-        let s = self.ip_state(ip, now);
+        let s = self.ip_state(key, now);
         s.pending = s.pending.saturating_sub(1);
-        if failure != Some(Fault::Peer) || ip.is_loopback() {
+        if failure != Some(Fault::Peer) || key.is_loopback() {
             return;
         }
         if now.saturating_duration_since(s.window_start) >= cfg.preauth_window {
@@ -341,71 +373,35 @@ impl PeerManager {
 
     /// An authenticated connection asks to join the peer set.
     pub fn admit(&mut self, now: Instant, id: NodeId, ip: IpAddr, kind: ConnKind) -> Admission {
+        let ip = ip.to_canonical();
         if let Err(e) = self.check_banned(now, &id) {
             return Admission::Refuse(e);
         }
         if let Some(old) = self.peers.get(&id) {
             let new_preferred = self.preferred(&id, kind.direction());
             let old_preferred = self.preferred(&id, old.kind.direction());
-            return if new_preferred && !old_preferred {
-                Admission::Replace
-            } else {
-                Admission::Refuse(RejectReason::Duplicate(id))
+            if !new_preferred || old_preferred {
+                return Admission::Refuse(RejectReason::Duplicate(id));
+            }
+            // The new connection takes the old one's place: replace only if
+            // the limits would admit it there, or both would be lost.
+            let old = self.peers.remove(&id).expect("present");
+            let fits = self.limits(id, ip, kind);
+            self.peers.insert(id, old);
+            return match fits {
+                Ok(_) => Admission::Replace,
+                Err(e) => Admission::Refuse(e),
             };
         }
-        let unconditional = self.is_unconditional(&id);
-        let group = netgroup(ip);
-        let group_limited = !is_local_group(ip) && !unconditional;
-        let (outbound, inbound) = self.counts();
-        let same_group = |kind_of: &dyn Fn(ConnKind) -> bool| {
-            self.peers
-                .values()
-                .filter(|c| !c.evicting && kind_of(c.kind) && c.group == group)
-                .count()
+        let victim = match self.limits(id, ip, kind) {
+            Ok(v) => v,
+            Err(e) => return Admission::Refuse(e),
         };
-        let mut victim = None;
-        match kind {
-            ConnKind::Inbound => {
-                let exempt = self.ip_exempt(ip) || unconditional;
-                let from_ip = self
-                    .peers
-                    .values()
-                    .filter(|c| c.kind == ConnKind::Inbound && !c.evicting && c.ip == ip)
-                    .count();
-                if !exempt
-                    && self.cfg.max_inbound_per_ip != 0
-                    && from_ip >= self.cfg.max_inbound_per_ip
-                {
-                    return Admission::Refuse(RejectReason::TooManyFromIp(ip));
-                }
-                let limit = self.cfg.max_inbound_per_netgroup;
-                if group_limited && limit != 0 && same_group(&|k| k == ConnKind::Inbound) >= limit {
-                    return Admission::Refuse(RejectReason::TooManyFromNetgroup(ip));
-                }
-                if !unconditional && inbound >= self.cfg.max_inbound {
-                    match self.select_victim() {
-                        Some(v) => victim = Some(v),
-                        None => return Admission::Refuse(RejectReason::InboundFull),
-                    }
-                }
-            }
-            ConnKind::Outbound => {
-                if !unconditional && outbound >= self.cfg.max_outbound {
-                    return Admission::Refuse(RejectReason::OutboundFull);
-                }
-                let limit = self.cfg.max_outbound_per_netgroup;
-                if group_limited
-                    && limit != 0
-                    && !self.persistent.contains(&id)
-                    && same_group(&|k| k != ConnKind::Inbound) >= limit
-                {
-                    return Admission::Refuse(RejectReason::TooManyFromNetgroup(ip));
-                }
-            }
-            ConnKind::Persistent | ConnKind::Feeler => {}
-        }
         if kind == ConnKind::Persistent {
             self.persistent.insert(id);
+        }
+        if self.persistent.contains(&id) {
+            // Connected, whoever dialed: the next redial starts over.
             self.redial.remove(&id);
         }
         self.next_conn += 1;
@@ -416,7 +412,7 @@ impl PeerManager {
                 conn,
                 kind,
                 ip,
-                group,
+                group: netgroup(ip),
                 connected_at: now,
                 min_ping: None,
                 last_block: None,
@@ -433,6 +429,63 @@ impl PeerManager {
             }
             None => Admission::Accept(conn),
         }
+    }
+
+    /// The limits by direction, IP and netgroup for a new connection of
+    /// `id` from/to `ip`: `Ok(Some(victim))` when inbound is full and
+    /// `victim` can make room, `Ok(None)` when there is room.
+    fn limits(
+        &self,
+        id: NodeId,
+        ip: IpAddr,
+        kind: ConnKind,
+    ) -> Result<Option<NodeId>, RejectReason> {
+        let unconditional = self.is_unconditional(&id);
+        let group = netgroup(ip);
+        let group_limited = !is_local_group(ip) && !unconditional;
+        let (outbound, inbound) = self.counts();
+        let same_group = |k: ConnKind| {
+            self.peers.values().filter(|c| !c.evicting && c.kind == k && c.group == group).count()
+        };
+        match kind {
+            ConnKind::Inbound => {
+                let exempt = self.ip_exempt(ip) || unconditional;
+                let from_ip = self
+                    .peers
+                    .values()
+                    .filter(|c| c.kind == ConnKind::Inbound && !c.evicting && c.ip == ip)
+                    .count();
+                let per_ip = self.cfg.max_inbound_per_ip;
+                if !exempt && per_ip != 0 && from_ip >= per_ip {
+                    return Err(RejectReason::TooManyFromIp(ip));
+                }
+                let limit = self.cfg.max_inbound_per_netgroup;
+                if group_limited && limit != 0 && same_group(ConnKind::Inbound) >= limit {
+                    return Err(RejectReason::TooManyFromNetgroup(ip));
+                }
+                if !unconditional && inbound >= self.cfg.max_inbound {
+                    return match self.select_victim() {
+                        Some(v) => Ok(Some(v)),
+                        None => Err(RejectReason::InboundFull),
+                    };
+                }
+            }
+            ConnKind::Outbound => {
+                if !unconditional && outbound >= self.cfg.max_outbound {
+                    return Err(RejectReason::OutboundFull);
+                }
+                let limit = self.cfg.max_outbound_per_netgroup;
+                if group_limited
+                    && limit != 0
+                    && !self.persistent.contains(&id)
+                    && same_group(ConnKind::Outbound) >= limit
+                {
+                    return Err(RejectReason::TooManyFromNetgroup(ip));
+                }
+            }
+            ConnKind::Persistent | ConnKind::Feeler => {}
+        }
+        Ok(None)
     }
 
     fn keyed_netgroup(&self, group: &[u8]) -> u64 {

@@ -752,7 +752,11 @@ impl Switch {
             let sw = self.clone();
             tokio::spawn(async move {
                 if let Err(e) = sw.accept_one(stream, remote).await {
-                    pending.failure = Some(e.fault());
+                    // Only a failure before authentication counts against
+                    // the IP; later ones were scored against the NodeId.
+                    if matches!(e, RejectReason::Handshake(_)) {
+                        pending.failure = Some(e.fault());
+                    }
                     sw.record_reject(Direction::Inbound, &e);
                     tracing::debug!(%remote, reason = %e, "inbound connection refused");
                 }

@@ -23,6 +23,8 @@ struct Entry {
     bans: u32,
     /// When the last ban ended (or ends).
     last_ban_end: Option<Instant>,
+    /// Length of the last ban the score earned (a repeat doubles it).
+    last_ban_len: Duration,
 }
 
 /// The outcome of a reported misbehaviour.
@@ -52,6 +54,9 @@ pub struct ReputationRecord {
     /// banned or still banned).
     #[serde(default)]
     pub since_ban_s: Option<u64>,
+    /// Length of the last ban the score earned, seconds.
+    #[serde(default)]
+    pub last_ban_s: u64,
     /// Unix time of the snapshot, seconds.
     pub saved_at: u64,
 }
@@ -98,6 +103,7 @@ impl Reputation {
             banned_until: None,
             bans: 0,
             last_ban_end: None,
+            last_ban_len: Duration::ZERO,
         });
         e.score = Self::decayed(cfg, e, now);
         e.updated = now;
@@ -133,15 +139,20 @@ impl Reputation {
     ) -> Verdict {
         let threshold = f64::from(cfg.ban_threshold);
         let e = self.entry(cfg, id, now);
+        if e.banned_until.is_some_and(|t| t > now) {
+            // Already banned (its last messages still arriving): the ban is
+            // the penalty; piling up points would make the first offence
+            // after it a foregone ban.
+            return Verdict { score: e.score, disconnect: true, ban: None };
+        }
         e.score += f64::from(kind.weight());
         if protected {
             e.score = e.score.min(threshold);
         }
-        let already_banned = e.banned_until.is_some_and(|t| t > now);
         let mut ban = None;
         // Compared rounded: the decay between two quick reports (50 is
         // 49.9999 a moment later) is no reprieve.
-        if e.score.round() >= threshold && !already_banned {
+        if e.score.round() >= threshold {
             let first = match kind.class() {
                 BanClass::Protocol => cfg.ban_protocol_error,
                 BanClass::RateLimit => cfg.ban_rate_limit,
@@ -153,13 +164,17 @@ impl Reputation {
             if !repeat {
                 e.bans = 0;
             }
+            // A repeat doubles the last ban whatever the class of this
+            // offence (a consensus ban and then a protocol error is not a
+            // shorter ban); a first ban is the class's.
             let dur = if protected {
                 first.min(cfg.protected_ban_max)
             } else {
-                let doubled = first.saturating_mul(1u32 << e.bans.min(20));
+                let base = if e.bans == 0 { first } else { first.max(e.last_ban_len * 2) };
                 e.bans = e.bans.saturating_add(1);
-                doubled.min(cfg.ban_max.max(first))
+                base.min(cfg.ban_max.max(first))
             };
+            e.last_ban_len = dur;
             let until = now.checked_add(dur).unwrap_or(now);
             e.banned_until = Some(until);
             e.last_ban_end = Some(until);
@@ -178,7 +193,7 @@ impl Reputation {
         let until = now.checked_add(dur).unwrap_or(now + Duration::from_secs(100 * 365 * 86_400));
         let until = e.banned_until.map_or(until, |t| t.max(until));
         e.banned_until = Some(until);
-        e.last_ban_end = Some(until);
+        e.last_ban_end = Some(e.last_ban_end.map_or(until, |t| t.max(until)));
     }
 
     /// Forgets entries that carry nothing any more (score under 1, no ban
@@ -216,6 +231,7 @@ impl Reputation {
                     ban_left_s: ban_left.as_secs() + u64::from(ban_left.subsec_nanos() > 0),
                     bans: e.bans,
                     since_ban_s: since_ban,
+                    last_ban_s: e.last_ban_len.as_secs(),
                     saved_at: wall,
                 }
             })
@@ -238,25 +254,37 @@ impl Reputation {
             if !r.score.is_finite() || r.score < 0.0 {
                 continue;
             }
-            let away = Duration::from_secs(wall.saturating_sub(r.saved_at));
+            // Values from disk are clamped to what this node could have
+            // written, so an edited or corrupt file cannot overflow a clock.
+            let longest = cfg.ban_max.max(cfg.ban_consensus_error).max(Duration::from_secs(1));
+            let window = cfg.ban_repeat_window + Duration::from_secs(1);
+            let away = Duration::from_secs(wall.saturating_sub(r.saved_at)).min(window + longest);
             let score =
                 r.score * 0.5f64.powf(away.as_secs_f64() / cfg.score_half_life.as_secs_f64());
-            let ban_left = Duration::from_secs(r.ban_left_s).saturating_sub(away);
+            let saved_left = Duration::from_secs(r.ban_left_s).min(longest);
+            let ban_left = saved_left.saturating_sub(away);
             let banned_until = (!ban_left.is_zero()).then(|| now + ban_left);
+            let ago = |d: Duration| now.checked_sub(d.min(window + longest));
             let last_ban_end = match (banned_until, r.since_ban_s) {
                 (Some(t), _) => Some(t),
-                (None, Some(s)) => now.checked_sub(Duration::from_secs(s) + away),
-                (None, None) if r.ban_left_s > 0 => {
-                    now.checked_sub(away - Duration::from_secs(r.ban_left_s))
-                }
+                (None, Some(s)) => ago(Duration::from_secs(s).min(window) + away),
+                (None, None) if !saved_left.is_zero() => ago(away - saved_left),
                 (None, None) => None,
             };
             if self.entries.len() >= cfg.reputation_capacity {
                 self.shrink(cfg, now);
             }
+            let last_ban_len = Duration::from_secs(r.last_ban_s).min(longest);
             self.entries.insert(
                 r.id,
-                Entry { score, updated: now, banned_until, bans: r.bans, last_ban_end },
+                Entry {
+                    score,
+                    updated: now,
+                    banned_until,
+                    bans: r.bans,
+                    last_ban_end,
+                    last_ban_len,
+                },
             );
         }
     }

@@ -15,10 +15,44 @@ use super::{now_ms, StopReason, Switch, SwitchEvent};
 use crate::fault::Misbehavior;
 use crate::mconn::ChannelReceiver;
 
+/// Takes an admitted peer back out of the manager and the peer set if the
+/// task setting it up ends before its removal task exists (a reactor's
+/// `add_peer` panicked, or the task was aborted): the id is never left
+/// admitted with nobody to remove it.
+struct Admitted {
+    sw: Switch,
+    peer: Option<Peer>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if let Some(peer) = self.peer.take() {
+            peer.0.conn.stop();
+            self.sw.forget(&peer);
+        }
+    }
+}
+
 impl Switch {
+    /// Removes `peer` from the manager and the peer set (if it is still
+    /// the one there) and wakes those waiting for a peer to leave.
+    fn forget(&self, peer: &Peer) {
+        {
+            let mut manager = self.0.manager.lock();
+            manager.disconnected(&peer.id(), peer.conn_id());
+            let mut set = self.0.peers.lock();
+            if set.get(&peer.id()).is_some_and(|p| Arc::ptr_eq(&p.0, &peer.0)) {
+                set.peers.remove(&peer.id());
+            }
+        }
+        self.0.metrics.peers.get_or_create(&DirLabel { direction: peer.direction().into() }).dec();
+        self.0.peer_left.notify_waiters();
+    }
+
     /// Notifies reactors, starts one task per channel, and a task that
     /// waits for the end of the connection.
     pub(super) async fn run_peer(&self, peer: Peer, receivers: Vec<ChannelReceiver>) {
+        let mut admitted = Admitted { sw: self.clone(), peer: Some(peer.clone()) };
         let span = tracing::info_span!("peer", id = %peer.id(), addr = %peer.socket_addr(), dir = ?peer.direction());
         for r in &self.0.reactors {
             r.add_peer(&peer).await;
@@ -87,23 +121,13 @@ impl Switch {
                     }
                     last.insert(peer.id(), reason.clone());
                 }
-                {
-                    let mut manager = sw.0.manager.lock();
-                    manager.disconnected(&peer.id(), peer.conn_id());
-                    let mut set = sw.0.peers.lock();
-                    if set.get(&peer.id()).is_some_and(|p| Arc::ptr_eq(&p.0, &peer.0)) {
-                        set.peers.remove(&peer.id());
-                    }
-                }
-                sw.0.metrics
-                    .peers
-                    .get_or_create(&DirLabel { direction: peer.direction().into() })
-                    .dec();
+                sw.forget(&peer);
                 tracing::info!(%reason, "peer removed");
-                sw.0.peer_left.notify_waiters();
                 sw.emit(SwitchEvent::PeerRemoved { id: peer.id(), reason });
             }
             .instrument(span),
         );
+        // The removal task owns the peer's end from here.
+        admitted.peer = None;
     }
 }

@@ -187,6 +187,9 @@ struct PeerState {
     status: Option<PeerChain>,
     /// The `GetBlocks` in flight: when it was sent and its `max_blocks`.
     request: Option<(tokio::time::Instant, u32)>,
+    /// The last request timed out: one late answer to it is dropped
+    /// without blame (slowness is not misbehaviour).
+    expired: Option<u32>,
     known: BoundedSet,
 }
 
@@ -343,7 +346,7 @@ impl ConsensusReactor {
         for (id, st) in self.peers.lock().iter_mut() {
             if st.request.is_some_and(|(t, _)| now.duration_since(t) >= timeout) {
                 tracing::debug!(peer = %id, "GetBlocks timed out");
-                st.request = None;
+                st.expired = st.request.take().map(|(_, max)| max);
             }
             if let Some(s) = &st.status {
                 claims.push((*id, s.height, s.weight));
@@ -471,6 +474,7 @@ impl ConsensusReactor {
                 return;
             }
             st.request = Some((tokio::time::Instant::now(), max));
+            st.expired = None;
         }
         let locator =
             self.importer.chain.lock().locator().iter().map(|h| h.0.to_vec().into()).collect();
@@ -710,6 +714,7 @@ impl Reactor for ConsensusReactor {
         let st = PeerState {
             status: None,
             request: None,
+            expired: None,
             known: BoundedSet::new(self.cfg.max_known_per_peer),
         };
         self.peers.lock().insert(peer.id(), st);
@@ -796,9 +801,15 @@ impl Reactor for ConsensusReactor {
                 let _ = peer.send_msg(CONSENSUS_CHANNEL, &msg).await;
             }
             Some(Sum::Blocks(list)) => {
-                let asked = self.peers.lock().get_mut(&peer.id()).and_then(|st| st.request.take());
+                let (asked, late) = match self.peers.lock().get_mut(&peer.id()) {
+                    Some(st) => (st.request.take(), st.expired.take()),
+                    None => (None, None),
+                };
                 let Some((_, max)) = asked else {
-                    sw.report(peer, Misbehavior::UnsolicitedMessage, "unsolicited Blocks").await;
+                    if late.is_none() {
+                        let why = "unsolicited Blocks";
+                        sw.report(peer, Misbehavior::UnsolicitedMessage, why).await;
+                    }
                     return;
                 };
                 if list.blocks.len() > max as usize {

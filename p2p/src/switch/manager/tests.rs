@@ -419,3 +419,121 @@ fn stale_disconnects_are_ignored() {
     m.disconnected(&id(1), new);
     m.check_dial(t0, Some(id(1)), ConnKind::Outbound).unwrap();
 }
+
+#[test]
+fn a_preferred_duplicate_replaces_only_if_it_fits_in_the_old_ones_place() {
+    let t0 = Instant::now();
+    let (lower, peer) = if id(0) < id(1) { (id(0), 1) } else { (id(1), 0) };
+    let cfg = PeerManagerConfig { max_outbound_per_netgroup: 1, ..PeerManagerConfig::default() };
+    let mut me = PeerManager::new(cfg, lower, 1);
+    // Another outbound peer fills the netgroup 5.6/16.
+    accept(&mut me, t0, 7, "5.6.0.9", ConnKind::Outbound);
+    accept(&mut me, t0, peer, "5.6.0.1", ConnKind::Inbound);
+    // Our preferred outbound to the same peer would break the netgroup
+    // limit: keep the inbound one instead of losing both.
+    assert!(matches!(
+        me.admit(t0, id(peer), ip("5.6.0.1"), ConnKind::Outbound),
+        Admission::Refuse(RejectReason::TooManyFromNetgroup(_))
+    ));
+}
+
+#[test]
+fn reports_during_a_ban_do_not_pile_up() {
+    let t0 = Instant::now();
+    let mut m = mgr(PeerManagerConfig::default());
+    assert!(m.misbehaved(t0, id(1), Misbehavior::BadBlock).ban.is_some());
+    for _ in 0..10 {
+        let v = m.misbehaved(t0, id(1), Misbehavior::BadBlock);
+        assert!(v.disconnect && v.ban.is_none());
+    }
+    assert_eq!(m.standing(t0, &id(1)).score, 50.0);
+    // After the ban, one small offence does not ban again.
+    let after = t0 + Duration::from_secs(601);
+    assert!(m.misbehaved(after, id(1), Misbehavior::InvalidTransaction).ban.is_none());
+}
+
+#[test]
+fn a_repeat_ban_doubles_the_last_one_whatever_its_class() {
+    let t0 = Instant::now();
+    let mut m = mgr(PeerManagerConfig::default());
+    assert_eq!(m.misbehaved(t0, id(1), Misbehavior::BadBlock).ban, Some(Duration::from_secs(600)));
+    let after = t0 + Duration::from_secs(601);
+    m.misbehaved(after, id(1), Misbehavior::MalformedPacket);
+    // 50 + 50: banned again, for twice the last ban, not the 10 s tier.
+    assert_eq!(
+        m.misbehaved(after, id(1), Misbehavior::MalformedPacket).ban,
+        Some(Duration::from_secs(1200))
+    );
+}
+
+#[test]
+fn restoring_absurd_records_neither_panics_nor_trusts_them() {
+    let t0 = Instant::now();
+    let cfg = PeerManagerConfig::default();
+    let r = ReputationRecord {
+        id: id(1),
+        score: 10.0,
+        ban_left_s: u64::MAX,
+        bans: u32::MAX,
+        since_ban_s: Some(u64::MAX),
+        last_ban_s: u64::MAX,
+        saved_at: 0,
+    };
+    let mut m = mgr(cfg.clone());
+    m.restore(t0, u64::MAX, std::slice::from_ref(&r));
+    m.restore(t0, 0, &[ReputationRecord { saved_at: u64::MAX, ..r.clone() }]);
+    let left = m.standing(t0, &id(1)).banned_for.unwrap();
+    assert!(left <= cfg.ban_max, "{left:?}");
+    let v = m.misbehaved(t0 + cfg.ban_max, id(1), Misbehavior::BadBlock);
+    assert!(v.ban.unwrap() <= cfg.ban_max);
+}
+
+#[test]
+fn ipv6_is_limited_per_64_and_mapped_loopback_is_loopback() {
+    let t0 = Instant::now();
+    let cfg =
+        PeerManagerConfig { max_pending_handshakes_per_ip: 2, ..PeerManagerConfig::default() };
+    let mut m = mgr(cfg);
+    m.inbound_attempt(t0, ip("2001:db8:1:2::1")).unwrap();
+    m.inbound_attempt(t0, ip("2001:db8:1:2::2")).unwrap();
+    // A third address in the same /64 shares its pending limit.
+    assert!(matches!(
+        m.inbound_attempt(t0, ip("2001:db8:1:2:ffff::3")),
+        Err(RejectReason::TooManyHandshakes)
+    ));
+    m.inbound_attempt(t0, ip("2001:db8:1:3::1")).unwrap();
+    // IPv4-mapped loopback is exempt like 127.0.0.1.
+    for _ in 0..5 {
+        m.inbound_attempt(t0, ip("::ffff:127.0.0.1")).unwrap();
+    }
+}
+
+#[test]
+fn exempt_peers_take_no_regular_slot() {
+    let t0 = Instant::now();
+    let cfg = PeerManagerConfig {
+        max_outbound: 1,
+        max_inbound: 1,
+        unconditional_peer_ids: vec![id(9)],
+        ..PeerManagerConfig::default()
+    };
+    let mut m = mgr(cfg);
+    accept(&mut m, t0, 1, "1.1.0.1", ConnKind::Persistent);
+    accept(&mut m, t0, 2, "2.2.0.1", ConnKind::Feeler);
+    accept(&mut m, t0, 9, "9.9.0.1", ConnKind::Inbound);
+    // The regular slots are still free.
+    accept(&mut m, t0, 3, "3.3.0.1", ConnKind::Outbound);
+    accept(&mut m, t0, 4, "4.4.0.1", ConnKind::Inbound);
+}
+
+#[test]
+fn a_persistent_peer_connecting_inbound_resets_its_redial_backoff() {
+    let t0 = Instant::now();
+    let mut m = mgr(PeerManagerConfig::default());
+    m.add_persistent(id(1));
+    for _ in 0..6 {
+        m.redial_delay(&id(1));
+    }
+    accept(&mut m, t0, 1, "1.2.3.4", ConnKind::Inbound);
+    assert!(m.redial_delay(&id(1)) <= Duration::from_millis(1250));
+}

@@ -340,6 +340,7 @@ fn reputations_are_saved_with_the_book() {
         ban_left_s: 7,
         bans: 1,
         since_ban_s: None,
+        last_ban_s: 7,
         saved_at: NOW,
     };
     b.set_reputation(vec![rec.clone()]);
