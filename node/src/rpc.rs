@@ -587,6 +587,8 @@ fn net_info(node: &Node) -> Value {
                 "node_type": format!("{:?}", info.node_type),
                 "outbound": p.is_outbound(),
                 "persistent": p.is_persistent(),
+                "kind": format!("{:?}", p.kind()).to_lowercase(),
+                "score": node.sw.standing(&p.id()).score,
                 "uptime_s": p.uptime().as_secs(),
                 "rtt_ms": st.last_rtt.map(|d| d.as_secs_f64() * 1000.0),
                 "send_rate": st.send_rate,

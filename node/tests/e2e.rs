@@ -41,6 +41,10 @@ fn seed_miner_and_nodes_agree_sync_and_restart() {
         })
     });
     assert!(status(&seed)["height"].as_u64().is_some());
+    // Honest neighbours on one IP (loopback) are never scored.
+    let ni = get(n2.rpc, "net_info").unwrap();
+    let peers = ni["peers"].as_array().unwrap();
+    assert!(peers.iter().all(|p| p["score"].as_f64() == Some(0.0)), "{ni}");
 
     // Stop mining; every node ends on the same tip.
     terminate(&mut miner);
