@@ -592,6 +592,7 @@ fn net_info(node: &Node) -> Value {
                 "uptime_s": p.uptime().as_secs(),
                 "rtt_ms": st.last_rtt.map(|d| d.as_secs_f64() * 1000.0),
                 "send_rate": st.send_rate,
+                "queued_bytes": st.send_queue_bytes,
                 "recv_rate": st.recv_rate,
                 "channels": channels,
             })

@@ -25,6 +25,7 @@
 //! | `BadAddresses` | 50 | protocol | yes |
 //! | `UnsolicitedMessage` | 20 | protocol | yes |
 //! | `Flood` | 50 | rate limit | yes |
+//! | `UnreadAnswers` | 50 | rate limit | yes |
 //!
 //! Ban classes set the first ban of an identity: protocol 10 s, rate limit
 //! 300 s, consensus 600 s (Chia's tiers); each later ban within the repeat
@@ -99,6 +100,9 @@ pub enum Misbehavior {
     /// Requests faster than the protocol allows (PEX requests under half
     /// the minimum interval).
     Flood,
+    /// Asks for data and does not read the answers: our send budget to it
+    /// stayed full for `send_timeout` while answering its request.
+    UnreadAnswers,
 }
 
 /// Which first ban a misbehaviour earns when it tips the score over the
@@ -116,7 +120,7 @@ pub enum BanClass {
 
 impl Misbehavior {
     /// Every kind, in table order.
-    pub const ALL: [Misbehavior; 15] = [
+    pub const ALL: [Misbehavior; 16] = [
         Misbehavior::BadBlock,
         Misbehavior::BadPow,
         Misbehavior::WeightLie,
@@ -132,6 +136,7 @@ impl Misbehavior {
         Misbehavior::BadAddresses,
         Misbehavior::UnsolicitedMessage,
         Misbehavior::Flood,
+        Misbehavior::UnreadAnswers,
     ];
 
     /// The row of the table: (weight, ban class, disconnects).
@@ -153,6 +158,7 @@ impl Misbehavior {
             Misbehavior::BadAddresses => (50, Protocol, true),
             Misbehavior::UnsolicitedMessage => (20, Protocol, true),
             Misbehavior::Flood => (50, RateLimit, true),
+            Misbehavior::UnreadAnswers => (50, RateLimit, true),
         }
     }
 
@@ -190,6 +196,7 @@ impl Misbehavior {
             Misbehavior::BadAddresses => "bad_addresses",
             Misbehavior::UnsolicitedMessage => "unsolicited_message",
             Misbehavior::Flood => "flood",
+            Misbehavior::UnreadAnswers => "unread_answers",
         }
     }
 }

@@ -166,6 +166,8 @@ pub struct MConnCore {
     ping_sent: Option<Instant>,
     last_rtt: Option<Duration>,
     min_rtt: Option<Duration>,
+    /// Bytes in all send queues.
+    queued_total: usize,
     send_limit: Option<RateLimit>,
     rate_blocked_until: Option<Instant>,
     /// PacketMsg wire bytes written and not yet acknowledged by the peer.
@@ -250,6 +252,7 @@ impl MConnCore {
             ping_sent: None,
             last_rtt: None,
             min_rtt: None,
+            queued_total: 0,
             send_limit,
             rate_blocked_until: None,
             unacked: 0,
@@ -296,7 +299,10 @@ impl MConnCore {
     ///
     /// # Errors
     /// [`PushError::UnknownChannel`]; [`PushError::Full`] (giving the
-    /// message back) when `send_queue_capacity` messages are queued.
+    /// message back) when `send_queue_capacity` messages are queued or the
+    /// message does not fit the channel's `send_queue_bytes` or the
+    /// connection's `max_send_queue_bytes` (an empty queue takes one larger
+    /// message while the connection is under its budget).
     pub fn push(&mut self, id: u8, msg: Bytes) -> Result<(), PushError> {
         let Some(i) = self.channel_index(id) else {
             return Err(PushError::UnknownChannel(id));
@@ -308,19 +314,44 @@ impl MConnCore {
         if msg.len() > max {
             return Err(PushError::TooLarge { len: msg.len(), max });
         }
-        let ch = &mut self.send[i];
-        if ch.queue.len() >= ch.desc.send_queue_capacity {
+        let ch = &self.send[i];
+        let count_ok = ch.queue.len() < ch.desc.send_queue_capacity;
+        let overshoot = ch.queue.is_empty() && self.queued_total < self.config.max_send_queue_bytes;
+        if !count_ok || (msg.len() > self.room(i) && !overshoot) {
             return Err(PushError::Full(msg));
         }
+        let ch = &mut self.send[i];
         ch.queued_bytes += msg.len();
+        self.queued_total += msg.len();
         ch.queue.push_back(msg);
         Ok(())
     }
 
     /// Whether channel `index` can take another message now.
     pub fn has_room(&self, index: usize) -> bool {
+        self.room(index) > 0
+    }
+
+    /// Bytes channel `index` has left in its budgets now (0: none): the
+    /// least of what is left of its `send_queue_bytes` and of the
+    /// connection's `max_send_queue_bytes`. A reactor builds an answer of
+    /// at most this. ([`MConnCore::push`] also takes one larger message
+    /// into an empty queue while the connection is under its budget, so
+    /// what a peer makes us hold is at most `max_send_queue_bytes` plus one
+    /// message.)
+    pub fn room(&self, index: usize) -> usize {
         let ch = &self.send[index];
-        ch.queue.len() < ch.desc.send_queue_capacity
+        if ch.queue.len() >= ch.desc.send_queue_capacity {
+            return 0;
+        }
+        let in_channel = ch.desc.send_queue_bytes.saturating_sub(ch.queued_bytes);
+        let in_connection = self.config.max_send_queue_bytes.saturating_sub(self.queued_total);
+        in_channel.min(in_connection)
+    }
+
+    /// Bytes waiting in all send queues.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_total
     }
 
     /// Channels on which a queued message finished sending since the last
@@ -451,6 +482,7 @@ impl MConnCore {
             if eof {
                 let msg = ch.queue.pop_front().expect("front exists");
                 ch.queued_bytes -= msg.len();
+                self.queued_total -= msg.len();
                 ch.offset = 0;
                 ch.msgs_sent += 1;
                 self.freed.push(i);
@@ -766,6 +798,7 @@ impl MConnCore {
             recv_rate: recv_meter.rate,
             last_rtt: self.last_rtt,
             min_rtt: self.min_rtt,
+            send_queue_bytes: self.queued_total,
             channels: self
                 .send
                 .iter()

@@ -288,6 +288,53 @@ impl MConnection {
         }
     }
 
+    /// The largest message channel `ch` takes now, bytes (0: none, or an
+    /// unknown channel): what is left of the channel's `send_queue_bytes`
+    /// and the connection's `max_send_queue_bytes`. A reactor answering a
+    /// request builds at most this much.
+    pub fn room(&self, ch: u8) -> usize {
+        let core = self.shared.core.lock();
+        core.channel_index(ch).map_or(0, |i| core.room(i))
+    }
+
+    /// Bytes waiting in all send queues of the connection.
+    pub fn queued_bytes(&self) -> usize {
+        self.shared.core.lock().queued_bytes()
+    }
+
+    /// Waits until channel `ch` has room for a message, at most
+    /// `send_timeout`.
+    ///
+    /// # Errors
+    /// [`SendError::UnknownChannel`], [`SendError::Timeout`] (the peer is
+    /// not taking what we send), [`SendError::Closed`].
+    pub async fn ready(&self, ch: u8) -> Result<(), SendError> {
+        let timeout = self.shared.core.lock().config().send_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.shared.cancel.is_cancelled() {
+                return Err(SendError::Closed);
+            }
+            let mut notified = {
+                let core = self.shared.core.lock();
+                let Some(i) = core.channel_index(ch) else {
+                    return Err(SendError::UnknownChannel(ch));
+                };
+                if core.has_room(i) {
+                    return Ok(());
+                }
+                let mut n = Box::pin(self.shared.room[i].notified());
+                n.as_mut().enable();
+                n
+            };
+            tokio::select! {
+                _ = notified.as_mut() => {}
+                _ = self.shared.cancel.cancelled() => return Err(SendError::Closed),
+                _ = tokio::time::sleep_until(deadline) => return Err(SendError::Timeout),
+            }
+        }
+    }
+
     /// Whether channel `ch` has room for a message now (`false` for an
     /// unknown channel).
     pub fn can_send(&self, ch: u8) -> bool {
@@ -423,8 +470,10 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
             let t = now();
             core.handle_timeout(t)?;
             core.fill_with_cuts(t, &mut buf, batch, &mut cuts);
-            for i in core.take_freed() {
-                shared.room[i].notify_waiters();
+            // The connection-wide budget is shared: a message freed on
+            // one channel may make room on every other.
+            if core.take_freed().count() > 0 {
+                shared.room.iter().for_each(|r| r.notify_waiters());
             }
             (core.poll_timeout(), core.is_closing() && core.is_drained(), core.stall_deadline())
         };
@@ -437,8 +486,10 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
             let mut core = shared.core.lock();
             let room = batch - buf.len();
             core.fill_with_cuts(now(), &mut buf, room, &mut cuts);
-            for i in core.take_freed() {
-                shared.room[i].notify_waiters();
+            // The connection-wide budget is shared: a message freed on
+            // one channel may make room on every other.
+            if core.take_freed().count() > 0 {
+                shared.room.iter().for_each(|r| r.notify_waiters());
             }
         }
         if !buf.is_empty() {

@@ -31,6 +31,13 @@ pub struct ChannelDescriptor {
     /// Messages that may wait in the send queue (≥ 1). `send` waits and
     /// `try_send` fails when it is full.
     pub send_queue_capacity: usize,
+    /// Bytes that may wait in the send queue (≥ 1): a message is queued
+    /// when it fits in what is left, or when the queue is empty and the
+    /// connection is under `MConnConfig::max_send_queue_bytes` (one message
+    /// of any allowed size); otherwise `send` waits and `try_send` fails.
+    /// With `MConnConfig::max_send_queue_bytes` this bounds what a peer
+    /// that reads nothing makes us hold. Default 4 MiB.
+    pub send_queue_bytes: usize,
     /// Largest message accepted from the peer, bytes. A larger one closes
     /// the connection with [`MConnError::MessageTooLarge`]. The largest
     /// capacity over all channels also caps one packet's data.
@@ -43,13 +50,14 @@ pub struct ChannelDescriptor {
 }
 
 impl ChannelDescriptor {
-    /// A descriptor with defaults: priority 1, send queue of 64 messages,
-    /// messages up to 4 MiB, receive window 8 MiB.
+    /// A descriptor with defaults: priority 1, send queue of 64 messages
+    /// and 4 MiB, messages up to 4 MiB, receive window 8 MiB.
     pub fn new(id: u8) -> Self {
         ChannelDescriptor {
             id,
             priority: 1,
             send_queue_capacity: 64,
+            send_queue_bytes: 4 << 20,
             recv_message_capacity: 4 << 20,
             recv_buffer_capacity: 8 << 20,
         }
@@ -64,6 +72,12 @@ impl ChannelDescriptor {
     /// Sets the send queue capacity, in messages.
     pub fn send_queue_capacity(mut self, n: usize) -> Self {
         self.send_queue_capacity = n;
+        self
+    }
+
+    /// Sets the send queue budget, in bytes.
+    pub fn send_queue_bytes(mut self, n: usize) -> Self {
+        self.send_queue_bytes = n;
         self
     }
 
@@ -104,6 +118,9 @@ impl ChannelDescriptor {
         }
         if self.send_queue_capacity == 0 {
             return bad("send_queue_capacity must be at least 1".into());
+        }
+        if self.send_queue_bytes == 0 {
+            return bad("send_queue_bytes must be at least 1".into());
         }
         if self.recv_buffer_capacity < self.min_window() {
             return bad(format!(
@@ -168,6 +185,12 @@ pub struct MConnConfig {
     /// fails with [`SendError::Timeout`]. Default 10 s (CometBFT's
     /// `defaultSendTimeout`).
     pub send_timeout: Duration,
+    /// Bytes that may wait in all send queues of the connection together
+    /// (≥ 1): a message is queued only when it fits in what is left (and
+    /// its channel's budget allows it), or, into an empty channel queue,
+    /// while the total is under this. So a peer that grants no credit makes
+    /// us hold at most this plus one message. Default 8 MiB.
+    pub max_send_queue_bytes: usize,
 }
 
 impl Default for MConnConfig {
@@ -183,6 +206,7 @@ impl Default for MConnConfig {
             recv_rate: 0,
             rate_burst: 0,
             send_timeout: Duration::from_secs(10),
+            max_send_queue_bytes: 8 << 20,
         }
     }
 }
@@ -202,6 +226,9 @@ impl MConnConfig {
         const DAY: Duration = Duration::from_secs(86_400);
         if self.ping_interval.is_zero() {
             return bad("ping_interval must be positive");
+        }
+        if self.max_send_queue_bytes == 0 {
+            return bad("max_send_queue_bytes must be at least 1");
         }
         if self.ping_interval > DAY || self.send_timeout > DAY {
             return bad("ping_interval and send_timeout must be at most one day");
@@ -388,6 +415,8 @@ pub struct ConnectionStats {
     pub recv_rate: u64,
     /// Round trip of the last answered ping.
     pub last_rtt: Option<Duration>,
+    /// Bytes waiting in all send queues (see `max_send_queue_bytes`).
+    pub send_queue_bytes: usize,
     /// Lowest round trip measured on this connection (the peer manager's
     /// eviction rule protects the lowest).
     pub min_rtt: Option<Duration>,

@@ -78,6 +78,9 @@ pub struct SwitchMetrics {
     pub misbehaviors: Family<ReasonLabel, Counter>,
     /// Inbound peers evicted for a newcomer.
     pub evictions: Counter,
+    /// Bytes waiting in the send queues of all peers, sampled every
+    /// `maintenance_interval`.
+    pub send_queue_bytes: Gauge,
 }
 
 impl SwitchMetrics {
@@ -102,5 +105,10 @@ impl SwitchMetrics {
         r.register("bans", "Bans imposed", self.bans.clone());
         r.register("misbehaviors", "Misbehaviour reports by kind", self.misbehaviors.clone());
         r.register("evictions", "Inbound peers evicted for a newcomer", self.evictions.clone());
+        r.register(
+            "send_queue_bytes",
+            "Bytes waiting in the send queues of all peers",
+            self.send_queue_bytes.clone(),
+        );
     }
 }

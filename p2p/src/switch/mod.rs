@@ -1006,8 +1006,9 @@ impl Switch {
     }
 
     /// Every `maintenance_interval` (and at least four times per
-    /// `idle_timeout`): feeds each peer's lowest round trip to the manager,
-    /// disconnects idle peers, and lets the manager forget spent state.
+    /// `idle_timeout`): samples the bytes queued for all peers, feeds each
+    /// peer's lowest round trip to the manager, disconnects idle peers, and
+    /// lets the manager forget spent state.
     async fn maintenance_loop(&self) {
         let idle = self.0.config.idle_timeout;
         let mut period = self.0.config.maintenance_interval;
@@ -1020,6 +1021,8 @@ impl Switch {
                 _ = self.0.cancel.cancelled() => return,
             }
             let peers = self.peers();
+            let queued: usize = peers.iter().map(Peer::queued_bytes).sum();
+            self.0.metrics.send_queue_bytes.set(queued as i64);
             {
                 let mut manager = self.0.manager.lock();
                 for p in &peers {

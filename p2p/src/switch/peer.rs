@@ -122,6 +122,27 @@ impl Peer {
     pub async fn send_msg<M: prost::Message>(&self, channel: u8, msg: &M) -> Result<(), SendError> {
         self.send(channel, msg.encode_to_vec()).await
     }
+    /// The largest message `channel` takes now, bytes (0: none): what is
+    /// left of the channel's and the connection's send budgets. Reactors
+    /// answering a request build at most this much.
+    pub fn send_room(&self, channel: u8) -> usize {
+        self.0.conn.room(channel)
+    }
+
+    /// Waits until `channel` has room, at most `send_timeout`; a peer that
+    /// does not take what it asked for meets [`SendError::Timeout`].
+    ///
+    /// # Errors
+    /// [`SendError`].
+    pub async fn ready(&self, channel: u8) -> Result<(), SendError> {
+        self.0.conn.ready(channel).await
+    }
+
+    /// Bytes waiting in all send queues to this peer.
+    pub fn queued_bytes(&self) -> usize {
+        self.0.conn.queued_bytes()
+    }
+
     /// Queues raw bytes if there is room now; `false` otherwise.
     pub fn try_send(&self, channel: u8, msg: impl Into<Bytes>) -> bool {
         let msg = msg.into();

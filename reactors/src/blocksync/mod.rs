@@ -89,6 +89,11 @@ pub struct BlockSyncConfig {
     /// How often the round loop schedules and checks timeouts when no
     /// block arrives. Default 50 ms.
     pub tick: Duration,
+    /// Bytes that may wait to be sent to one peer on this channel (the
+    /// MConnection's `send_queue_bytes`): answers to its requests are
+    /// built only as large as what is left, so a peer that asks and never
+    /// reads holds at most this. Default 2 MiB.
+    pub send_queue_bytes: usize,
 }
 
 impl Default for BlockSyncConfig {
@@ -107,6 +112,7 @@ impl Default for BlockSyncConfig {
             max_msg_bytes: 8 << 20,
             log_interval: Duration::from_secs(5),
             tick: Duration::from_millis(50),
+            send_queue_bytes: 2 << 20,
         }
     }
 }
@@ -179,6 +185,16 @@ fn header_fault(
     let moved = follow_up && matches!(e, BlockError::Unlinked);
     let kind = if moved { None } else { e.misbehavior() };
     (kind, format!("invalid header {i} of {n}: {e}"))
+}
+
+/// A send to `peer` failed while answering its request for `what`: a
+/// timeout means it does not read what it asked for (scored, dropped); a
+/// closed connection needs nothing more.
+pub(crate) async fn unread(sw: &Switch, peer: &Peer, e: plexus_p2p::mconn::SendError, what: &str) {
+    if e == plexus_p2p::mconn::SendError::Timeout {
+        let why = format!("does not read the {what} it asked for");
+        sw.report(peer, Misbehavior::UnreadAnswers, why).await;
+    }
 }
 
 fn msg(sum: Sum) -> pb::Message {
@@ -854,6 +870,53 @@ impl BlockSyncReactor {
         }
     }
 
+    /// Answers a `BlockRequest`, building only what the peer's send budget
+    /// takes: wait for room (at most `send_timeout`), read blocks in order
+    /// until they fill the room (at least one), send them, repeat. A peer
+    /// that leaves the budget full that long does not read what it asked
+    /// for ([`Misbehavior::UnreadAnswers`]).
+    async fn serve_blocks(&self, sw: &Switch, peer: &Peer, hashes: Vec<Hash>) {
+        let mut rest = hashes;
+        while !rest.is_empty() {
+            if let Err(e) = peer.ready(BLOCKSYNC_CHANNEL).await {
+                return unread(sw, peer, e, "blocks").await;
+            }
+            let room = peer.send_room(BLOCKSYNC_CHANNEL);
+            let chain = self.chain().clone();
+            let todo = std::mem::take(&mut rest);
+            let read = tokio::task::spawn_blocking(move || {
+                let c = chain.lock();
+                let (mut found, mut bytes) = (Vec::new(), 0usize);
+                let mut it = todo.into_iter();
+                for h in it.by_ref() {
+                    let block = c.block_encoded(&h).ok().flatten();
+                    bytes += block.as_ref().map_or(40, |b| b.len());
+                    found.push((h, block));
+                    if bytes >= room {
+                        break;
+                    }
+                }
+                (found, it.collect::<Vec<_>>())
+            })
+            .await;
+            let Ok((found, left)) = read else { return };
+            rest = left;
+            for (hash, block) in found {
+                let bytes = match block {
+                    // Stored bytes go out as they are (no decode).
+                    Some(b) => encoded_block_response(b),
+                    None => msg(Sum::NoBlockResponse(pb::NoBlockResponse {
+                        hash: hash.0.to_vec().into(),
+                    }))
+                    .encode_to_vec(),
+                };
+                if let Err(e) = peer.send(BLOCKSYNC_CHANNEL, bytes).await {
+                    return unread(sw, peer, e, "blocks").await;
+                }
+            }
+        }
+    }
+
     /// Reports a peer that refused a block it claimed to have.
     async fn report_refusal(&self, sw: &Switch, peer: &Peer, e: PoolError) {
         sw.report(peer, Misbehavior::WithheldData, e.to_string()).await;
@@ -911,6 +974,7 @@ impl Reactor for BlockSyncReactor {
         vec![ChannelDescriptor::new(BLOCKSYNC_CHANNEL)
             .priority(2)
             .send_queue_capacity(256)
+            .send_queue_bytes(self.cfg.send_queue_bytes)
             .recv_message_capacity(self.cfg.max_msg_bytes)]
     }
 
@@ -966,7 +1030,9 @@ impl Reactor for BlockSyncReactor {
                 let headers = self.chain().lock().main_headers_after(&locator, &stop, max);
                 let headers = headers.iter().map(Header::to_proto).collect();
                 let reply = msg(Sum::HeadersResponse(pb::HeadersResponse { headers }));
-                let _ = peer.send_msg(BLOCKSYNC_CHANNEL, &reply).await;
+                if let Err(e) = peer.send_msg(BLOCKSYNC_CHANNEL, &reply).await {
+                    unread(sw, peer, e, "headers").await;
+                }
             }
             Some(Sum::HeadersResponse(resp)) => {
                 let waiter =
@@ -1014,29 +1080,7 @@ impl Reactor for BlockSyncReactor {
                     sw.report(peer, Misbehavior::MalformedMessage, "block hash not 32 bytes").await;
                     return;
                 };
-                let chain = self.chain().clone();
-                let found = tokio::task::spawn_blocking(move || {
-                    let c = chain.lock();
-                    hashes
-                        .into_iter()
-                        .map(|h| (h, c.block_encoded(&h).ok().flatten()))
-                        .collect::<Vec<_>>()
-                })
-                .await
-                .unwrap_or_default();
-                for (hash, block) in found {
-                    let bytes = match block {
-                        // Stored bytes go out as they are (no decode).
-                        Some(b) => encoded_block_response(b),
-                        None => msg(Sum::NoBlockResponse(pb::NoBlockResponse {
-                            hash: hash.0.to_vec().into(),
-                        }))
-                        .encode_to_vec(),
-                    };
-                    if peer.send(BLOCKSYNC_CHANNEL, bytes).await.is_err() {
-                        return;
-                    }
-                }
+                self.serve_blocks(sw, peer, hashes).await;
             }
             Some(Sum::BlockResponse(resp)) => {
                 let block = match resp.block.map(Block::from_proto) {

@@ -58,6 +58,11 @@ pub struct ConsensusConfig {
     pub request_timeout: Duration,
     /// Per-peer memory of blocks it has sent or been sent. Default 1,024.
     pub max_known_per_peer: usize,
+    /// Bytes that may wait to be sent to one peer on this channel (the
+    /// MConnection's `send_queue_bytes`): answers to its requests are
+    /// built only as large as what is left, so a peer that asks and never
+    /// reads holds at most this. Default 1 MiB.
+    pub send_queue_bytes: usize,
     /// Main-chain changes buffered for each [`ConsensusReactor::subscribe`]
     /// receiver; one that falls further behind is told how many it
     /// missed (`RecvError::Lagged`). Default 1,024.
@@ -85,6 +90,7 @@ impl Default for ConsensusConfig {
             max_msg_bytes: 8 << 20,
             request_timeout: Duration::from_secs(30),
             max_known_per_peer: 1024,
+            send_queue_bytes: 1 << 20,
             event_buffer: 1024,
             commit_batch: 256,
             commit_batch_bytes: 8 << 20,
@@ -707,6 +713,7 @@ impl Reactor for ConsensusReactor {
         vec![ChannelDescriptor::new(CONSENSUS_CHANNEL)
             .priority(5)
             .send_queue_capacity(64)
+            .send_queue_bytes(self.cfg.send_queue_bytes)
             .recv_message_capacity(self.cfg.max_msg_bytes)]
     }
 
@@ -776,8 +783,13 @@ impl Reactor for ConsensusReactor {
                         .await;
                     return;
                 };
+                // Build only what the peer's send budget takes now.
+                if let Err(e) = peer.ready(CONSENSUS_CHANNEL).await {
+                    return crate::blocksync::unread(sw, peer, e, "blocks").await;
+                }
                 let max = req.max_blocks.min(self.cfg.max_blocks_per_request) as usize;
-                let budget = self.cfg.max_msg_bytes.saturating_sub(1024);
+                let room = peer.send_room(CONSENSUS_CHANNEL);
+                let budget = self.cfg.max_msg_bytes.saturating_sub(1024).min(room.max(1));
                 let chain = self.importer.chain.clone();
                 let found = tokio::task::spawn_blocking(move || {
                     chain.lock().main_blocks_after(&locator, max, budget)
@@ -798,7 +810,9 @@ impl Reactor for ConsensusReactor {
                 }
                 let blocks = blocks.iter().map(Block::to_proto).collect();
                 let msg = pb::Message { sum: Some(Sum::Blocks(pb::Blocks { blocks })) };
-                let _ = peer.send_msg(CONSENSUS_CHANNEL, &msg).await;
+                if let Err(e) = peer.send_msg(CONSENSUS_CHANNEL, &msg).await {
+                    crate::blocksync::unread(sw, peer, e, "blocks").await;
+                }
             }
             Some(Sum::Blocks(list)) => {
                 let (asked, late) = match self.peers.lock().get_mut(&peer.id()) {

@@ -134,10 +134,14 @@ impl Reactor for MempoolReactor {
     type Message = pb::Message;
 
     fn channels(&self) -> Vec<ChannelDescriptor> {
-        let max = self.pool.lock().config().max_msg_bytes;
+        let (max, queue) = {
+            let pool = self.pool.lock();
+            (pool.config().max_msg_bytes, pool.config().send_queue_bytes)
+        };
         vec![ChannelDescriptor::new(MEMPOOL_CHANNEL)
             .priority(3)
             .send_queue_capacity(64)
+            .send_queue_bytes(queue)
             .recv_message_capacity(max + 16)]
     }
 

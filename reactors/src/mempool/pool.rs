@@ -21,6 +21,11 @@ pub struct MempoolConfig {
     /// transaction gossiped back after its block is not mined again.
     /// Default 100,000.
     pub max_recent_mined: usize,
+    /// Bytes that may wait to be sent to one peer on this channel (the
+    /// MConnection's `send_queue_bytes`): answers to its requests are
+    /// built only as large as what is left, so a peer that asks and never
+    /// reads holds at most this. Default 1 MiB.
+    pub send_queue_bytes: usize,
     /// Per-peer memory of transactions it has sent or been sent, so
     /// nothing goes back and forth twice. Default 10,000 ids per peer.
     pub max_seen_per_peer: usize,
@@ -39,6 +44,7 @@ impl Default for MempoolConfig {
             max_bytes: 64 << 20,
             max_tx_bytes: 64 * 1024,
             max_recent_mined: 100_000,
+            send_queue_bytes: 1 << 20,
             max_seen_per_peer: 10_000,
             max_txs_per_msg: 256,
             max_msg_bytes: 1 << 20,

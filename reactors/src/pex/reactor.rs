@@ -97,6 +97,11 @@ pub struct PexConfig {
     /// How long a peer that broke a PEX rule stays banned in the book.
     /// Default 1 h.
     pub misbehaviour_ban: Duration,
+    /// Bytes that may wait to be sent to one peer on this channel (the
+    /// MConnection's `send_queue_bytes`): answers to its requests are
+    /// built only as large as what is left, so a peer that asks and never
+    /// reads holds at most this. Default 256 KiB.
+    pub send_queue_bytes: usize,
     /// Largest per-address redial delay (the `2^attempts` s backoff is
     /// capped here). Default 1 h.
     pub max_dial_backoff: Duration,
@@ -125,6 +130,7 @@ impl Default for PexConfig {
             dns_timeout: Duration::from_secs(10),
             seed_peer_lifetime: Duration::from_secs(30),
             misbehaviour_ban: Duration::from_secs(3600),
+            send_queue_bytes: 256 << 10,
         }
     }
 }
@@ -502,6 +508,7 @@ impl Reactor for PexReactor {
         vec![ChannelDescriptor::new(PEX_CHANNEL)
             .priority(1)
             .send_queue_capacity(16)
+            .send_queue_bytes(self.cfg.send_queue_bytes)
             .recv_message_capacity(64 * 1024)]
     }
 

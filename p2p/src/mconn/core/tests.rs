@@ -145,8 +145,9 @@ fn saturated_channels_share_by_priority() {
 /// A high-priority message waits behind at most one bulk packet.
 #[test]
 fn high_priority_message_jumps_the_bulk_queue() {
-    let chans = [ch(1).priority(1).send_queue_capacity(100), ch(2).priority(10)];
-    let mut p = Pair::new(&chans, cfg());
+    let chans =
+        [ch(1).priority(1).send_queue_capacity(100).send_queue_bytes(16 << 20), ch(2).priority(10)];
+    let mut p = Pair::new(&chans, MConnConfig { max_send_queue_bytes: 16 << 20, ..cfg() });
     for _ in 0..100 {
         p.a.push(1, vec![1u8; 100_000].into()).unwrap();
     }
@@ -554,4 +555,45 @@ fn absurd_durations_and_rates_are_config_errors() {
     ] {
         assert!(matches!(MConnCore::new(&[ch(1)], bad, now), Err(MConnError::Config(_))));
     }
+}
+
+#[test]
+fn send_queues_are_bounded_in_bytes_per_channel_and_per_connection() {
+    let now = Instant::now();
+    let chans = [
+        ch(1).send_queue_bytes(10_000),
+        ch(2).send_queue_bytes(10_000),
+        ch(3).send_queue_bytes(10_000),
+    ];
+    let config = MConnConfig { max_send_queue_bytes: 25_000, ..cfg() };
+    let mut c = MConnCore::new(&chans, config, now).unwrap();
+    // An empty queue takes one message larger than its budget.
+    c.push(1, Bytes::from(vec![0; 15_000])).unwrap();
+    assert!(matches!(c.push(1, Bytes::from(vec![0; 10])), Err(PushError::Full(_))));
+    assert_eq!(c.room(0), 0);
+    // Channel 2: what is left of the connection (10,000), then its own budget.
+    assert_eq!(c.room(1), 10_000);
+    c.push(2, Bytes::from(vec![0; 6_000])).unwrap();
+    assert_eq!(c.room(1), 4_000);
+    c.push(2, Bytes::from(vec![0; 4_000])).unwrap();
+    assert_eq!(c.queued_bytes(), 25_000);
+    // The connection is full: even an empty channel takes nothing.
+    assert_eq!(c.room(2), 0);
+    assert!(matches!(c.push(3, Bytes::from(vec![0; 1])), Err(PushError::Full(_))));
+    assert_eq!(c.stats(now).send_queue_bytes, 25_000);
+}
+
+#[test]
+fn sending_gives_the_budget_back() {
+    let chans = [ch(1).send_queue_bytes(4_000)];
+    let config = MConnConfig { max_send_queue_bytes: 4_000, ..cfg() };
+    let mut p = Pair::new(&chans, config);
+    p.a.push(1, Bytes::from(vec![7; 3_000])).unwrap();
+    assert_eq!(p.a.room(0), 1_000);
+    while p.got_b.is_empty() {
+        p.step(usize::MAX);
+    }
+    assert_eq!(p.a.queued_bytes(), 0);
+    assert_eq!(p.a.room(0), 4_000);
+    assert!(p.a.take_freed().count() > 0);
 }
