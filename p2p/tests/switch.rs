@@ -1055,3 +1055,36 @@ async fn a_full_inbound_evicts_for_a_peer_from_another_netgroup() {
     assert!(victim.peer(&out.node_id()).is_some(), "outbound never evicted");
     assert_eq!(victim.num_peers(), (1, 4));
 }
+
+/// Idle connections that never start the handshake cannot keep honest
+/// peers out: 1,000 from one address are held to that IP's share, and a
+/// table filled by eight IPs gives way to newcomers from other IPs (the
+/// oldest pending handshake of the busiest IP is displaced).
+#[tokio::test]
+async fn idle_connections_cannot_keep_an_honest_peer_out() {
+    let net = MemoryTransport::new();
+    let victim = node(&net, vec![Arc::new(Probe::on(1))]).await;
+    let to = victim.listen_addr().unwrap();
+    let mut idle = Vec::new();
+    let one = net.with_ip("10.66.0.1".parse().unwrap());
+    for _ in 0..1000 {
+        if let Ok(s) = one.dial(to).await {
+            idle.push(s);
+        }
+    }
+    for i in 0..8u8 {
+        let t = net.with_ip(format!("10.67.0.{i}").parse().unwrap());
+        for _ in 0..8 {
+            idle.push(t.dial(to).await.unwrap());
+        }
+    }
+    for i in 0..10u8 {
+        let t = net.with_ip(format!("10.77.0.{i}").parse().unwrap());
+        let honest = node_with(t, config(), "test", vec![Arc::new(Probe::on(1))]).await;
+        honest.dial(&victim.net_address().unwrap()).await.expect("first attempt");
+    }
+    assert_eq!(victim.num_peers().1, 10);
+    let c = victim.counters();
+    assert!(c.rejected.get("displaced").copied().unwrap_or(0) >= 1, "{:?}", c.rejected);
+    drop(idle);
+}

@@ -17,9 +17,11 @@ pub struct SwitchConfig {
     pub listen_addr: Option<SocketAddr>,
     /// Deadline for a transport dial. Default 3 s.
     pub dial_timeout: Duration,
-    /// Deadline for the secret handshake plus the NodeInfo exchange.
+    /// Deadline for the secret (Noise) handshake, from the first byte.
     /// Default 10 s.
     pub handshake_timeout: Duration,
+    /// Deadline for the NodeInfo exchange after it. Default 10 s.
+    pub node_info_timeout: Duration,
     /// Deadline for each call of the application filters. Default 5 s.
     pub filter_timeout: Duration,
     /// A peer that sends nothing but pings and pongs for this long is
@@ -53,6 +55,7 @@ impl Default for SwitchConfig {
             listen_addr: None,
             dial_timeout: Duration::from_secs(3),
             handshake_timeout: Duration::from_secs(10),
+            node_info_timeout: Duration::from_secs(10),
             filter_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(30 * 60),
             maintenance_interval: Duration::from_secs(10),
@@ -76,6 +79,7 @@ impl SwitchConfig {
         at_most_a_year(&[
             ("dial_timeout", self.dial_timeout),
             ("handshake_timeout", self.handshake_timeout),
+            ("node_info_timeout", self.node_info_timeout),
             ("filter_timeout", self.filter_timeout),
             ("idle_timeout", self.idle_timeout),
             ("maintenance_interval", self.maintenance_interval),

@@ -112,6 +112,16 @@ struct IpState {
     cooloff_until: Option<Instant>,
 }
 
+/// A pending inbound handshake admitted by
+/// [`PeerManager::inbound_attempt`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PendingTicket {
+    /// Hand back to [`PeerManager::handshake_finished`].
+    pub id: u64,
+    /// The older pending handshake this one displaced: close it.
+    pub displaced: Option<u64>,
+}
+
 /// A peer's standing, for the RPC and tests.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PeerStanding {
@@ -131,7 +141,9 @@ pub struct PeerManager {
     peers: HashMap<NodeId, Connected>,
     reputation: Reputation,
     ips: HashMap<IpAddr, IpState>,
-    pending: usize,
+    /// Pending inbound handshakes by ticket id (oldest first) and IP key.
+    pending_list: std::collections::BTreeMap<u64, IpAddr>,
+    next_pending: u64,
     persistent: HashSet<NodeId>,
     unconditional: HashSet<NodeId>,
     redial: HashMap<NodeId, Duration>,
@@ -171,7 +183,8 @@ impl PeerManager {
             peers: HashMap::new(),
             reputation: Reputation::new(),
             ips: HashMap::new(),
-            pending: 0,
+            pending_list: std::collections::BTreeMap::new(),
+            next_pending: 0,
             persistent: HashSet::new(),
             unconditional,
             redial: HashMap::new(),
@@ -253,22 +266,27 @@ impl PeerManager {
     }
 
     /// A new inbound connection from `ip`, before any byte is read: the
-    /// IP's cool-off, its attempt rate, the pending-handshake limits and
-    /// the per-IP inbound limit. On `Ok` the handshake counts as pending
-    /// until [`PeerManager::handshake_finished`].
+    /// IP's cool-off, its attempt rate, the per-IP pending-handshake and
+    /// inbound limits, then the total of pending handshakes. When the total
+    /// is full, the newcomer displaces the oldest pending handshake of the
+    /// IP holding the most, if that IP holds more than the newcomer's; so
+    /// many idle connections from few IPs cannot keep others out. On `Ok`
+    /// the handshake counts as pending until
+    /// [`PeerManager::handshake_finished`] with its ticket's id.
     ///
     /// # Errors
     /// [`RejectReason::CoolingOff`], [`RejectReason::TooManyAttempts`],
     /// [`RejectReason::TooManyHandshakes`],
     /// [`RejectReason::TooManyFromIp`].
-    pub fn inbound_attempt(&mut self, now: Instant, ip: IpAddr) -> Result<(), RejectReason> {
+    pub fn inbound_attempt(
+        &mut self,
+        now: Instant,
+        ip: IpAddr,
+    ) -> Result<PendingTicket, RejectReason> {
         let ip = ip.to_canonical();
         let exempt = self.ip_exempt(ip);
         let key = ip_key(ip);
         let cfg = self.cfg.clone();
-        if self.pending >= cfg.max_pending_handshakes {
-            return Err(RejectReason::TooManyHandshakes);
-        }
         let inbound_from_ip = self
             .peers
             .values()
@@ -293,25 +311,56 @@ impl PeerManager {
                 return Err(RejectReason::TooManyFromIp(ip));
             }
         }
-        s.pending += 1;
-        self.pending += 1;
-        Ok(())
+        let mine = s.pending;
+        let mut displaced = None;
+        if self.pending_list.len() >= cfg.max_pending_handshakes {
+            let heaviest = self
+                .ips
+                .iter()
+                .filter(|(_, st)| st.pending > mine)
+                .max_by_key(|(k, st)| (st.pending, **k))
+                .map(|(k, _)| *k);
+            let Some(heavy) = heaviest else {
+                return Err(RejectReason::TooManyHandshakes);
+            };
+            let oldest = self.pending_list.iter().find(|(_, k)| **k == heavy).map(|(id, _)| *id);
+            let Some(oldest) = oldest else { return Err(RejectReason::TooManyHandshakes) };
+            self.release_pending(oldest);
+            displaced = Some(oldest);
+        }
+        self.next_pending += 1;
+        let id = self.next_pending;
+        self.pending_list.insert(id, key);
+        self.ip_state(key, now).pending += 1;
+        Ok(PendingTicket { id, displaced })
     }
 
-    /// The handshake of an inbound connection from `ip` ended (admitted,
-    /// refused or failed). A failure that is the peer's fault before it
-    /// was authenticated counts toward the IP's cool-off: after
-    /// `preauth_failures` within `preauth_window` the IP is refused for
-    /// `ip_cooloff` (never loopback).
-    pub fn handshake_finished(&mut self, now: Instant, ip: IpAddr, failure: Option<Fault>) {
+    /// Forgets pending handshake `id` (its counts), if still pending.
+    fn release_pending(&mut self, id: u64) -> Option<IpAddr> {
+        let key = self.pending_list.remove(&id)?;
+        if let Some(s) = self.ips.get_mut(&key) {
+            s.pending = s.pending.saturating_sub(1);
+        }
+        Some(key)
+    }
+
+    /// Pending handshakes now (for tests and metrics).
+    pub fn pending_handshakes(&self) -> usize {
+        self.pending_list.len()
+    }
+
+    /// The handshake of ticket `id` ended (admitted, refused, failed or
+    /// displaced; a displaced one was already released). A failure that is
+    /// the peer's fault before it was authenticated counts toward the IP's
+    /// cool-off: after `preauth_failures` within `preauth_window` the IP is
+    /// refused for `ip_cooloff` (never loopback).
+    pub fn handshake_finished(&mut self, now: Instant, id: u64, failure: Option<Fault>) {
         let cfg = self.cfg.clone();
-        let key = ip_key(ip);
-        self.pending = self.pending.saturating_sub(1);
-        let s = self.ip_state(key, now);
-        s.pending = s.pending.saturating_sub(1);
+        let Some(key) = self.release_pending(id) else { return };
         if failure != Some(Fault::Peer) || key.is_loopback() {
             return;
         }
+        let s = self.ip_state(key, now);
         if now.saturating_duration_since(s.window_start) >= cfg.preauth_window {
             s.window_start = now;
             s.failures = 0;

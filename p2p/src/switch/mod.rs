@@ -44,7 +44,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
 pub use config::{PeerManagerConfig, SwitchConfig};
-pub use manager::{Admission, ConnId, ConnKind, PeerManager, PeerStanding};
+pub use manager::{Admission, ConnId, ConnKind, PeerManager, PeerStanding, PendingTicket};
 pub use metrics::SwitchMetrics;
 use metrics::{DirLabel, ReasonLabel};
 pub use peer::{Direction, Peer, PeerSet};
@@ -214,6 +214,9 @@ struct Inner {
     events: tokio::sync::broadcast::Sender<SwitchEvent>,
     started: std::sync::atomic::AtomicBool,
     persistent_running: Mutex<HashSet<NodeId>>,
+    /// Cancels a pending inbound handshake the manager displaced, by
+    /// ticket id.
+    pending_cancel: Mutex<HashMap<u64, CancellationToken>>,
     /// Woken whenever a peer leaves the set.
     peer_left: tokio::sync::Notify,
 }
@@ -387,6 +390,7 @@ impl SwitchBuilder {
             peer_left: tokio::sync::Notify::new(),
             started: std::sync::atomic::AtomicBool::new(false),
             persistent_running: Mutex::new(HashSet::new()),
+            pending_cancel: Mutex::new(HashMap::new()),
         })))
     }
 }
@@ -410,13 +414,14 @@ fn unix_now() -> u64 {
 /// (whatever way the accept task ends), with the failure's fault.
 struct PendingHandshake {
     sw: Switch,
-    ip: std::net::IpAddr,
+    id: u64,
     failure: Option<Fault>,
 }
 
 impl Drop for PendingHandshake {
     fn drop(&mut self) {
-        self.sw.0.manager.lock().handshake_finished(std_now(), self.ip, self.failure);
+        self.sw.0.pending_cancel.lock().remove(&self.id);
+        self.sw.0.manager.lock().handshake_finished(std_now(), self.id, self.failure);
     }
 }
 
@@ -686,7 +691,7 @@ impl Switch {
                 .map_err(|e| RejectReason::Resolve(e.to_string()))?;
             let mut last = RejectReason::Resolve(format!("{} resolved to no address", addr.host));
             for socket in sockets {
-                let up = Upgrade { kind, expected: Some(addr.id) };
+                let up = Upgrade { kind, expected: Some(addr.id), displaced: None };
                 match self.connect_out(socket, up).await {
                     Err(e @ RejectReason::Dial(_)) => last = e,
                     other => return other,
@@ -712,7 +717,8 @@ impl Switch {
                 return Err(RejectReason::Stopped);
             }
             sw.0.manager.lock().check_dial(std_now(), None, ConnKind::Outbound)?;
-            sw.connect_out(socket, Upgrade { kind: ConnKind::Outbound, expected: None }).await
+            let up = Upgrade { kind: ConnKind::Outbound, expected: None, displaced: None };
+            sw.connect_out(socket, up).await
         })
         .await
     }
@@ -743,15 +749,25 @@ impl Switch {
                     continue;
                 }
             };
-            let admitted = self.0.manager.lock().inbound_attempt(std_now(), remote.ip());
-            if let Err(e) = admitted {
-                self.record_reject(Direction::Inbound, &e);
-                continue;
+            let ticket = match self.0.manager.lock().inbound_attempt(std_now(), remote.ip()) {
+                Ok(t) => t,
+                Err(e) => {
+                    self.record_reject(Direction::Inbound, &e);
+                    continue;
+                }
+            };
+            let token = CancellationToken::new();
+            {
+                let mut tokens = self.0.pending_cancel.lock();
+                if let Some(old) = ticket.displaced.and_then(|id| tokens.remove(&id)) {
+                    old.cancel();
+                }
+                tokens.insert(ticket.id, token.clone());
             }
-            let mut pending = PendingHandshake { sw: self.clone(), ip: remote.ip(), failure: None };
+            let mut pending = PendingHandshake { sw: self.clone(), id: ticket.id, failure: None };
             let sw = self.clone();
             tokio::spawn(async move {
-                if let Err(e) = sw.accept_one(stream, remote).await {
+                if let Err(e) = sw.accept_one(stream, remote, token).await {
                     // Only a failure before authentication counts against
                     // the IP; later ones were scored against the NodeId.
                     if matches!(e, RejectReason::Handshake(_)) {
@@ -769,9 +785,11 @@ impl Switch {
         &self,
         stream: BoxStream,
         remote: SocketAddr,
+        displaced: CancellationToken,
     ) -> Result<Peer, RejectReason> {
         self.run_addr_filter(remote).await?;
-        self.upgrade(stream, remote, Upgrade { kind: ConnKind::Inbound, expected: None }).await
+        let up = Upgrade { kind: ConnKind::Inbound, expected: None, displaced: Some(displaced) };
+        self.upgrade(stream, remote, up).await
     }
 
     async fn run_addr_filter(&self, addr: SocketAddr) -> Result<(), RejectReason> {

@@ -3,13 +3,13 @@
 //! `p2p/transport.go` upgrade), each failure a typed [`RejectReason`] that
 //! says whose fault it is.
 //!
-//! 1. the secret handshake, whose deadline `handshake_timeout` also
-//!    covers the NodeInfo exchange; the dialed id matches the
-//!    authenticated id;
+//! 1. the secret handshake within `handshake_timeout`; the dialed id
+//!    matches the authenticated id;
 //! 2. the authenticated id is not banned (checked before our NodeInfo
 //!    is sent, so a banned peer sees the connection close right after the
 //!    handshake);
-//! 3. the peer's NodeInfo is valid;
+//! 3. the NodeInfo exchange within `node_info_timeout`; the peer's
+//!    NodeInfo is valid;
 //! 4. the NodeInfo id equals the authenticated id;
 //! 5. not ourselves;
 //! 6. compatible: same network and block protocol, a shared channel;
@@ -104,6 +104,10 @@ pub enum RejectReason {
     /// handshakes already running.
     #[error("too many handshakes in progress")]
     TooManyHandshakes,
+    /// A pending inbound handshake gave its slot to a newer connection
+    /// from an IP holding fewer pending handshakes.
+    #[error("displaced by a connection from a less busy IP")]
+    Displaced,
     /// The switch is stopping.
     #[error("switch stopped")]
     Stopped,
@@ -131,6 +135,7 @@ impl RejectReason {
             RejectReason::InboundFull => "inbound_full",
             RejectReason::OutboundFull => "outbound_full",
             RejectReason::TooManyHandshakes => "too_many_handshakes",
+            RejectReason::Displaced => "displaced",
             RejectReason::Stopped => "stopped",
         }
     }
@@ -156,18 +161,22 @@ impl RejectReason {
             | RejectReason::InboundFull
             | RejectReason::OutboundFull
             | RejectReason::TooManyHandshakes
+            | RejectReason::Displaced
             | RejectReason::Stopped => Fault::Local,
         }
     }
 }
 
 /// How an upgrade starts: who dialed, and which id the dialer expects.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(super) struct Upgrade {
     /// Kind of connection (sets the direction and the limits that apply).
     pub kind: ConnKind,
     /// The id the dialed address named (outbound only).
     pub expected: Option<NodeId>,
+    /// Cancelled when a newer inbound connection displaces this pending
+    /// handshake (inbound only); checked until admission.
+    pub displaced: Option<tokio_util::sync::CancellationToken>,
 }
 
 impl Switch {
@@ -180,11 +189,12 @@ impl Switch {
         remote: SocketAddr,
         up: Upgrade,
     ) -> Result<Peer, RejectReason> {
-        let (peer, receivers) = {
-            let (conn, deadline) = self.handshake(stream, up).await?;
+        let displaced = up.displaced.clone();
+        let work = async {
+            let conn = self.handshake(stream, &up).await?;
             let actual = conn.remote_id();
-            match self.check_authenticated(conn, deadline, remote, up).await {
-                Ok(x) => x,
+            match self.check_authenticated(conn, remote, &up).await {
+                Ok(x) => Ok(x),
                 Err(e) => {
                     let kind = match &e {
                         RejectReason::NodeInfo(ni) => ni.misbehavior(),
@@ -196,47 +206,54 @@ impl Switch {
                     if let Some(kind) = kind {
                         self.score_id(actual, kind, &e.to_string());
                     }
-                    return Err(e);
+                    Err(e)
                 }
             }
+        };
+        // Until admission nothing is shared, so a displaced handshake can
+        // simply be dropped.
+        let (peer, receivers) = match displaced {
+            Some(token) => tokio::select! {
+                r = work => r?,
+                _ = token.cancelled() => return Err(RejectReason::Displaced),
+            },
+            None => work.await?,
         };
         self.admit(&peer).await?;
         self.run_peer(peer.clone(), receivers).await;
         Ok(peer)
     }
 
-    /// Step 1: the secret handshake.
+    /// Step 1: the secret handshake, within `handshake_timeout`.
     async fn handshake(
         &self,
         stream: BoxStream,
-        up: Upgrade,
-    ) -> Result<(SecretConnection<BoxStream>, tokio::time::Instant), RejectReason> {
+        up: &Upgrade,
+    ) -> Result<SecretConnection<BoxStream>, RejectReason> {
         let cfg = &self.0.config;
         let secret_cfg =
             SecretConfig { handshake_timeout: cfg.handshake_timeout, ..cfg.secret.clone() };
-        let deadline = tokio::time::Instant::now() + cfg.handshake_timeout;
         let conn = match up.kind {
             ConnKind::Inbound => SecretConnection::accept(stream, &self.0.key, &secret_cfg).await,
             _ => SecretConnection::connect(stream, &self.0.key, up.expected, &secret_cfg).await,
         }
         .map_err(RejectReason::Handshake)?;
-        Ok((conn, deadline))
+        Ok(conn)
     }
 
     /// Steps 2-7, and the MConnection over the channels both sides serve.
     async fn check_authenticated(
         &self,
         mut conn: SecretConnection<BoxStream>,
-        deadline: tokio::time::Instant,
         remote: SocketAddr,
-        up: Upgrade,
+        up: &Upgrade,
     ) -> Result<(Peer, Vec<ChannelReceiver>), RejectReason> {
         let cfg = &self.0.config;
         self.0.manager.lock().check_banned(super::std_now(), &conn.remote_id())?;
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let ours = self.node_info();
-        let info =
-            node_info::exchange(&mut conn, &ours, left).await.map_err(RejectReason::NodeInfo)?;
+        let info = node_info::exchange(&mut conn, &ours, cfg.node_info_timeout)
+            .await
+            .map_err(RejectReason::NodeInfo)?;
         let actual = conn.remote_id();
         if info.node_id != actual {
             return Err(RejectReason::NodeInfoIdMismatch { claimed: info.node_id, actual });

@@ -42,8 +42,8 @@ fn a_ban_hits_the_identity_not_its_ip() {
         Err(RejectReason::Banned(_))
     ));
     // The IP is not: a new key from it gets in, before and after the handshake.
-    m.inbound_attempt(t0, ip("1.2.3.4")).unwrap();
-    m.handshake_finished(t0, ip("1.2.3.4"), None);
+    let tk = m.inbound_attempt(t0, ip("1.2.3.4")).unwrap();
+    m.handshake_finished(t0, tk.id, None);
     accept(&mut m, t0, 2, "1.2.3.4", ConnKind::Inbound);
     // The ban runs out.
     assert!(m.standing(t0 + Duration::from_secs(601), &id(1)).banned_for.is_none());
@@ -230,8 +230,8 @@ fn loopback_is_exempt_from_ip_limits_and_never_cooled_off() {
         PeerManagerConfig { preauth_failures: 2, attempt_burst: 3, ..PeerManagerConfig::default() };
     let mut m = mgr(cfg);
     for _ in 0..50 {
-        m.inbound_attempt(t0, ip("127.0.0.1")).unwrap();
-        m.handshake_finished(t0, ip("127.0.0.1"), Some(Fault::Peer));
+        let tk = m.inbound_attempt(t0, ip("127.0.0.1")).unwrap();
+        m.handshake_finished(t0, tk.id, Some(Fault::Peer));
     }
     for n in 1..5 {
         accept(&mut m, t0, n, "127.0.0.1", ConnKind::Inbound);
@@ -246,14 +246,14 @@ fn garbage_handshakes_cool_an_ip_off_briefly() {
     let mut m = mgr(cfg);
     let bad = ip("6.6.6.6");
     for _ in 0..3 {
-        m.inbound_attempt(t0, bad).unwrap();
-        m.handshake_finished(t0, bad, Some(Fault::Peer));
+        let tk = m.inbound_attempt(t0, bad).unwrap();
+        m.handshake_finished(t0, tk.id, Some(Fault::Peer));
     }
     assert!(matches!(m.inbound_attempt(t0, bad), Err(RejectReason::CoolingOff(_))));
     // Another IP is unaffected; I/O failures do not count.
     for _ in 0..5 {
-        m.inbound_attempt(t0, ip("6.6.6.7")).unwrap();
-        m.handshake_finished(t0, ip("6.6.6.7"), Some(Fault::Io));
+        let tk = m.inbound_attempt(t0, ip("6.6.6.7")).unwrap();
+        m.handshake_finished(t0, tk.id, Some(Fault::Io));
     }
     // The cool-off is short.
     m.inbound_attempt(t0 + cool, bad).unwrap();
@@ -271,25 +271,55 @@ fn attempts_and_pending_handshakes_are_limited_per_ip_and_in_total() {
     };
     let mut m = mgr(cfg);
     let a = ip("1.1.1.1");
-    for _ in 0..3 {
-        m.inbound_attempt(t0, a).unwrap();
-    }
+    let ids: Vec<u64> = (0..3).map(|_| m.inbound_attempt(t0, a).unwrap().id).collect();
     assert!(matches!(m.inbound_attempt(t0, a), Err(RejectReason::TooManyHandshakes)));
-    for _ in 0..3 {
-        m.handshake_finished(t0, a, None);
+    for id in ids {
+        m.handshake_finished(t0, id, None);
     }
     // 5 tokens: the 4th attempt was refused but spent one; one left.
-    m.inbound_attempt(t0, a).unwrap();
-    m.handshake_finished(t0, a, None);
+    let tk = m.inbound_attempt(t0, a).unwrap();
+    m.handshake_finished(t0, tk.id, None);
     assert!(matches!(m.inbound_attempt(t0, a), Err(RejectReason::TooManyAttempts(_))));
     // Tokens come back at the rate.
-    m.inbound_attempt(t0 + Duration::from_secs(1), a).unwrap();
-    m.handshake_finished(t0, a, None);
-    // The total cap across IPs.
+    let tk = m.inbound_attempt(t0 + Duration::from_secs(1), a).unwrap();
+    m.handshake_finished(t0, tk.id, None);
+    // The total cap across IPs: a newcomer holding fewer than the busiest
+    // IP takes the oldest slot of that IP; one holding as many is refused.
     for n in 0..10 {
         m.inbound_attempt(t0, ip(&format!("2.2.2.{n}"))).unwrap();
     }
-    assert!(matches!(m.inbound_attempt(t0, ip("3.3.3.3")), Err(RejectReason::TooManyHandshakes)));
+    assert!(m.inbound_attempt(t0, ip("3.3.3.3")).unwrap().displaced.is_some());
+    assert!(matches!(m.inbound_attempt(t0, ip("2.2.2.5")), Err(RejectReason::TooManyHandshakes)));
+    assert_eq!(m.pending_handshakes(), 10);
+}
+
+#[test]
+fn a_full_handshake_table_displaces_the_oldest_of_the_busiest_ip() {
+    let t0 = Instant::now();
+    let cfg = PeerManagerConfig {
+        max_pending_handshakes: 10,
+        max_pending_handshakes_per_ip: 8,
+        ..PeerManagerConfig::default()
+    };
+    let mut m = mgr(cfg);
+    // One attacker IP holds 8 slots, another 2: the table is full.
+    let attacker: Vec<u64> =
+        (0..8).map(|_| m.inbound_attempt(t0, ip("6.6.6.6")).unwrap().id).collect();
+    let other: Vec<u64> =
+        (0..2).map(|_| m.inbound_attempt(t0, ip("7.7.7.7")).unwrap().id).collect();
+    // An honest newcomer displaces the attacker's oldest.
+    let t = m.inbound_attempt(t0, ip("1.2.3.4")).unwrap();
+    assert_eq!(t.displaced, Some(attacker[0]));
+    assert_eq!(m.pending_handshakes(), 10);
+    // The displaced one's end is a no-op; the others still count.
+    m.handshake_finished(t0, attacker[0], None);
+    assert_eq!(m.pending_handshakes(), 10);
+    // The attacker cannot displace anyone lighter than itself.
+    assert!(matches!(m.inbound_attempt(t0, ip("6.6.6.6")), Err(RejectReason::TooManyHandshakes)));
+    // A second honest IP displaces the attacker again, not 7.7.7.7.
+    let t2 = m.inbound_attempt(t0, ip("1.2.3.5")).unwrap();
+    assert_eq!(t2.displaced, Some(attacker[1]));
+    let _ = other;
 }
 
 #[test]
