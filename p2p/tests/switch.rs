@@ -1088,3 +1088,70 @@ async fn idle_connections_cannot_keep_an_honest_peer_out() {
     assert!(c.rejected.get("displaced").copied().unwrap_or(0) >= 1, "{:?}", c.rejected);
     drop(idle);
 }
+
+/// A ping flood is cut as soon as it passes the control allowance, scored
+/// as a flood; an honest peer's pings are answered on time meanwhile.
+#[tokio::test]
+async fn a_ping_flood_is_cut_and_honest_pongs_stay_on_time() {
+    use plexus_proto::p2p::{packet::Sum, Packet, PacketPing};
+    let net = MemoryTransport::new();
+    let victim = node(&net, vec![Arc::new(Probe::on(1))]).await;
+    let honest_cfg = SwitchConfig {
+        mconn: plexus_p2p::MConnConfig {
+            ping_interval: Duration::from_millis(1000),
+            pong_timeout: Duration::from_millis(800),
+            ..Default::default()
+        },
+        ..config()
+    };
+    let t = net.with_ip("10.8.0.1".parse().unwrap());
+    let honest = node_with(t, honest_cfg, "test", vec![Arc::new(Probe::on(1))]).await;
+    honest.dial(&victim.net_address().unwrap()).await.unwrap();
+    let mut events = victim.subscribe();
+
+    let key = NodeKey::generate();
+    let stream =
+        net.with_ip("10.9.0.1".parse().unwrap()).dial(victim.listen_addr().unwrap()).await.unwrap();
+    let mut conn =
+        SecretConnection::connect(stream, &key, None, &SecretConfig::default()).await.unwrap();
+    let mut info = test_info("flood");
+    info.node_id = key.node_id();
+    info.channels = vec![1];
+    node_info::exchange(&mut conn, &info, Duration::from_secs(5)).await.unwrap();
+    let ping = Packet { sum: Some(Sum::Ping(PacketPing {})) }.encode_length_delimited_to_vec();
+    let frame: Vec<u8> = ping.iter().copied().cycle().take(ping.len() * 1000).collect();
+    let mut frames = 0;
+    while conn.send_frame(&frame).await.is_ok() && frames < 10_000 {
+        frames += 1;
+    }
+    let reason = loop {
+        if let plexus_p2p::SwitchEvent::PeerRemoved { id, reason } = events.recv().await.unwrap() {
+            if id == key.node_id() {
+                break reason;
+            }
+        }
+    };
+    assert!(matches!(reason, StopReason::Misbehavior { kind: Misbehavior::Flood, .. }), "{reason}");
+    assert!(frames < 10_000, "the flood was never cut");
+    // The honest peer is still there, and its pings are answered within
+    // its 800 ms pong timeout.
+    let p = honest.peer(&victim.node_id()).expect("honest peer kept");
+    // No event reports a pong, so the round trip is polled: two more ping
+    // cycles after the flood (a late pong would have closed the peer with
+    // PongTimeout).
+    let pongs = |p: &plexus_p2p::Peer| p.stats().last_rtt;
+    let start = pongs(&p);
+    let mut seen = 0;
+    let mut last = start;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while seen < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let now = pongs(&p);
+        if now != last {
+            seen += 1;
+            last = now;
+        }
+    }
+    assert!(last.is_some_and(|rtt| rtt < Duration::from_millis(800)), "{last:?}");
+    assert!(victim.peer(&honest.node_id()).is_some());
+}

@@ -53,6 +53,9 @@ pub const PACKET_OVERHEAD: usize = 16;
 /// this, so acks always arrive before it blocks.
 pub const ACK_EVERY: u64 = 64 * 1024;
 
+/// Most control tokens the PacketMsgs we send can bank for the peer.
+pub const CONTROL_EARNED_MAX: u64 = 1 << 16;
+
 /// Single-chunk messages of at least this many bytes (64 KiB) are handed
 /// to the application as slices of the read buffer, without a copy;
 /// smaller ones are copied out so they do not pin the buffer.
@@ -168,6 +171,13 @@ pub struct MConnCore {
     min_rtt: Option<Duration>,
     /// Bytes in all send queues.
     queued_total: usize,
+    /// Control packets (ping, pong, credit, ack) and empty frames the peer
+    /// may still send: a base bucket refilled at `control_rate`, and
+    /// tokens earned by the PacketMsgs we send (each may draw one ack or
+    /// credit back).
+    control_base: f64,
+    control_earned: u64,
+    control_refilled: Instant,
     send_limit: Option<RateLimit>,
     rate_blocked_until: Option<Instant>,
     /// PacketMsg wire bytes written and not yet acknowledged by the peer.
@@ -241,6 +251,7 @@ impl MConnCore {
             })
             .collect();
         let send_limit = RateLimit::new(config.send_rate, config.rate_burst(), now);
+        let control_base = f64::from(config.control_burst);
         Ok(MConnCore {
             next_ping: now + config.ping_interval,
             config,
@@ -253,6 +264,9 @@ impl MConnCore {
             last_rtt: None,
             min_rtt: None,
             queued_total: 0,
+            control_base,
+            control_earned: 0,
+            control_refilled: now,
             send_limit,
             rate_blocked_until: None,
             unacked: 0,
@@ -473,6 +487,8 @@ impl MConnCore {
             let data = msg.slice(ch.offset..ch.offset + len);
             let before = out.len();
             encode(out, Sum::Msg(PacketMsg { channel_id: ch.desc.id as i32, eof, data }));
+            // The peer may answer this packet with an ack or a credit grant.
+            self.control_earned = (self.control_earned + 2).min(CONTROL_EARNED_MAX);
             cuts.push(out.len());
             self.unacked += (out.len() - before) as u64;
             ch.credit -= cost;
@@ -601,6 +617,11 @@ impl MConnCore {
         mut frame: Bytes,
         out: &mut Vec<Delivery>,
     ) -> Result<bool, MConnError> {
+        if frame.is_empty() {
+            // An empty frame carries nothing: it costs a control token.
+            self.take_control(now)?;
+            return Ok(self.control_owed());
+        }
         if !self.stitch.is_empty() {
             let mut stitch = std::mem::take(&mut self.stitch);
             stitch.extend_from_slice(&frame);
@@ -634,6 +655,27 @@ impl MConnCore {
         Ok(Some((prefix, len)))
     }
 
+    /// Spends one control token (earned ones first).
+    ///
+    /// # Errors
+    /// [`MConnError::ControlFlood`] when none is left.
+    fn take_control(&mut self, now: Instant) -> Result<(), MConnError> {
+        if self.control_earned > 0 {
+            self.control_earned -= 1;
+            return Ok(());
+        }
+        let rate = f64::from(self.config.control_rate);
+        let burst = f64::from(self.config.control_burst);
+        let dt = now.saturating_duration_since(self.control_refilled).as_secs_f64();
+        self.control_base = (self.control_base + dt * rate).min(burst);
+        self.control_refilled = now;
+        if self.control_base < 1.0 {
+            return Err(MConnError::ControlFlood { rate: self.config.control_rate });
+        }
+        self.control_base -= 1.0;
+        Ok(())
+    }
+
     fn control_owed(&self) -> bool {
         self.ack_owed > 0 || self.recv.iter().any(|c| c.grant > 0)
     }
@@ -649,7 +691,11 @@ impl MConnCore {
     ) -> Result<bool, MConnError> {
         self.recv_meter.add(now, wire_len);
         let packet = Packet::decode(bytes).map_err(|e| MConnError::Malformed(e.to_string()))?;
-        match packet.sum.ok_or(MConnError::EmptyPacket)? {
+        let sum = packet.sum.ok_or(MConnError::EmptyPacket)?;
+        if !matches!(sum, Sum::Msg(_)) {
+            self.take_control(now)?;
+        }
+        match sum {
             Sum::Ping(_) => {
                 self.pong_pending = true;
                 return Ok(true);

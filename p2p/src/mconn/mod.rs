@@ -191,6 +191,15 @@ pub struct MConnConfig {
     /// while the total is under this. So a peer that grants no credit makes
     /// us hold at most this plus one message. Default 8 MiB.
     pub max_send_queue_bytes: usize,
+    /// Control packets (ping, pong, credit, ack) and empty frames a peer
+    /// may send per second beyond those our own traffic earns it (each
+    /// PacketMsg we send lets it answer with two: an ack and a credit
+    /// grant). Over it, the connection closes with
+    /// [`MConnError::ControlFlood`]. Our pongs are never delayed by it.
+    /// Default 100/s.
+    pub control_rate: u32,
+    /// Depth of that bucket, packets. Default 200.
+    pub control_burst: u32,
 }
 
 impl Default for MConnConfig {
@@ -207,6 +216,8 @@ impl Default for MConnConfig {
             rate_burst: 0,
             send_timeout: Duration::from_secs(10),
             max_send_queue_bytes: 8 << 20,
+            control_rate: 100,
+            control_burst: 200,
         }
     }
 }
@@ -229,6 +240,9 @@ impl MConnConfig {
         }
         if self.max_send_queue_bytes == 0 {
             return bad("max_send_queue_bytes must be at least 1");
+        }
+        if self.control_rate == 0 || self.control_burst == 0 {
+            return bad("control_rate and control_burst must be at least 1");
         }
         if self.ping_interval > DAY || self.send_timeout > DAY {
             return bad("ping_interval and send_timeout must be at most one day");
@@ -335,6 +349,13 @@ pub enum MConnError {
     /// No pong arrived within `pong_timeout` of a ping.
     #[error("no pong within {0:?}")]
     PongTimeout(Duration),
+    /// The peer sent control packets (ping, pong, credit, ack) or empty
+    /// frames faster than `control_rate` beyond what our traffic earns.
+    #[error("control packets above {rate}/s")]
+    ControlFlood {
+        /// `control_rate`, packets/s.
+        rate: u32,
+    },
     /// Closed locally by `stop` or `flush_stop`.
     #[error("connection stopped")]
     Stopped,
@@ -353,7 +374,8 @@ impl MConnError {
             | MConnError::EmptyPacket
             | MConnError::UnknownChannel(_)
             | MConnError::MessageTooLarge { .. }
-            | MConnError::CreditExceeded { .. } => Fault::Peer,
+            | MConnError::CreditExceeded { .. }
+            | MConnError::ControlFlood { .. } => Fault::Peer,
         }
     }
 
@@ -367,6 +389,7 @@ impl MConnError {
             MConnError::Malformed(_) | MConnError::EmptyPacket => Misbehavior::MalformedPacket,
             MConnError::UnknownChannel(_) => Misbehavior::UndeclaredChannel,
             MConnError::CreditExceeded { .. } => Misbehavior::FlowControlViolation,
+            MConnError::ControlFlood { .. } => Misbehavior::Flood,
             MConnError::Config(_) | MConnError::Stopped | MConnError::PongTimeout(_) => {
                 return None
             }

@@ -597,3 +597,51 @@ fn sending_gives_the_budget_back() {
     assert_eq!(p.a.room(0), 4_000);
     assert!(p.a.take_freed().count() > 0);
 }
+
+#[test]
+fn a_control_packet_flood_closes_the_connection() {
+    let now = Instant::now();
+    let config = MConnConfig { control_rate: 100, control_burst: 200, ..cfg() };
+    let mut c = MConnCore::new(&[ch(1)], config, now).unwrap();
+    let mut out = Vec::new();
+    let ping = Packet { sum: Some(Sum::Ping(Default::default())) }.encode_length_delimited_to_vec();
+    // The burst passes (and each ping is answered: a pong is owed).
+    for _ in 0..200 {
+        c.receive(now, &mut BytesMut::from(&ping[..]), &mut out).unwrap();
+    }
+    let err = c.receive(now, &mut BytesMut::from(&ping[..]), &mut out).unwrap_err();
+    assert!(matches!(err, MConnError::ControlFlood { rate: 100 }), "{err}");
+    assert_eq!(err.misbehavior(), Some(crate::fault::Misbehavior::Flood));
+    // Empty frames count the same.
+    let mut c = MConnCore::new(&[ch(1)], MConnConfig { control_burst: 3, ..cfg() }, now).unwrap();
+    for _ in 0..3 {
+        c.receive_frame(now, Bytes::new(), &mut out).unwrap();
+    }
+    assert!(c.receive_frame(now, Bytes::new(), &mut out).is_err());
+    // The rate refills the bucket.
+    let later = now + Duration::from_secs(1);
+    c.receive_frame(later, Bytes::new(), &mut out).unwrap();
+}
+
+#[test]
+fn acks_and_credit_for_our_own_traffic_are_never_a_flood() {
+    // A tiny control allowance, and a lot of traffic both ways: every ack
+    // and grant is earned by the packets it answers.
+    let config = MConnConfig { control_rate: 1, control_burst: 8, ..cfg() };
+    let chans = [ch(1)];
+    let mut p = Pair::new(&chans, config);
+    for round in 0..200 {
+        for _ in 0..4 {
+            p.a.push(1, Bytes::from(vec![round as u8; 3000])).unwrap();
+            p.b.push(1, Bytes::from(vec![round as u8; 3000])).unwrap();
+        }
+        for _ in 0..20 {
+            p.step(usize::MAX);
+            p.consume_b();
+            let got = std::mem::take(&mut p.got_a);
+            for d in &got {
+                p.a.consumed(d.index, d.msg.len(), d.cost);
+            }
+        }
+    }
+}
