@@ -8,6 +8,7 @@ use std::time::Duration;
 use plexus_p2p::PeerManagerConfig;
 use plexus_reactors::blocksync::{BlockSyncConfig, PoolConfig};
 use plexus_reactors::consensus::ConsensusConfig;
+use plexus_reactors::mempool::MempoolConfig;
 use serde::{Deserialize, Serialize};
 
 /// The whole file.
@@ -24,6 +25,8 @@ pub struct NodeConfig {
     pub mining: MiningConfig,
     /// Block sync and block import.
     pub sync: SyncConfig,
+    /// The transaction pool.
+    pub mempool: MempoolSection,
     /// Logging.
     pub log: LogConfig,
 }
@@ -169,6 +172,48 @@ pub struct SyncConfig {
     pub commit_batch_bytes: usize,
 }
 
+/// `[mempool]`: the transaction pool
+/// (`plexus_reactors::mempool::MempoolConfig`; defaults are the library's).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MempoolSection {
+    /// Most transactions held. Default 10000.
+    pub max_txs: usize,
+    /// Most bytes of transactions held. Default 67108864 (64 MiB).
+    pub max_bytes: usize,
+    /// Most of the pool one peer's transactions may hold, percent.
+    /// Default 25.
+    pub max_peer_share_percent: u8,
+    /// Share of the pool kept for transactions submitted to this node,
+    /// percent. Default 10.
+    pub reserved_local_percent: u8,
+}
+
+impl Default for MempoolSection {
+    fn default() -> Self {
+        let d = MempoolConfig::default();
+        MempoolSection {
+            max_txs: d.max_txs,
+            max_bytes: d.max_bytes,
+            max_peer_share_percent: d.max_peer_share_percent,
+            reserved_local_percent: d.reserved_local_percent,
+        }
+    }
+}
+
+impl MempoolSection {
+    /// The pool's settings (the rest at the library's defaults).
+    pub fn config(&self) -> MempoolConfig {
+        MempoolConfig {
+            max_txs: self.max_txs,
+            max_bytes: self.max_bytes,
+            max_peer_share_percent: self.max_peer_share_percent,
+            reserved_local_percent: self.reserved_local_percent,
+            ..MempoolConfig::default()
+        }
+    }
+}
+
 /// `[log]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -188,6 +233,7 @@ impl Default for NodeConfig {
             rpc: RpcConfig::default(),
             mining: MiningConfig::default(),
             sync: SyncConfig::default(),
+            mempool: MempoolSection::default(),
             log: LogConfig::default(),
         }
     }
@@ -418,6 +464,16 @@ impl NodeConfig {
             (self.sync.apply_batch >= 1, "sync.apply_batch must be at least 1"),
             (self.sync.commit_batch >= 1, "sync.commit_batch must be at least 1"),
             (self.sync.commit_batch_bytes >= 1, "sync.commit_batch_bytes must be at least 1"),
+            (self.mempool.max_txs >= 1, "mempool.max_txs must be at least 1"),
+            (self.mempool.max_bytes >= 65_536, "mempool.max_bytes must be at least 65536"),
+            (
+                (1..=100).contains(&self.mempool.max_peer_share_percent),
+                "mempool.max_peer_share_percent must be 1 to 100",
+            ),
+            (
+                self.mempool.reserved_local_percent < 100,
+                "mempool.reserved_local_percent must be below 100",
+            ),
             (
                 matches!(self.log.format.as_str(), "text" | "json"),
                 "log.format must be text or json",
@@ -547,6 +603,16 @@ commit_batch = {commit_batch}
 # Most block bytes in one SQLite transaction (default 8388608).
 commit_batch_bytes = {commit_bytes}
 
+[mempool]
+# Most transactions held (default 10000).
+max_txs = {mp_txs}
+# Most bytes of transactions held (default 67108864).
+max_bytes = {mp_bytes}
+# Most of the pool one peer's transactions may hold, percent (default 25).
+max_peer_share_percent = {mp_share}
+# Share of the pool kept for transactions submitted to this node, percent (default 10).
+reserved_local_percent = {mp_local}
+
 [log]
 # RUST_LOG-style filter; the RUST_LOG environment variable wins (default "info").
 filter = {filter}
@@ -602,6 +668,10 @@ format = {format}
             apply_batch = self.sync.apply_batch,
             commit_batch = self.sync.commit_batch,
             commit_bytes = self.sync.commit_batch_bytes,
+            mp_txs = self.mempool.max_txs,
+            mp_bytes = self.mempool.max_bytes,
+            mp_share = self.mempool.max_peer_share_percent,
+            mp_local = self.mempool.reserved_local_percent,
             filter = q(&self.log.filter),
             format = q(&self.log.format),
         )
@@ -672,6 +742,18 @@ mod tests {
         bad.p2p.evict_protect_uptime_percent = 101;
         let e = bad.validate().unwrap_err().to_string();
         assert!(e.contains("p2p.evict_protect_uptime_percent"), "{e}");
+    }
+
+    #[test]
+    fn mempool_settings_reach_the_pool() {
+        let c: NodeConfig =
+            toml::from_str("[mempool]\nmax_txs = 50\nmax_peer_share_percent = 5\n").unwrap();
+        let m = c.mempool.config();
+        assert_eq!((m.max_txs, m.max_peer_share_percent), (50, 5));
+        assert_eq!(m.reserved_local_percent, MempoolConfig::default().reserved_local_percent);
+        let mut bad = NodeConfig::default();
+        bad.mempool.max_peer_share_percent = 0;
+        assert!(bad.validate().unwrap_err().to_string().contains("mempool.max_peer_share_percent"));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use plexus_p2p::{NetAddress, NodeInfo, NodeKey, NodeType, Switch, SwitchConfig, 
 use plexus_reactors::blocksync::BlockSyncReactor;
 use plexus_reactors::chain::{Blockchain, BlockchainConfig, NetworkParams, Store};
 use plexus_reactors::consensus::ConsensusReactor;
-use plexus_reactors::mempool::{MempoolConfig, MempoolReactor};
+use plexus_reactors::mempool::MempoolReactor;
 use plexus_reactors::mining::{Miner, MinerConfig};
 use plexus_reactors::pex::{AddrBook, AddrBookConfig, PexConfig, PexReactor};
 use rand::SeedableRng;
@@ -132,7 +132,7 @@ impl Node {
         let store = Store::open_in_home(home.dir())?;
         let reader = Mutex::new(Store::open_reader_in_home(home.dir())?);
         let chain = Blockchain::open(params.clone(), store, BlockchainConfig::default())?;
-        let mem = Arc::new(MempoolReactor::new(MempoolConfig::default()));
+        let mem = Arc::new(MempoolReactor::new(cfg.mempool.config()));
         let chain = Arc::new(Mutex::new(chain));
         let cons = Arc::new(ConsensusReactor::new(cfg.sync.consensus(), chain, mem.pool().clone()));
         let sync = Arc::new(BlockSyncReactor::new(cfg.sync.block_sync(), cons.clone()));

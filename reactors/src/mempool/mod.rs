@@ -17,7 +17,7 @@ use plexus_proto::mempool::{self as pb, message::Sum};
 use prost::Message;
 use tokio::sync::watch;
 
-pub use pool::{BoundedSet, Mempool, MempoolConfig, MempoolError};
+pub use pool::{BoundedSet, Mempool, MempoolConfig, MempoolError, TxSource};
 
 use crate::chain::{Hash, TxId};
 
@@ -182,7 +182,7 @@ impl Reactor for MempoolReactor {
                 if let Some(s) = seen.get_mut(&peer.id()) {
                     s.insert(id);
                 }
-                match pool.add(tx.clone()) {
+                match pool.add_from(tx.clone(), TxSource::Peer(peer.id())) {
                     Ok(id) => fresh.push((id, tx)),
                     Err(e @ MempoolError::TooLarge { .. }) => bad = Some(e),
                     Err(_) => {}

@@ -1,11 +1,31 @@
 //! The transaction pool: opaque transactions by id, bounded by count and
-//! bytes, first in first out.
+//! bytes, first in first out, and fair between sources: each transaction
+//! remembers where it came from (our own RPC, a peer, a disconnected
+//! block); one peer holds at most `max_peer_share_percent` of the pool,
+//! peers together leave `reserved_local_percent` for our own submissions,
+//! and when the pool is full a newcomer evicts the oldest transaction of
+//! the peer holding the most (if that peer holds more than the newcomer's
+//! source).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
 use bytes::Bytes;
 
+use plexus_p2p::NodeId;
+
 use crate::chain::{Hash, TipChange, TxId};
+
+/// Where a transaction came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TxSource {
+    /// Submitted to this node (RPC, the node's own users): never evicted
+    /// for a peer's transaction.
+    Local,
+    /// Gossiped by this peer.
+    Peer(NodeId),
+    /// Put back from a block a reorganisation disconnected.
+    Chain,
+}
 
 /// Mempool limits.
 #[derive(Clone, Debug)]
@@ -35,6 +55,12 @@ pub struct MempoolConfig {
     /// Largest gossip message, bytes (the channel's receive limit); at
     /// least `max_tx_bytes + 16`. Default 1 MiB.
     pub max_msg_bytes: usize,
+    /// Most of the pool (of `max_txs` and of `max_bytes`) one peer's
+    /// transactions may hold, percent. Default 25.
+    pub max_peer_share_percent: u8,
+    /// Share of the pool (of `max_txs` and of `max_bytes`) peers' transactions
+    /// together leave for local submissions, percent. Default 10.
+    pub reserved_local_percent: u8,
 }
 
 impl Default for MempoolConfig {
@@ -48,6 +74,8 @@ impl Default for MempoolConfig {
             max_seen_per_peer: 10_000,
             max_txs_per_msg: 256,
             max_msg_bytes: 1 << 20,
+            max_peer_share_percent: 25,
+            reserved_local_percent: 10,
         }
     }
 }
@@ -69,7 +97,8 @@ pub enum MempoolError {
     /// Recently mined into the main chain.
     #[error("transaction {0} is already in a block")]
     AlreadyMined(TxId),
-    /// The pool is at `max_txs` or `max_bytes`.
+    /// The pool is at `max_txs` or `max_bytes` (or the source's share of
+    /// them) and nothing could be evicted for it.
     #[error("mempool is full ({txs} transactions, {bytes} bytes)")]
     Full {
         /// Transactions held.
@@ -134,11 +163,23 @@ impl BoundedSet {
 #[derive(Debug)]
 pub struct Mempool {
     cfg: MempoolConfig,
-    txs: HashMap<TxId, (u64, Bytes)>,
+    txs: HashMap<TxId, (u64, Bytes, TxSource)>,
     order: BTreeMap<u64, TxId>,
     next_seq: u64,
     bytes: usize,
     recent_mined: BoundedSet,
+    /// Per source: (transactions, bytes, their sequence numbers).
+    sources: HashMap<TxSource, Share>,
+    /// Transactions and bytes from peers in all.
+    from_peers: (usize, usize),
+}
+
+/// What one source holds.
+#[derive(Debug, Default)]
+struct Share {
+    txs: usize,
+    bytes: usize,
+    seqs: std::collections::BTreeSet<u64>,
 }
 
 impl Mempool {
@@ -152,6 +193,8 @@ impl Mempool {
             next_seq: 0,
             bytes: 0,
             recent_mined,
+            sources: HashMap::new(),
+            from_peers: (0, 0),
         }
     }
 
@@ -160,9 +203,15 @@ impl Mempool {
         &self.cfg
     }
 
-    /// Adds `tx`. Errors: [`MempoolError`] (too large, duplicate, recently
-    /// mined, full).
+    /// Adds a local transaction ([`TxSource::Local`]). Errors:
+    /// [`MempoolError`] (too large, duplicate, recently mined, full).
     pub fn add(&mut self, tx: Bytes) -> Result<TxId, MempoolError> {
+        self.add_from(tx, TxSource::Local)
+    }
+
+    /// Adds `tx` from `source`, fairly (module docs). Errors:
+    /// [`MempoolError`] (too large, duplicate, recently mined, full).
+    pub fn add_from(&mut self, tx: Bytes, source: TxSource) -> Result<TxId, MempoolError> {
         if tx.len() > self.cfg.max_tx_bytes {
             return Err(MempoolError::TooLarge { size: tx.len(), max: self.cfg.max_tx_bytes });
         }
@@ -173,26 +222,112 @@ impl Mempool {
         if self.recent_mined.contains(&id) {
             return Err(MempoolError::AlreadyMined(id));
         }
-        if self.txs.len() >= self.cfg.max_txs || self.bytes + tx.len() > self.cfg.max_bytes {
-            return Err(MempoolError::Full { txs: self.txs.len(), bytes: self.bytes });
+        let full = Err(MempoolError::Full { txs: self.txs.len(), bytes: self.bytes });
+        let pct = |n: usize, p: u8| n * usize::from(p) / 100;
+        let (max_txs, max_bytes) = (self.cfg.max_txs, self.cfg.max_bytes);
+        let len = tx.len();
+        // Evict until `fits` holds, the oldest transaction of the peer
+        // holding the most each time, as long as it holds more than
+        // `mine` (transactions and bytes of the newcomer's source).
+        loop {
+            let mine = self.sources.get(&source).map_or((0, 0), |s| (s.txs, s.bytes));
+            let over_share = matches!(source, TxSource::Peer(_))
+                && (mine.0 + 1 > pct(max_txs, self.cfg.max_peer_share_percent).max(1)
+                    || mine.1 + len > pct(max_bytes, self.cfg.max_peer_share_percent).max(len));
+            if over_share {
+                // Its own share is full: its oldest makes room, or nothing.
+                if !self.evict_oldest_of(source) {
+                    return full;
+                }
+                continue;
+            }
+            let peers_room = matches!(source, TxSource::Peer(_))
+                && (self.from_peers.0 + 1
+                    > max_txs - pct(max_txs, self.cfg.reserved_local_percent)
+                    || self.from_peers.1 + len
+                        > max_bytes - pct(max_bytes, self.cfg.reserved_local_percent));
+            let pool_full = self.txs.len() + 1 > max_txs || self.bytes + len > max_bytes;
+            if !peers_room && !pool_full {
+                break;
+            }
+            let Some(heavy) = self.heaviest_peer(source, mine) else { return full };
+            self.evict_oldest_of(heavy);
         }
-        self.insert(id, tx);
+        self.insert(id, tx, source);
         Ok(id)
     }
 
-    fn insert(&mut self, id: TxId, tx: Bytes) {
+    /// The peer holding the most bytes, if it holds more than `mine`
+    /// (and is not `source`); any peer will do for a local or chain
+    /// transaction.
+    fn heaviest_peer(&self, source: TxSource, mine: (usize, usize)) -> Option<TxSource> {
+        let peer_source = matches!(source, TxSource::Peer(_));
+        self.sources
+            .iter()
+            .filter(|(s, share)| {
+                matches!(s, TxSource::Peer(_))
+                    && **s != source
+                    && share.txs > 0
+                    && (!peer_source || share.bytes > mine.1 || share.txs > mine.0)
+            })
+            .max_by_key(|(s, share)| {
+                let id = match s {
+                    TxSource::Peer(id) => Some(*id),
+                    _ => None,
+                };
+                (share.bytes, share.txs, id)
+            })
+            .map(|(s, _)| *s)
+    }
+
+    /// Removes the oldest transaction of `source`; false if it has none.
+    fn evict_oldest_of(&mut self, source: TxSource) -> bool {
+        let Some(seq) = self.sources.get(&source).and_then(|s| s.seqs.first().copied()) else {
+            return false;
+        };
+        let id = self.order[&seq];
+        self.remove(&id);
+        true
+    }
+
+    fn insert(&mut self, id: TxId, tx: Bytes, source: TxSource) {
         self.bytes += tx.len();
+        let share = self.sources.entry(source).or_default();
+        share.txs += 1;
+        share.bytes += tx.len();
+        share.seqs.insert(self.next_seq);
+        if matches!(source, TxSource::Peer(_)) {
+            self.from_peers.0 += 1;
+            self.from_peers.1 += tx.len();
+        }
         self.order.insert(self.next_seq, id);
-        self.txs.insert(id, (self.next_seq, tx));
+        self.txs.insert(id, (self.next_seq, tx, source));
         self.next_seq += 1;
     }
 
     /// Removes `id`, returning the transaction.
     pub fn remove(&mut self, id: &TxId) -> Option<Bytes> {
-        let (seq, tx) = self.txs.remove(id)?;
+        let (seq, tx, source) = self.txs.remove(id)?;
         self.order.remove(&seq);
         self.bytes -= tx.len();
+        if let Some(share) = self.sources.get_mut(&source) {
+            share.txs -= 1;
+            share.bytes -= tx.len();
+            share.seqs.remove(&seq);
+            if share.txs == 0 {
+                self.sources.remove(&source);
+            }
+        }
+        if matches!(source, TxSource::Peer(_)) {
+            self.from_peers.0 -= 1;
+            self.from_peers.1 -= tx.len();
+        }
         Some(tx)
+    }
+
+    /// Transactions and bytes held for `source`.
+    pub fn share_of(&self, source: &TxSource) -> (usize, usize) {
+        self.sources.get(source).map_or((0, 0), |s| (s.txs, s.bytes))
     }
 
     /// Whether `id` is in the pool.
@@ -202,7 +337,7 @@ impl Mempool {
 
     /// A transaction by id.
     pub fn get(&self, id: &TxId) -> Option<&Bytes> {
-        self.txs.get(id).map(|(_, t)| t)
+        self.txs.get(id).map(|(_, t, _)| t)
     }
 
     /// Transactions held.
@@ -264,7 +399,7 @@ impl Mempool {
                     continue;
                 }
                 self.recent_mined.remove(&id);
-                let _ = self.add(tx.clone());
+                let _ = self.add_from(tx.clone(), TxSource::Chain);
             }
         }
     }
@@ -343,6 +478,67 @@ mod tests {
         assert!(!m.contains(&Hash::sha256(&t2)));
         assert!(m.contains(&Hash::sha256(&t3)));
         assert_eq!(m.add(t2.clone()), Err(MempoolError::AlreadyMined(Hash::sha256(&t2))));
+    }
+
+    #[test]
+    fn one_flooding_peer_keeps_neither_local_nor_other_peers_out() {
+        let cfg = MempoolConfig { max_txs: 1000, max_bytes: 100_000, ..MempoolConfig::default() };
+        let mut m = Mempool::new(cfg);
+        let key = |n: u8| plexus_p2p::NodeKey::from_private_key(&[n; 32]).unwrap().node_id();
+        let (flooder, other) = (TxSource::Peer(key(1)), TxSource::Peer(key(2)));
+        let mut flooded = 0;
+        let (mut local_ok, mut other_ok) = (0, 0);
+        for i in 0..20_000u32 {
+            // The flooder sends 10 small transactions for each honest one.
+            if m.add_from(Bytes::from(format!("junk {i}")), flooder).is_ok() {
+                flooded += 1;
+            }
+            if i % 10 == 0 {
+                local_ok += m.add(Bytes::from(format!("rpc {i}"))).is_ok() as u32;
+                other_ok += m.add_from(Bytes::from(format!("peer {i}")), other).is_ok() as u32;
+                // Blocks take some honest transactions out now and then.
+                if i % 500 == 0 {
+                    let ids: Vec<_> = m.iter().map(|(id, _)| *id).take(50).collect();
+                    for id in ids {
+                        m.remove(&id);
+                    }
+                }
+            }
+        }
+        assert!(flooded > 0);
+        assert_eq!(local_ok, 2000, "every RPC submission accepted");
+        assert_eq!(other_ok, 2000, "every transaction of the other peer accepted");
+        // The flooder holds at most its share.
+        let (n, bytes) = m.share_of(&flooder);
+        assert!(n <= 250 && bytes <= 25_000, "{n} txs, {bytes} bytes");
+        assert!(m.len() <= 1000 && m.bytes() <= 100_000);
+    }
+
+    #[test]
+    fn a_full_pool_evicts_the_heaviest_peer_for_a_local_transaction() {
+        let cfg = MempoolConfig {
+            max_txs: 10,
+            max_peer_share_percent: 50,
+            reserved_local_percent: 0,
+            ..MempoolConfig::default()
+        };
+        let mut m = Mempool::new(cfg);
+        let key = |n: u8| plexus_p2p::NodeKey::from_private_key(&[n; 32]).unwrap().node_id();
+        let (a, b) = (TxSource::Peer(key(1)), TxSource::Peer(key(2)));
+        for i in 0..5 {
+            m.add_from(Bytes::from(format!("a{i}")), a).unwrap();
+        }
+        for i in 0..5 {
+            m.add_from(Bytes::from(format!("bb{i}")), b).unwrap();
+        }
+        // Full. b holds more bytes: a local transaction evicts b's oldest.
+        m.add(tx("mine")).unwrap();
+        assert!(!m.contains(&Hash::sha256(b"bb0")));
+        assert_eq!(m.share_of(&b).0, 4);
+        // a, holding its share (5 of 10), makes room only from its own.
+        m.add_from(tx("a5"), a).unwrap();
+        assert!(!m.contains(&Hash::sha256(b"a0")));
+        assert_eq!(m.share_of(&a).0, 5);
     }
 
     #[test]
