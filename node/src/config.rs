@@ -54,6 +54,9 @@ pub struct P2pConfig {
     /// How often the address book fills free outbound slots, seconds.
     /// Default 30.
     pub pex_period_s: u64,
+    /// Bytes all peers' send queues may hold together, MiB; 0 picks a
+    /// quarter of the machine's memory, at most 1 GiB. Default 0.
+    pub max_peer_memory_mib: usize,
     /// Most inbound peers from one IP, loopback exempt (0: no limit). Default 1.
     pub max_inbound_per_ip: usize,
     /// Most inbound peers from one /16 (IPv4) or /32 (IPv6), private ranges exempt (0: no limit). Default 10.
@@ -301,6 +304,7 @@ impl Default for P2pConfig {
             max_outbound: 10,
             addr_book_strict: true,
             pex_period_s: 30,
+            max_peer_memory_mib: 0,
             max_inbound_per_ip: d.max_inbound_per_ip,
             max_inbound_per_netgroup: d.max_inbound_per_netgroup,
             max_outbound_per_netgroup: d.max_outbound_per_netgroup,
@@ -514,6 +518,8 @@ max_outbound = {max_out}
 addr_book_strict = {strict}
 # How often the address book fills free outbound slots, seconds (default 30).
 pex_period_s = {pex_period}
+# Bytes all peers' send queues may hold together, MiB; 0 = a quarter of the memory, at most 1024 (default 0).
+max_peer_memory_mib = {peer_mem}
 # Most inbound peers from one IP, loopback exempt (0: no limit; default 1).
 max_inbound_per_ip = {max_inbound_per_ip}
 # Most inbound peers from one /16 (IPv4) or /32 (IPv6), private ranges exempt (0: no limit; default 10).
@@ -627,6 +633,7 @@ format = {format}
             max_out = self.p2p.max_outbound,
             strict = self.p2p.addr_book_strict,
             pex_period = self.p2p.pex_period_s,
+            peer_mem = self.p2p.max_peer_memory_mib,
             max_inbound_per_ip = self.p2p.max_inbound_per_ip,
             max_inbound_per_netgroup = self.p2p.max_inbound_per_netgroup,
             max_outbound_per_netgroup = self.p2p.max_outbound_per_netgroup,

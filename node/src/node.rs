@@ -168,6 +168,10 @@ impl Node {
         let sw_cfg = SwitchConfig {
             listen_addr: Some(listen),
             peers: cfg.p2p.peer_manager(),
+            max_peer_memory_bytes: match cfg.p2p.max_peer_memory_mib {
+                0 => plexus_p2p::switch::config::default_peer_memory(),
+                mib => mib << 20,
+            },
             ..SwitchConfig::default()
         };
         // Reputations were saved with the address book on the last run.

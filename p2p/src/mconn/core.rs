@@ -171,6 +171,8 @@ pub struct MConnCore {
     min_rtt: Option<Duration>,
     /// Bytes in all send queues.
     queued_total: usize,
+    /// The node-wide budget these queues also count against, if any.
+    shared: Option<super::SharedBudget>,
     /// Control packets (ping, pong, credit, ack) and empty frames the peer
     /// may still send: a base bucket refilled at `control_rate`, and
     /// tokens earned by the PacketMsgs we send (each may draw one ack or
@@ -264,6 +266,7 @@ impl MConnCore {
             last_rtt: None,
             min_rtt: None,
             queued_total: 0,
+            shared: None,
             control_base,
             control_earned: 0,
             control_refilled: now,
@@ -331,8 +334,14 @@ impl MConnCore {
         let ch = &self.send[i];
         let count_ok = ch.queue.len() < ch.desc.send_queue_capacity;
         let overshoot = ch.queue.is_empty() && self.queued_total < self.config.max_send_queue_bytes;
-        if !count_ok || (msg.len() > self.room(i) && !overshoot) {
+        let own = self.own_room(i);
+        if !count_ok || (msg.len() > own && !overshoot) {
             return Err(PushError::Full(msg));
+        }
+        if let Some(b) = &self.shared {
+            if !b.try_take(msg.len()) {
+                return Err(PushError::Full(msg));
+            }
         }
         let ch = &mut self.send[i];
         ch.queued_bytes += msg.len();
@@ -354,6 +363,15 @@ impl MConnCore {
     /// what a peer makes us hold is at most `max_send_queue_bytes` plus one
     /// message.)
     pub fn room(&self, index: usize) -> usize {
+        let own = self.own_room(index);
+        match &self.shared {
+            Some(b) => own.min(b.left()),
+            None => own,
+        }
+    }
+
+    /// As [`MConnCore::room`], without the shared budget.
+    fn own_room(&self, index: usize) -> usize {
         let ch = &self.send[index];
         if ch.queue.len() >= ch.desc.send_queue_capacity {
             return 0;
@@ -361,6 +379,26 @@ impl MConnCore {
         let in_channel = ch.desc.send_queue_bytes.saturating_sub(ch.queued_bytes);
         let in_connection = self.config.max_send_queue_bytes.saturating_sub(self.queued_total);
         in_channel.min(in_connection)
+    }
+
+    /// Drops every queued message (the connection is closed), giving the
+    /// bytes back to the shared budget.
+    pub fn drop_queued(&mut self) {
+        for ch in &mut self.send {
+            ch.queue.clear();
+            ch.queued_bytes = 0;
+            ch.offset = 0;
+        }
+        if let Some(b) = &self.shared {
+            b.give(self.queued_total);
+        }
+        self.queued_total = 0;
+    }
+
+    /// Counts these queues against `budget` too (a node-wide budget shared
+    /// by many connections). Call before queuing anything.
+    pub fn set_shared_budget(&mut self, budget: super::SharedBudget) {
+        self.shared = Some(budget);
     }
 
     /// Bytes waiting in all send queues.
@@ -499,6 +537,9 @@ impl MConnCore {
                 let msg = ch.queue.pop_front().expect("front exists");
                 ch.queued_bytes -= msg.len();
                 self.queued_total -= msg.len();
+                if let Some(b) = &self.shared {
+                    b.give(msg.len());
+                }
                 ch.offset = 0;
                 ch.msgs_sent += 1;
                 self.freed.push(i);
@@ -896,6 +937,15 @@ fn peek_length(input: &[u8]) -> Result<Option<(usize, usize)>, MConnError> {
         }
     }
     Ok(None)
+}
+
+impl Drop for MConnCore {
+    /// What is still queued goes back to the shared budget.
+    fn drop(&mut self) {
+        if let Some(b) = &self.shared {
+            b.give(self.queued_total);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -74,6 +74,8 @@ struct Shared {
     cancel: CancellationToken,
     reason: OnceLock<MConnError>,
     remote_id: NodeId,
+    /// The node-wide budget the send queues count against, if any.
+    budget: Option<super::SharedBudget>,
 }
 
 impl Shared {
@@ -83,6 +85,9 @@ impl Shared {
             tracing::debug!(peer = %self.remote_id, %reason, "mconnection closed");
         }
         self.cancel.cancel();
+        // Nothing more will be sent: what is queued goes (and gives its
+        // bytes back to a shared budget at once).
+        self.core.lock().drop_queued();
         for n in &self.room {
             n.notify_waiters();
         }
@@ -184,11 +189,32 @@ impl MConnection {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
+        Self::with_budget(conn, channels, config, None)
+    }
+
+    /// As [`MConnection::new`], with the send queues also counted against
+    /// `budget`, a byte budget shared with other connections (the switch's
+    /// node-wide memory budget for peers).
+    ///
+    /// # Errors
+    /// [`MConnError::Config`] for an invalid config or descriptor list.
+    pub fn with_budget<S>(
+        conn: SecretConnection<S>,
+        channels: &[ChannelDescriptor],
+        config: MConnConfig,
+        budget: Option<super::SharedBudget>,
+    ) -> Result<(MConnection, Vec<ChannelReceiver>), MConnError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let t = now();
         let recv_limit = RateLimit::new(config.recv_rate, config.rate_burst(), t);
         let batch = config.write_batch_size;
         let throttle = config.flush_throttle;
-        let core = MConnCore::new(channels, config, t)?;
+        let mut core = MConnCore::new(channels, config, t)?;
+        if let Some(b) = &budget {
+            core.set_shared_budget(b.clone());
+        }
         let remote_id = conn.remote_id();
         let shared = Arc::new(Shared {
             core: Mutex::new(core),
@@ -197,6 +223,7 @@ impl MConnection {
             cancel: CancellationToken::new(),
             reason: OnceLock::new(),
             remote_id,
+            budget,
         });
         let mut senders = Vec::with_capacity(channels.len());
         let mut receivers = Vec::with_capacity(channels.len());
@@ -233,6 +260,11 @@ impl MConnection {
             if self.shared.cancel.is_cancelled() {
                 return Err(SendError::Closed);
             }
+            // Registered before the check, so bytes freed in between wake us.
+            let mut freed = self.shared.budget.as_ref().map(|b| Box::pin(b.freed()));
+            if let Some(f) = freed.as_mut() {
+                f.as_mut().enable();
+            }
             let mut notified = {
                 let mut core = self.shared.core.lock();
                 match core.push(ch, msg) {
@@ -260,6 +292,7 @@ impl MConnection {
             };
             tokio::select! {
                 _ = notified.as_mut() => {}
+                _ = async { freed.as_mut().expect("guarded").as_mut().await }, if freed.is_some() => {}
                 _ = self.shared.cancel.cancelled() => return Err(SendError::Closed),
                 _ = tokio::time::sleep_until(deadline) => return Err(SendError::Timeout),
             }
@@ -297,6 +330,40 @@ impl MConnection {
         core.channel_index(ch).map_or(0, |i| core.room(i))
     }
 
+    /// Holds `n` bytes of the shared budget while an answer is built
+    /// ([`SharedBudget::reserve`]); `None` if they do not fit now. Without
+    /// a shared budget, an empty reservation.
+    pub fn reserve(&self, n: usize) -> Option<super::Reservation> {
+        match &self.shared.budget {
+            Some(b) => b.reserve(n),
+            None => Some(super::Reservation::none()),
+        }
+    }
+
+    /// As [`MConnection::reserve`], waiting for bytes to be given back, at
+    /// most `send_timeout`.
+    ///
+    /// # Errors
+    /// [`SendError::Timeout`], [`SendError::Closed`].
+    pub async fn reserve_wait(&self, n: usize) -> Result<super::Reservation, SendError> {
+        let Some(b) = self.shared.budget.clone() else { return Ok(super::Reservation::none()) };
+        let timeout = self.shared.core.lock().config().send_timeout;
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let freed = b.freed();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if let Some(r) = b.reserve(n) {
+                return Ok(r);
+            }
+            tokio::select! {
+                _ = freed => {}
+                _ = self.shared.cancel.cancelled() => return Err(SendError::Closed),
+                _ = tokio::time::sleep_until(deadline) => return Err(SendError::Timeout),
+            }
+        }
+    }
+
     /// Bytes waiting in all send queues of the connection.
     pub fn queued_bytes(&self) -> usize {
         self.shared.core.lock().queued_bytes()
@@ -315,6 +382,11 @@ impl MConnection {
             if self.shared.cancel.is_cancelled() {
                 return Err(SendError::Closed);
             }
+            // Registered before the check, so bytes freed in between wake us.
+            let mut freed = self.shared.budget.as_ref().map(|b| Box::pin(b.freed()));
+            if let Some(f) = freed.as_mut() {
+                f.as_mut().enable();
+            }
             let mut notified = {
                 let core = self.shared.core.lock();
                 let Some(i) = core.channel_index(ch) else {
@@ -329,6 +401,7 @@ impl MConnection {
             };
             tokio::select! {
                 _ = notified.as_mut() => {}
+                _ = async { freed.as_mut().expect("guarded").as_mut().await }, if freed.is_some() => {}
                 _ = self.shared.cancel.cancelled() => return Err(SendError::Closed),
                 _ = tokio::time::sleep_until(deadline) => return Err(SendError::Timeout),
             }

@@ -9,11 +9,13 @@
 //!   gives the application a handle to send and one [`ChannelReceiver`] per
 //!   channel to receive.
 
+mod budget;
 pub mod core;
 mod driver;
 
 use std::time::Duration;
 
+pub use budget::{Reservation, SharedBudget};
 pub use driver::{ChannelReceiver, MConnection, SendError, TrySendError};
 
 use crate::fault::{Fault, Misbehavior};

@@ -41,6 +41,14 @@ pub struct SwitchConfig {
     /// Pause after a failed accept (e.g. out of file descriptors) before
     /// accepting again. Default 100 ms.
     pub accept_retry_delay: Duration,
+    /// Bytes all peers' send queues may hold together (the node-wide
+    /// memory budget for peers). A send that would pass it waits or fails
+    /// as if its queue were full, new inbound peers are refused while it is
+    /// used up, and the heaviest peer that is neither persistent nor
+    /// unconditional is dropped while more than 90 % is in use. Default a
+    /// quarter of the machine's memory, at most 1 GiB (512 MiB where the
+    /// memory size is unknown).
+    pub max_peer_memory_bytes: usize,
     /// Admission, reputation, bans, eviction and redials.
     pub peers: PeerManagerConfig,
     /// Channel settings.
@@ -63,6 +71,7 @@ impl Default for SwitchConfig {
             private_peer_ids: Vec::new(),
             remove_grace: Duration::from_secs(5),
             accept_retry_delay: Duration::from_millis(100),
+            max_peer_memory_bytes: default_peer_memory(),
             peers: PeerManagerConfig::default(),
             mconn: MConnConfig::default(),
             secret: SecretConfig::default(),
@@ -89,7 +98,23 @@ impl SwitchConfig {
         if self.maintenance_interval.is_zero() {
             return Err("maintenance_interval must be positive".into());
         }
+        if self.max_peer_memory_bytes < (1 << 20) {
+            return Err("max_peer_memory_bytes must be at least 1 MiB".into());
+        }
         self.peers.validate()
+    }
+}
+
+/// A quarter of `MemTotal` in `/proc/meminfo`, at most 1 GiB; 512 MiB
+/// when it cannot be read.
+pub fn default_peer_memory() -> usize {
+    let total = std::fs::read_to_string("/proc/meminfo").ok().and_then(|s| {
+        let line = s.lines().find(|l| l.starts_with("MemTotal:"))?;
+        line.split_whitespace().nth(1)?.parse::<usize>().ok().map(|kib| kib * 1024)
+    });
+    match total {
+        Some(t) => (t / 4).min(1 << 30),
+        None => 512 << 20,
     }
 }
 

@@ -86,6 +86,10 @@ pub enum StopReason {
     /// Evicted to make room for a new inbound peer.
     #[error("evicted for a new inbound peer")]
     Evicted,
+    /// The heaviest peer while the node-wide memory budget was nearly used
+    /// up.
+    #[error("dropped: heaviest peer over the memory budget ({0} bytes queued)")]
+    OverBudget(usize),
     /// Nothing but pings and pongs for `idle_timeout`.
     #[error("idle for {0:?}")]
     Idle(Duration),
@@ -101,7 +105,10 @@ impl StopReason {
             StopReason::Connection(e) => e.fault(),
             StopReason::Misbehavior { .. } => Fault::Peer,
             StopReason::Idle(_) => Fault::Io,
-            StopReason::Error(_) | StopReason::Evicted | StopReason::Graceful => Fault::Local,
+            StopReason::Error(_)
+            | StopReason::Evicted
+            | StopReason::OverBudget(_)
+            | StopReason::Graceful => Fault::Local,
         }
     }
 }
@@ -199,6 +206,8 @@ struct Inner {
     /// channel id -> reactor index
     routes: HashMap<u8, usize>,
     channels: Vec<ChannelDescriptor>,
+    /// The node-wide memory budget for peers' send queues.
+    budget: crate::mconn::SharedBudget,
     /// Policy. Lock order: `manager` before `peers`.
     manager: Mutex<PeerManager>,
     peers: Mutex<PeerSet>,
@@ -367,6 +376,7 @@ impl SwitchBuilder {
             manager.add_persistent(*id);
         }
         manager.restore(std_now(), unix_now(), &self.reputation);
+        let budget = crate::mconn::SharedBudget::new(self.config.max_peer_memory_bytes);
         Ok(Switch(Arc::new(Inner {
             key: self.key,
             info: parking_lot::RwLock::new(self.info),
@@ -375,6 +385,7 @@ impl SwitchBuilder {
             reactors: self.reactors,
             routes,
             channels,
+            budget,
             manager: Mutex::new(manager),
             peers: Mutex::new(PeerSet::default()),
             dialing: Mutex::new(HashSet::new()),
@@ -513,6 +524,8 @@ impl Switch {
         }
         let sw = self.clone();
         tokio::spawn(async move { sw.maintenance_loop().await });
+        let sw = self.clone();
+        tokio::spawn(async move { sw.budget_loop().await });
         Ok(())
     }
 
@@ -749,6 +762,10 @@ impl Switch {
                     continue;
                 }
             };
+            if self.0.budget.left() == 0 {
+                self.record_reject(Direction::Inbound, &RejectReason::OverBudget);
+                continue;
+            }
             let ticket = match self.0.manager.lock().inbound_attempt(std_now(), remote.ip()) {
                 Ok(t) => t,
                 Err(e) => {
@@ -1021,6 +1038,42 @@ impl Switch {
                 }
             }
         });
+    }
+
+    /// Bytes the peers' send queues hold, and the node-wide limit.
+    pub fn memory_budget(&self) -> (usize, usize) {
+        (self.0.budget.used(), self.0.budget.limit())
+    }
+
+    /// Whenever a send was refused for the node-wide budget, and every
+    /// second: while more than 90 % of it is in use, drops the peer with
+    /// the most bytes queued that is neither persistent nor unconditional.
+    async fn budget_loop(&self) {
+        let b = self.0.budget.clone();
+        loop {
+            tokio::select! {
+                _ = b.exhausted() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = self.0.cancel.cancelled() => return,
+            }
+            let high = b.limit() / 10 * 9;
+            let mut dropped = HashSet::new();
+            while b.used() > high {
+                let heaviest = {
+                    let manager = self.0.manager.lock();
+                    self.peers()
+                        .into_iter()
+                        .filter(|p| !manager.is_protected(&p.id()) && !dropped.contains(&p.id()))
+                        .map(|p| (p.queued_bytes(), p))
+                        .filter(|(q, _)| *q > 0)
+                        .max_by_key(|(q, p)| (*q, p.id()))
+                };
+                let Some((queued, p)) = heaviest else { break };
+                tracing::info!(peer = %p.id(), queued, "dropping the heaviest peer: memory budget");
+                dropped.insert(p.id());
+                self.stop_peer(&p, StopReason::OverBudget(queued)).await;
+            }
+        }
     }
 
     /// Every `maintenance_interval` (and at least four times per

@@ -138,6 +138,22 @@ impl Peer {
         self.0.conn.ready(channel).await
     }
 
+    /// Holds `n` bytes of the node-wide budget while an answer for this
+    /// peer is built, so concurrent builders cannot pass it; `None` if they
+    /// do not fit now. Drop it just before sending the answer.
+    pub fn reserve(&self, n: usize) -> Option<crate::mconn::Reservation> {
+        self.0.conn.reserve(n)
+    }
+
+    /// As [`Peer::reserve`], waiting at most `send_timeout` for bytes to be
+    /// given back.
+    ///
+    /// # Errors
+    /// [`SendError::Timeout`], [`SendError::Closed`].
+    pub async fn reserve_wait(&self, n: usize) -> Result<crate::mconn::Reservation, SendError> {
+        self.0.conn.reserve_wait(n).await
+    }
+
     /// Bytes waiting in all send queues to this peer.
     pub fn queued_bytes(&self) -> usize {
         self.0.conn.queued_bytes()

@@ -108,6 +108,9 @@ pub enum RejectReason {
     /// from an IP holding fewer pending handshakes.
     #[error("displaced by a connection from a less busy IP")]
     Displaced,
+    /// The node-wide memory budget for peers is used up.
+    #[error("the memory budget for peers is used up")]
+    OverBudget,
     /// The switch is stopping.
     #[error("switch stopped")]
     Stopped,
@@ -136,6 +139,7 @@ impl RejectReason {
             RejectReason::OutboundFull => "outbound_full",
             RejectReason::TooManyHandshakes => "too_many_handshakes",
             RejectReason::Displaced => "displaced",
+            RejectReason::OverBudget => "over_budget",
             RejectReason::Stopped => "stopped",
         }
     }
@@ -162,6 +166,7 @@ impl RejectReason {
             | RejectReason::OutboundFull
             | RejectReason::TooManyHandshakes
             | RejectReason::Displaced
+            | RejectReason::OverBudget
             | RejectReason::Stopped => Fault::Local,
         }
     }
@@ -271,7 +276,8 @@ impl Switch {
         // Only channels both sides serve are opened.
         let chans: Vec<ChannelDescriptor> =
             self.0.channels.iter().filter(|d| info.channels.contains(&d.id)).cloned().collect();
-        let (mconn, receivers) = MConnection::new(conn, &chans, cfg.mconn.clone())
+        let budget = Some(self.0.budget.clone());
+        let (mconn, receivers) = MConnection::with_budget(conn, &chans, cfg.mconn.clone(), budget)
             .map_err(|e| RejectReason::Incompatible(e.to_string()))?;
         let peer = Peer(Arc::new(PeerInner {
             info,

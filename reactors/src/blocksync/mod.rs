@@ -204,8 +204,18 @@ fn msg(sum: Sum) -> pb::Message {
 /// The bytes of `Message{BlockResponse{block}}` from an encoded block,
 /// through the wire-identical `Encoded*` messages.
 fn encoded_block_response(block: Vec<u8>) -> Vec<u8> {
-    let response = pb::EncodedBlockResponse { block: block.into() }.encode_to_vec();
-    pb::EncodedMessage { block_response: response.into() }.encode_to_vec()
+    // `EncodedMessage { block_response: EncodedBlockResponse { block } }`,
+    // written in one allocation (the block is copied once): field 6 of the
+    // message, length-delimited, holding field 1 of the response.
+    use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
+    let inner = 1 + encoded_len_varint(block.len() as u64) + block.len();
+    let mut out = Vec::with_capacity(1 + encoded_len_varint(inner as u64) + inner);
+    encode_key(6, WireType::LengthDelimited, &mut out);
+    encode_varint(inner as u64, &mut out);
+    encode_key(1, WireType::LengthDelimited, &mut out);
+    encode_varint(block.len() as u64, &mut out);
+    out.extend_from_slice(&block);
+    out
 }
 
 impl BlockSyncReactor {
@@ -882,6 +892,12 @@ impl BlockSyncReactor {
                 return unread(sw, peer, e, "blocks").await;
             }
             let room = peer.send_room(BLOCKSYNC_CHANNEL);
+            // Hold the room in the node-wide budget while reading, so many
+            // peers' answers cannot be built at once past it.
+            let permit = match peer.reserve_wait(room.max(1)).await {
+                Ok(p) => p,
+                Err(e) => return unread(sw, peer, e, "blocks").await,
+            };
             let chain = self.chain().clone();
             let todo = std::mem::take(&mut rest);
             let read = tokio::task::spawn_blocking(move || {
@@ -901,6 +917,7 @@ impl BlockSyncReactor {
             .await;
             let Ok((found, left)) = read else { return };
             rest = left;
+            let mut msgs = Vec::with_capacity(found.len());
             for (hash, block) in found {
                 let bytes = match block {
                     // Stored bytes go out as they are (no decode).
@@ -910,6 +927,10 @@ impl BlockSyncReactor {
                     }))
                     .encode_to_vec(),
                 };
+                msgs.push(bytes);
+            }
+            drop(permit);
+            for bytes in msgs {
                 if let Err(e) = peer.send(BLOCKSYNC_CHANNEL, bytes).await {
                     return unread(sw, peer, e, "blocks").await;
                 }

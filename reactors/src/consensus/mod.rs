@@ -790,6 +790,11 @@ impl Reactor for ConsensusReactor {
                 let max = req.max_blocks.min(self.cfg.max_blocks_per_request) as usize;
                 let room = peer.send_room(CONSENSUS_CHANNEL);
                 let budget = self.cfg.max_msg_bytes.saturating_sub(1024).min(room.max(1));
+                // Held in the node-wide budget while the answer is built.
+                let permit = match peer.reserve_wait(budget).await {
+                    Ok(p) => p,
+                    Err(e) => return crate::blocksync::unread(sw, peer, e, "blocks").await,
+                };
                 let chain = self.importer.chain.clone();
                 let found = tokio::task::spawn_blocking(move || {
                     chain.lock().main_blocks_after(&locator, max, budget)
@@ -809,8 +814,10 @@ impl Reactor for ConsensusReactor {
                     }
                 }
                 let blocks = blocks.iter().map(Block::to_proto).collect();
-                let msg = pb::Message { sum: Some(Sum::Blocks(pb::Blocks { blocks })) };
-                if let Err(e) = peer.send_msg(CONSENSUS_CHANNEL, &msg).await {
+                let msg =
+                    pb::Message { sum: Some(Sum::Blocks(pb::Blocks { blocks })) }.encode_to_vec();
+                drop(permit);
+                if let Err(e) = peer.send(CONSENSUS_CHANNEL, msg).await {
                     crate::blocksync::unread(sw, peer, e, "blocks").await;
                 }
             }

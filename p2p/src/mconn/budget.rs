@@ -1,0 +1,123 @@
+//! [`SharedBudget`]: one byte budget shared by the send queues of many
+//! MConnections (the node-wide memory budget for peers, rust-libp2p's
+//! memory connection limits in spirit). Each connection adds what it queues
+//! and subtracts what it sends or drops; a push that would pass the limit
+//! is refused (the queue is full for now) and the owner is told, so it can
+//! drop the heaviest peer.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::Notify;
+
+#[derive(Debug)]
+struct Inner {
+    limit: usize,
+    used: AtomicUsize,
+    /// Woken when a push was refused for this budget.
+    exhausted: Notify,
+    /// Woken when bytes were given back.
+    freed: Notify,
+}
+
+/// A byte budget shared by connections. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct SharedBudget(Arc<Inner>);
+
+impl SharedBudget {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> Self {
+        SharedBudget(Arc::new(Inner {
+            limit,
+            used: AtomicUsize::new(0),
+            exhausted: Notify::new(),
+            freed: Notify::new(),
+        }))
+    }
+
+    /// The limit, bytes.
+    pub fn limit(&self) -> usize {
+        self.0.limit
+    }
+
+    /// Bytes in use now.
+    pub fn used(&self) -> usize {
+        self.0.used.load(Ordering::Relaxed)
+    }
+
+    /// Bytes left now.
+    pub fn left(&self) -> usize {
+        self.limit().saturating_sub(self.used())
+    }
+
+    /// Takes `n` bytes if they fit (or nothing is in use: one message may
+    /// always be queued); otherwise tells the owner and returns false.
+    pub(crate) fn try_take(&self, n: usize) -> bool {
+        let mut cur = self.0.used.load(Ordering::Relaxed);
+        loop {
+            if cur != 0 && cur + n > self.0.limit {
+                self.0.exhausted.notify_waiters();
+                return false;
+            }
+            match self.0.used.compare_exchange_weak(
+                cur,
+                cur + n,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Gives `n` bytes back.
+    pub(crate) fn give(&self, n: usize) {
+        if n > 0 {
+            self.0.used.fetch_sub(n, Ordering::Relaxed);
+            self.0.freed.notify_waiters();
+        }
+    }
+
+    /// Holds `n` bytes of the budget while an answer of about that size is
+    /// built (so builders cannot together pass the limit before anything is
+    /// queued); `None` if they do not fit now. Dropping it gives them back.
+    pub fn reserve(&self, n: usize) -> Option<Reservation> {
+        self.try_take(n).then(|| Reservation { budget: Some(self.clone()), n })
+    }
+
+    /// Resolves when a push was refused for this budget.
+    pub async fn exhausted(&self) {
+        self.0.exhausted.notified().await
+    }
+
+    /// A future resolving when bytes are given back (register it before
+    /// checking for room, as with any `Notify`).
+    pub(crate) fn freed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.0.freed.notified()
+    }
+}
+
+/// Bytes of a [`SharedBudget`] held while an answer is built; given back
+/// when dropped (drop it just before queuing the answer).
+#[derive(Debug)]
+#[must_use = "the bytes are held only while the reservation lives"]
+pub struct Reservation {
+    budget: Option<SharedBudget>,
+    n: usize,
+}
+
+impl Reservation {
+    /// A reservation of nothing (a connection without a shared budget).
+    pub fn none() -> Self {
+        Reservation { budget: None, n: 0 }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(b) = &self.budget {
+            b.give(self.n);
+        }
+    }
+}
