@@ -29,8 +29,8 @@ use sha2::{Digest, Sha256};
 
 use super::config::PeerManagerConfig;
 use super::eviction::{select_to_evict, EvictionCandidate};
+use super::reject::RejectReason;
 use super::reputation::{Reputation, ReputationRecord, Verdict};
-use super::upgrade::RejectReason;
 use super::Direction;
 use crate::fault::{Fault, Misbehavior};
 use crate::key::NodeId;

@@ -14,7 +14,7 @@
 //! before the transport dial, and the same upgrade and admission after.
 //!
 //! Layout: [`config`] (settings), [`peer`] (Peer, PeerSet), [`upgrade`]
-//! (handshake, NodeInfo, checks, [`RejectReason`]), [`manager`]
+//! (handshake, NodeInfo, checks), [`reject`] ([`RejectReason`]), [`manager`]
 //! ([`PeerManager`]) with [`reputation`] and [`eviction`], [`routing`]
 //! (channel tasks to reactors), [`reactor`] (the [`Reactor`] API),
 //! [`metrics`], [`rpc`] (request/response over a channel).
@@ -25,6 +25,7 @@ pub mod manager;
 mod metrics;
 pub mod peer;
 mod reactor;
+pub mod reject;
 pub mod reputation;
 mod routing;
 pub mod rpc;
@@ -50,8 +51,8 @@ use metrics::{DirLabel, ReasonLabel};
 pub use peer::{Direction, Peer, PeerSet};
 use reactor::{BoxFuture, DynReactor};
 pub use reactor::{Envelope, Reactor};
+pub use reject::RejectReason;
 pub use reputation::{ReputationRecord, Verdict};
-pub use upgrade::RejectReason;
 use upgrade::Upgrade;
 
 use crate::fault::{Fault, Misbehavior};
@@ -932,6 +933,17 @@ impl Switch {
         let verdict = self.score_id(peer.id(), kind, &reason);
         if verdict.disconnect {
             self.stop_peer(peer, StopReason::Misbehavior { kind, reason, ban: verdict.ban }).await;
+        }
+    }
+
+    /// A send to `peer` failed while answering its request for `what`
+    /// (blocks, headers, ...): a timeout means it does not read what it
+    /// asked for ([`Misbehavior::UnreadAnswers`]: scored, dropped); a closed
+    /// connection needs nothing more.
+    pub async fn report_unread(&self, peer: &Peer, e: crate::mconn::SendError, what: &str) {
+        if e == crate::mconn::SendError::Timeout {
+            let why = format!("does not read the {what} it asked for");
+            self.report(peer, Misbehavior::UnreadAnswers, why).await;
         }
     }
 

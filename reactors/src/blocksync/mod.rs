@@ -187,16 +187,6 @@ fn header_fault(
     (kind, format!("invalid header {i} of {n}: {e}"))
 }
 
-/// A send to `peer` failed while answering its request for `what`: a
-/// timeout means it does not read what it asked for (scored, dropped); a
-/// closed connection needs nothing more.
-pub(crate) async fn unread(sw: &Switch, peer: &Peer, e: plexus_p2p::mconn::SendError, what: &str) {
-    if e == plexus_p2p::mconn::SendError::Timeout {
-        let why = format!("does not read the {what} it asked for");
-        sw.report(peer, Misbehavior::UnreadAnswers, why).await;
-    }
-}
-
 fn msg(sum: Sum) -> pb::Message {
     pb::Message { sum: Some(sum) }
 }
@@ -889,14 +879,14 @@ impl BlockSyncReactor {
         let mut rest = hashes;
         while !rest.is_empty() {
             if let Err(e) = peer.ready(BLOCKSYNC_CHANNEL).await {
-                return unread(sw, peer, e, "blocks").await;
+                return sw.report_unread(peer, e, "blocks").await;
             }
             let room = peer.send_room(BLOCKSYNC_CHANNEL);
             // Hold the room in the node-wide budget while reading, so many
             // peers' answers cannot be built at once past it.
             let permit = match peer.reserve_wait(room.max(1)).await {
                 Ok(p) => p,
-                Err(e) => return unread(sw, peer, e, "blocks").await,
+                Err(e) => return sw.report_unread(peer, e, "blocks").await,
             };
             let chain = self.chain().clone();
             let todo = std::mem::take(&mut rest);
@@ -932,7 +922,7 @@ impl BlockSyncReactor {
             drop(permit);
             for bytes in msgs {
                 if let Err(e) = peer.send(BLOCKSYNC_CHANNEL, bytes).await {
-                    return unread(sw, peer, e, "blocks").await;
+                    return sw.report_unread(peer, e, "blocks").await;
                 }
             }
         }
@@ -1052,7 +1042,7 @@ impl Reactor for BlockSyncReactor {
                 let headers = headers.iter().map(Header::to_proto).collect();
                 let reply = msg(Sum::HeadersResponse(pb::HeadersResponse { headers }));
                 if let Err(e) = peer.send_msg(BLOCKSYNC_CHANNEL, &reply).await {
-                    unread(sw, peer, e, "headers").await;
+                    sw.report_unread(peer, e, "headers").await;
                 }
             }
             Some(Sum::HeadersResponse(resp)) => {

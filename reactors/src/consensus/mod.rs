@@ -785,7 +785,7 @@ impl Reactor for ConsensusReactor {
                 };
                 // Build only what the peer's send budget takes now.
                 if let Err(e) = peer.ready(CONSENSUS_CHANNEL).await {
-                    return crate::blocksync::unread(sw, peer, e, "blocks").await;
+                    return sw.report_unread(peer, e, "blocks").await;
                 }
                 let max = req.max_blocks.min(self.cfg.max_blocks_per_request) as usize;
                 let room = peer.send_room(CONSENSUS_CHANNEL);
@@ -793,7 +793,7 @@ impl Reactor for ConsensusReactor {
                 // Held in the node-wide budget while the answer is built.
                 let permit = match peer.reserve_wait(budget).await {
                     Ok(p) => p,
-                    Err(e) => return crate::blocksync::unread(sw, peer, e, "blocks").await,
+                    Err(e) => return sw.report_unread(peer, e, "blocks").await,
                 };
                 let chain = self.importer.chain.clone();
                 let found = tokio::task::spawn_blocking(move || {
@@ -818,7 +818,7 @@ impl Reactor for ConsensusReactor {
                     pb::Message { sum: Some(Sum::Blocks(pb::Blocks { blocks })) }.encode_to_vec();
                 drop(permit);
                 if let Err(e) = peer.send(CONSENSUS_CHANNEL, msg).await {
-                    crate::blocksync::unread(sw, peer, e, "blocks").await;
+                    sw.report_unread(peer, e, "blocks").await;
                 }
             }
             Some(Sum::Blocks(list)) => {
