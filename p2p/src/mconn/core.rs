@@ -381,9 +381,16 @@ impl MConnCore {
         in_channel.min(in_connection)
     }
 
+    /// Whether the node-wide budget, not this connection's own budgets, is
+    /// what keeps channel `index` from taking a message now.
+    pub fn limited_by_shared(&self, index: usize) -> bool {
+        self.shared.as_ref().is_some_and(|b| b.left() < self.own_room(index).max(1))
+    }
+
     /// Drops every queued message (the connection is closed), giving the
-    /// bytes back to the shared budget.
+    /// bytes back to the shared budget; later pushes are refused.
     pub fn drop_queued(&mut self) {
+        self.closing = true;
         for ch in &mut self.send {
             ch.queue.clear();
             ch.queued_bytes = 0;

@@ -283,6 +283,10 @@ impl MConnection {
                     Err(PushError::Full(m)) => {
                         msg = m;
                         let i = core.channel_index(ch).expect("push found the channel");
+                        if !core.limited_by_shared(i) {
+                            // Only this connection's own queue can help.
+                            freed = None;
+                        }
                         let mut n = Box::pin(self.shared.room[i].notified());
                         // Register before unlocking so a wake-up in between is kept.
                         n.as_mut().enable();
@@ -394,6 +398,9 @@ impl MConnection {
                 };
                 if core.has_room(i) {
                     return Ok(());
+                }
+                if !core.limited_by_shared(i) {
+                    freed = None;
                 }
                 let mut n = Box::pin(self.shared.room[i].notified());
                 n.as_mut().enable();

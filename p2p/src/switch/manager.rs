@@ -321,6 +321,11 @@ impl PeerManager {
                 .max_by_key(|(k, st)| (st.pending, **k))
                 .map(|(k, _)| *k);
             let Some(heavy) = heaviest else {
+                // Refused for others' handshakes: its attempt is not spent.
+                if !exempt {
+                    let s = self.ip_state(key, now);
+                    s.tokens = (s.tokens + 1.0).min(f64::from(cfg.attempt_burst));
+                }
                 return Err(RejectReason::TooManyHandshakes);
             };
             let oldest = self.pending_list.iter().find(|(_, k)| **k == heavy).map(|(id, _)| *id);

@@ -941,9 +941,13 @@ impl Switch {
     /// asked for ([`Misbehavior::UnreadAnswers`]: scored, dropped); a closed
     /// connection needs nothing more.
     pub async fn report_unread(&self, peer: &Peer, e: crate::mconn::SendError, what: &str) {
-        if e == crate::mconn::SendError::Timeout {
+        // Its own queue must be what stayed full: a wait for the node-wide
+        // budget (other peers' bytes) is not its doing.
+        if e == crate::mconn::SendError::Timeout && peer.queued_bytes() > 0 {
             let why = format!("does not read the {what} it asked for");
             self.report(peer, Misbehavior::UnreadAnswers, why).await;
+        } else {
+            tracing::debug!(peer = %peer.id(), error = %e, what, "answer not sent");
         }
     }
 
@@ -1069,21 +1073,26 @@ impl Switch {
                 _ = self.0.cancel.cancelled() => return,
             }
             let high = b.limit() / 10 * 9;
-            let mut dropped = HashSet::new();
-            while b.used() > high {
-                let heaviest = {
-                    let manager = self.0.manager.lock();
-                    self.peers()
-                        .into_iter()
-                        .filter(|p| !manager.is_protected(&p.id()) && !dropped.contains(&p.id()))
-                        .map(|p| (p.queued_bytes(), p))
-                        .filter(|(q, _)| *q > 0)
-                        .max_by_key(|(q, p)| (*q, p.id()))
-                };
-                let Some((queued, p)) = heaviest else { break };
-                tracing::info!(peer = %p.id(), queued, "dropping the heaviest peer: memory budget");
-                dropped.insert(p.id());
-                self.stop_peer(&p, StopReason::OverBudget(queued)).await;
+            // Queued bytes only: reservations of answers being built belong
+            // to no peer and end by themselves.
+            let mut candidates: Vec<(usize, Peer)> = {
+                let manager = self.0.manager.lock();
+                self.peers()
+                    .into_iter()
+                    .filter(|p| !manager.is_protected(&p.id()))
+                    .map(|p| (p.queued_bytes(), p))
+                    .filter(|(q, _)| *q > 0)
+                    .collect()
+            };
+            let mut queued: usize = self.peers().iter().map(Peer::queued_bytes).sum();
+            candidates.sort_by_key(|(q, p)| std::cmp::Reverse((*q, p.id())));
+            for (q, p) in candidates {
+                if queued <= high {
+                    break;
+                }
+                tracing::info!(peer = %p.id(), queued = q, "dropping the heaviest peer: memory budget");
+                queued -= q;
+                self.stop_peer(&p, StopReason::OverBudget(q)).await;
             }
         }
     }
