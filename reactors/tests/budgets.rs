@@ -11,16 +11,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use parking_lot::Mutex;
 use plexus_p2p::secret::{SecretConfig, SecretConnection};
 use plexus_p2p::{
-    node_info, MConnConfig, MemoryTransport, NodeInfo, NodeKey, Switch, SwitchConfig, Transport,
+    node_info, MConnConfig, MemoryTransport, NodeInfo, NodeKey, SwitchConfig, Transport,
 };
 use plexus_proto::p2p::{packet::Sum as PSum, Packet, PacketMsg};
-use plexus_reactors::blocksync::{BlockSyncReactor, BLOCKSYNC_CHANNEL};
+use plexus_reactors::blocksync::BLOCKSYNC_CHANNEL;
 use plexus_reactors::chain::{Block, Blockchain, NetworkParams};
-use plexus_reactors::consensus::{ConsensusConfig, ConsensusReactor, CONSENSUS_CHANNEL};
-use plexus_reactors::mempool::{MempoolConfig, MempoolReactor, MEMPOOL_CHANNEL};
+use plexus_reactors::consensus::{ConsensusConfig, CONSENSUS_CHANNEL};
+use plexus_reactors::mempool::MEMPOOL_CHANNEL;
 use plexus_reactors::mining::solve;
 use prost::Message;
 
@@ -69,29 +68,7 @@ async fn node(net: &MemoryTransport, p: &Arc<NetworkParams>, c: Blockchain) -> S
         max_peer_memory_bytes: 16 << 20,
         ..SwitchConfig::default()
     };
-    let mem = Arc::new(MempoolReactor::new(MempoolConfig::default()));
-    let cons = Arc::new(ConsensusReactor::new(
-        ConsensusConfig::default(),
-        Arc::new(Mutex::new(c)),
-        mem.pool().clone(),
-    ));
-    let sync = Arc::new(BlockSyncReactor::new(sync_cfg(), cons.clone()));
-    let sw = Switch::builder(
-        NodeKey::generate(),
-        NodeInfo::new(&p.network_id(), "n"),
-        scfg,
-        net.with_ip(ip),
-    )
-    .shared_reactor(cons.clone())
-    .shared_reactor(mem.clone())
-    .shared_reactor(sync.clone())
-    .build()
-    .unwrap();
-    sw.start().await.unwrap();
-    cons.start(&sw);
-    mem.start(&sw);
-    sync.start(&sw);
-    SyncNode { sw, cons, mem, sync }
+    sync_node_with(net.with_ip(ip), scfg, ConsensusConfig::default(), p, c, sync_cfg()).await
 }
 
 fn packet(channel: u8, msg: Vec<u8>) -> Vec<u8> {

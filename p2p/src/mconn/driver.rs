@@ -67,6 +67,13 @@ pub enum TrySendError {
     Closed,
 }
 
+/// One try of [`MConnection::retry`]: finished, or wait for room on a
+/// channel (by index).
+enum Attempt<T> {
+    Done(Result<T, SendError>),
+    Wait(usize),
+}
+
 struct Shared {
     core: Mutex<MConnCore>,
     writer_wake: Notify,
@@ -253,7 +260,33 @@ impl MConnection {
     /// [`SendError::UnknownChannel`], [`SendError::TooLarge`],
     /// [`SendError::Timeout`], [`SendError::Closed`].
     pub async fn send(&self, ch: u8, msg: impl Into<Bytes>) -> Result<(), SendError> {
-        let mut msg = msg.into();
+        let mut msg = Some(msg.into());
+        self.retry(|core| match core.push(ch, msg.take().expect("kept while waiting")) {
+            Ok(()) => {
+                self.shared.writer_wake.notify_one();
+                Attempt::Done(Ok(()))
+            }
+            Err(PushError::UnknownChannel(id)) => Attempt::Done(Err(SendError::UnknownChannel(id))),
+            Err(PushError::Closing(_)) => Attempt::Done(Err(SendError::Closed)),
+            Err(PushError::TooLarge { len, max }) => {
+                Attempt::Done(Err(SendError::TooLarge { len, max }))
+            }
+            Err(PushError::Full(m)) => {
+                msg = Some(m);
+                Attempt::Wait(core.channel_index(ch).expect("push found the channel"))
+            }
+        })
+        .await
+    }
+
+    /// Runs `attempt` under the core lock until it is done, waiting between
+    /// tries for room on the channel it names (and, when the node-wide
+    /// budget is what blocks it, for bytes given back), at most
+    /// `send_timeout`.
+    async fn retry<T>(
+        &self,
+        mut attempt: impl FnMut(&mut MConnCore) -> Attempt<T>,
+    ) -> Result<T, SendError> {
         let timeout = self.shared.core.lock().config().send_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -267,32 +300,18 @@ impl MConnection {
             }
             let mut notified = {
                 let mut core = self.shared.core.lock();
-                match core.push(ch, msg) {
-                    Ok(()) => {
-                        drop(core);
-                        self.shared.writer_wake.notify_one();
-                        return Ok(());
-                    }
-                    Err(PushError::UnknownChannel(id)) => {
-                        return Err(SendError::UnknownChannel(id))
-                    }
-                    Err(PushError::Closing(_)) => return Err(SendError::Closed),
-                    Err(PushError::TooLarge { len, max }) => {
-                        return Err(SendError::TooLarge { len, max })
-                    }
-                    Err(PushError::Full(m)) => {
-                        msg = m;
-                        let i = core.channel_index(ch).expect("push found the channel");
-                        if !core.limited_by_shared(i) {
-                            // Only this connection's own queue can help.
-                            freed = None;
-                        }
-                        let mut n = Box::pin(self.shared.room[i].notified());
-                        // Register before unlocking so a wake-up in between is kept.
-                        n.as_mut().enable();
-                        n
-                    }
+                let i = match attempt(&mut core) {
+                    Attempt::Done(r) => return r,
+                    Attempt::Wait(i) => i,
+                };
+                if !core.limited_by_shared(i) {
+                    // Only this connection's own queue can help.
+                    freed = None;
                 }
+                let mut n = Box::pin(self.shared.room[i].notified());
+                // Register before unlocking so a wake-up in between is kept.
+                n.as_mut().enable();
+                n
             };
             tokio::select! {
                 _ = notified.as_mut() => {}
@@ -380,39 +399,12 @@ impl MConnection {
     /// [`SendError::UnknownChannel`], [`SendError::Timeout`] (the peer is
     /// not taking what we send), [`SendError::Closed`].
     pub async fn ready(&self, ch: u8) -> Result<(), SendError> {
-        let timeout = self.shared.core.lock().config().send_timeout;
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if self.shared.cancel.is_cancelled() {
-                return Err(SendError::Closed);
-            }
-            // Registered before the check, so bytes freed in between wake us.
-            let mut freed = self.shared.budget.as_ref().map(|b| Box::pin(b.freed()));
-            if let Some(f) = freed.as_mut() {
-                f.as_mut().enable();
-            }
-            let mut notified = {
-                let core = self.shared.core.lock();
-                let Some(i) = core.channel_index(ch) else {
-                    return Err(SendError::UnknownChannel(ch));
-                };
-                if core.has_room(i) {
-                    return Ok(());
-                }
-                if !core.limited_by_shared(i) {
-                    freed = None;
-                }
-                let mut n = Box::pin(self.shared.room[i].notified());
-                n.as_mut().enable();
-                n
-            };
-            tokio::select! {
-                _ = notified.as_mut() => {}
-                _ = async { freed.as_mut().expect("guarded").as_mut().await }, if freed.is_some() => {}
-                _ = self.shared.cancel.cancelled() => return Err(SendError::Closed),
-                _ = tokio::time::sleep_until(deadline) => return Err(SendError::Timeout),
-            }
-        }
+        self.retry(|core| match core.channel_index(ch) {
+            None => Attempt::Done(Err(SendError::UnknownChannel(ch))),
+            Some(i) if core.has_room(i) => Attempt::Done(Ok(())),
+            Some(i) => Attempt::Wait(i),
+        })
+        .await
     }
 
     /// Whether channel `ch` has room for a message now (`false` for an

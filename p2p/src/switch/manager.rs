@@ -134,7 +134,9 @@ pub struct PeerStanding {
 /// The switch's policy: admission, reputation, bans, eviction, redials.
 #[derive(Debug)]
 pub struct PeerManager {
-    cfg: PeerManagerConfig,
+    /// Shared so the accept path can hold it while it changes per-IP state
+    /// (a reference count, not a copy of the id lists).
+    cfg: std::sync::Arc<PeerManagerConfig>,
     local_id: NodeId,
     rng: StdRng,
     netgroup_key: [u8; 32],
@@ -176,7 +178,7 @@ impl PeerManager {
         let netgroup_key = rng.random();
         let unconditional = cfg.unconditional_peer_ids.iter().copied().collect();
         PeerManager {
-            cfg,
+            cfg: std::sync::Arc::new(cfg),
             local_id,
             rng,
             netgroup_key,

@@ -130,11 +130,24 @@ pub async fn sync_node_on<T: Transport>(
     cfg: BlockSyncConfig,
 ) -> SyncNode {
     let scfg = SwitchConfig { listen_addr: Some(listen), ..SwitchConfig::default() };
-    let mem = Arc::new(MempoolReactor::new(MempoolConfig::default()));
     let ccfg = ConsensusConfig {
         status_interval: Duration::from_millis(500),
         ..ConsensusConfig::default()
     };
+    sync_node_with(t, scfg, ccfg, p, c, cfg).await
+}
+
+/// A node with the three reactors on `t`, with these switch and consensus
+/// settings.
+pub async fn sync_node_with<T: Transport>(
+    t: T,
+    scfg: SwitchConfig,
+    ccfg: ConsensusConfig,
+    p: &Arc<NetworkParams>,
+    c: Blockchain,
+    cfg: BlockSyncConfig,
+) -> SyncNode {
+    let mem = Arc::new(MempoolReactor::new(MempoolConfig::default()));
     let cons = Arc::new(ConsensusReactor::new(ccfg, Arc::new(Mutex::new(c)), mem.pool().clone()));
     let sync = Arc::new(BlockSyncReactor::new(cfg, cons.clone()));
     let info = NodeInfo::new(&p.network_id(), "n");
