@@ -369,6 +369,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> SecretConnection<S> {
                 key: self.recv_key,
                 nonce: self.recv_nonce,
                 failed: None,
+                bulk: false,
+                small_reads: 0,
             },
             SecretWriter {
                 io: w,
@@ -443,10 +445,27 @@ pub struct SecretReader<R> {
     key: LessSafeKey,
     nonce: u64,
     failed: Option<SecretError>,
+    /// Reading in bulk: ask the stream for [`READ_CHUNK`] at a time.
+    bulk: bool,
+    /// Small reads in a row while in bulk mode.
+    small_reads: u32,
 }
 
-/// Bytes requested from the stream per read: two full frames.
+/// Bytes requested from the stream per read in bulk: two full frames.
 const READ_CHUNK: usize = 2 * (MAX_FRAME_LEN + 2);
+
+/// Bytes requested per read while traffic is light. An idle connection
+/// (pings, small messages) then holds a few KiB of read buffer instead of
+/// [`READ_CHUNK`], whose pages a buffer advancing frame by frame would
+/// otherwise touch one after another.
+const SMALL_READ: usize = 4096;
+
+/// A read of at least this many plaintext bytes switches to bulk reads.
+const BULK_AFTER: usize = 16 * 1024;
+
+/// Reads below [`SMALL_READ`] in a row that end bulk reads (and free the
+/// large buffer once it is empty).
+const SMALL_READS_TO_IDLE: u32 = 64;
 
 impl<R: AsyncRead + Unpin> SecretReader<R> {
     /// Waits for at least one frame, then decrypts every complete frame
@@ -462,8 +481,10 @@ impl<R: AsyncRead + Unpin> SecretReader<R> {
         if let Some(e) = self.failed.take() {
             return Err(e);
         }
-        if self.rbuf.capacity() - self.rbuf.len() < MAX_FRAME_LEN + 2 {
+        if self.bulk && self.rbuf.capacity() - self.rbuf.len() < MAX_FRAME_LEN + 2 {
             self.rbuf.reserve(READ_CHUNK);
+        } else if !self.bulk && self.rbuf.capacity() - self.rbuf.len() < SMALL_READ / 2 {
+            self.rbuf.reserve(SMALL_READ);
         }
         let Some(frame) = read_frame(&mut self.io, &mut self.rbuf, MAX_FRAME_LEN).await? else {
             return Err(SecretError::Closed);
@@ -487,7 +508,27 @@ impl<R: AsyncRead + Unpin> SecretReader<R> {
                 }
             }
         }
+        self.adapt(n);
         Ok(n)
+    }
+
+    /// Chooses the next read size from this one's plaintext bytes `n`.
+    fn adapt(&mut self, n: usize) {
+        if n >= BULK_AFTER {
+            self.bulk = true;
+            self.small_reads = 0;
+        } else if self.bulk && n < SMALL_READ {
+            self.small_reads += 1;
+            if self.small_reads >= SMALL_READS_TO_IDLE {
+                self.bulk = false;
+                self.small_reads = 0;
+                if self.rbuf.is_empty() {
+                    // Let go of the large buffer (freed once the frames
+                    // handed out of it are dropped).
+                    self.rbuf = BytesMut::new();
+                }
+            }
+        }
     }
 
     /// Like [`SecretReader::read_frames`], copying the plaintext into one

@@ -533,7 +533,8 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
     batch: usize,
     throttle: std::time::Duration,
 ) -> Result<(), MConnError> {
-    let mut buf = BytesMut::with_capacity(batch + 128 * 1024);
+    let mut buf = BytesMut::with_capacity(IDLE_WRITE_BUF);
+    let mut idle_since: Option<Instant> = None;
     let pong_timeout = shared.core.lock().config().pong_timeout;
     let mut cuts = Vec::new();
     loop {
@@ -578,6 +579,7 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
                 }
             }
             let full = buf.len() >= batch;
+            idle_since = None;
             buf.clear();
             cuts.clear();
             // A writable socket completes writes without suspending; after a
@@ -601,10 +603,26 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
             return Ok(());
         }
         let wake = pin!(shared.writer_wake.notified());
+        let waited = *idle_since.get_or_insert_with(now);
         tokio::select! {
             _ = wake => {}
             _ = tokio::time::sleep_until(next.into()) => {}
             _ = shared.cancel.cancelled() => return Ok(()),
         }
+        if now().saturating_duration_since(waited) >= SHRINK_AFTER_IDLE {
+            // Idle for a while: an idle connection keeps a small buffer,
+            // not the high-water mark of its last burst.
+            if buf.capacity() > 4 * IDLE_WRITE_BUF {
+                buf = BytesMut::with_capacity(IDLE_WRITE_BUF);
+            }
+            idle_since = None;
+        }
     }
 }
+
+/// The writer's buffer while the connection is idle; it grows to a batch
+/// under load.
+const IDLE_WRITE_BUF: usize = 16 * 1024;
+
+/// A writer that waited this long for work drops a grown buffer.
+const SHRINK_AFTER_IDLE: std::time::Duration = std::time::Duration::from_secs(1);

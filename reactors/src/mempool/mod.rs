@@ -1,7 +1,8 @@
 //! The mempool ([`Mempool`]) and its gossip reactor ([`MempoolReactor`],
-//! channel 0x30): every transaction goes to each peer that has not sent it
-//! or been sent it, as CometBFT's mempool reactor does, with a bounded
-//! per-peer memory instead of its per-transaction sender list.
+//! channel 0x30): every transaction goes once to each peer that has not
+//! sent it, as CometBFT's mempool reactor does: a cursor per peer into the
+//! pool's order and a capped sender list per transaction, so gossip state
+//! is bounded by the pool, not by peers times transactions.
 
 mod pool;
 
@@ -15,11 +16,11 @@ use plexus_p2p::{
 };
 use plexus_proto::mempool::{self as pb, message::Sum};
 use prost::Message;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
-pub use pool::{BoundedSet, Mempool, MempoolConfig, MempoolError, TxSource};
+pub use pool::{BoundedSet, GossipTx, Mempool, MempoolConfig, MempoolError, TxSource};
 
-use crate::chain::{Hash, TxId};
+use crate::chain::TxId;
 
 /// The mempool channel.
 pub const MEMPOOL_CHANNEL: u8 = 0x30;
@@ -27,9 +28,22 @@ pub const MEMPOOL_CHANNEL: u8 = 0x30;
 /// The mempool gossip reactor. Register it with the switch and call
 /// [`MempoolReactor::start`] with the built switch; submit local
 /// transactions with [`MempoolReactor::submit`].
+///
+/// Gossip follows CometBFT's `broadcastTxRoutine`: each peer has a cursor
+/// into the pool's order (the next sequence number to send it), so the
+/// per-peer state is one number whatever the pool holds; a transaction is
+/// not sent to the peers it came from (the pool remembers up to
+/// `max_senders_per_tx` of them). One task runs gossip rounds, at most
+/// every `gossip_interval`: a round sends each peer what is new since its
+/// cursor, in messages of at most `max_txs_per_msg` transactions and
+/// `max_msg_bytes`, as far as its send queue has room; a peer with no room
+/// keeps its cursor and gets the rest in a later round.
 pub struct MempoolReactor {
     pool: Arc<Mutex<Mempool>>,
-    seen: Mutex<HashMap<NodeId, BoundedSet>>,
+    /// Per peer: the sequence number of the next transaction to send it.
+    cursors: Mutex<HashMap<NodeId, u64>>,
+    /// Wakes the gossip task.
+    wake: Notify,
     switch: OnceLock<Switch>,
     /// Counts transactions added; the miner watches it.
     added: watch::Sender<u64>,
@@ -46,7 +60,8 @@ impl MempoolReactor {
     pub fn new(cfg: MempoolConfig) -> MempoolReactor {
         MempoolReactor {
             pool: Arc::new(Mutex::new(Mempool::new(cfg))),
-            seen: Mutex::new(HashMap::new()),
+            cursors: Mutex::new(HashMap::new()),
+            wake: Notify::new(),
             switch: OnceLock::new(),
             added: watch::channel(0).0,
         }
@@ -62,71 +77,98 @@ impl MempoolReactor {
         self.added.subscribe()
     }
 
-    /// Lets [`MempoolReactor::submit`] gossip through `switch`.
-    pub fn start(&self, switch: &Switch) {
+    /// Starts the gossip task on `switch` (it ends when the switch stops)
+    /// and lets [`MempoolReactor::submit`] gossip through it. Must be
+    /// called inside a tokio runtime.
+    pub fn start(self: &Arc<Self>, switch: &Switch) {
         let _ = self.switch.set(switch.clone());
+        let (me, sw) = (Arc::downgrade(self), switch.downgrade());
+        let interval = self.pool.lock().config().gossip_interval;
+        tokio::spawn(async move {
+            loop {
+                let (Some(me), Some(sw)) = (me.upgrade(), sw.upgrade()) else { return };
+                tokio::select! {
+                    _ = me.wake.notified() => {}
+                    _ = sw.stopped() => return,
+                }
+                if me.gossip_round(&sw) {
+                    // Someone had no room: try again next round.
+                    me.wake.notify_one();
+                }
+                drop((me, sw));
+                tokio::time::sleep(interval).await;
+            }
+        });
     }
 
     /// Adds a local transaction and gossips it. Errors: [`MempoolError`].
     pub fn submit(&self, tx: Bytes) -> Result<TxId, MempoolError> {
-        let id = self.pool.lock().add(tx.clone())?;
+        let id = self.pool.lock().add(tx)?;
         self.added.send_modify(|n| *n += 1);
-        if let Some(sw) = self.switch.get() {
-            self.gossip(sw, &[(id, tx)], None);
-        }
+        self.wake.notify_one();
         Ok(id)
     }
 
-    /// Sends `txs` to every peer but `except` that has not seen them,
-    /// marking them seen for that peer. A peer whose queue is full misses
-    /// them (they stay unmarked, so it gets them with the next batch).
-    fn gossip(&self, sw: &Switch, txs: &[(TxId, Bytes)], except: Option<NodeId>) {
-        for peer in sw.peers() {
-            if Some(peer.id()) == except {
-                continue;
-            }
-            self.send_unseen(&peer, txs.iter());
-        }
-    }
-
-    fn send_unseen<'a>(&self, peer: &Peer, txs: impl Iterator<Item = &'a (TxId, Bytes)>) {
-        let (max_txs, max_bytes) = {
+    /// One gossip round (see the type's docs). Returns whether some peer
+    /// was left behind for lack of room.
+    fn gossip_round(&self, sw: &Switch) -> bool {
+        let mut cursors = self.cursors.lock();
+        let Some(&oldest) = cursors.values().min() else { return false };
+        let (tail, end, max_txs, max_bytes) = {
             let pool = self.pool.lock();
-            (pool.config().max_txs_per_msg.max(1), pool.config().max_msg_bytes)
+            let c = pool.config();
+            (pool.since(oldest), pool.next_seq(), c.max_txs_per_msg.max(1), c.max_msg_bytes)
         };
-        let mut seen = self.seen.lock();
-        let Some(set) = seen.get_mut(&peer.id()) else { return };
-        let mut batch: Vec<&(TxId, Bytes)> = Vec::new();
-        let mut bytes = 0;
-        let send = |batch: &mut Vec<&(TxId, Bytes)>, set: &mut BoundedSet| {
-            let txs = batch.iter().map(|(_, t)| t.clone()).collect();
-            let msg = pb::Message { sum: Some(Sum::Txs(pb::Txs { txs })) };
-            let ok = peer.try_send(MEMPOOL_CHANNEL, msg.encode_to_vec());
-            if ok {
-                batch.iter().for_each(|(id, _)| {
-                    set.insert(*id);
-                });
+        // Peers at the same cursor get the same messages: encode each once.
+        let mut encoded: HashMap<(u64, u64), Bytes> = HashMap::new();
+        let mut behind = false;
+        for peer in sw.peers() {
+            let Some(cursor) = cursors.get_mut(&peer.id()) else { continue };
+            let mut i = tail.partition_point(|t| t.seq < *cursor);
+            if i == tail.len() {
+                // Nothing new for it.
+                *cursor = end;
             }
-            batch.clear();
-            ok
-        };
-        let fresh: Vec<_> = txs.filter(|(id, _)| !set.contains(id)).collect();
-        for item in fresh {
-            // Each transaction costs its length plus a tag and a length
-            // prefix of at most 4 bytes.
-            let cost = item.1.len() + 4;
-            if !batch.is_empty() && (batch.len() == max_txs || bytes + cost > max_bytes) {
-                if !send(&mut batch, set) {
-                    return;
+            while i < tail.len() {
+                // The next message: consecutive transactions not from this
+                // peer, within the message limits.
+                let (first, mut bytes, mut txs, mut clean) = (i, 0, Vec::new(), true);
+                while i < tail.len() && txs.len() < max_txs {
+                    let t = &tail[i];
+                    // Each transaction costs its length plus a tag and a
+                    // length prefix of at most 4 bytes.
+                    let cost = t.tx.len() + 4;
+                    if !txs.is_empty() && bytes + cost > max_bytes {
+                        break;
+                    }
+                    if t.senders.contains(&peer.id()) {
+                        clean = false;
+                    } else {
+                        txs.push(t.tx.clone());
+                        bytes += cost;
+                    }
+                    i += 1;
                 }
-                bytes = 0;
+                let next = tail.get(i).map_or(end, |t| t.seq);
+                if !txs.is_empty() {
+                    let encode = || {
+                        let msg = pb::Message { sum: Some(Sum::Txs(pb::Txs { txs })) };
+                        Bytes::from(msg.encode_to_vec())
+                    };
+                    let msg = if clean {
+                        encoded.entry((tail[first].seq, next)).or_insert_with(encode).clone()
+                    } else {
+                        encode()
+                    };
+                    if !peer.try_send(MEMPOOL_CHANNEL, msg) {
+                        behind = true;
+                        break;
+                    }
+                }
+                *cursor = next;
             }
-            batch.push(item);
-            bytes += cost;
         }
-        if !batch.is_empty() {
-            send(&mut batch, set);
-        }
+        behind
     }
 }
 
@@ -146,17 +188,14 @@ impl Reactor for MempoolReactor {
     }
 
     async fn add_peer(&self, peer: &Peer) {
-        let cap = self.pool.lock().config().max_seen_per_peer;
-        self.seen.lock().insert(peer.id(), BoundedSet::new(cap));
         // A new peer gets the whole pool (CometBFT's broadcastTxRoutine
         // starts from the front of the list).
-        let all: Vec<(TxId, Bytes)> =
-            self.pool.lock().iter().map(|(i, t)| (*i, t.clone())).collect();
-        self.send_unseen(peer, all.iter());
+        self.cursors.lock().insert(peer.id(), 0);
+        self.wake.notify_one();
     }
 
     async fn remove_peer(&self, peer: &Peer, _reason: &StopReason) {
-        self.seen.lock().remove(&peer.id());
+        self.cursors.lock().remove(&peer.id());
     }
 
     async fn receive(&self, env: Envelope<pb::Message>) {
@@ -172,28 +211,24 @@ impl Reactor for MempoolReactor {
             env.switch.report(peer, Misbehavior::MalformedMessage, why).await;
             return;
         }
-        let mut fresh = Vec::new();
+        let mut fresh = 0u64;
         let mut bad = None;
         {
             let mut pool = self.pool.lock();
-            let mut seen = self.seen.lock();
             for tx in list.txs {
-                let id = Hash::sha256(&tx);
-                if let Some(s) = seen.get_mut(&peer.id()) {
-                    s.insert(id);
-                }
-                match pool.add_from(tx.clone(), TxSource::Peer(peer.id())) {
-                    Ok(id) => fresh.push((id, tx)),
+                match pool.add_from(tx, TxSource::Peer(peer.id())) {
+                    Ok(_) => fresh += 1,
+                    Err(MempoolError::Duplicate(id)) => pool.note_sender(&id, peer.id()),
                     Err(e @ MempoolError::TooLarge { .. }) => bad = Some(e),
                     Err(_) => {}
                 }
             }
         }
-        if !fresh.is_empty() {
+        if fresh > 0 {
             // Novel transactions protect this peer from inbound eviction.
             env.switch.note_novel_tx(&peer.id());
-            self.added.send_modify(|n| *n += fresh.len() as u64);
-            self.gossip(&env.switch, &fresh, Some(peer.id()));
+            self.added.send_modify(|n| *n += fresh);
+            self.wake.notify_one();
         }
         if let Some(e) = bad {
             env.switch.report(peer, Misbehavior::InvalidTransaction, e.to_string()).await;

@@ -46,9 +46,17 @@ pub struct MempoolConfig {
     /// built only as large as what is left, so a peer that asks and never
     /// reads holds at most this. Default 1 MiB.
     pub send_queue_bytes: usize,
-    /// Per-peer memory of transactions it has sent or been sent, so
-    /// nothing goes back and forth twice. Default 10,000 ids per peer.
-    pub max_seen_per_peer: usize,
+    /// Peers remembered per transaction as having sent it to us (the
+    /// first one is its source), so gossip does not send it back to them
+    /// (CometBFT's per-transaction sender list, capped; a later sender is
+    /// only sent back a duplicate). Memory for it is bounded by the pool,
+    /// never by the number of peers. Default 4.
+    pub max_senders_per_tx: usize,
+    /// Gossip runs at most this often: transactions arriving meanwhile go
+    /// to each peer together, in one message per `max_txs_per_msg`, so the
+    /// cost per peer is per round, not per transaction (Bitcoin Core
+    /// trickles its inventory the same way). Default 100 ms.
+    pub gossip_interval: std::time::Duration,
     /// Most transactions in one gossip message; more is a protocol error.
     /// Default 256.
     pub max_txs_per_msg: usize,
@@ -71,7 +79,8 @@ impl Default for MempoolConfig {
             max_tx_bytes: 64 * 1024,
             max_recent_mined: 100_000,
             send_queue_bytes: 1 << 20,
-            max_seen_per_peer: 10_000,
+            max_senders_per_tx: 4,
+            gossip_interval: std::time::Duration::from_millis(100),
             max_txs_per_msg: 256,
             max_msg_bytes: 1 << 20,
             max_peer_share_percent: 25,
@@ -163,7 +172,7 @@ impl BoundedSet {
 #[derive(Debug)]
 pub struct Mempool {
     cfg: MempoolConfig,
-    txs: HashMap<TxId, (u64, Bytes, TxSource)>,
+    txs: HashMap<TxId, Entry>,
     order: BTreeMap<u64, TxId>,
     next_seq: u64,
     bytes: usize,
@@ -172,6 +181,29 @@ pub struct Mempool {
     sources: HashMap<TxSource, Share>,
     /// Transactions and bytes from peers in all.
     from_peers: (usize, usize),
+}
+
+/// One transaction in the pool.
+#[derive(Debug)]
+struct Entry {
+    seq: u64,
+    tx: Bytes,
+    source: TxSource,
+    /// Peers that sent it after its source, at most
+    /// `max_senders_per_tx - 1`.
+    also_from: Vec<NodeId>,
+}
+
+/// A transaction as gossip sees it ([`Mempool::since`]): its place in
+/// the pool's order and the peers known to have it.
+#[derive(Debug, Clone)]
+pub struct GossipTx {
+    /// Position in the pool's order (increasing, never reused).
+    pub seq: u64,
+    /// The transaction.
+    pub tx: Bytes,
+    /// Peers that sent it to us (at most `max_senders_per_tx`).
+    pub senders: Vec<NodeId>,
 }
 
 /// What one source holds.
@@ -301,13 +333,13 @@ impl Mempool {
             self.from_peers.1 += tx.len();
         }
         self.order.insert(self.next_seq, id);
-        self.txs.insert(id, (self.next_seq, tx, source));
+        self.txs.insert(id, Entry { seq: self.next_seq, tx, source, also_from: Vec::new() });
         self.next_seq += 1;
     }
 
     /// Removes `id`, returning the transaction.
     pub fn remove(&mut self, id: &TxId) -> Option<Bytes> {
-        let (seq, tx, source) = self.txs.remove(id)?;
+        let Entry { seq, tx, source, .. } = self.txs.remove(id)?;
         self.order.remove(&seq);
         self.bytes -= tx.len();
         if let Some(share) = self.sources.get_mut(&source) {
@@ -337,7 +369,7 @@ impl Mempool {
 
     /// A transaction by id.
     pub fn get(&self, id: &TxId) -> Option<&Bytes> {
-        self.txs.get(id).map(|(_, t, _)| t)
+        self.txs.get(id).map(|e| &e.tx)
     }
 
     /// Transactions held.
@@ -362,7 +394,7 @@ impl Mempool {
         let mut out = Vec::new();
         let mut used = 0;
         for id in self.order.values() {
-            let tx = &self.txs[id].1;
+            let tx = &self.txs[id].tx;
             let cost = tx.len() + 4;
             if used + cost > max_bytes {
                 break;
@@ -375,7 +407,42 @@ impl Mempool {
 
     /// Every transaction, oldest first.
     pub fn iter(&self) -> impl Iterator<Item = (&TxId, &Bytes)> {
-        self.order.values().map(|id| (id, &self.txs[id].1))
+        self.order.values().map(|id| (id, &self.txs[id].tx))
+    }
+
+    /// The sequence number the next transaction will get: every
+    /// transaction in the pool has a lower one.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// Transactions from sequence number `seq` on, in pool order, with
+    /// the peers known to have sent each (for gossip cursors).
+    pub fn since(&self, seq: u64) -> Vec<GossipTx> {
+        self.order
+            .range(seq..)
+            .map(|(&seq, id)| {
+                let e = &self.txs[id];
+                let mut senders = Vec::with_capacity(1 + e.also_from.len());
+                if let TxSource::Peer(p) = e.source {
+                    senders.push(p);
+                }
+                senders.extend_from_slice(&e.also_from);
+                GossipTx { seq, tx: e.tx.clone(), senders }
+            })
+            .collect()
+    }
+
+    /// Records that `peer` also sent `id` (it is already in the pool), up
+    /// to `max_senders_per_tx` senders per transaction.
+    pub fn note_sender(&mut self, id: &TxId, peer: NodeId) {
+        let cap = self.cfg.max_senders_per_tx;
+        let Some(e) = self.txs.get_mut(id) else { return };
+        let known = e.source == TxSource::Peer(peer) || e.also_from.contains(&peer);
+        let count = usize::from(matches!(e.source, TxSource::Peer(_))) + e.also_from.len();
+        if !known && count < cap {
+            e.also_from.push(peer);
+        }
     }
 
     /// Follows the main chain: transactions of connected blocks leave the

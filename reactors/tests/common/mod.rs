@@ -147,7 +147,20 @@ pub async fn sync_node_with<T: Transport>(
     c: Blockchain,
     cfg: BlockSyncConfig,
 ) -> SyncNode {
-    let mem = Arc::new(MempoolReactor::new(MempoolConfig::default()));
+    sync_node_mempool(t, scfg, ccfg, MempoolConfig::default(), p, c, cfg).await
+}
+
+/// As [`sync_node_with`], with these mempool settings too.
+pub async fn sync_node_mempool<T: Transport>(
+    t: T,
+    scfg: SwitchConfig,
+    ccfg: ConsensusConfig,
+    mcfg: MempoolConfig,
+    p: &Arc<NetworkParams>,
+    c: Blockchain,
+    cfg: BlockSyncConfig,
+) -> SyncNode {
+    let mem = Arc::new(MempoolReactor::new(mcfg));
     let cons = Arc::new(ConsensusReactor::new(ccfg, Arc::new(Mutex::new(c)), mem.pool().clone()));
     let sync = Arc::new(BlockSyncReactor::new(cfg, cons.clone()));
     let info = NodeInfo::new(&p.network_id(), "n");
