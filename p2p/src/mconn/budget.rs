@@ -86,6 +86,14 @@ impl SharedBudget {
         self.try_take(n).then(|| Reservation { budget: Some(self.clone()), n })
     }
 
+    /// Takes `n` bytes whatever is in use (bytes already held, such as a
+    /// batch being written, which must be counted but cannot be refused);
+    /// given back when the reservation drops.
+    pub(crate) fn charge(&self, n: usize) -> Reservation {
+        self.0.used.fetch_add(n, Ordering::Relaxed);
+        Reservation { budget: Some(self.clone()), n }
+    }
+
     /// Resolves when a push was refused for this budget.
     pub async fn exhausted(&self) {
         self.0.exhausted.notified().await
@@ -111,6 +119,24 @@ impl Reservation {
     /// A reservation of nothing (a connection without a shared budget).
     pub fn none() -> Self {
         Reservation { budget: None, n: 0 }
+    }
+
+    /// Bytes still held.
+    pub fn bytes(&self) -> usize {
+        self.n
+    }
+
+    /// Hands up to `n` of the held bytes over to a queue (they stay taken
+    /// in the budget, now owned by what was queued); returns how many.
+    pub(crate) fn hand_over(&mut self, n: usize) -> usize {
+        let moved = n.min(self.n);
+        self.n -= moved;
+        moved
+    }
+
+    /// Takes back bytes [`Reservation::hand_over`] gave.
+    pub(crate) fn take_back(&mut self, n: usize) {
+        self.n += n;
     }
 }
 

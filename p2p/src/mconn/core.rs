@@ -321,6 +321,21 @@ impl MConnCore {
     /// connection's `max_send_queue_bytes` (an empty queue takes one larger
     /// message while the connection is under its budget).
     pub fn push(&mut self, id: u8, msg: Bytes) -> Result<(), PushError> {
+        self.push_from(id, msg, None)
+    }
+
+    /// As [`MConnCore::push`], charging the node-wide budget from `held`
+    /// first (bytes reserved while the message was built), so a built
+    /// answer never sits outside the budget while it waits for room.
+    ///
+    /// # Errors
+    /// As [`MConnCore::push`]; `held` keeps its bytes on an error.
+    pub fn push_from(
+        &mut self,
+        id: u8,
+        msg: Bytes,
+        held: Option<&mut super::Reservation>,
+    ) -> Result<(), PushError> {
         let Some(i) = self.channel_index(id) else {
             return Err(PushError::UnknownChannel(id));
         };
@@ -339,7 +354,14 @@ impl MConnCore {
             return Err(PushError::Full(msg));
         }
         if let Some(b) = &self.shared {
-            if !b.try_take(msg.len()) {
+            let (moved, held) = match held {
+                Some(r) => (r.hand_over(msg.len()), Some(r)),
+                None => (0, None),
+            };
+            if moved < msg.len() && !b.try_take(msg.len() - moved) {
+                if let Some(r) = held {
+                    r.take_back(moved);
+                }
                 return Err(PushError::Full(msg));
             }
         }

@@ -2,6 +2,7 @@
 //! connection, a send handle and per-channel receivers.
 
 use std::pin::pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -83,6 +84,10 @@ struct Shared {
     remote_id: NodeId,
     /// The node-wide budget the send queues count against, if any.
     budget: Option<super::SharedBudget>,
+    /// Bytes of the batch the writer is writing: taken out of the queues,
+    /// still held until the socket takes them (a peer that reads slowly
+    /// holds them), so counted with the queued bytes and in the budget.
+    writing: AtomicUsize,
 }
 
 impl Shared {
@@ -231,6 +236,7 @@ impl MConnection {
             reason: OnceLock::new(),
             remote_id,
             budget,
+            writing: AtomicUsize::new(0),
         });
         let mut senders = Vec::with_capacity(channels.len());
         let mut receivers = Vec::with_capacity(channels.len());
@@ -260,20 +266,48 @@ impl MConnection {
     /// [`SendError::UnknownChannel`], [`SendError::TooLarge`],
     /// [`SendError::Timeout`], [`SendError::Closed`].
     pub async fn send(&self, ch: u8, msg: impl Into<Bytes>) -> Result<(), SendError> {
-        let mut msg = Some(msg.into());
-        self.retry(|core| match core.push(ch, msg.take().expect("kept while waiting")) {
-            Ok(()) => {
-                self.shared.writer_wake.notify_one();
-                Attempt::Done(Ok(()))
-            }
-            Err(PushError::UnknownChannel(id)) => Attempt::Done(Err(SendError::UnknownChannel(id))),
-            Err(PushError::Closing(_)) => Attempt::Done(Err(SendError::Closed)),
-            Err(PushError::TooLarge { len, max }) => {
-                Attempt::Done(Err(SendError::TooLarge { len, max }))
-            }
-            Err(PushError::Full(m)) => {
-                msg = Some(m);
-                Attempt::Wait(core.channel_index(ch).expect("push found the channel"))
+        self.send_from(ch, msg.into(), None).await
+    }
+
+    /// As [`MConnection::send`], charging the node-wide budget from
+    /// `held` first (the bytes reserved while the message was built): the
+    /// message is counted from the moment it exists until it is written.
+    ///
+    /// # Errors
+    /// As [`MConnection::send`].
+    pub async fn send_reserved(
+        &self,
+        ch: u8,
+        msg: impl Into<Bytes>,
+        held: &mut super::Reservation,
+    ) -> Result<(), SendError> {
+        self.send_from(ch, msg.into(), Some(held)).await
+    }
+
+    async fn send_from(
+        &self,
+        ch: u8,
+        msg: Bytes,
+        mut held: Option<&mut super::Reservation>,
+    ) -> Result<(), SendError> {
+        let mut msg = Some(msg);
+        self.retry(|core| {
+            match core.push_from(ch, msg.take().expect("kept while waiting"), held.as_deref_mut()) {
+                Ok(()) => {
+                    self.shared.writer_wake.notify_one();
+                    Attempt::Done(Ok(()))
+                }
+                Err(PushError::UnknownChannel(id)) => {
+                    Attempt::Done(Err(SendError::UnknownChannel(id)))
+                }
+                Err(PushError::Closing(_)) => Attempt::Done(Err(SendError::Closed)),
+                Err(PushError::TooLarge { len, max }) => {
+                    Attempt::Done(Err(SendError::TooLarge { len, max }))
+                }
+                Err(PushError::Full(m)) => {
+                    msg = Some(m);
+                    Attempt::Wait(core.channel_index(ch).expect("push found the channel"))
+                }
             }
         })
         .await
@@ -388,8 +422,9 @@ impl MConnection {
     }
 
     /// Bytes waiting in all send queues of the connection.
+    /// With the batch being written to the socket.
     pub fn queued_bytes(&self) -> usize {
-        self.shared.core.lock().queued_bytes()
+        self.shared.core.lock().queued_bytes() + self.shared.writing.load(Ordering::Relaxed)
     }
 
     /// Waits until channel `ch` has room for a message, at most
@@ -416,7 +451,9 @@ impl MConnection {
 
     /// Statistics per channel and for the connection.
     pub fn stats(&self) -> ConnectionStats {
-        self.shared.core.lock().stats(now())
+        let mut st = self.shared.core.lock().stats(now());
+        st.send_queue_bytes += self.shared.writing.load(Ordering::Relaxed);
+        st
     }
 
     /// Whether the connection has closed.
@@ -566,6 +603,10 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
             }
         }
         if !buf.is_empty() {
+            // Held until written: counted with the queues (and the node's
+            // budget) meanwhile.
+            let held = shared.budget.as_ref().map(|b| b.charge(buf.capacity()));
+            shared.writing.store(buf.len(), Ordering::Relaxed);
             // A peer that stops reading blocks the write; the keepalive
             // deadline still applies to it.
             tokio::select! {
@@ -578,10 +619,17 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
                     return Err(MConnError::PongTimeout(pong_timeout));
                 }
             }
+            shared.writing.store(0, Ordering::Relaxed);
+            drop(held);
             let full = buf.len() >= batch;
             idle_since = None;
             buf.clear();
             cuts.clear();
+            if full && buf.capacity() < batch + BATCH_SLACK {
+                // Bulk: size the buffer for a whole batch once, rather than
+                // doubling past it while filling.
+                buf.reserve(batch + BATCH_SLACK);
+            }
             // A writable socket completes writes without suspending; after a
             // full batch, yield so the tasks that feed the queues (and other
             // connections on this worker) run between batches instead of
@@ -619,6 +667,10 @@ async fn writer_loop<W: AsyncWrite + Unpin>(
         }
     }
 }
+
+/// A batch may pass `write_batch_size` by one packet (a packet's data is
+/// at most 64 KiB).
+const BATCH_SLACK: usize = 68 * 1024;
 
 /// The writer's buffer while the connection is idle; it grows to a batch
 /// under load.

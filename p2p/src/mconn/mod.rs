@@ -440,7 +440,9 @@ pub struct ConnectionStats {
     pub recv_rate: u64,
     /// Round trip of the last answered ping.
     pub last_rtt: Option<Duration>,
-    /// Bytes waiting in all send queues (see `max_send_queue_bytes`).
+    /// Bytes waiting in all send queues (see `max_send_queue_bytes`), with
+    /// the batch being written to the socket (taken out of the queues, not
+    /// yet taken by the socket).
     pub send_queue_bytes: usize,
     /// Lowest round trip measured on this connection (the peer manager's
     /// eviction rule protects the lowest).

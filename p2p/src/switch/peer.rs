@@ -110,6 +110,25 @@ impl Peer {
         Ok(())
     }
 
+    /// As [`Peer::send`], charging the node-wide budget from `held` first
+    /// (see [`MConnection::send_reserved`](crate::MConnection::send_reserved)):
+    /// an answer built under a reservation stays counted while it waits.
+    ///
+    /// # Errors
+    /// As [`Peer::send`].
+    pub async fn send_reserved(
+        &self,
+        channel: u8,
+        msg: impl Into<Bytes>,
+        held: &mut crate::mconn::Reservation,
+    ) -> Result<(), SendError> {
+        let msg = msg.into();
+        let len = msg.len() as u64;
+        self.0.conn.send_reserved(channel, msg, held).await?;
+        self.count_sent(channel, len);
+        Ok(())
+    }
+
     fn count_sent(&self, channel: u8, len: u64) {
         let l = ChannelLabel::of(channel);
         self.0.metrics.bytes_sent.get_or_create(&l).inc_by(len);

@@ -193,18 +193,19 @@ fn msg(sum: Sum) -> pb::Message {
 
 /// The bytes of `Message{BlockResponse{block}}` from an encoded block,
 /// through the wire-identical `Encoded*` messages.
-fn encoded_block_response(block: Vec<u8>) -> Vec<u8> {
-    // `EncodedMessage { block_response: EncodedBlockResponse { block } }`,
-    // written in one allocation (the block is copied once): field 6 of the
-    // message, length-delimited, holding field 1 of the response.
+/// The prefix of a `BlockResponse` message around a block encoding of
+/// `len` bytes, in a vector with room for the block:
+/// `EncodedMessage { block_response: EncodedBlockResponse { block } }` is
+/// field 6 of the message, length-delimited, holding field 1 of the
+/// response.
+fn block_response_prefix(len: usize) -> Vec<u8> {
     use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
-    let inner = 1 + encoded_len_varint(block.len() as u64) + block.len();
+    let inner = 1 + encoded_len_varint(len as u64) + len;
     let mut out = Vec::with_capacity(1 + encoded_len_varint(inner as u64) + inner);
     encode_key(6, WireType::LengthDelimited, &mut out);
     encode_varint(inner as u64, &mut out);
     encode_key(1, WireType::LengthDelimited, &mut out);
-    encode_varint(block.len() as u64, &mut out);
-    out.extend_from_slice(&block);
+    encode_varint(len as u64, &mut out);
     out
 }
 
@@ -893,35 +894,35 @@ impl BlockSyncReactor {
             let read = tokio::task::spawn_blocking(move || {
                 let c = chain.lock();
                 let (mut found, mut bytes) = (Vec::new(), 0usize);
-                let mut it = todo.into_iter();
-                for h in it.by_ref() {
-                    let block = c.block_encoded(&h).ok().flatten();
-                    bytes += block.as_ref().map_or(40, |b| b.len());
-                    found.push((h, block));
-                    if bytes >= room {
+                let mut it = todo.into_iter().peekable();
+                while let Some(&h) = it.peek() {
+                    // Each answer is read straight into its message.
+                    let answer = match c.block_encoded_framed(&h, block_response_prefix) {
+                        Ok(Some(b)) => b,
+                        _ => msg(Sum::NoBlockResponse(pb::NoBlockResponse {
+                            hash: h.0.to_vec().into(),
+                        }))
+                        .encode_to_vec(),
+                    };
+                    // Within the room held for it; the first one always
+                    // goes (an empty queue takes one larger message).
+                    if !found.is_empty() && bytes + answer.len() > room {
                         break;
                     }
+                    bytes += answer.len();
+                    found.push(answer);
+                    it.next();
                 }
                 (found, it.collect::<Vec<_>>())
             })
             .await;
-            let Ok((found, left)) = read else { return };
+            // Stored bytes go out as they are (no decode).
+            let Ok((msgs, left)) = read else { return };
             rest = left;
-            let mut msgs = Vec::with_capacity(found.len());
-            for (hash, block) in found {
-                let bytes = match block {
-                    // Stored bytes go out as they are (no decode).
-                    Some(b) => encoded_block_response(b),
-                    None => msg(Sum::NoBlockResponse(pb::NoBlockResponse {
-                        hash: hash.0.to_vec().into(),
-                    }))
-                    .encode_to_vec(),
-                };
-                msgs.push(bytes);
-            }
-            drop(permit);
+            let mut permit = permit;
             for bytes in msgs {
-                if let Err(e) = peer.send(BLOCKSYNC_CHANNEL, bytes).await {
+                // Counted in the budget from the reservation while it waits.
+                if let Err(e) = peer.send_reserved(BLOCKSYNC_CHANNEL, bytes, &mut permit).await {
                     return sw.report_unread(peer, e, "blocks").await;
                 }
             }
@@ -1162,7 +1163,7 @@ mod tests {
         let h = b.hash();
         add(&mut c, b).unwrap();
         let block = c.block(&h).unwrap().unwrap();
-        let bytes = encoded_block_response(c.block_encoded(&h).unwrap().unwrap());
+        let bytes = c.block_encoded_framed(&h, block_response_prefix).unwrap().unwrap();
         assert_eq!(
             bytes,
             msg(Sum::BlockResponse(pb::BlockResponse { block: Some(block.to_proto()) }))

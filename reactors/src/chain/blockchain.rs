@@ -448,6 +448,16 @@ impl Blockchain {
         self.store.block_encoded(hash)
     }
 
+    /// A stored block, encoded after a prefix (see
+    /// [`Store::block_encoded_framed`]).
+    pub fn block_encoded_framed(
+        &self,
+        hash: &BlockHash,
+        frame: impl FnOnce(usize) -> Vec<u8>,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        self.store.block_encoded_framed(hash, frame)
+    }
+
     /// The store (read access).
     pub fn store(&self) -> &Store {
         &self.store

@@ -370,11 +370,31 @@ impl Store {
     /// stored body (which holds only the `txs` field; protobuf encodings
     /// concatenate).
     pub fn block_encoded(&self, hash: &BlockHash) -> Result<Option<Vec<u8>>, StoreError> {
-        let Some((header, txs)) = self.block_row(hash)? else { return Ok(None) };
-        let head = pb::Block { header: Some(header.to_proto()), txs: Vec::new() };
-        let mut out = Vec::with_capacity(head.encoded_len() + txs.len());
+        self.block_encoded_framed(hash, Vec::with_capacity)
+    }
+
+    /// As [`Store::block_encoded`], written after a prefix: `frame(n)`
+    /// returns the prefix for an encoding of `n` bytes, in a vector with
+    /// room for `n` more (a message around the block). The stored bytes are
+    /// copied once, from SQLite's row into the result, so serving a block
+    /// holds one copy of it.
+    pub fn block_encoded_framed(
+        &self,
+        hash: &BlockHash,
+        frame: impl FnOnce(usize) -> Vec<u8>,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut st = self.conn.prepare_cached("SELECT header, txs FROM blocks WHERE hash = ?1")?;
+        let mut rows = st.query([&hash.0[..]])?;
+        let Some(row) = rows.next()? else { return Ok(None) };
+        let header = row.get_ref(0)?.as_blob().map_err(|_| corrupt("a header is not a blob"))?;
+        let header: &[u8; Header::SIZE] =
+            header.try_into().map_err(|_| corrupt("a header is not 96 bytes"))?;
+        let txs = row.get_ref(1)?.as_blob().map_err(|_| corrupt("a block body is not a blob"))?;
+        let head =
+            pb::Block { header: Some(Header::from_bytes(header).to_proto()), txs: Vec::new() };
+        let mut out = frame(head.encoded_len() + txs.len());
         head.encode(&mut out).expect("a Vec grows");
-        out.extend_from_slice(&txs);
+        out.extend_from_slice(txs);
         Ok(Some(out))
     }
 

@@ -790,8 +790,9 @@ impl Reactor for ConsensusReactor {
                 let max = req.max_blocks.min(self.cfg.max_blocks_per_request) as usize;
                 let room = peer.send_room(CONSENSUS_CHANNEL);
                 let budget = self.cfg.max_msg_bytes.saturating_sub(1024).min(room.max(1));
-                // Held in the node-wide budget while the answer is built.
-                let permit = match peer.reserve_wait(budget).await {
+                // Held in the node-wide budget while the answer is built:
+                // the blocks read and their encoding, both alive at once.
+                let mut permit = match peer.reserve_wait(2 * budget).await {
                     Ok(p) => p,
                     Err(e) => return sw.report_unread(peer, e, "blocks").await,
                 };
@@ -813,11 +814,12 @@ impl Reactor for ConsensusReactor {
                         st.known.insert(b.hash());
                     }
                 }
-                let blocks = blocks.iter().map(Block::to_proto).collect();
-                let msg =
-                    pb::Message { sum: Some(Sum::Blocks(pb::Blocks { blocks })) }.encode_to_vec();
-                drop(permit);
-                if let Err(e) = peer.send(CONSENSUS_CHANNEL, msg).await {
+                let protos = blocks.iter().map(Block::to_proto).collect();
+                let msg = pb::Message { sum: Some(Sum::Blocks(pb::Blocks { blocks: protos })) }
+                    .encode_to_vec();
+                drop(blocks);
+                // Counted in the budget from the reservation while it waits.
+                if let Err(e) = peer.send_reserved(CONSENSUS_CHANNEL, msg, &mut permit).await {
                     sw.report_unread(peer, e, "blocks").await;
                 }
             }
