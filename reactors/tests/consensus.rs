@@ -15,7 +15,9 @@ use plexus_proto::chain as pb;
 use plexus_reactors::chain::{
     bits_from_target, Block, BlockHash, Blockchain, BlockchainConfig, Genesis, NetworkParams, Store,
 };
-use plexus_reactors::consensus::{ConsensusConfig, ConsensusReactor, CONSENSUS_CHANNEL};
+use plexus_reactors::consensus::{
+    system_clock, Clock, ConsensusConfig, ConsensusReactor, CONSENSUS_CHANNEL,
+};
 use plexus_reactors::mempool::{MempoolConfig, MempoolReactor};
 use plexus_reactors::mining::{solve, Miner, MinerConfig};
 use prost::Message;
@@ -77,10 +79,26 @@ async fn node_with(
     c: Blockchain,
     ccfg: ConsensusConfig,
 ) -> Node {
+    node_clocked(net, i, p, c, ccfg, system_clock()).await
+}
+
+async fn node_clocked(
+    net: &MemoryTransport,
+    i: u8,
+    p: &Arc<NetworkParams>,
+    c: Blockchain,
+    ccfg: ConsensusConfig,
+    clock: Clock,
+) -> Node {
     let ip = IpAddr::from([10, 0, 0, i]);
     let cfg = SwitchConfig { listen_addr: Some(SocketAddr::new(ip, 0)), ..SwitchConfig::default() };
     let mem = Arc::new(MempoolReactor::new(MempoolConfig::default()));
-    let cons = Arc::new(ConsensusReactor::new(ccfg, Arc::new(Mutex::new(c)), mem.pool().clone()));
+    let cons = Arc::new(ConsensusReactor::with_clock(
+        ccfg,
+        Arc::new(Mutex::new(c)),
+        mem.pool().clone(),
+        clock,
+    ));
     let info = NodeInfo::new(&p.network_id(), &format!("n{i}"));
     let sw = Switch::builder(NodeKey::generate(), info, cfg, net.with_ip(ip))
         .shared_reactor(cons.clone())
@@ -305,6 +323,63 @@ async fn a_peer_lying_about_its_weight_is_banned() {
         matches!(&reason, StopReason::Misbehavior { reason: r, .. } if r.contains("not backed")),
         "{reason:?}"
     );
+}
+
+/// A miner whose clock runs 3 h ahead: its heavier chain is refused by the
+/// clock rule and never blamed (docs/protocol.md §8.4), round after round,
+/// and is taken once the honest clock reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_miner_with_a_clock_ahead_is_not_banned_and_is_followed_in_time() {
+    let p = params(8);
+    let net = MemoryTransport::new();
+    let ahead_ms = 3 * 3600 * 1000;
+    // Its chain: five blocks stamped 3 h from now.
+    let mut c = chain(&p);
+    let start = system_clock()() + ahead_ms;
+    for i in 0..5 {
+        let mut b = c.template(vec![], start + i * 1000);
+        assert!(solve(&mut b.header, u64::MAX));
+        c.process_block(b, None, start + i * 1000).unwrap();
+    }
+    let future_tip = c.tip();
+    let offset = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let o = offset.clone();
+    let clock: Clock =
+        Arc::new(move || system_clock()() + o.load(std::sync::atomic::Ordering::SeqCst));
+    let fast = ConsensusConfig {
+        status_interval: Duration::from_millis(300),
+        ..ConsensusConfig::default()
+    };
+    let honest = node_clocked(&net, 1, &p, chain(&p), fast.clone(), clock).await;
+    let ahead = node_with(&net, 2, &p, c, fast).await;
+    connect(&ahead, &honest).await;
+    // Rounds go by: the honest node asks for the blocks, the clock rule
+    // refuses them, and nobody is blamed. A liar is banned after four
+    // such rounds (a_peer_lying_about_its_weight_is_banned).
+    let answers = || {
+        honest
+            .sw
+            .peer(&ahead.sw.node_id())
+            .map(|x| x.stats().channels.iter().map(|c| c.msgs_recv).sum::<u64>())
+    };
+    let t = std::time::Instant::now();
+    while answers().unwrap_or(0) < 20 {
+        assert!(t.elapsed() < Duration::from_secs(30), "rounds did not go by");
+        assert!(answers().is_some(), "the miner ahead was dropped");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(honest.sw.standing(&ahead.sw.node_id()).score, 0.0, "blamed for our clock");
+    assert_ne!(honest.tip(), future_tip);
+    // The honest clock catches up: the next round takes the chain.
+    offset.store(ahead_ms + 10_000, std::sync::atomic::Ordering::SeqCst);
+    let mut tips = honest.cons.watch_tip();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while honest.tip() != future_tip {
+            tips.changed().await.unwrap();
+        }
+    })
+    .await
+    .expect("the chain was taken once its time came");
 }
 
 /// `subscribe` reports each tip change in order: the new blocks, then a

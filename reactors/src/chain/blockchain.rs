@@ -32,11 +32,21 @@ pub struct BlockchainConfig {
     /// How many invalid block hashes are remembered, to refuse them (and
     /// their descendants) without validating again. Default 10,000.
     pub max_invalid: usize,
+    /// How many blocks from the future (`TimeTooNew`) are remembered by
+    /// hash with their time, so the same one is refused without being
+    /// checked again until its time comes (then it is checked as new).
+    /// Default 1,000.
+    pub max_too_new: usize,
 }
 
 impl Default for BlockchainConfig {
     fn default() -> Self {
-        BlockchainConfig { max_orphans: 256, max_orphan_bytes: 32 << 20, max_invalid: 10_000 }
+        BlockchainConfig {
+            max_orphans: 256,
+            max_orphan_bytes: 32 << 20,
+            max_invalid: 10_000,
+            max_too_new: 1_000,
+        }
     }
 }
 
@@ -164,6 +174,10 @@ pub struct Blockchain {
     orphans: OrphanPool,
     invalid: HashSet<BlockHash>,
     invalid_order: VecDeque<BlockHash>,
+    /// Blocks refused as too new, by hash: their timestamps.
+    too_new: HashMap<BlockHash, u64>,
+    /// Blocks whose rules ran in full (`check_block`), for metrics.
+    checked: u64,
     next_seq: u64,
     /// Set when a failed batch could not be undone: every later write is
     /// refused (memory may not match the disk).
@@ -209,6 +223,8 @@ impl Blockchain {
             orphans: OrphanPool::default(),
             invalid: HashSet::new(),
             invalid_order: VecDeque::new(),
+            too_new: HashMap::new(),
+            checked: 0,
             next_seq: 0,
             broken: None,
         };
@@ -411,6 +427,19 @@ impl Blockchain {
         self.invalid.contains(hash)
     }
 
+    /// Whether `hash` was refused as too new and is remembered (its time
+    /// has not come yet, as of the last time it was seen).
+    pub fn is_too_new(&self, hash: &BlockHash) -> bool {
+        self.too_new.contains_key(hash)
+    }
+
+    /// How many blocks had their rules checked in full (each check of a
+    /// block the chain was given, not counting refusals from memory:
+    /// known, known invalid, remembered as too new).
+    pub fn blocks_checked(&self) -> u64 {
+        self.checked
+    }
+
     /// Whether `hash` is on the main chain.
     pub fn on_main(&self, hash: &BlockHash) -> bool {
         self.index.get(hash).is_some_and(|e| self.height_to_hash(e.header.height) == Some(*hash))
@@ -593,8 +622,10 @@ impl Blockchain {
     ) -> Result<(), BlockError> {
         let h = &block.header;
         self.check_pow(h, hash)?;
-        check_body_rules(&self.params, block)?;
-        self.check_clock(h, now_ms)
+        // The clock before the body: a block from the future costs a
+        // header check, not a pass over its transactions.
+        self.check_clock(h, now_ms)?;
+        check_body_rules(&self.params, block)
     }
 
     /// Checks the rules that need the (known) parent: height, target from
@@ -682,6 +713,30 @@ impl Blockchain {
         Ok(())
     }
 
+    /// Remembers a block from the future; when the memory is full, the
+    /// entries whose time has come go first, then the furthest in the
+    /// future (the least useful to keep).
+    fn remember_too_new(&mut self, hash: BlockHash, timestamp_ms: u64, now_ms: u64) {
+        let cap = self.cfg.max_too_new;
+        if cap == 0 {
+            return;
+        }
+        if self.too_new.len() >= cap {
+            let limit = now_ms.saturating_add(self.params.genesis.max_future_ms);
+            self.too_new.retain(|_, t| *t > limit);
+        }
+        if self.too_new.len() >= cap {
+            let furthest = self.too_new.iter().max_by_key(|(_, t)| **t).map(|(h, t)| (*h, *t));
+            match furthest {
+                Some((h, t)) if t > timestamp_ms => {
+                    self.too_new.remove(&h);
+                }
+                _ => return,
+            }
+        }
+        self.too_new.insert(hash, timestamp_ms);
+    }
+
     fn remember_invalid(&mut self, hash: BlockHash) {
         if self.invalid.insert(hash) {
             self.invalid_order.push_back(hash);
@@ -751,10 +806,21 @@ impl Blockchain {
         if self.invalid.contains(&hash) {
             return Err(BlockError::KnownInvalid);
         }
+        if let Some(&timestamp_ms) = self.too_new.get(&hash) {
+            let limit_ms = now_ms.saturating_add(self.params.genesis.max_future_ms);
+            if timestamp_ms > limit_ms {
+                return Err(BlockError::TimeTooNew { timestamp_ms, limit_ms });
+            }
+            // Its time has come: checked as any new block.
+            self.too_new.remove(&hash);
+        }
         if !checked {
+            self.checked += 1;
             if let Err(e) = self.check_block(&block, &hash, now_ms) {
                 if e.is_permanent() {
                     self.remember_invalid(hash);
+                } else if let BlockError::TimeTooNew { timestamp_ms, .. } = e {
+                    self.remember_too_new(hash, timestamp_ms, now_ms);
                 }
                 return Err(e);
             }

@@ -311,6 +311,65 @@ fn rule_timestamp_not_far_in_the_future() {
     assert_eq!(c.process_block(b, None, now + 1).unwrap().status, ProcessStatus::MainChain);
 }
 
+/// The same block from the future sent 400 times is checked once before
+/// its time (remembered by hash), is refused without blame every time,
+/// and is accepted, checked anew, once its time comes. A block from the
+/// future with a bad body is not checked past the clock before its time,
+/// and is refused for its body after.
+#[test]
+fn a_block_from_the_future_is_checked_once_before_its_time() {
+    let p = params(0);
+    let mut c = chain(&p);
+    let b = child(&c, &p.genesis_hash);
+    let now = b.header.timestamp_ms - p.genesis.max_future_ms - 1;
+    for _ in 0..400 {
+        let e = c.process_block(b.clone(), None, now).unwrap_err();
+        assert!(matches!(e, BlockError::TimeTooNew { .. }), "{e}");
+        assert!(!e.is_peer_fault());
+    }
+    assert_eq!(c.blocks_checked(), 1);
+    assert!(c.is_too_new(&b.hash()));
+    assert_eq!(c.process_block(b.clone(), None, now + 1).unwrap().status, ProcessStatus::MainChain);
+    assert_eq!(c.blocks_checked(), 2);
+    assert!(!c.is_too_new(&b.hash()));
+
+    let mut bad = child_with(&c, &b.hash(), T, vec![Bytes::from_static(b"tx")]);
+    bad.header.merkle_root = Hash::sha256(b"not the root");
+    let bad = resolve(bad);
+    let now = bad.header.timestamp_ms - p.genesis.max_future_ms - 1;
+    let e = c.process_block(bad.clone(), None, now).unwrap_err();
+    assert!(matches!(e, BlockError::TimeTooNew { .. }), "{e}");
+    assert!(!c.is_invalid(&bad.hash()));
+    // Once its time comes its body is checked and blamed (a wrong body
+    // under a good header is not remembered by the header's hash: the
+    // same header with its true body may be valid).
+    let e = c.process_block(bad.clone(), None, now + 1).unwrap_err();
+    assert!(e.is_peer_fault(), "{e}");
+    assert!(!c.is_too_new(&bad.hash()));
+}
+
+/// The memory of blocks from the future is bounded: when full, the one
+/// furthest in the future gives way to a nearer one.
+#[test]
+fn the_memory_of_blocks_from_the_future_is_bounded() {
+    let p = params(0);
+    let cfg = BlockchainConfig { max_too_new: 2, ..BlockchainConfig::default() };
+    let mut c = Blockchain::open(p.clone(), Store::open_in_memory().unwrap(), cfg).unwrap();
+    let base = child(&c, &p.genesis_hash).header.timestamp_ms;
+    let at = |c: &Blockchain, dt: u64| {
+        let mut b = child(c, &p.genesis_hash);
+        b.header.timestamp_ms = base + dt;
+        resolve(b)
+    };
+    let now = base - p.genesis.max_future_ms - 1;
+    let (b1, b2, b3) = (at(&c, 0), at(&c, 10), at(&c, 5));
+    for b in [&b1, &b2, &b3] {
+        assert!(c.process_block(b.clone(), None, now).is_err());
+    }
+    assert!(c.is_too_new(&b1.hash()) && c.is_too_new(&b3.hash()));
+    assert!(!c.is_too_new(&b2.hash()), "the furthest in the future went");
+}
+
 #[test]
 fn rule_sizes_and_duplicates() {
     let p = params(0);

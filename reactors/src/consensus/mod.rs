@@ -496,7 +496,7 @@ impl ConsensusReactor {
     /// Imports blocks that `peer` sent and acts on the outcome: reports an
     /// invalid block or orphan, asks for missing parents, announces a new
     /// tip. Returns how many blocks were new.
-    async fn import_from(&self, sw: &Switch, peer: &Peer, blocks: Vec<Block>) -> (usize, bool) {
+    async fn import_from(&self, sw: &Switch, peer: &Peer, blocks: Vec<Block>) -> Imported {
         {
             let mut peers = self.peers.lock();
             if let Some(st) = peers.get_mut(&peer.id()) {
@@ -505,23 +505,25 @@ impl ConsensusReactor {
                 }
             }
         }
-        let mut new = 0;
-        let mut orphan = false;
+        let mut out = Imported::default();
         for r in self.import_blocks(blocks, Some(peer.id())).await {
             match r {
                 Err(e) if e.is_peer_fault() => {
                     let kind = e.misbehavior().unwrap_or(Misbehavior::BadBlock);
                     sw.report(peer, kind, format!("invalid block: {e}")).await;
-                    return (new, orphan);
+                    return out;
                 }
-                Err(e) => tracing::debug!(peer = %peer.id(), error = %e, "block not accepted"),
+                Err(e) => {
+                    out.from_future |= matches!(e, BlockError::TimeTooNew { .. });
+                    tracing::debug!(peer = %peer.id(), error = %e, "block not accepted")
+                }
                 Ok(p) => {
                     if !p.accepted.is_empty() {
                         // A novel block protects this peer from eviction.
                         sw.note_novel_block(&peer.id());
                     }
-                    new += p.accepted.len() + (p.status == ProcessStatus::Orphan) as usize;
-                    orphan |= p.status == ProcessStatus::Orphan;
+                    out.new += p.accepted.len() + (p.status == ProcessStatus::Orphan) as usize;
+                    out.orphan |= p.status == ProcessStatus::Orphan;
                     for (src, h, e) in &p.rejected_orphans {
                         if let Some(bad) = src.and_then(|id| sw.peer(&id)) {
                             let kind = e.misbehavior().unwrap_or(Misbehavior::BadBlock);
@@ -532,12 +534,23 @@ impl ConsensusReactor {
                 }
             }
         }
-        (new, orphan)
+        out
     }
 
     fn decode_blocks(list: Vec<pb::Block>) -> Result<Vec<Block>, BlockError> {
         list.into_iter().map(Block::from_proto).collect()
     }
+}
+
+/// What importing one peer's blocks did.
+#[derive(Debug, Default)]
+struct Imported {
+    /// Blocks accepted or kept as orphans.
+    new: usize,
+    /// Whether one became an orphan (its parent is missing).
+    orphan: bool,
+    /// Whether one was refused as too new (the clock rule).
+    from_future: bool,
 }
 
 /// Block import: validate and store, keep the mempool in step, publish
@@ -758,7 +771,7 @@ impl Reactor for ConsensusReactor {
                 };
                 match Block::from_proto(block) {
                     Ok(b) => {
-                        let (_, orphan) = self.import_from(sw, peer, vec![b]).await;
+                        let orphan = self.import_from(sw, peer, vec![b]).await.orphan;
                         if orphan {
                             self.request_blocks(peer).await;
                         }
@@ -847,11 +860,16 @@ impl Reactor for ConsensusReactor {
                         return;
                     }
                 };
-                let (new, _) = self.import_from(sw, peer, blocks).await;
+                let got = self.import_from(sw, peer, blocks).await;
                 let ours = self.importer.chain.lock().weight();
                 let ahead = self.peer_chain(&peer.id()).is_some_and(|s| s.weight > ours);
-                if ahead && new > 0 {
+                if ahead && got.new > 0 {
                     self.request_blocks(peer).await;
+                } else if ahead && got.from_future {
+                    // Its claim rests on blocks our clock rule refuses for
+                    // now (docs/protocol.md §8.4): not a lie, maybe a clock
+                    // ahead of ours; asked again at the next status round.
+                    tracing::debug!(peer = %peer.id(), "heavier chain is in our future");
                 } else if ahead {
                     // It claims more work than it can show.
                     let why = "status weight not backed by blocks";
