@@ -532,15 +532,47 @@ impl Blockchain {
     /// A block locator for the main chain: the ten newest hashes, then
     /// exponentially sparser ones, ending with genesis (Bitcoin).
     pub fn locator(&self) -> Vec<BlockHash> {
+        self.locator_from(&self.tip())
+    }
+
+    /// A locator (as [`Blockchain::locator`]) from `tip`, a validated block
+    /// on any branch: its own ancestors down to where it joins the main
+    /// chain, then main-chain hashes, with the same spacing. A peer that
+    /// sent us a side branch is asked with a locator from the branch's
+    /// tip, so its answer continues the branch however deep the fork is
+    /// (Bitcoin Core builds its locators from the best header, not only
+    /// the active chain). An unknown `tip` gives the main chain's locator.
+    pub fn locator_from(&self, tip: &BlockHash) -> Vec<BlockHash> {
+        let Some(e) = self.index.get(tip) else {
+            // The main tip is always indexed.
+            return self.locator_from(&self.tip());
+        };
+        let top = e.header.height;
+        // The branch below `tip` until the main chain: side[i] is at
+        // height top - i.
+        let mut side = Vec::new();
+        let mut h = *tip;
+        while !self.on_main(&h) {
+            side.push(h);
+            h = self.index[&h].header.prev_hash;
+        }
+        let at = |height: u64| {
+            let back = (top - height) as usize;
+            if back < side.len() {
+                side[back]
+            } else {
+                self.main[height as usize]
+            }
+        };
         let mut out = Vec::new();
-        let mut h = self.height() as i64;
+        let mut height = top as i64;
         let mut step = 1;
-        while h > 0 {
-            out.push(self.main[h as usize]);
+        while height > 0 {
+            out.push(at(height as u64));
             if out.len() >= 10 {
                 step *= 2;
             }
-            h -= step;
+            height -= step;
         }
         out.push(self.main[0]);
         out

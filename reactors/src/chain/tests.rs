@@ -370,6 +370,39 @@ fn the_memory_of_blocks_from_the_future_is_bounded() {
     assert!(!c.is_too_new(&b2.hash()), "the furthest in the future went");
 }
 
+/// A locator from a side branch walks the branch down to the main chain,
+/// then the main chain, with the main locator's spacing.
+#[test]
+fn a_locator_from_a_side_branch_follows_the_branch() {
+    let p = params(0);
+    let mut c = chain(&p);
+    let mut main = vec![p.genesis_hash];
+    for _ in 0..30 {
+        let b = child(&c, main.last().unwrap());
+        main.push(b.hash());
+        add(&mut c, b).unwrap();
+    }
+    // A 25-block branch from height 5, lighter than the 30-block main.
+    let mut side = vec![main[5]];
+    for _ in 0..25 {
+        let b = child_with(&c, side.last().unwrap(), T, vec![Bytes::from_static(b"side")]);
+        side.push(b.hash());
+        add(&mut c, b).unwrap();
+    }
+    assert_eq!(c.tip(), main[30]);
+    let loc = c.locator_from(side.last().unwrap());
+    // Ten steps of one from height 30 on the branch, then doubling.
+    let heights = [30u64, 29, 28, 27, 26, 25, 24, 23, 22, 21, 19, 15, 7];
+    let want: Vec<BlockHash> = heights
+        .iter()
+        .map(|&h| if h > 5 { side[(h - 5) as usize] } else { main[h as usize] })
+        .chain([p.genesis_hash])
+        .collect();
+    assert_eq!(loc, want);
+    assert_eq!(c.locator_from(&main[30]), c.locator());
+    assert_eq!(c.locator_from(&Hash::sha256(b"unknown")), c.locator());
+}
+
 #[test]
 fn rule_sizes_and_duplicates() {
     let p = params(0);

@@ -197,6 +197,13 @@ struct PeerState {
     /// without blame (slowness is not misbehaviour).
     expired: Option<u32>,
     known: BoundedSet,
+    /// The last block of its last `Blocks` answer that we hold: the next
+    /// request's locator starts there when it is off our main chain, so a
+    /// fork deeper than one answer is followed answer after answer.
+    best_sent: Option<BlockHash>,
+    /// `Blocks` answers in a row that held only blocks we already had
+    /// (a late answer to an expired request overlaps the next one).
+    stale_answers: u32,
 }
 
 /// The consensus reactor. Register it with the switch and call
@@ -482,8 +489,15 @@ impl ConsensusReactor {
             st.request = Some((tokio::time::Instant::now(), max));
             st.expired = None;
         }
-        let locator =
-            self.importer.chain.lock().locator().iter().map(|h| h.0.to_vec().into()).collect();
+        let from = self.peers.lock().get(&peer.id()).and_then(|st| st.best_sent);
+        let locator = {
+            let c = self.importer.chain.lock();
+            match from {
+                Some(h) if c.contains(&h) && !c.on_main(&h) => c.locator_from(&h),
+                _ => c.locator(),
+            }
+        };
+        let locator = locator.iter().map(|h| h.0.to_vec().into()).collect();
         let msg =
             pb::Message { sum: Some(Sum::GetBlocks(pb::GetBlocks { locator, max_blocks: max })) };
         if peer.send_msg(CONSENSUS_CHANNEL, &msg).await.is_err() {
@@ -736,6 +750,8 @@ impl Reactor for ConsensusReactor {
             request: None,
             expired: None,
             known: BoundedSet::new(self.cfg.max_known_per_peer),
+            best_sent: None,
+            stale_answers: 0,
         };
         self.peers.lock().insert(peer.id(), st);
         let _ = peer.send_msg(CONSENSUS_CHANNEL, &self.status_msg()).await;
@@ -860,10 +876,23 @@ impl Reactor for ConsensusReactor {
                         return;
                     }
                 };
+                let last = blocks.last().map(Block::hash);
                 let got = self.import_from(sw, peer, blocks).await;
+                let stale = match self.peers.lock().get_mut(&peer.id()) {
+                    Some(st) => {
+                        st.best_sent = last.or(st.best_sent);
+                        // Blocks, all of them known: stale, not yet a lie.
+                        let known_only = last.is_some() && got.new == 0;
+                        st.stale_answers = if known_only { st.stale_answers + 1 } else { 0 };
+                        st.stale_answers
+                    }
+                    None => 0,
+                };
                 let ours = self.importer.chain.lock().weight();
                 let ahead = self.peer_chain(&peer.id()).is_some_and(|s| s.weight > ours);
-                if ahead && got.new > 0 {
+                if ahead && (got.new > 0 || stale == 1) {
+                    // Continue from what it sent (a stale answer once: the
+                    // overlap of a late answer with the next request).
                     self.request_blocks(peer).await;
                 } else if ahead && got.from_future {
                     // Its claim rests on blocks our clock rule refuses for
@@ -871,7 +900,8 @@ impl Reactor for ConsensusReactor {
                     // ahead of ours; asked again at the next status round.
                     tracing::debug!(peer = %peer.id(), "heavier chain is in our future");
                 } else if ahead {
-                    // It claims more work than it can show.
+                    // It claims more work than it can show: no blocks past
+                    // our locator, or known blocks twice in a row.
                     let why = "status weight not backed by blocks";
                     sw.report(peer, Misbehavior::UnbackedClaim, why).await;
                 }
