@@ -121,6 +121,38 @@ async fn a_peer_claiming_a_heavy_tip_and_sending_no_headers_is_banned() {
     assert!(!banned(&me, &good.sw.node_id()));
 }
 
+/// The heaviest claim never answers headers: each time it is scored as
+/// an unbacked claim and dropped, and coming back again and again it is
+/// banned (the score follows its identity across connections).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heavy_claimant_that_never_sends_headers_is_scored_and_banned_on_repeat() {
+    let (me, good, bad, tip) = with_faulty(Fault::SilentHeaders).await;
+    assert!(wait_tip(&me, tip, 60).await, "stuck at {}", me.height());
+    let id = bad.node.sw.node_id();
+    let mut events = me.sw.subscribe();
+    for round in 0.. {
+        assert!(round < 8, "not banned after {round} silent rounds");
+        if banned(&me, &id) {
+            break;
+        }
+        if me.sw.peer(&id).is_none() {
+            // It comes back (a ban refuses it, which ends the loop).
+            if bad.node.sw.dial(&me.sw.net_address().unwrap()).await.is_err() {
+                continue;
+            }
+        }
+        loop {
+            let e = tokio::time::timeout(Duration::from_secs(30), events.recv()).await;
+            match e.expect("the silent peer was not dropped").unwrap() {
+                plexus_p2p::SwitchEvent::PeerRemoved { id: gone, .. } if gone == id => break,
+                _ => {}
+            }
+        }
+        assert!(me.sw.standing(&id).score > 0.0, "dropped without a score");
+    }
+    assert!(!banned(&me, &good.sw.node_id()));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_leaving_mid_sync_does_not_stop_it() {
     let p = params();

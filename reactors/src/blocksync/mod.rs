@@ -864,7 +864,16 @@ impl BlockSyncReactor {
             Err(_) => {
                 // Its waiter stays queued: a late answer still matches it
                 // (and is dropped) until the peer is gone.
+                // It claimed the heaviest chain and shows nothing of it:
+                // scored as an unbacked claim (the score follows its
+                // identity, so coming back to do it again ends in a ban)
+                // and dropped.
                 tracing::info!(peer = %peer.id(), "block sync: headers request timed out");
+                let why = format!(
+                    "claimed a heavier chain and sent no headers within {:?}",
+                    self.cfg.headers_timeout
+                );
+                sw.report(peer, Misbehavior::UnbackedClaim, why).await;
                 sw.stop_peer_for_error(peer, "headers request timed out").await;
                 None
             }

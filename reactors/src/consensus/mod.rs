@@ -690,6 +690,15 @@ impl Importer {
         if !tc.disconnected.is_empty() {
             self.reorgs.fetch_add(1, Ordering::Relaxed);
             self.reorged_blocks.fetch_add(tc.disconnected.len() as u64, Ordering::Relaxed);
+            // Every reorganisation at INFO with its depth, batched or not.
+            tracing::info!(
+                depth = tc.disconnected.len(),
+                connected = tc.connected.len(),
+                height,
+                old_tip = %tc.old_tip,
+                new_tip = %tc.new_tip,
+                "reorganisation"
+            );
         }
         if self.events.receiver_count() > 0 {
             let summaries = |bs: &[Block]| bs.iter().map(BlockSummary::of).collect();

@@ -242,6 +242,8 @@ pub enum Fault {
     /// Claims as `LieWeight` does, and answers every headers request with
     /// no headers.
     NoHeaders,
+    /// Claims as `LieWeight` does, and never answers a headers request.
+    SilentHeaders,
 }
 
 pub struct Faulty {
@@ -268,7 +270,7 @@ impl Reactor for Faulty {
                 let r = {
                     let c = self.chain.lock();
                     let (mut weight, mut height) = (c.weight(), c.height());
-                    if let Fault::LieWeight | Fault::NoHeaders = self.fault {
+                    if let Fault::LieWeight | Fault::NoHeaders | Fault::SilentHeaders = self.fault {
                         weight *= U256::from(100);
                         height *= 100;
                     }
@@ -281,6 +283,7 @@ impl Reactor for Faulty {
                 };
                 let _ = peer.send_msg(BLOCKSYNC_CHANNEL, &send(Sum::StatusResponse(r))).await;
             }
+            Some(Sum::HeadersRequest(_)) if matches!(self.fault, Fault::SilentHeaders) => {}
             Some(Sum::HeadersRequest(req)) => {
                 let locator: Vec<Hash> =
                     req.locator.iter().filter_map(|h| Hash::from_slice(h)).collect();
@@ -305,7 +308,10 @@ impl Reactor for Faulty {
                         Fault::NoBlock => {
                             Sum::NoBlockResponse(pb::NoBlockResponse { hash: h.0.to_vec().into() })
                         }
-                        Fault::CorruptFrom(_) | Fault::LieWeight | Fault::NoHeaders => {
+                        Fault::CorruptFrom(_)
+                        | Fault::LieWeight
+                        | Fault::NoHeaders
+                        | Fault::SilentHeaders => {
                             let mut b = { self.chain.lock().block(&h).unwrap().unwrap() };
                             if matches!(self.fault, Fault::CorruptFrom(x) if b.header.height >= x) {
                                 b.txs.push(Bytes::from_static(b"forged"));
