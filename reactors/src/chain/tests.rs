@@ -370,6 +370,31 @@ fn the_memory_of_blocks_from_the_future_is_bounded() {
     assert!(!c.is_too_new(&b2.hash()), "the furthest in the future went");
 }
 
+/// The same invalid block from 100 peers is checked once: its hash is
+/// remembered and the other 99 are refused from memory, each still a
+/// peer fault (the sender is scored). For a context-free failure (too
+/// large a transaction) and one that needs the parent (wrong height).
+#[test]
+fn the_same_invalid_block_is_checked_once() {
+    let p = params(0);
+    let mut c = chain(&p);
+    let big = child_with(&c, &p.genesis_hash, T, vec![Bytes::from(vec![1u8; 65_537])]);
+    let mut wrong_height = child(&c, &p.genesis_hash);
+    wrong_height.header.height = 7;
+    let wrong_height = resolve(wrong_height);
+    for (i, b) in [big, wrong_height].into_iter().enumerate() {
+        for n in 0..100 {
+            let e = c.process_block(b.clone(), None, u64::MAX / 2).unwrap_err();
+            assert!(e.is_peer_fault(), "{e}");
+            if n > 0 {
+                assert!(matches!(e, BlockError::KnownInvalid), "{e}");
+            }
+        }
+        assert_eq!(c.blocks_checked(), i as u64 + 1);
+        assert!(c.is_invalid(&b.hash()));
+    }
+}
+
 /// A locator from a side branch walks the branch down to the main chain,
 /// then the main chain, with the main locator's spacing.
 #[test]
