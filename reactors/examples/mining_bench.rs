@@ -22,7 +22,7 @@ use clap::Parser;
 use plexus_reactors::chain::{
     Block, Blockchain, BlockchainConfig, Hash, Header, NetworkParams, Store,
 };
-use plexus_reactors::mining::{solve, Miner, MinerConfig, WorkSource};
+use plexus_reactors::mining::{solve, Miner, MinerConfig, Submitted, WorkSource};
 use sha2::{Digest, Sha256};
 
 #[derive(Parser)]
@@ -76,7 +76,9 @@ impl WorkSource for Impossible {
     fn template(&self) -> Option<Block> {
         Some(Block { header: header(), txs: vec![] })
     }
-    fn submit(&self, _: Block) {}
+    fn submit(&self, _: Block) -> Submitted {
+        Submitted::Refused
+    }
 }
 
 /// The miner's own loop on one worker thread.

@@ -34,7 +34,7 @@ use crate::chain::{
     TipChange,
 };
 use crate::mempool::{BoundedSet, Mempool};
-use crate::mining::{Miner, MinerConfig, WorkSource};
+use crate::mining::{Miner, MinerConfig, Submitted, WorkSource};
 
 /// The consensus channel.
 pub const CONSENSUS_CHANNEL: u8 = 0x20;
@@ -729,15 +729,23 @@ impl WorkSource for MinerLink {
         Some(chain.template(txs, (r.importer.clock)()))
     }
 
-    fn submit(&self, block: Block) {
+    fn submit(&self, block: Block) -> Submitted {
         match self.0.importer.apply(vec![Incoming::Block(block)], None).pop().expect("one result") {
             Ok(p) => {
                 if let Some(rt) = self.0.runtime.get() {
                     let me = self.0.clone();
                     rt.spawn(async move { me.announce(&p, None).await });
                 }
+                Submitted::Accepted
             }
-            Err(e) => tracing::warn!(error = %e, "mined block refused"),
+            Err(e @ (BlockError::Store(_) | BlockError::NotCommitted(_))) => {
+                tracing::error!(error = %e, "a mined block could not be stored");
+                Submitted::NotStored
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "mined block refused");
+                Submitted::Refused
+            }
         }
     }
 }

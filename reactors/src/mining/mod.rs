@@ -75,8 +75,22 @@ pub trait WorkSource: Send + Sync + 'static {
     /// A block to mine on the current tip (nonce to be found), or `None`
     /// when there is nothing to mine yet.
     fn template(&self) -> Option<Block>;
-    /// A solved block: validate, store and broadcast it.
-    fn submit(&self, block: Block);
+    /// A solved block: validate, store and broadcast it, and say what
+    /// became of it.
+    fn submit(&self, block: Block) -> Submitted;
+}
+
+/// What became of a submitted block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Submitted {
+    /// Stored (and broadcast).
+    Accepted,
+    /// Refused for itself (stale, invalid): mining goes on.
+    Refused,
+    /// It could not be stored (disk full, a broken store): the miner
+    /// pauses (`MinerConfig::store_retry`, doubling up to
+    /// `store_retry_max`) instead of mining blocks it cannot keep.
+    NotStored,
 }
 
 /// Miner settings.
@@ -89,11 +103,22 @@ pub struct MinerConfig {
     pub batch: u64,
     /// How often the hash rate figure is updated. Default 1 s.
     pub rate_interval: Duration,
+    /// After a block that could not be stored, mining pauses this long;
+    /// each further failure doubles it. Default 1 s.
+    pub store_retry: Duration,
+    /// The longest such pause. Default 60 s.
+    pub store_retry_max: Duration,
 }
 
 impl Default for MinerConfig {
     fn default() -> Self {
-        MinerConfig { threads: 1, batch: 16_384, rate_interval: Duration::from_secs(1) }
+        MinerConfig {
+            threads: 1,
+            batch: 16_384,
+            rate_interval: Duration::from_secs(1),
+            store_retry: Duration::from_secs(1),
+            store_retry_max: Duration::from_secs(60),
+        }
     }
 }
 
@@ -106,6 +131,8 @@ struct Stats {
 }
 
 struct Job {
+    /// Nothing to mine: wait for the next job.
+    idle: bool,
     header: Header,
     target: [u8; 32],
     start: u64,
@@ -224,9 +251,16 @@ fn coordinate(
     let mut rate_at = (Instant::now(), 0u64);
     let tick = crossbeam_channel::tick(cfg.rate_interval);
     let mut fresh = true;
+    // A paused miner (its blocks could not be stored): until when, and the
+    // pause after the next failure.
+    let mut paused_until: Option<Instant> = None;
+    let mut next_pause = cfg.store_retry;
     loop {
-        if fresh {
+        if paused_until.is_some_and(|t| Instant::now() < t) {
+            // Checked again at the next tick or signal.
+        } else if fresh {
             fresh = false;
+            paused_until = None;
             job_id += 1;
             block = source.template();
             if let Some(b) = &block {
@@ -235,6 +269,7 @@ fn coordinate(
                     // Each worker takes its own slice of the nonce space.
                     let start = (u64::MAX / threads) * i as u64;
                     let job = Job {
+                        idle: false,
                         header: b.header,
                         target: target.unwrap_or([0; 32]),
                         start,
@@ -264,7 +299,26 @@ fn coordinate(
                 if id == job_id {
                     if let Some(b) = block.take() {
                         stats.blocks.fetch_add(1, Ordering::Relaxed);
-                        source.submit(Block { header, txs: b.txs });
+                        match source.submit(Block { header, txs: b.txs }) {
+                            Submitted::NotStored => {
+                                tracing::warn!(
+                                    pause = ?next_pause,
+                                    "a mined block could not be stored; mining paused"
+                                );
+                                paused_until = Some(Instant::now() + next_pause);
+                                next_pause = (next_pause * 2).min(cfg.store_retry_max);
+                                // The workers stop until mining resumes.
+                                job_id += 1;
+                                for (tx, _) in &workers {
+                                    let idle = Job { idle: true, header, target: [0; 32], start: 0, id: job_id };
+                                    if let Err(crossbeam_channel::TrySendError::Full(job)) = tx.try_send(idle) {
+                                        let _ = tx.send(job);
+                                    }
+                                }
+                            }
+                            Submitted::Accepted => next_pause = cfg.store_retry,
+                            Submitted::Refused => {}
+                        }
                     }
                     fresh = true;
                 }
@@ -291,6 +345,13 @@ fn coordinate(
 fn work(jobs: Receiver<Job>, found: Sender<(u64, Header)>, stats: Arc<Stats>, batch: u64) {
     let Ok(mut job) = jobs.recv() else { return };
     loop {
+        if job.idle {
+            match jobs.recv() {
+                Ok(j) => job = j,
+                Err(_) => return,
+            }
+            continue;
+        }
         let mut hasher = HeaderHasher::new(&job.header);
         let mut nonce = job.start;
         let next = loop {
@@ -327,6 +388,7 @@ mod tests {
     /// Hands out a template whose height is `height`; records solutions.
     struct Fake {
         height: Mutex<u64>,
+        outcome: Mutex<Submitted>,
         bits: u32,
         found: crossbeam_channel::Sender<Block>,
     }
@@ -344,8 +406,9 @@ mod tests {
             };
             Some(Block { header, txs: vec![] })
         }
-        fn submit(&self, block: Block) {
+        fn submit(&self, block: Block) -> Submitted {
             let _ = self.found.send(block);
+            *self.outcome.lock()
         }
     }
 
@@ -375,8 +438,14 @@ mod tests {
         let (tx, rx) = crossbeam_channel::unbounded();
         // About 4,096 hashes a block: many blocks a second on any thread.
         let bits = bits_from_target(U256::MAX >> 12);
-        let src = Arc::new(Fake { height: Mutex::new(1), bits, found: tx });
-        let cfg = MinerConfig { threads: 2, batch: 256, rate_interval: Duration::from_millis(50) };
+        let outcome = Mutex::new(Submitted::Accepted);
+        let src = Arc::new(Fake { height: Mutex::new(1), outcome, bits, found: tx });
+        let cfg = MinerConfig {
+            threads: 2,
+            batch: 256,
+            rate_interval: Duration::from_millis(50),
+            ..MinerConfig::default()
+        };
         let miner = Miner::start(cfg, src.clone());
         let first = rx.recv_timeout(Duration::from_secs(20)).unwrap();
         assert_eq!(first.header.height, 1);
@@ -405,6 +474,43 @@ mod tests {
         for _ in 0..100 {
             miner.new_work();
         }
+        miner.stop();
+    }
+
+    /// Blocks that cannot be stored pause the miner (doubling) instead
+    /// of being mined and refused thousands of times a second; a stored
+    /// one resets the pause.
+    #[test]
+    fn a_miner_whose_blocks_cannot_be_stored_pauses() {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let bits = bits_from_target(U256::MAX >> 4);
+        let outcome = Mutex::new(Submitted::NotStored);
+        let src = Arc::new(Fake { height: Mutex::new(1), outcome, bits, found: tx });
+        let cfg = MinerConfig {
+            threads: 2,
+            batch: 16,
+            rate_interval: Duration::from_millis(20),
+            store_retry: Duration::from_millis(300),
+            store_retry_max: Duration::from_secs(60),
+        };
+        let miner = Miner::start(cfg, src.clone());
+        let t0 = Instant::now();
+        rx.recv_timeout(Duration::from_secs(20)).unwrap();
+        // Paused 300 ms after the first failure, then 600 ms after the
+        // second: within 800 ms of the first, one more at most. (Unpaused,
+        // about 16 hashes a block find thousands.)
+        let second = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+        let gap = t0.elapsed();
+        assert!(gap >= Duration::from_millis(290), "resumed after {gap:?}");
+        assert_eq!(second.header.height, 1);
+        let extra = rx.recv_timeout(Duration::from_millis(500));
+        assert!(extra.is_err(), "mined again within the doubled pause");
+        // Stored again: mining goes on at full speed.
+        *src.outcome.lock() = Submitted::Accepted;
+        rx.recv_timeout(Duration::from_secs(20)).unwrap();
+        let (a, b) =
+            (rx.recv_timeout(Duration::from_secs(20)), rx.recv_timeout(Duration::from_secs(20)));
+        assert!(a.is_ok() && b.is_ok());
         miner.stop();
     }
 
