@@ -22,7 +22,12 @@
 //!   block (headers included; before MConnection framing and encryption),
 //!   next to `block_bytes` (the mean protobuf block size);
 //! - `first_block_ms`: from the first dial to the first block applied
-//!   (status round and headers download).
+//!   (status round and headers download);
+//! - then the same for `--big-blocks` (1,000) blocks of about 1 MB of
+//!   transactions (15 of 64 KiB), one round from 4 fresh servers:
+//!   `big_sync_mb_s` (block bytes per second, 1 MB = 1e6 bytes),
+//!   `big_import_mb_s` (the ceiling, measured the same way) and
+//!   `big_ratio` (target >= 0.8), `big_block_bytes`.
 //!
 //! `cargo run --release -p plexus-tests --example sync_bench -- --json`
 
@@ -58,6 +63,9 @@ struct Args {
     /// is reported, since this machine's disk and CPU speed drift.
     #[arg(long, default_value_t = 5)]
     rounds: usize,
+    /// Blocks of about 1 MB for the big-block round (0: none).
+    #[arg(long, default_value_t = 1_000)]
+    big_blocks: usize,
 }
 
 struct Node {
@@ -95,6 +103,36 @@ async fn node(params: &Arc<NetworkParams>, chain: Blockchain, min_status_peers: 
     mem.start(&sw);
     sync.start(&sw);
     Node { sw, cons, sync }
+}
+
+/// `n` blocks of about 1 MB each: 15 transactions of 64 KiB less 16 bytes
+/// (random, so nothing compresses or repeats).
+fn premine_big(params: &Arc<NetworkParams>, n: usize) -> Vec<Block> {
+    use rand::RngCore;
+    let mut c = Blockchain::open(
+        params.clone(),
+        Store::open_in_memory().unwrap(),
+        BlockchainConfig::default(),
+    )
+    .unwrap();
+    let mut rng = rand::rng();
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let now = c.tip_header().timestamp_ms + 1000;
+        let txs = (0..15)
+            .map(|_| {
+                let mut t = vec![0u8; 64 * 1024 - 16];
+                rng.fill_bytes(&mut t);
+                Bytes::from(t)
+            })
+            .collect();
+        let mut b = c.template(txs, now);
+        assert!(solve(&mut b.header, u64::MAX));
+        // The premining chain keeps only the index: the blocks are in `out`.
+        c.process_block(b.clone(), None, u64::MAX / 2).unwrap();
+        out.push(b);
+    }
+    out
 }
 
 fn premine(params: &Arc<NetworkParams>, n: usize) -> Vec<Block> {
@@ -275,8 +313,9 @@ async fn main() {
     let (sync_rate, import_rate, chain_rate) = (r.sync_rate, r.import_rate, r.chain_import_rate);
     let ratio = sync_rate / import_rate;
     let chain_ratio = sync_rate / chain_rate;
+    let mut json = String::new();
     if args.json {
-        println!(
+        json = format!(
             "{{\"blocks\":{},\"peers\":{},\"rounds\":{},\"sync_blocks_per_s\":{sync_rate:.0},\"import_blocks_per_s\":{import_rate:.0},\"ratio\":{ratio:.3},\"chain_import_blocks_per_s\":{chain_rate:.0},\"chain_ratio\":{chain_ratio:.3},\"ceiling_spread\":{:.3},\"ratios\":[{}],\"wire_bytes_per_block\":{:.1},\"block_bytes\":{block_bytes:.1},\"peers_used\":{},\"first_block_ms\":{:.1},\"blocks_received\":{}}}",
             blocks.len(),
             args.peers,
@@ -308,4 +347,46 @@ async fn main() {
     for s in &servers {
         s.sw.stop().await;
     }
+    drop(servers);
+    if args.big_blocks > 0 {
+        let big = big_round(&params, &args, dir.path()).await;
+        if args.json {
+            // One object: the big-block fields after the others.
+            json.pop();
+            json = format!("{json},{}", &big[1..]);
+        } else {
+            println!("big blocks: {big}");
+        }
+    }
+    if args.json {
+        println!("{json}");
+    }
+}
+
+/// The big-block round: one sync of `--big-blocks` blocks of ~1 MB from
+/// `--peers` fresh servers against the same ceiling; a JSON object.
+async fn big_round(params: &Arc<NetworkParams>, args: &Args, dir: &Path) -> String {
+    let blocks = tokio::task::block_in_place(|| premine_big(params, args.big_blocks));
+    let block_bytes = blocks.iter().map(Block::size).sum::<usize>() as f64 / blocks.len() as f64;
+    let mut servers = Vec::new();
+    for _ in 0..args.peers {
+        let c = tokio::task::block_in_place(|| {
+            chain_with(params, Store::open_in_memory().unwrap(), &blocks)
+        });
+        servers.push(node(params, c, args.peers).await);
+    }
+    let r = round(params, &blocks, &servers, &dir.join("big"), 0).await;
+    for s in &servers {
+        s.sw.stop().await;
+    }
+    let mb = |rate: f64| rate * block_bytes / 1e6;
+    format!(
+        "{{\"big_blocks\":{},\"big_block_bytes\":{block_bytes:.0},\"big_sync_mb_s\":{:.1},\"big_import_mb_s\":{:.1},\"big_ratio\":{:.3},\"big_ceiling_spread\":{:.3},\"big_peers_used\":{}}}",
+        blocks.len(),
+        mb(r.sync_rate),
+        mb(r.import_rate),
+        r.sync_rate / r.import_rate,
+        r.ceiling_spread,
+        r.peers_used,
+    )
 }
