@@ -73,3 +73,33 @@ async fn a_three_way_partition_heals_at_once() {
 async fn a_deep_fork_far_behind_heals_through_block_sync() {
     heal(&[1000, 1200]).await;
 }
+
+/// Two peers on the same heavier fork answer the same locator: the second
+/// answer holds blocks the first brought. Progress along the fork is not
+/// a stale answer, and neither peer is blamed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deep_fork_served_by_two_peers_heals_without_blame() {
+    let p = params();
+    let net = MemoryTransport::new();
+    let mut ca = chain_with(&p, &[]);
+    mine_on(&mut ca, 1000, "left");
+    let mut cb = chain_with(&p, &[]);
+    let right = mine_on(&mut cb, 1008, "right");
+    let heavy = cb.tip();
+    let a = sync_node(&net, 1, &p, ca, sync_cfg()).await;
+    let b = sync_node(&net, 2, &p, cb, sync_cfg()).await;
+    let c = sync_node(&net, 3, &p, chain_with(&p, &right), sync_cfg()).await;
+    let mut events = a.sw.subscribe();
+    connect(&a, &b).await;
+    connect(&a, &c).await;
+    assert!(wait_tip(&a, heavy, 180).await, "stayed at {}", a.height());
+    while let Ok(e) = events.try_recv() {
+        if let SwitchEvent::PeerRemoved { reason, .. } = e {
+            panic!("a peer was removed: {reason}");
+        }
+    }
+    for n in [&b, &c] {
+        let st = a.sw.standing(&n.sw.node_id());
+        assert_eq!(st.score, 0.0, "an honest peer was scored: {st:?}");
+    }
+}

@@ -100,6 +100,7 @@ impl Shared {
         // Nothing more will be sent: what is queued goes (and gives its
         // bytes back to a shared budget at once).
         self.core.lock().drop_queued();
+        self.writing.store(0, Ordering::Relaxed);
         for n in &self.room {
             n.notify_waiters();
         }

@@ -539,6 +539,11 @@ impl Switch {
         }
     }
 
+    /// Whether [`Switch::stop`] has been called.
+    pub fn is_stopped(&self) -> bool {
+        self.0.cancel.is_cancelled()
+    }
+
     /// Resolves once [`Switch::stop`] has been called.
     pub async fn stopped(&self) {
         self.0.cancel.cancelled().await

@@ -864,16 +864,19 @@ impl BlockSyncReactor {
             Err(_) => {
                 // Its waiter stays queued: a late answer still matches it
                 // (and is dropped) until the peer is gone.
-                // It claimed the heaviest chain and shows nothing of it:
-                // scored as an unbacked claim (the score follows its
-                // identity, so coming back to do it again ends in a ban)
-                // and dropped.
+                // The first request unanswered: it claimed the heaviest
+                // chain and shows nothing of it, scored as an unbacked
+                // claim (the score follows its identity, so coming back to
+                // do it again ends in a ban). A later one may queue behind
+                // the blocks it is sending us on a slow link: not scored.
                 tracing::info!(peer = %peer.id(), "block sync: headers request timed out");
-                let why = format!(
-                    "claimed a heavier chain and sent no headers within {:?}",
-                    self.cfg.headers_timeout
-                );
-                sw.report(peer, Misbehavior::UnbackedClaim, why).await;
+                if after.is_none() {
+                    let why = format!(
+                        "claimed a heavier chain and sent no headers within {:?}",
+                        self.cfg.headers_timeout
+                    );
+                    sw.report(peer, Misbehavior::UnbackedClaim, why).await;
+                }
                 sw.stop_peer_for_error(peer, "headers request timed out").await;
                 None
             }

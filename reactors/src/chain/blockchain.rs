@@ -645,7 +645,8 @@ impl Blockchain {
 
     /// Checks every rule that needs no parent, in an order that never
     /// blames a header for a body someone altered: version, target, proof
-    /// of work, merkle root, then the body rules, then the clock.
+    /// of work, the clock (a block from the future costs no pass over its
+    /// body), merkle root, then the other body rules.
     pub fn check_block(
         &self,
         block: &Block,
@@ -852,6 +853,15 @@ impl Blockchain {
                 if e.is_permanent() {
                     self.remember_invalid(hash);
                 } else if let BlockError::TimeTooNew { timestamp_ms, .. } = e {
+                    // What can be checked already is: with its parent
+                    // known, a wrong height, target or time order makes it
+                    // invalid now, not merely early.
+                    if self.index.contains_key(&block.header.prev_hash) {
+                        if let Err(bad) = self.check_contextual(&block.header) {
+                            self.remember_invalid(hash);
+                            return Err(bad);
+                        }
+                    }
                     self.remember_too_new(hash, timestamp_ms, now_ms);
                 }
                 return Err(e);

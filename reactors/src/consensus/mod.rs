@@ -519,8 +519,25 @@ impl ConsensusReactor {
                 }
             }
         }
+        // Which blocks have a parent we hold (or one earlier in the
+        // answer): only those can excuse a claim as "in our future"; a
+        // block from the future with no known parent proves nothing.
+        let parent_known: Vec<bool> = {
+            let c = self.importer.chain.lock();
+            let mut earlier = std::collections::HashSet::new();
+            blocks
+                .iter()
+                .map(|b| {
+                    let known =
+                        c.contains(&b.header.prev_hash) || earlier.contains(&b.header.prev_hash);
+                    earlier.insert(b.hash());
+                    known
+                })
+                .collect()
+        };
         let mut out = Imported::default();
-        for r in self.import_blocks(blocks, Some(peer.id())).await {
+        let results = self.import_blocks(blocks, Some(peer.id())).await;
+        for (r, parent_known) in results.into_iter().zip(parent_known) {
             match r {
                 Err(e) if e.is_peer_fault() => {
                     let kind = e.misbehavior().unwrap_or(Misbehavior::BadBlock);
@@ -528,7 +545,7 @@ impl ConsensusReactor {
                     return out;
                 }
                 Err(e) => {
-                    out.from_future |= matches!(e, BlockError::TimeTooNew { .. });
+                    out.from_future |= parent_known && matches!(e, BlockError::TimeTooNew { .. });
                     tracing::debug!(peer = %peer.id(), error = %e, "block not accepted")
                 }
                 Ok(p) => {
@@ -835,7 +852,8 @@ impl Reactor for ConsensusReactor {
                 }
                 let max = req.max_blocks.min(self.cfg.max_blocks_per_request) as usize;
                 let room = peer.send_room(CONSENSUS_CHANNEL);
-                let budget = self.cfg.max_msg_bytes.saturating_sub(1024).min(room.max(1));
+                // Half the room: twice this is reserved while it is built.
+                let budget = self.cfg.max_msg_bytes.saturating_sub(1024).min((room / 2).max(1));
                 // Held in the node-wide budget while the answer is built:
                 // the blocks read and their encoding, both alive at once.
                 let mut permit = match peer.reserve_wait(2 * budget).await {
@@ -895,11 +913,23 @@ impl Reactor for ConsensusReactor {
                 };
                 let last = blocks.last().map(Block::hash);
                 let got = self.import_from(sw, peer, blocks).await;
+                let prev = self.peers.lock().get(&peer.id()).and_then(|st| st.best_sent);
+                // Progress: new blocks, or an answer ending further along
+                // its branch than the last one (blocks we already had from
+                // another peer on the same fork).
+                let (w_last, w_prev) = {
+                    let c = self.importer.chain.lock();
+                    (last.and_then(|h| c.weight_of(&h)), prev.and_then(|h| c.weight_of(&h)))
+                };
+                let further = w_last.is_some() && w_last > w_prev;
                 let stale = match self.peers.lock().get_mut(&peer.id()) {
                     Some(st) => {
-                        st.best_sent = last.or(st.best_sent);
-                        // Blocks, all of them known: stale, not yet a lie.
-                        let known_only = last.is_some() && got.new == 0;
+                        if w_last.is_some() && w_last >= w_prev {
+                            st.best_sent = last;
+                        }
+                        // Blocks, all of them known and no further: stale,
+                        // not yet a lie.
+                        let known_only = last.is_some() && got.new == 0 && !further;
                         st.stale_answers = if known_only { st.stale_answers + 1 } else { 0 };
                         st.stale_answers
                     }
@@ -907,7 +937,7 @@ impl Reactor for ConsensusReactor {
                 };
                 let ours = self.importer.chain.lock().weight();
                 let ahead = self.peer_chain(&peer.id()).is_some_and(|s| s.weight > ours);
-                if ahead && (got.new > 0 || stale == 1) {
+                if ahead && (got.new > 0 || further || stale == 1) {
                     // Continue from what it sent (a stale answer once: the
                     // overlap of a late answer with the next request).
                     self.request_blocks(peer).await;

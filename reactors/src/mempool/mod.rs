@@ -7,7 +7,7 @@
 mod pool;
 
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -43,8 +43,7 @@ pub struct MempoolReactor {
     /// Per peer: the sequence number of the next transaction to send it.
     cursors: Mutex<HashMap<NodeId, u64>>,
     /// Wakes the gossip task.
-    wake: Notify,
-    switch: OnceLock<Switch>,
+    wake: Arc<Notify>,
     /// Counts transactions added; the miner watches it.
     added: watch::Sender<u64>,
 }
@@ -61,8 +60,7 @@ impl MempoolReactor {
         MempoolReactor {
             pool: Arc::new(Mutex::new(Mempool::new(cfg))),
             cursors: Mutex::new(HashMap::new()),
-            wake: Notify::new(),
-            switch: OnceLock::new(),
+            wake: Arc::new(Notify::new()),
             added: watch::channel(0).0,
         }
     }
@@ -77,23 +75,24 @@ impl MempoolReactor {
         self.added.subscribe()
     }
 
-    /// Starts the gossip task on `switch` (it ends when the switch stops)
-    /// and lets [`MempoolReactor::submit`] gossip through it. Must be
-    /// called inside a tokio runtime.
+    /// Starts the gossip task on `switch`, which gossips what
+    /// [`MempoolReactor::submit`] and peers add. It holds neither the
+    /// reactor nor the switch while it waits, and ends once either is gone
+    /// or the switch stops. Must be called inside a tokio runtime.
     pub fn start(self: &Arc<Self>, switch: &Switch) {
-        let _ = self.switch.set(switch.clone());
-        let (me, sw) = (Arc::downgrade(self), switch.downgrade());
+        let (me, sw, wake) = (Arc::downgrade(self), switch.downgrade(), self.wake.clone());
         let interval = self.pool.lock().config().gossip_interval;
         tokio::spawn(async move {
             loop {
+                // Woken, or a look every second whether we are still wanted.
+                let _ = tokio::time::timeout(LIVENESS_CHECK, wake.notified()).await;
                 let (Some(me), Some(sw)) = (me.upgrade(), sw.upgrade()) else { return };
-                tokio::select! {
-                    _ = me.wake.notified() => {}
-                    _ = sw.stopped() => return,
+                if sw.is_stopped() {
+                    return;
                 }
                 if me.gossip_round(&sw) {
                     // Someone had no room: try again next round.
-                    me.wake.notify_one();
+                    wake.notify_one();
                 }
                 drop((me, sw));
                 tokio::time::sleep(interval).await;
@@ -113,7 +112,22 @@ impl MempoolReactor {
     /// was left behind for lack of room.
     fn gossip_round(&self, sw: &Switch) -> bool {
         let mut cursors = self.cursors.lock();
-        let Some(&oldest) = cursors.values().min() else { return false };
+        // Only peers with room now take part: one whose queue is full costs
+        // neither a copy of the pool nor an encoding this round.
+        let (mut peers, mut left_out) = (Vec::new(), false);
+        for p in sw.peers() {
+            if !cursors.contains_key(&p.id()) {
+                continue;
+            }
+            if p.send_room(MEMPOOL_CHANNEL) > 0 {
+                peers.push(p);
+            } else {
+                left_out = true;
+            }
+        }
+        let Some(oldest) = peers.iter().filter_map(|p| cursors.get(&p.id()).copied()).min() else {
+            return left_out;
+        };
         let (tail, end, max_txs, max_bytes) = {
             let pool = self.pool.lock();
             let c = pool.config();
@@ -122,7 +136,7 @@ impl MempoolReactor {
         // Peers at the same cursor get the same messages: encode each once.
         let mut encoded: HashMap<(u64, u64), Bytes> = HashMap::new();
         let mut behind = false;
-        for peer in sw.peers() {
+        for peer in peers {
             let Some(cursor) = cursors.get_mut(&peer.id()) else { continue };
             let mut i = tail.partition_point(|t| t.seq < *cursor);
             if i == tail.len() {
@@ -168,9 +182,13 @@ impl MempoolReactor {
                 *cursor = next;
             }
         }
-        behind
+        behind || left_out
     }
 }
+
+/// How often an idle gossip task checks that its reactor and switch still
+/// exist.
+const LIVENESS_CHECK: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Reactor for MempoolReactor {
     type Message = pb::Message;
