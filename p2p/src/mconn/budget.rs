@@ -83,7 +83,7 @@ impl SharedBudget {
     /// built (so builders cannot together pass the limit before anything is
     /// queued); `None` if they do not fit now. Dropping it gives them back.
     pub fn reserve(&self, n: usize) -> Option<Reservation> {
-        self.try_take(n).then(|| Reservation { budget: Some(self.clone()), n })
+        self.try_take(n).then(|| Reservation { budget: Some(self.clone()), n, owner: None })
     }
 
     /// Takes `n` bytes whatever is in use (bytes already held, such as a
@@ -91,7 +91,7 @@ impl SharedBudget {
     /// given back when the reservation drops.
     pub(crate) fn charge(&self, n: usize) -> Reservation {
         self.0.used.fetch_add(n, Ordering::Relaxed);
-        Reservation { budget: Some(self.clone()), n }
+        Reservation { budget: Some(self.clone()), n, owner: None }
     }
 
     /// Resolves when a push was refused for this budget.
@@ -113,12 +113,24 @@ impl SharedBudget {
 pub struct Reservation {
     budget: Option<SharedBudget>,
     n: usize,
+    /// The connection the bytes are held for, if any: its count of held
+    /// bytes follows this reservation (so the switch can tell which peer
+    /// holds the budget).
+    owner: Option<Arc<AtomicUsize>>,
 }
 
 impl Reservation {
     /// A reservation of nothing (a connection without a shared budget).
     pub fn none() -> Self {
-        Reservation { budget: None, n: 0 }
+        Reservation { budget: None, n: 0, owner: None }
+    }
+
+    /// Counts this reservation's bytes in `owner` (a connection's held
+    /// bytes) for as long as it holds them.
+    pub(crate) fn owned_by(mut self, owner: Arc<AtomicUsize>) -> Self {
+        owner.fetch_add(self.n, Ordering::Relaxed);
+        self.owner = Some(owner);
+        self
     }
 
     /// Bytes still held.
@@ -131,12 +143,18 @@ impl Reservation {
     pub(crate) fn hand_over(&mut self, n: usize) -> usize {
         let moved = n.min(self.n);
         self.n -= moved;
+        if let Some(o) = &self.owner {
+            o.fetch_sub(moved, Ordering::Relaxed);
+        }
         moved
     }
 
     /// Takes back bytes [`Reservation::hand_over`] gave.
     pub(crate) fn take_back(&mut self, n: usize) {
         self.n += n;
+        if let Some(o) = &self.owner {
+            o.fetch_add(n, Ordering::Relaxed);
+        }
     }
 }
 
@@ -145,5 +163,34 @@ impl Drop for Reservation {
         if let Some(b) = &self.budget {
             b.give(self.n);
         }
+        if let Some(o) = &self.owner {
+            o.fetch_sub(self.n, Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reservation counts in its owner's held bytes until it hands them
+    /// to a queue or drops; the budget follows the same way.
+    #[test]
+    fn held_bytes_follow_the_reservation() {
+        let b = SharedBudget::new(100);
+        let held = Arc::new(AtomicUsize::new(0));
+        let mut r = b.reserve(60).unwrap().owned_by(held.clone());
+        assert_eq!((b.used(), held.load(Ordering::Relaxed)), (60, 60));
+        assert!(b.reserve(50).is_none(), "past the limit");
+        assert_eq!(r.hand_over(25), 25);
+        // Handed over: still in the budget (now the queue's), no longer held.
+        assert_eq!((b.used(), held.load(Ordering::Relaxed)), (60, 35));
+        r.take_back(5);
+        assert_eq!(held.load(Ordering::Relaxed), 40);
+        drop(r);
+        // What the queue took stays used until the queue gives it back.
+        assert_eq!((b.used(), held.load(Ordering::Relaxed)), (20, 0));
+        b.give(20);
+        assert_eq!(b.used(), 0);
     }
 }

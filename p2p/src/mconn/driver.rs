@@ -88,6 +88,9 @@ struct Shared {
     /// still held until the socket takes them (a peer that reads slowly
     /// holds them), so counted with the queued bytes and in the budget.
     writing: AtomicUsize,
+    /// Bytes of the node-wide budget reserved for this connection's
+    /// answers being built (`reserve`, `reserve_wait`).
+    held: Arc<AtomicUsize>,
 }
 
 impl Shared {
@@ -238,6 +241,7 @@ impl MConnection {
             remote_id,
             budget,
             writing: AtomicUsize::new(0),
+            held: Arc::new(AtomicUsize::new(0)),
         });
         let mut senders = Vec::with_capacity(channels.len());
         let mut receivers = Vec::with_capacity(channels.len());
@@ -393,9 +397,16 @@ impl MConnection {
     /// a shared budget, an empty reservation.
     pub fn reserve(&self, n: usize) -> Option<super::Reservation> {
         match &self.shared.budget {
-            Some(b) => b.reserve(n),
+            Some(b) => b.reserve(n).map(|r| r.owned_by(self.shared.held.clone())),
             None => Some(super::Reservation::none()),
         }
+    }
+
+    /// Bytes of the node-wide budget reserved now for answers to this
+    /// peer that are being built or wait for room (see
+    /// [`MConnection::reserve`]).
+    pub fn held_bytes(&self) -> usize {
+        self.shared.held.load(Ordering::Relaxed)
     }
 
     /// As [`MConnection::reserve`], waiting for bytes to be given back, at
@@ -412,7 +423,7 @@ impl MConnection {
             tokio::pin!(freed);
             freed.as_mut().enable();
             if let Some(r) = b.reserve(n) {
-                return Ok(r);
+                return Ok(r.owned_by(self.shared.held.clone()));
             }
             tokio::select! {
                 _ = freed => {}

@@ -1078,18 +1078,19 @@ impl Switch {
                 _ = self.0.cancel.cancelled() => return,
             }
             let high = b.limit() / 10 * 9;
-            // Queued bytes only: reservations of answers being built belong
-            // to no peer and end by themselves.
+            // What each peer makes us hold: its queues, the batch being
+            // written, and the reservations of answers built for it.
+            let weight = |p: &Peer| p.queued_bytes() + p.held_bytes();
             let mut candidates: Vec<(usize, Peer)> = {
                 let manager = self.0.manager.lock();
                 self.peers()
                     .into_iter()
                     .filter(|p| !manager.is_protected(&p.id()))
-                    .map(|p| (p.queued_bytes(), p))
+                    .map(|p| (weight(&p), p))
                     .filter(|(q, _)| *q > 0)
                     .collect()
             };
-            let mut queued: usize = self.peers().iter().map(Peer::queued_bytes).sum();
+            let mut queued: usize = self.peers().iter().map(weight).sum();
             candidates.sort_by_key(|(q, p)| std::cmp::Reverse((*q, p.id())));
             for (q, p) in candidates {
                 if queued <= high {

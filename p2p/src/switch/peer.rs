@@ -178,6 +178,12 @@ impl Peer {
         self.0.conn.queued_bytes()
     }
 
+    /// Bytes of the node-wide budget reserved for answers to this peer
+    /// being built or waiting for room.
+    pub fn held_bytes(&self) -> usize {
+        self.0.conn.held_bytes()
+    }
+
     /// Queues raw bytes if there is room now; `false` otherwise.
     pub fn try_send(&self, channel: u8, msg: impl Into<Bytes>) -> bool {
         let msg = msg.into();
