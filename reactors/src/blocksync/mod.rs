@@ -908,6 +908,13 @@ impl BlockSyncReactor {
                 let (mut found, mut bytes) = (Vec::new(), 0usize);
                 let mut it = todo.into_iter().peekable();
                 while let Some(&h) = it.peek() {
+                    // A block that cannot fit is not read (it goes first
+                    // in the next round).
+                    if let Ok(Some(size)) = c.block_encoded_size(&h) {
+                        if !found.is_empty() && bytes + size + 16 > room {
+                            break;
+                        }
+                    }
                     // Each answer is read straight into its message.
                     let answer = match c.block_encoded_framed(&h, block_response_prefix) {
                         Ok(Some(b)) => b,

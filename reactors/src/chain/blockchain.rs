@@ -477,6 +477,12 @@ impl Blockchain {
         self.store.block_encoded(hash)
     }
 
+    /// An upper bound of a stored block's encoded length, without reading
+    /// it (see [`Store::block_encoded_size`]).
+    pub fn block_encoded_size(&self, hash: &BlockHash) -> Result<Option<usize>, StoreError> {
+        self.store.block_encoded_size(hash)
+    }
+
     /// A stored block, encoded after a prefix (see
     /// [`Store::block_encoded_framed`]).
     pub fn block_encoded_framed(

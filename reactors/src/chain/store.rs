@@ -76,6 +76,10 @@ pub struct MainUpdate<'a> {
     pub hashes: &'a [BlockHash],
 }
 
+/// Bytes the header field of a `plexus.chain.Block` encoding takes at most
+/// (a 96-byte header as protobuf fields, with its tag and length).
+const MAX_HEADER_FIELD: usize = 160;
+
 /// The block store. See the module documentation for the schema.
 pub struct Store {
     conn: Connection,
@@ -371,6 +375,15 @@ impl Store {
     /// concatenate).
     pub fn block_encoded(&self, hash: &BlockHash) -> Result<Option<Vec<u8>>, StoreError> {
         self.block_encoded_framed(hash, Vec::with_capacity)
+    }
+
+    /// An upper bound of [`Store::block_encoded`]'s length for a stored
+    /// block, without reading it: the stored body's length plus room for
+    /// the header field (at most 160 bytes). `None` when not stored.
+    pub fn block_encoded_size(&self, hash: &BlockHash) -> Result<Option<usize>, StoreError> {
+        let mut st = self.conn.prepare_cached("SELECT length(txs) FROM blocks WHERE hash = ?1")?;
+        let n: Option<i64> = st.query_row([&hash.0[..]], |r| r.get(0)).optional()?;
+        Ok(n.map(|n| n.max(0) as usize + MAX_HEADER_FIELD))
     }
 
     /// As [`Store::block_encoded`], written after a prefix: `frame(n)`

@@ -395,6 +395,24 @@ fn the_same_invalid_block_is_checked_once() {
     }
 }
 
+/// The size bound read without the block holds for blocks large and
+/// small, and is close (the header field's room).
+#[test]
+fn the_encoded_size_bound_holds() {
+    let p = params(0);
+    let mut c = chain(&p);
+    let mut parent = p.genesis_hash;
+    for txs in [vec![], vec![Bytes::from(vec![9u8; 60_000]), Bytes::from_static(b"x")]] {
+        let b = child_with(&c, &parent, T, txs);
+        parent = b.hash();
+        add(&mut c, b).unwrap();
+        let real = c.block_encoded(&parent).unwrap().unwrap().len();
+        let bound = c.block_encoded_size(&parent).unwrap().unwrap();
+        assert!(bound >= real && bound - real <= 160, "{bound} for {real}");
+    }
+    assert_eq!(c.block_encoded_size(&Hash::sha256(b"none")).unwrap(), None);
+}
+
 /// A locator from a side branch walks the branch down to the main chain,
 /// then the main chain, with the main locator's spacing.
 #[test]
