@@ -163,3 +163,20 @@ async fn a_flooding_peer_keeps_neither_local_nor_other_peers_transactions_out() 
     );
     drop(flood);
 }
+
+/// Transactions that enter the pool without a wake-up (as a reorg puts a
+/// disconnected block's transactions back) are gossiped at the gossip
+/// task's next look.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_put_back_without_a_wake_up_are_gossiped() {
+    let p = params();
+    let net = MemoryTransport::new();
+    let a = node(&net, 1, &p, MempoolConfig::default()).await;
+    let b = node(&net, 2, &p, MempoolConfig::default()).await;
+    connect(&b, &a).await;
+    // Straight into the pool, as `apply_tip_change` does.
+    for i in 0..5 {
+        a.mem.pool().lock().add_from(tx("back", i, 80), TxSource::Chain).unwrap();
+    }
+    assert!(until_pool(&b, 20, |m| m.len() == 5).await, "{} of 5", b.mem.pool().lock().len());
+}

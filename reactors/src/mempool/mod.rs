@@ -83,13 +83,22 @@ impl MempoolReactor {
         let (me, sw, wake) = (Arc::downgrade(self), switch.downgrade(), self.wake.clone());
         let interval = self.pool.lock().config().gossip_interval;
         tokio::spawn(async move {
+            // The pool's next sequence number at the last round: a pool
+            // that grew without a wake-up (transactions put back by a
+            // reorg) is gossiped at the next look.
+            let mut seen_end = 0;
             loop {
                 // Woken, or a look every second whether we are still wanted.
-                let _ = tokio::time::timeout(LIVENESS_CHECK, wake.notified()).await;
+                let woken = tokio::time::timeout(LIVENESS_CHECK, wake.notified()).await.is_ok();
                 let (Some(me), Some(sw)) = (me.upgrade(), sw.upgrade()) else { return };
                 if sw.is_stopped() {
                     return;
                 }
+                let end = me.pool.lock().next_seq();
+                if !woken && end == seen_end {
+                    continue;
+                }
+                seen_end = end;
                 if me.gossip_round(&sw) {
                     // Someone had no room: try again next round.
                     wake.notify_one();
