@@ -138,6 +138,12 @@ pub struct MiningConfig {
     pub enabled: bool,
     /// Miner threads. Default 1.
     pub threads: usize,
+    /// After a mined block could not be stored (disk full), mining pauses
+    /// this long, doubling per further failure, seconds
+    /// (`MinerConfig::store_retry`). Default 1.
+    pub store_retry_s: u64,
+    /// The longest such pause, seconds. Default 60.
+    pub store_retry_max_s: u64,
 }
 
 /// `[sync]`: block sync (`plexus_reactors::blocksync::BlockSyncConfig`
@@ -377,7 +383,13 @@ impl Default for RpcConfig {
 
 impl Default for MiningConfig {
     fn default() -> Self {
-        MiningConfig { enabled: false, threads: 1 }
+        let d = plexus_reactors::mining::MinerConfig::default();
+        MiningConfig {
+            enabled: false,
+            threads: 1,
+            store_retry_s: d.store_retry.as_secs(),
+            store_retry_max_s: d.store_retry_max.as_secs(),
+        }
     }
 }
 
@@ -457,6 +469,11 @@ impl NodeConfig {
             ),
             (self.p2p.ban_max_s <= 365 * 86_400, "p2p.ban_max_s must be at most a year"),
             (self.mining.threads >= 1, "mining.threads must be at least 1"),
+            (
+                self.mining.store_retry_s >= 1
+                    && self.mining.store_retry_max_s >= self.mining.store_retry_s,
+                "mining.store_retry_s must be at least 1 and at most mining.store_retry_max_s",
+            ),
             (self.sync.window >= 1, "sync.window must be at least 1"),
             (
                 (1..=32).contains(&self.sync.blocks_per_request),
@@ -584,6 +601,11 @@ max_dial_peers = {max_dial}
 enabled = {mine}
 # Miner threads (default 1; flag --mine-threads).
 threads = {threads}
+# After a mined block could not be stored (disk full), mining pauses this
+# long, doubling per further failure, seconds (default 1).
+store_retry_s = {store_retry}
+# The longest such pause, seconds (default 60).
+store_retry_max_s = {store_retry_max}
 
 [sync]
 # Heights requested ahead of the next block to apply (default 1024).
@@ -664,6 +686,8 @@ format = {format}
             max_dial = self.rpc.max_dial_peers,
             mine = self.mining.enabled,
             threads = self.mining.threads,
+            store_retry = self.mining.store_retry_s,
+            store_retry_max = self.mining.store_retry_max_s,
             window = self.sync.window,
             per_request = self.sync.blocks_per_request,
             pending = self.sync.max_pending_per_peer,

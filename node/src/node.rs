@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use parking_lot::Mutex;
@@ -151,7 +151,7 @@ impl Node {
             seeds,
             book_path: Some(home.addrbook()),
             seed_mode: cfg.p2p.seed_mode,
-            ensure_peers_period: std::time::Duration::from_secs(cfg.p2p.pex_period_s.max(1)),
+            ensure_peers_period: Duration::from_secs(cfg.p2p.pex_period_s.max(1)),
             ..PexConfig::default()
         };
         let pex = Arc::new(PexReactor::new(pex_cfg, book));
@@ -209,7 +209,12 @@ impl Node {
             });
         }
         let miner = cfg.mining.enabled.then(|| {
-            let mc = MinerConfig { threads: cfg.mining.threads.max(1), ..MinerConfig::default() };
+            let mc = MinerConfig {
+                threads: cfg.mining.threads.max(1),
+                store_retry: Duration::from_secs(cfg.mining.store_retry_s),
+                store_retry_max: Duration::from_secs(cfg.mining.store_retry_max_s),
+                ..MinerConfig::default()
+            };
             cons.start_miner(mc, mem.watch_added())
         });
         let rpc_listen = listen_addr("rpc", &cfg.rpc.host, cfg.rpc.port).await?;
