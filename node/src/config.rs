@@ -196,6 +196,9 @@ pub struct MempoolSection {
     /// Share of the pool kept for transactions submitted to this node,
     /// percent. Default 10.
     pub reserved_local_percent: u8,
+    /// Gossip runs at most this often; what arrives meanwhile goes to
+    /// each peer together, milliseconds. Default 100.
+    pub gossip_interval_ms: u64,
 }
 
 impl Default for MempoolSection {
@@ -206,6 +209,7 @@ impl Default for MempoolSection {
             max_bytes: d.max_bytes,
             max_peer_share_percent: d.max_peer_share_percent,
             reserved_local_percent: d.reserved_local_percent,
+            gossip_interval_ms: d.gossip_interval.as_millis() as u64,
         }
     }
 }
@@ -218,6 +222,7 @@ impl MempoolSection {
             max_bytes: self.max_bytes,
             max_peer_share_percent: self.max_peer_share_percent,
             reserved_local_percent: self.reserved_local_percent,
+            gossip_interval: std::time::Duration::from_millis(self.gossip_interval_ms),
             ..MempoolConfig::default()
         }
     }
@@ -486,6 +491,10 @@ impl NodeConfig {
             (self.sync.commit_batch >= 1, "sync.commit_batch must be at least 1"),
             (self.sync.commit_batch_bytes >= 1, "sync.commit_batch_bytes must be at least 1"),
             (self.mempool.max_txs >= 1, "mempool.max_txs must be at least 1"),
+            (
+                (1..=60_000).contains(&self.mempool.gossip_interval_ms),
+                "mempool.gossip_interval_ms must be 1 to 60000",
+            ),
             (self.mempool.max_bytes >= 65_536, "mempool.max_bytes must be at least 65536"),
             (
                 (1..=100).contains(&self.mempool.max_peer_share_percent),
@@ -640,6 +649,8 @@ max_bytes = {mp_bytes}
 max_peer_share_percent = {mp_share}
 # Share of the pool kept for transactions submitted to this node, percent (default 10).
 reserved_local_percent = {mp_local}
+# Gossip runs at most this often; what arrives meanwhile goes to each peer together, ms (default 100).
+gossip_interval_ms = {mp_gossip}
 
 [log]
 # RUST_LOG-style filter; the RUST_LOG environment variable wins (default "info").
@@ -703,6 +714,7 @@ format = {format}
             mp_bytes = self.mempool.max_bytes,
             mp_share = self.mempool.max_peer_share_percent,
             mp_local = self.mempool.reserved_local_percent,
+            mp_gossip = self.mempool.gossip_interval_ms,
             filter = q(&self.log.filter),
             format = q(&self.log.format),
         )
