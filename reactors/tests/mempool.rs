@@ -180,3 +180,34 @@ async fn transactions_put_back_without_a_wake_up_are_gossiped() {
     }
     assert!(until_pool(&b, 20, |m| m.len() == 5).await, "{} of 5", b.mem.pool().lock().len());
 }
+
+/// A peer without the mempool channel gets no gossip state: it neither
+/// holds the gossip task in rounds (it would never have room) nor keeps
+/// others from being served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_without_the_mempool_channel_does_not_stall_gossip() {
+    let p = params();
+    let net = MemoryTransport::new();
+    let a = node(&net, 1, &p, MempoolConfig::default()).await;
+    // A peer declaring only another channel.
+    let key = NodeKey::generate();
+    let stream =
+        net.with_ip(IpAddr::from([10, 6, 0, 9])).dial(a.sw.listen_addr().unwrap()).await.unwrap();
+    let mut conn =
+        SecretConnection::connect(stream, &key, None, &SecretConfig::default()).await.unwrap();
+    let mut info = NodeInfo::new(&p.network_id(), "other");
+    info.node_id = key.node_id();
+    info.channels = vec![plexus_reactors::consensus::CONSENSUS_CHANNEL];
+    info.listen_addr = "10.6.0.9:1".into();
+    node_info::exchange(&mut conn, &info, Duration::from_secs(5)).await.unwrap();
+    let ch = [ChannelDescriptor::new(plexus_reactors::consensus::CONSENSUS_CHANNEL)];
+    let (_other, rxs) = MConnection::new(conn, &ch, MConnConfig::default()).unwrap();
+    for mut rx in rxs {
+        tokio::spawn(async move { while rx.recv().await.is_some() {} });
+    }
+    let b = node(&net, 2, &p, MempoolConfig::default()).await;
+    connect(&b, &a).await;
+    a.mem.submit(tx("x", 0, 50)).unwrap();
+    assert!(until_pool(&b, 20, |m| m.len() == 1).await);
+    assert_eq!(a.mem.gossip_peers(), 1, "only the peer with the mempool channel has a cursor");
+}

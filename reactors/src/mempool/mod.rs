@@ -109,6 +109,12 @@ impl MempoolReactor {
         });
     }
 
+    /// Peers that gossip state is kept for (those declaring the mempool
+    /// channel).
+    pub fn gossip_peers(&self) -> usize {
+        self.cursors.lock().len()
+    }
+
     /// Adds a local transaction and gossips it. Errors: [`MempoolError`].
     pub fn submit(&self, tx: Bytes) -> Result<TxId, MempoolError> {
         let id = self.pool.lock().add(tx)?;
@@ -215,6 +221,11 @@ impl Reactor for MempoolReactor {
     }
 
     async fn add_peer(&self, peer: &Peer) {
+        if !peer.node_info().channels.contains(&MEMPOOL_CHANNEL) {
+            // It takes no transactions: no cursor (it would never have
+            // room and keep the gossip task running rounds for nothing).
+            return;
+        }
         // A new peer gets the whole pool (CometBFT's broadcastTxRoutine
         // starts from the front of the list).
         self.cursors.lock().insert(peer.id(), 0);
