@@ -102,23 +102,26 @@ async fn gossip_sends_each_transaction_once_never_back_and_catches_up() {
     assert!(until_pool(&d, 20, |m| m.len() == 300).await);
 }
 
-/// A raw peer declaring only the mempool channel, reading what it is sent.
+/// A raw peer from 10.6.0.`host` declaring only `channel`, reading what
+/// it is sent.
 async fn raw_peer(
     net: &MemoryTransport,
     to: &SyncNode,
     p: &NetworkParams,
+    host: u8,
+    channel: u8,
 ) -> (plexus_p2p::NodeId, MConnection) {
     let key = NodeKey::generate();
-    let stream =
-        net.with_ip(IpAddr::from([10, 6, 0, 1])).dial(to.sw.listen_addr().unwrap()).await.unwrap();
+    let ip = IpAddr::from([10, 6, 0, host]);
+    let stream = net.with_ip(ip).dial(to.sw.listen_addr().unwrap()).await.unwrap();
     let mut conn =
         SecretConnection::connect(stream, &key, None, &SecretConfig::default()).await.unwrap();
-    let mut info = NodeInfo::new(&p.network_id(), "flood");
+    let mut info = NodeInfo::new(&p.network_id(), "raw");
     info.node_id = key.node_id();
-    info.channels = vec![MEMPOOL_CHANNEL];
-    info.listen_addr = "10.6.0.1:1".into();
+    info.channels = vec![channel];
+    info.listen_addr = format!("{ip}:1");
     node_info::exchange(&mut conn, &info, Duration::from_secs(5)).await.unwrap();
-    let ch = [ChannelDescriptor::new(MEMPOOL_CHANNEL)];
+    let ch = [ChannelDescriptor::new(channel)];
     let (mc, rxs) = MConnection::new(conn, &ch, MConnConfig::default()).unwrap();
     for mut rx in rxs {
         tokio::spawn(async move { while rx.recv().await.is_some() {} });
@@ -133,7 +136,7 @@ async fn a_flooding_peer_keeps_neither_local_nor_other_peers_transactions_out() 
     let n = node(&net, 1, &p, MempoolConfig::default()).await;
     let h = node(&net, 2, &p, MempoolConfig::default()).await;
     connect(&h, &n).await;
-    let (flooder, flood) = raw_peer(&net, &n, &p).await;
+    let (flooder, flood) = raw_peer(&net, &n, &p, 1, MEMPOOL_CHANNEL).await;
     // Twice the whole pool, from one peer.
     let cap = MempoolConfig::default().max_txs;
     for m in 0..(2 * cap / 250) {
@@ -190,21 +193,8 @@ async fn a_peer_without_the_mempool_channel_does_not_stall_gossip() {
     let net = MemoryTransport::new();
     let a = node(&net, 1, &p, MempoolConfig::default()).await;
     // A peer declaring only another channel.
-    let key = NodeKey::generate();
-    let stream =
-        net.with_ip(IpAddr::from([10, 6, 0, 9])).dial(a.sw.listen_addr().unwrap()).await.unwrap();
-    let mut conn =
-        SecretConnection::connect(stream, &key, None, &SecretConfig::default()).await.unwrap();
-    let mut info = NodeInfo::new(&p.network_id(), "other");
-    info.node_id = key.node_id();
-    info.channels = vec![plexus_reactors::consensus::CONSENSUS_CHANNEL];
-    info.listen_addr = "10.6.0.9:1".into();
-    node_info::exchange(&mut conn, &info, Duration::from_secs(5)).await.unwrap();
-    let ch = [ChannelDescriptor::new(plexus_reactors::consensus::CONSENSUS_CHANNEL)];
-    let (_other, rxs) = MConnection::new(conn, &ch, MConnConfig::default()).unwrap();
-    for mut rx in rxs {
-        tokio::spawn(async move { while rx.recv().await.is_some() {} });
-    }
+    let channel = plexus_reactors::consensus::CONSENSUS_CHANNEL;
+    let _other = raw_peer(&net, &a, &p, 9, channel).await;
     let b = node(&net, 2, &p, MempoolConfig::default()).await;
     connect(&b, &a).await;
     a.mem.submit(tx("x", 0, 50)).unwrap();

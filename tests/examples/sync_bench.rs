@@ -109,33 +109,31 @@ async fn node(params: &Arc<NetworkParams>, chain: Blockchain, min_status_peers: 
 /// (random, so nothing compresses or repeats).
 fn premine_big(params: &Arc<NetworkParams>, n: usize) -> Vec<Block> {
     use rand::RngCore;
-    let mut c = Blockchain::open(
-        params.clone(),
-        Store::open_in_memory().unwrap(),
-        BlockchainConfig::default(),
-    )
-    .unwrap();
     let mut rng = rand::rng();
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        let now = c.tip_header().timestamp_ms + 1000;
-        let txs = (0..15)
+    premine_with(params, n, |_| {
+        (0..15)
             .map(|_| {
                 let mut t = vec![0u8; 64 * 1024 - 16];
                 rng.fill_bytes(&mut t);
                 Bytes::from(t)
             })
-            .collect();
-        let mut b = c.template(txs, now);
-        assert!(solve(&mut b.header, u64::MAX));
-        // The premining chain keeps only the index: the blocks are in `out`.
-        c.process_block(b.clone(), None, u64::MAX / 2).unwrap();
-        out.push(b);
-    }
-    out
+            .collect()
+    })
 }
 
+/// `n` blocks with a few words each.
 fn premine(params: &Arc<NetworkParams>, n: usize) -> Vec<Block> {
+    premine_with(params, n, |i| {
+        (0..3).map(|j| Bytes::from(format!("block {i} word {j}: {}", "w".repeat(40)))).collect()
+    })
+}
+
+/// `n` mined blocks, block `i` holding `txs(i)`.
+fn premine_with(
+    params: &Arc<NetworkParams>,
+    n: usize,
+    mut txs: impl FnMut(usize) -> Vec<Bytes>,
+) -> Vec<Block> {
     let mut c = Blockchain::open(
         params.clone(),
         Store::open_in_memory().unwrap(),
@@ -145,10 +143,7 @@ fn premine(params: &Arc<NetworkParams>, n: usize) -> Vec<Block> {
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let now = c.tip_header().timestamp_ms + 1000;
-        let txs = (0..3)
-            .map(|j| Bytes::from(format!("block {i} word {j}: {}", "w".repeat(40))))
-            .collect();
-        let mut b = c.template(txs, now);
+        let mut b = c.template(txs(i), now);
         assert!(solve(&mut b.header, u64::MAX));
         c.process_block(b.clone(), None, u64::MAX / 2).unwrap();
         out.push(b);

@@ -909,10 +909,12 @@ impl BlockSyncReactor {
                 let mut it = todo.into_iter().peekable();
                 while let Some(&h) = it.peek() {
                     // A block that cannot fit is not read (it goes first
-                    // in the next round).
-                    if let Ok(Some(size)) = c.block_encoded_size(&h) {
-                        if !found.is_empty() && bytes + size + 16 > room {
-                            break;
+                    // in the next round); the first always goes, unasked.
+                    if !found.is_empty() {
+                        if let Ok(Some(size)) = c.block_encoded_size(&h) {
+                            if bytes + size + 16 > room {
+                                break;
+                            }
                         }
                     }
                     // Each answer is read straight into its message.
