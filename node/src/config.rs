@@ -9,6 +9,7 @@ use plexus_p2p::PeerManagerConfig;
 use plexus_reactors::blocksync::{BlockSyncConfig, PoolConfig};
 use plexus_reactors::consensus::ConsensusConfig;
 use plexus_reactors::mempool::MempoolConfig;
+use plexus_reactors::service::ChainServiceConfig;
 use serde::{Deserialize, Serialize};
 
 /// The whole file.
@@ -162,15 +163,18 @@ pub struct SyncConfig {
     /// Longest a block request may take (less for a peer that has been
     /// fast), seconds. Default 15.
     pub request_timeout_s: u64,
-    /// Statuses a round waits for (fewer if fewer peers). Default 3.
+    /// Statuses the first round waits for (fewer after `status_wait_s`).
+    /// Default 3.
     pub min_status_peers: usize,
-    /// Longest a round waits for them, seconds. Default 3.
+    /// Longest the first round waits for them, and the pause after a
+    /// round that moved nothing, seconds. Default 3.
     pub status_wait_s: u64,
-    /// How often peers are asked for their status, seconds. Default 10.
+    /// How often `Status` goes to every peer (consensus channel), and
+    /// block sync looks at the table unwoken, seconds. Default 10.
     pub status_interval_s: u64,
-    /// A round starts when a peer is more than this many blocks ahead
-    /// (closer peers are caught up with by the consensus reactor).
-    /// Default 16.
+    /// A round starts for any heavier claim; one more than this many
+    /// blocks above us is logged at INFO, and a heavier tip off a round's
+    /// path this far above its target ends the round. Default 16.
     pub resync_distance: u64,
     /// Most blocks handed to the importer at once. Default 256.
     pub apply_batch: usize,
@@ -255,7 +259,7 @@ impl Default for NodeConfig {
 
 impl Default for SyncConfig {
     fn default() -> Self {
-        let (sync, cons) = (BlockSyncConfig::default(), ConsensusConfig::default());
+        let (sync, svc) = (BlockSyncConfig::default(), ChainServiceConfig::default());
         SyncConfig {
             window: sync.pool.window,
             blocks_per_request: sync.pool.blocks_per_request,
@@ -266,8 +270,8 @@ impl Default for SyncConfig {
             status_interval_s: sync.status_interval.as_secs(),
             resync_distance: sync.resync_distance,
             apply_batch: sync.apply_batch,
-            commit_batch: cons.commit_batch,
-            commit_batch_bytes: cons.commit_batch_bytes,
+            commit_batch: svc.commit_batch,
+            commit_batch_bytes: svc.commit_batch_bytes,
         }
     }
 }
@@ -296,9 +300,17 @@ impl SyncConfig {
     /// The consensus reactor's settings (the rest at their defaults).
     pub fn consensus(&self) -> ConsensusConfig {
         ConsensusConfig {
+            status_interval: Duration::from_secs(self.status_interval_s),
+            ..ConsensusConfig::default()
+        }
+    }
+
+    /// The chain service's settings (the rest at their defaults).
+    pub fn service(&self) -> ChainServiceConfig {
+        ChainServiceConfig {
             commit_batch: self.commit_batch,
             commit_batch_bytes: self.commit_batch_bytes,
-            ..ConsensusConfig::default()
+            ..ChainServiceConfig::default()
         }
     }
 }
@@ -625,13 +637,13 @@ blocks_per_request = {per_request}
 max_pending_per_peer = {pending}
 # Longest a block request may take, less for a peer that has been fast, seconds (default 15).
 request_timeout_s = {req_timeout}
-# Statuses a sync round waits for, fewer if fewer peers (default 3).
+# Statuses the first sync round waits for, fewer after status_wait_s (default 3).
 min_status_peers = {min_status}
-# Longest it waits for them, seconds (default 3).
+# Longest it waits for them, and the pause after a round that moved nothing, seconds (default 3).
 status_wait_s = {status_wait}
-# How often peers are asked for their status, seconds (default 10).
+# How often Status goes to every peer, seconds (default 10).
 status_interval_s = {status_interval}
-# Sync when a peer is more than this many blocks ahead (default 16).
+# Sync starts for any heavier peer; this many blocks ahead is logged at INFO, and a heavier fork this far past a round's target ends it (default 16).
 resync_distance = {resync}
 # Most blocks handed to the importer at once (default 256).
 apply_batch = {apply_batch}
@@ -754,15 +766,16 @@ mod tests {
     fn sync_settings_reach_the_reactors_configs() {
         let d = SyncConfig::default();
         assert_eq!(d.block_sync().pool.window, BlockSyncConfig::default().pool.window);
-        assert_eq!(d.consensus().commit_batch, ConsensusConfig::default().commit_batch);
+        assert_eq!(d.service().commit_batch, ChainServiceConfig::default().commit_batch);
         let text = "[sync]\nwindow = 64\nblocks_per_request = 8\nrequest_timeout_s = 4\n\
                     status_interval_s = 2\nresync_distance = 5\ncommit_batch = 7\n";
         let c: NodeConfig = toml::from_str(text).unwrap();
-        let (b, k) = (c.sync.block_sync(), c.sync.consensus());
+        let (b, k) = (c.sync.block_sync(), c.sync.service());
         assert_eq!((b.pool.window, b.pool.blocks_per_request), (64, 8));
         assert_eq!(b.pool.request_timeout, Duration::from_secs(4));
         assert_eq!((b.status_interval, b.resync_distance), (Duration::from_secs(2), 5));
         assert_eq!((k.commit_batch, k.commit_batch_bytes), (7, 8 << 20));
+        assert_eq!(c.sync.consensus().status_interval, Duration::from_secs(2));
     }
 
     #[test]

@@ -12,9 +12,10 @@ use plexus_p2p::{NetAddress, NodeInfo, NodeKey, NodeType, Switch, SwitchConfig, 
 use plexus_reactors::blocksync::BlockSyncReactor;
 use plexus_reactors::chain::{Blockchain, BlockchainConfig, NetworkParams, Store};
 use plexus_reactors::consensus::ConsensusReactor;
-use plexus_reactors::mempool::MempoolReactor;
+use plexus_reactors::mempool::{Mempool, MempoolReactor};
 use plexus_reactors::mining::{Miner, MinerConfig};
 use plexus_reactors::pex::{AddrBook, AddrBookConfig, PexConfig, PexReactor};
+use plexus_reactors::service::ChainService;
 use rand::SeedableRng;
 use tokio::sync::Notify;
 
@@ -96,8 +97,8 @@ pub struct Node {
     pub params: Arc<NetworkParams>,
     /// The switch.
     pub sw: Switch,
-    /// Chain and block gossip.
-    pub cons: Arc<ConsensusReactor>,
+    /// The chain service: chain, mempool, chain events, peer statuses.
+    pub chain: Arc<ChainService>,
     /// Transactions.
     pub mem: Arc<MempoolReactor>,
     /// Catching up.
@@ -132,10 +133,11 @@ impl Node {
         let store = Store::open_in_home(home.dir())?;
         let reader = Mutex::new(Store::open_reader_in_home(home.dir())?);
         let chain = Blockchain::open(params.clone(), store, BlockchainConfig::default())?;
-        let mem = Arc::new(MempoolReactor::new(cfg.mempool.config()));
-        let chain = Arc::new(Mutex::new(chain));
-        let cons = Arc::new(ConsensusReactor::new(cfg.sync.consensus(), chain, mem.pool().clone()));
-        let sync = Arc::new(BlockSyncReactor::new(cfg.sync.block_sync(), cons.clone()));
+        let mempool = Mempool::new(cfg.mempool.config());
+        let chain = ChainService::new(cfg.sync.service(), chain, mempool);
+        let mem = Arc::new(MempoolReactor::new(chain.clone()));
+        let cons = Arc::new(ConsensusReactor::new(cfg.sync.consensus(), chain.clone()));
+        let sync = Arc::new(BlockSyncReactor::new(cfg.sync.block_sync(), chain.clone()));
 
         let peers =
             cfg.p2p.peers.iter().map(|p| PeerArg::parse(p)).collect::<anyhow::Result<Vec<_>>>()?;
@@ -215,7 +217,7 @@ impl Node {
                 store_retry_max: Duration::from_secs(cfg.mining.store_retry_max_s),
                 ..MinerConfig::default()
             };
-            cons.start_miner(mc, mem.watch_added())
+            chain.start_miner(mc)
         });
         let rpc_listen = listen_addr("rpc", &cfg.rpc.host, cfg.rpc.port).await?;
         let listener = tokio::net::TcpListener::bind(rpc_listen)
@@ -228,7 +230,7 @@ impl Node {
             cfg,
             params,
             sw,
-            cons,
+            chain,
             mem,
             sync,
             pex,
@@ -246,7 +248,7 @@ impl Node {
             p2p = ?node.sw.listen_addr(),
             web = %format!("http://{rpc_addr}"),
             network = %node.params.network_id(),
-            height = node.cons.chain().lock().height(),
+            height = node.chain.status().height,
             "node started"
         );
         Ok(node)
@@ -261,7 +263,7 @@ impl Node {
         }
         self.sw.stop().await;
         self.pex.save();
-        tracing::info!(height = self.cons.chain().lock().height(), "node stopped");
+        tracing::info!(height = self.chain.status().height, "node stopped");
     }
 
     /// The `id@host:port` peers can dial.

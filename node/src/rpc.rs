@@ -119,17 +119,12 @@ impl Metrics {
     }
 
     fn render(&self, node: &Node) -> String {
-        {
-            let c = node.cons.chain().lock();
-            self.height.set(c.height() as i64);
-            let w = c.weight();
-            self.weight_log2.set(w.bit_len() as f64 - 1.0 + fraction(w));
-        }
-        {
-            let p = node.mem.pool().lock();
-            self.mempool_txs.set(p.len() as i64);
-            self.mempool_bytes.set(p.bytes() as i64);
-        }
+        let c = node.chain.status();
+        self.height.set(c.height as i64);
+        self.weight_log2.set(c.weight.bit_len() as f64 - 1.0 + fraction(c.weight));
+        let (txs, bytes) = node.chain.with_mempool(|p| (p.len(), p.bytes()));
+        self.mempool_txs.set(txs as i64);
+        self.mempool_bytes.set(bytes as i64);
         if let Some(m) = node.miner.lock().as_ref() {
             self.hash_rate.set(m.hash_rate());
             self.blocks_found.set(m.blocks_found() as i64);
@@ -138,7 +133,7 @@ impl Metrics {
         self.sync_target.set(prog.target_height as i64);
         self.syncing.set(prog.syncing as i64);
         self.sync_height.set(prog.height as i64);
-        let (reorgs, reorged) = node.cons.reorgs();
+        let (reorgs, reorged) = node.chain.reorgs();
         self.reorgs.set(reorgs as i64);
         self.reorged_blocks.set(reorged as i64);
         self.ws_clients.set(node.ws_clients.load(std::sync::atomic::Ordering::Relaxed) as i64);
@@ -449,7 +444,7 @@ fn read(node: &Node, method: &str, p: &Value) -> Result<Value, RpcError> {
         "status" => Ok(status(node)),
         "net_info" => Ok(net_info(node)),
         "tips" => {
-            let tips = node.cons.chain().lock().tips();
+            let tips = node.chain.with_chain(|c| c.tips());
             let tips: Vec<Value> = tips
                 .iter()
                 .map(|t| json!({"hash": t.hash.to_string(), "height": t.height, "weight": t.weight.to_string()}))
@@ -458,8 +453,7 @@ fn read(node: &Node, method: &str, p: &Value) -> Result<Value, RpcError> {
         }
         "block" => {
             let (height, hash) = (u64_param(p, "height")?, param(p, "hash"));
-            let (hash, main) = {
-                let c = node.cons.chain().lock();
+            let (hash, main) = node.chain.with_chain(|c| {
                 let hash = match (height, hash) {
                     (Some(h), _) => c
                         .height_to_hash(h)
@@ -470,8 +464,8 @@ fn read(node: &Node, method: &str, p: &Value) -> Result<Value, RpcError> {
                         .ok_or_else(|| err(code::INVALID_PARAMS, "hash must be 64 hex digits"))?,
                     (None, None) => c.tip(),
                 };
-                (hash, c.on_main(&hash))
-            };
+                Ok::<_, RpcError>((hash, c.on_main(&hash)))
+            })?;
             let block = node.reader.lock().block(&hash).map_err(store_err)?;
             let block = block.ok_or_else(|| err(code::NOT_FOUND, format!("no block {hash}")))?;
             let mut v = block_json(&block);
@@ -479,8 +473,7 @@ fn read(node: &Node, method: &str, p: &Value) -> Result<Value, RpcError> {
             Ok(v)
         }
         "blockchain" => {
-            let (last, picked) = {
-                let c = node.cons.chain().lock();
+            let (last, picked) = node.chain.with_chain(|c| {
                 let last = c.height();
                 let max = u64_param(p, "max_height")?.unwrap_or(last).min(last);
                 let span = MAX_BLOCKCHAIN_HEADERS - 1;
@@ -499,8 +492,8 @@ fn read(node: &Node, method: &str, p: &Value) -> Result<Value, RpcError> {
                     };
                     picked.push((hash, header));
                 }
-                (last, picked)
-            };
+                Ok::<_, RpcError>((last, picked))
+            })?;
             let mut headers = Vec::with_capacity(picked.len());
             let reader = node.reader.lock();
             for (hash, header) in picked {
@@ -515,12 +508,11 @@ fn read(node: &Node, method: &str, p: &Value) -> Result<Value, RpcError> {
         }
         "mempool" => {
             let limit = u64_param(p, "limit")?.unwrap_or(30).min(MAX_MEMPOOL_LIMIT as u64);
-            let (n, bytes, txs) = {
-                let m = node.mem.pool().lock();
+            let (n, bytes, txs) = node.chain.with_mempool(|m| {
                 let txs: Vec<(TxId, Bytes)> =
                     m.iter().take(limit as usize).map(|(id, t)| (*id, t.clone())).collect();
                 (m.len(), m.bytes(), txs)
-            };
+            });
             let txs: Vec<Value> = txs
                 .iter()
                 .map(|(id, t)| json!({"hash": id.to_string(), "tx": tx_text(t)}))
@@ -532,10 +524,8 @@ fn read(node: &Node, method: &str, p: &Value) -> Result<Value, RpcError> {
 }
 
 fn status(node: &Node) -> Value {
-    let (height, weight, tip, tip_time) = {
-        let c = node.cons.chain().lock();
-        (c.height(), c.weight(), c.tip(), c.tip_header().timestamp_ms)
-    };
+    let (height, weight, tip, tip_time) =
+        node.chain.with_chain(|c| (c.height(), c.weight(), c.tip(), c.tip_header().timestamp_ms));
     let sync = node.sync.watch_progress().borrow().clone();
     let (mining, hash_rate, found) = match node.miner.lock().as_ref() {
         Some(m) => (true, m.hash_rate(), m.blocks_found()),
@@ -560,7 +550,7 @@ fn status(node: &Node) -> Value {
         "hash_rate": hash_rate,
         "blocks_found": found,
         "n_peers": node.sw.peers().len(),
-        "mempool_txs": node.mem.pool().lock().len(),
+        "mempool_txs": node.chain.with_mempool(|m| m.len()),
     })
 }
 

@@ -13,7 +13,7 @@
 //! Each event arrives as a response to the `subscribe` request (its `id`),
 //! as CometBFT sends them: `{"jsonrpc": "2.0", "id": ID, "result":
 //! {"query": E, "data": {"type": E, "value": {…}}}}`. A client that falls
-//! more than the consensus reactor's `event_buffer` (1,024) chain events
+//! more than the chain service's `event_buffer` (1,024) chain events
 //! behind gets `{"jsonrpc": "2.0", "method": "lagged", "params":
 //! {"stream": "chain"|"peers", "missed": N}}` and should re-read the state
 //! it shows; one that takes longer than `rpc.ws_write_timeout_s` (10 s) to
@@ -239,7 +239,7 @@ impl Client {
     fn listen(&mut self) {
         let chain = self.subscribed(Event::NewBlock) || self.subscribed(Event::Tip);
         match (chain, self.chain.is_some()) {
-            (true, false) => self.chain = Some(self.node.cons.subscribe()),
+            (true, false) => self.chain = Some(self.node.chain.subscribe()),
             (false, true) => self.chain = None,
             _ => {}
         }

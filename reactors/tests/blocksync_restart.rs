@@ -39,7 +39,7 @@ async fn sync_child() {
         let addr: NetAddress = a.parse().unwrap();
         node.sw.dial(&addr).await.unwrap();
     }
-    let mut tips = node.cons.watch_tip();
+    let mut tips = node.chain.watch_tip();
     loop {
         println!("height {}", node.height());
         tips.changed().await.unwrap();

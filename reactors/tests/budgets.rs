@@ -147,7 +147,7 @@ async fn peers_that_never_read_hold_bounded_memory_and_are_dropped() {
     for i in 0..150u32 {
         let mut tx = vec![0u8; 60_000];
         tx[..4].copy_from_slice(&i.to_be_bytes());
-        n.mem.pool().lock().add(Bytes::from(tx)).unwrap();
+        n.chain.with_mempool(|m| m.add(Bytes::from(tx))).unwrap();
     }
     let mut events = n.sw.subscribe();
 

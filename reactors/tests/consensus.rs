@@ -1,54 +1,55 @@
-//! Nodes with the consensus and mempool reactors over the in-memory
-//! transport: miners converging on one chain, catch-up in batches,
-//! transaction gossip into blocks, and a peer banned for an invalid block.
+//! Nodes with the consensus, mempool and block sync reactors over the
+//! in-memory transport: miners converging on one chain, a late node
+//! catching up headers first, transaction gossip into blocks, a peer
+//! banned for an invalid block or a weight lie, and a clock ahead.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use parking_lot::Mutex;
 use plexus_p2p::{
     MemoryTransport, NodeInfo, NodeKey, StopReason, Switch, SwitchConfig, SwitchEvent,
 };
 use plexus_proto::chain as pb;
+use plexus_reactors::blocksync::{BlockSyncConfig, BlockSyncReactor, BLOCKSYNC_CHANNEL};
 use plexus_reactors::chain::{
     bits_from_target, Block, BlockHash, Blockchain, BlockchainConfig, Genesis, NetworkParams, Store,
 };
 use plexus_reactors::consensus::{
     system_clock, Clock, ConsensusConfig, ConsensusReactor, CONSENSUS_CHANNEL,
 };
-use plexus_reactors::mempool::{MempoolConfig, MempoolReactor};
+use plexus_reactors::mempool::{Mempool, MempoolConfig, MempoolReactor};
 use plexus_reactors::mining::{solve, Miner, MinerConfig};
+use plexus_reactors::service::{ChainService, ChainServiceConfig};
 use prost::Message;
 use ruint::aliases::U256;
 use tokio::sync::{mpsc, watch};
 
 struct Node {
     sw: Switch,
-    cons: Arc<ConsensusReactor>,
+    chain: Arc<ChainService>,
     mem: Arc<MempoolReactor>,
 }
 
 impl Node {
     fn tip(&self) -> BlockHash {
-        self.cons.chain().lock().tip()
+        self.chain.status().tip
     }
     fn height(&self) -> u64 {
-        self.cons.chain().lock().height()
+        self.chain.status().height
     }
     fn miner(&self) -> Miner {
-        self.cons.start_miner(MinerConfig::default(), self.mem.watch_added())
+        self.chain.start_miner(MinerConfig::default())
     }
     /// Mines one block on the tip in this thread and submits it.
     async fn mine_one(&self) -> Block {
-        let mut b = {
-            let c = self.cons.chain().lock();
+        let mut b = self.chain.with_chain(|c| {
             let now = c.tip_header().timestamp_ms + 1;
             c.template(vec![], now)
-        };
+        });
         assert!(solve(&mut b.header, u64::MAX));
-        self.cons.submit_block(b.clone()).await.unwrap();
+        self.chain.submit_block(b.clone()).await.unwrap();
         b
     }
 }
@@ -92,23 +93,28 @@ async fn node_clocked(
 ) -> Node {
     let ip = IpAddr::from([10, 0, 0, i]);
     let cfg = SwitchConfig { listen_addr: Some(SocketAddr::new(ip, 0)), ..SwitchConfig::default() };
-    let mem = Arc::new(MempoolReactor::new(MempoolConfig::default()));
-    let cons = Arc::new(ConsensusReactor::with_clock(
-        ccfg,
-        Arc::new(Mutex::new(c)),
-        mem.pool().clone(),
-        clock,
-    ));
+    let mempool = Mempool::new(MempoolConfig::default());
+    let chain = ChainService::with_clock(ChainServiceConfig::default(), c, mempool, clock);
+    let mem = Arc::new(MempoolReactor::new(chain.clone()));
+    let cons = Arc::new(ConsensusReactor::new(ccfg, chain.clone()));
+    let scfg = BlockSyncConfig {
+        status_wait: Duration::from_millis(300),
+        headers_timeout: Duration::from_secs(5),
+        ..BlockSyncConfig::default()
+    };
+    let sync = Arc::new(BlockSyncReactor::new(scfg, chain.clone()));
     let info = NodeInfo::new(&p.network_id(), &format!("n{i}"));
     let sw = Switch::builder(NodeKey::generate(), info, cfg, net.with_ip(ip))
         .shared_reactor(cons.clone())
         .shared_reactor(mem.clone())
+        .shared_reactor(sync.clone())
         .build()
         .unwrap();
     sw.start().await.unwrap();
     cons.start(&sw);
     mem.start(&sw);
-    Node { sw, cons, mem }
+    sync.start(&sw);
+    Node { sw, chain, mem }
 }
 
 async fn connect(a: &Node, b: &Node) {
@@ -150,7 +156,7 @@ async fn until(
 }
 
 fn tips(nodes: &[&Node]) -> mpsc::UnboundedReceiver<()> {
-    merge(nodes.iter().map(|n| n.cons.watch_tip()).collect())
+    merge(nodes.iter().map(|n| n.chain.watch_tip()).collect())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,16 +177,19 @@ async fn two_miners_converge_on_one_chain() {
     assert!(found.0 > 0 && found.1 > 0, "found {found:?}");
     a.mine_one().await;
     assert!(until(&mut ev, 30, || a.tip() == b.tip()).await, "tips {:?} {:?}", a.tip(), b.tip());
-    let (ca, cb) = (a.cons.chain().lock(), b.cons.chain().lock());
-    assert_eq!(ca.weight(), cb.weight());
-    for h in 0..=ca.height() {
-        assert_eq!(ca.height_to_hash(h), cb.height_to_hash(h));
-    }
-    println!("converged at height {} after {found:?} blocks found", ca.height());
+    let main = |n: &Node| {
+        n.chain.with_chain(|c| (0..=c.height()).map(|h| c.height_to_hash(h)).collect::<Vec<_>>())
+    };
+    assert_eq!(a.chain.status().weight, b.chain.status().weight);
+    assert_eq!(main(&a), main(&b));
+    println!("converged at height {} after {found:?} blocks found", a.height());
 }
 
+/// A status heavier than ours is block sync's, headers first: the late
+/// node asks no `GetBlocks` of its own (those only chase a pushed block's
+/// missing parents).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_late_node_catches_up_in_batches() {
+async fn a_late_node_catches_up_headers_first() {
     let p = params(8);
     let mut long = chain(&p);
     for _ in 0..150 {
@@ -198,15 +207,18 @@ async fn a_late_node_catches_up_in_batches() {
     connect(&b, &a).await;
     assert!(until(&mut ev, 30, || b.tip() == a.tip()).await, "b at {}", b.height());
     assert_eq!(b.height(), 150);
-    // 150 blocks at 64 per answer: three GetBlocks.
-    let sent: u64 = a.sw.peers()[0]
-        .stats()
-        .channels
-        .iter()
-        .filter(|c| c.id == CONSENSUS_CHANNEL)
-        .map(|c| c.msgs_sent)
-        .sum();
-    assert!(sent >= 4, "status + 3 batches, got {sent}");
+    let sent = |n: &Node, ch: u8| -> u64 {
+        n.sw.peers()[0].stats().channels.iter().filter(|c| c.id == ch).map(|c| c.msgs_sent).sum()
+    };
+    // Its consensus channel carried statuses only (one on connect and
+    // one per 500 ms status round); the blocks came on block sync's.
+    assert!(
+        sent(&a, BLOCKSYNC_CHANNEL) >= 150,
+        "{} block sync messages",
+        sent(&a, BLOCKSYNC_CHANNEL)
+    );
+    let statuses = sent(&b, CONSENSUS_CHANNEL);
+    assert!(statuses <= 1 + 2 * 30, "{statuses} consensus messages from the late node");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -218,25 +230,27 @@ async fn transactions_gossip_into_a_block_and_leave_every_mempool() {
     let c = node(&net, 3, &p, chain(&p)).await;
     connect(&a, &b).await;
     connect(&b, &c).await;
-    let mut added = merge(vec![c.mem.watch_added()]);
+    let mut added = merge(vec![c.chain.watch_txs_added()]);
     let txs: Vec<Bytes> = (0..20).map(|i| Bytes::from(format!("hello {i}"))).collect();
     for t in &txs {
         a.mem.submit(t.clone()).unwrap();
     }
     // Two hops: a -> b -> c.
-    assert!(until(&mut added, 30, || c.mem.pool().lock().len() == 20).await);
-    assert_eq!(b.mem.pool().lock().len(), 20);
+    assert!(until(&mut added, 30, || c.chain.with_mempool(|m| m.len()) == 20).await);
+    assert_eq!(b.chain.with_mempool(|m| m.len()), 20);
     // c mines them; every mempool empties as the block spreads.
     let mut ev = tips(&[&a, &b, &c]);
     let miner = c.miner();
     assert!(
-        until(&mut ev, 30, || [&a, &b, &c].iter().all(|n| n.mem.pool().lock().is_empty())).await
+        until(&mut ev, 30, || [&a, &b, &c].iter().all(|n| n.chain.with_mempool(|m| m.is_empty())))
+            .await
     );
     drop(miner);
-    let chain = a.cons.chain().lock();
-    let mined: usize = (1..=chain.height())
-        .map(|h| chain.block(&chain.height_to_hash(h).unwrap()).unwrap().unwrap().txs.len())
-        .sum();
+    let mined: usize = a.chain.with_chain(|chain| {
+        (1..=chain.height())
+            .map(|h| chain.block(&chain.height_to_hash(h).unwrap()).unwrap().unwrap().txs.len())
+            .sum()
+    });
     assert_eq!(mined, 20);
 }
 
@@ -249,7 +263,7 @@ async fn a_peer_sending_an_invalid_block_is_banned_and_the_node_goes_on() {
     let mut events = victim.sw.subscribe();
     connect(&evil, &victim).await;
     // A block whose proof of work fails.
-    let mut bad = victim.cons.chain().lock().template(vec![], 0);
+    let mut bad = victim.chain.with_chain(|c| c.template(vec![], 0));
     let target = plexus_reactors::chain::target_from_bits(bad.header.bits).unwrap();
     while bad.hash().to_u256() <= target {
         bad.header.nonce += 1;
@@ -280,8 +294,8 @@ async fn a_peer_sending_an_invalid_block_is_banned_and_the_node_goes_on() {
 }
 
 /// A peer whose status claims far more work than it has is asked for
-/// blocks, sends none, and is banned after four such answers (one per
-/// status round of the victim, here every second).
+/// headers by block sync, shows none of that work, and is banned for the
+/// weight lie (Chia's rule).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_lying_about_its_weight_is_banned() {
     let p = params(8);
@@ -305,7 +319,7 @@ async fn a_peer_lying_about_its_weight_is_banned() {
     let msg = pb::Message { sum: Some(pb::message::Sum::Status(lie)) }.encode_to_vec();
     // The liar keeps lying (its honest status on connect, sent by its own
     // reactor at a moment the test does not control, must not end the
-    // lie); the victim asks for blocks each round and gets none.
+    // lie); the victim asks for its headers and gets none past genesis.
     let to_victim = liar.sw.peers()[0].clone();
     let lying = tokio::spawn(async move {
         while to_victim.send(CONSENSUS_CHANNEL, msg.clone()).await.is_ok() {
@@ -320,7 +334,7 @@ async fn a_peer_lying_about_its_weight_is_banned() {
     };
     lying.abort();
     assert!(
-        matches!(&reason, StopReason::Misbehavior { reason: r, .. } if r.contains("not backed")),
+        matches!(&reason, StopReason::Misbehavior { reason: r, .. } if r.contains("claimed weight")),
         "{reason:?}"
     );
 }
@@ -353,9 +367,9 @@ async fn a_miner_with_a_clock_ahead_is_not_banned_and_is_followed_in_time() {
     let honest = node_clocked(&net, 1, &p, chain(&p), fast.clone(), clock).await;
     let ahead = node_with(&net, 2, &p, c, fast).await;
     connect(&ahead, &honest).await;
-    // Rounds go by: the honest node asks for the blocks, the clock rule
-    // refuses them, and nobody is blamed. A liar is banned after four
-    // such rounds (a_peer_lying_about_its_weight_is_banned).
+    // Statuses go by: block sync asked for its headers once, the clock
+    // rule refused them, the claim waits for its time, and nobody is
+    // blamed (a liar is banned at once: a_peer_lying_about_its_weight_is_banned).
     let answers = || {
         honest
             .sw
@@ -383,7 +397,7 @@ async fn a_miner_with_a_clock_ahead_is_not_banned_and_is_followed_in_time() {
     assert_ne!(honest.tip(), future_tip);
     // The honest clock catches up: the next round takes the chain.
     offset.store(ahead_ms + 10_000, std::sync::atomic::Ordering::SeqCst);
-    let mut tips = honest.cons.watch_tip();
+    let mut tips = honest.chain.watch_tip();
     tokio::time::timeout(Duration::from_secs(30), async {
         while honest.tip() != future_tip {
             tips.changed().await.unwrap();
@@ -401,7 +415,7 @@ async fn chain_events_report_new_tips_and_reorgs() {
     let p = params(8);
     let net = MemoryTransport::new();
     let a = node(&net, 1, &p, chain(&p)).await;
-    let mut events = a.cons.subscribe();
+    let mut events = a.chain.subscribe();
     let b1 = a.mine_one().await;
     let b2 = a.mine_one().await;
     for b in [&b1, &b2] {
@@ -413,7 +427,7 @@ async fn chain_events_report_new_tips_and_reorgs() {
         assert!(ev.disconnected.is_empty());
         assert_eq!(ev.source, None);
     }
-    assert_eq!(a.cons.reorgs(), (0, 0));
+    assert_eq!(a.chain.reorgs(), (0, 0));
     // A fork of three blocks from genesis, built on another chain.
     let other = chain(&p);
     let mut fork = Vec::new();
@@ -425,7 +439,7 @@ async fn chain_events_report_new_tips_and_reorgs() {
         c.process_block(b.clone(), None, now).unwrap();
         fork.push(b);
     }
-    let results = a.cons.import_blocks(fork.clone(), None).await;
+    let results = a.chain.import_blocks(fork.clone(), None).await;
     assert!(results.iter().all(Result::is_ok));
     // Fork blocks 1 and 2 only tie (ties go to the first seen); the
     // third is heavier and moves the tip in one event.
@@ -437,5 +451,5 @@ async fn chain_events_report_new_tips_and_reorgs() {
     assert_eq!(came, fork.iter().map(Block::hash).collect::<Vec<_>>());
     assert_eq!(ev.connected[0].n_txs, 1);
     assert!(events.try_recv().is_err(), "one event for the reorg");
-    assert_eq!(a.cons.reorgs(), (1, 2));
+    assert_eq!(a.chain.reorgs(), (1, 2));
 }

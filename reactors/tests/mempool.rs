@@ -42,9 +42,9 @@ async fn until_pool(
     secs: u64,
     done: impl Fn(&plexus_reactors::mempool::Mempool) -> bool,
 ) -> bool {
-    let mut added = n.mem.watch_added();
+    let mut added = n.chain.watch_txs_added();
     let wait = async {
-        while !done(&n.mem.pool().lock()) {
+        while !n.chain.with_mempool(|m| done(m)) {
             if added.changed().await.is_err() {
                 return false;
             }
@@ -86,7 +86,7 @@ async fn gossip_sends_each_transaction_once_never_back_and_catches_up() {
         assert!(
             until_pool(n, 20, |m| m.len() == 300).await,
             "{} of 300",
-            n.mem.pool().lock().len()
+            n.chain.with_mempool(|m| m.len())
         );
         // Its only peer is the sender of every transaction: none go back.
         assert_eq!(mempool_traffic(n).0, 0, "gossiped back to its source");
@@ -150,7 +150,7 @@ async fn a_flooding_peer_keeps_neither_local_nor_other_peers_transactions_out() 
     let last = tx("flood", 2 * cap - 1, 64);
     let last = plexus_reactors::chain::Hash::sha256(&last);
     assert!(until_pool(&n, 30, |m| m.contains(&last)).await, "the flood did not arrive");
-    assert_eq!(n.mem.pool().lock().share_of(&TxSource::Peer(flooder)).0, share);
+    assert_eq!(n.chain.with_mempool(|m| m.share_of(&TxSource::Peer(flooder)).0), share);
 
     // Meanwhile: every local submission and every honest peer's
     // transaction gets in.
@@ -179,9 +179,13 @@ async fn transactions_put_back_without_a_wake_up_are_gossiped() {
     connect(&b, &a).await;
     // Straight into the pool, as `apply_tip_change` does.
     for i in 0..5 {
-        a.mem.pool().lock().add_from(tx("back", i, 80), TxSource::Chain).unwrap();
+        a.chain.with_mempool(|m| m.add_from(tx("back", i, 80), TxSource::Chain)).unwrap();
     }
-    assert!(until_pool(&b, 20, |m| m.len() == 5).await, "{} of 5", b.mem.pool().lock().len());
+    assert!(
+        until_pool(&b, 20, |m| m.len() == 5).await,
+        "{} of 5",
+        b.chain.with_mempool(|m| m.len())
+    );
 }
 
 /// A peer without the mempool channel gets no gossip state: it neither

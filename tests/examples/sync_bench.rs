@@ -6,7 +6,7 @@
 //!   is the servers' tip (status, headers and blocks included);
 //! - `import_blocks_per_s`: the same blocks validated and stored into a
 //!   fresh on-disk store with no network, through the node's own import
-//!   path (`ConsensusReactor::import_blocks`, `apply_batch` blocks per
+//!   path (`ChainService::import_blocks`, `apply_batch` blocks per
 //!   call, as block sync applies them: validation, SQLite commits of
 //!   `commit_batch` blocks, mempool upkeep); the ceiling, measured just
 //!   before and just after the sync and averaged (`ceiling_spread`: how
@@ -38,15 +38,15 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use clap::Parser;
-use parking_lot::Mutex;
 use plexus_p2p::{NodeInfo, NodeKey, Switch, SwitchConfig, TcpTransport};
 use plexus_reactors::blocksync::{BlockSyncConfig, BlockSyncReactor, BLOCKSYNC_CHANNEL};
 use plexus_reactors::chain::{
     Block, BlockHash, Blockchain, BlockchainConfig, NetworkParams, Store,
 };
 use plexus_reactors::consensus::{ConsensusConfig, ConsensusReactor};
-use plexus_reactors::mempool::{MempoolConfig, MempoolReactor};
+use plexus_reactors::mempool::{Mempool, MempoolConfig, MempoolReactor};
 use plexus_reactors::mining::solve;
+use plexus_reactors::service::{ChainService, ChainServiceConfig};
 
 #[derive(Parser)]
 struct Args {
@@ -70,7 +70,7 @@ struct Args {
 
 struct Node {
     sw: Switch,
-    cons: Arc<ConsensusReactor>,
+    chain: Arc<ChainService>,
     sync: Arc<BlockSyncReactor>,
 }
 
@@ -79,14 +79,15 @@ async fn node(params: &Arc<NetworkParams>, chain: Blockchain, min_status_peers: 
         listen_addr: Some(SocketAddr::from(([127, 0, 0, 1], 0))),
         ..SwitchConfig::default()
     };
-    let mem = Arc::new(MempoolReactor::new(MempoolConfig::default()));
-    let cons = Arc::new(ConsensusReactor::new(
-        ConsensusConfig::default(),
-        Arc::new(Mutex::new(chain)),
-        mem.pool().clone(),
-    ));
+    let chain = ChainService::new(
+        ChainServiceConfig::default(),
+        chain,
+        Mempool::new(MempoolConfig::default()),
+    );
+    let mem = Arc::new(MempoolReactor::new(chain.clone()));
+    let cons = Arc::new(ConsensusReactor::new(ConsensusConfig::default(), chain.clone()));
     let scfg = BlockSyncConfig { min_status_peers, ..BlockSyncConfig::default() };
-    let sync = Arc::new(BlockSyncReactor::new(scfg, cons.clone()));
+    let sync = Arc::new(BlockSyncReactor::new(scfg, chain.clone()));
     let sw = Switch::builder(
         NodeKey::generate(),
         NodeInfo::new(&params.network_id(), "bench"),
@@ -102,7 +103,7 @@ async fn node(params: &Arc<NetworkParams>, chain: Blockchain, min_status_peers: 
     cons.start(&sw);
     mem.start(&sw);
     sync.start(&sw);
-    Node { sw, cons, sync }
+    Node { sw, chain, sync }
 }
 
 /// `n` blocks of about 1 MB each: 15 transactions of 64 KiB less 16 bytes
@@ -155,7 +156,7 @@ fn premine_with(
 /// node's importer commits.
 fn chain_with(params: &Arc<NetworkParams>, store: Store, blocks: &[Block]) -> Blockchain {
     let mut c = Blockchain::open(params.clone(), store, BlockchainConfig::default()).unwrap();
-    for chunk in blocks.chunks(ConsensusConfig::default().commit_batch) {
+    for chunk in blocks.chunks(ChainServiceConfig::default().commit_batch) {
         c.batch(|c| {
             for b in chunk {
                 c.process_block(b.clone(), None, u64::MAX / 2).unwrap();
@@ -166,8 +167,8 @@ fn chain_with(params: &Arc<NetworkParams>, store: Store, blocks: &[Block]) -> Bl
     c
 }
 
-/// The ceiling: `blocks` imported through a (never started) consensus
-/// reactor into a fresh store at `path`, `apply_batch` at a time as block
+/// The ceiling: `blocks` imported through a chain service (no network)
+/// into a fresh store at `path`, `apply_batch` at a time as block
 /// sync hands them over; blocks/s and the tip.
 async fn node_import(
     params: &Arc<NetworkParams>,
@@ -175,11 +176,10 @@ async fn node_import(
     path: &Path,
 ) -> (f64, BlockHash) {
     let chain = chain_with(params, Store::open(path).unwrap(), &[]);
-    let mem = MempoolReactor::new(MempoolConfig::default());
-    let cons = ConsensusReactor::new(
-        ConsensusConfig::default(),
-        Arc::new(Mutex::new(chain)),
-        mem.pool().clone(),
+    let cons = ChainService::new(
+        ChainServiceConfig::default(),
+        chain,
+        Mempool::new(MempoolConfig::default()),
     );
     let t = Instant::now();
     for chunk in blocks.chunks(BlockSyncConfig::default().apply_batch) {
@@ -227,7 +227,7 @@ async fn round(
     let chain_before = chain_import(params, blocks, &db("chain-before"));
     let store = Store::open(&dir.join(format!("sync-{i}/chain.sqlite"))).unwrap();
     let me = node(params, chain_with(params, store, &[]), servers.len()).await;
-    let mut tips = me.cons.watch_tip();
+    let mut tips = me.chain.watch_tip();
     let t = Instant::now();
     // Dialled together, as a node dials its peers.
     let mut dials = tokio::task::JoinSet::new();

@@ -1,33 +1,30 @@
 //! Block sync (channel 0x40): catching up to the heaviest chain from many
-//! peers at once, after Chia's full-node sync and CometBFT's blocksync.
+//! peers at once, headers first, after Bitcoin Core's headers-first
+//! download, Chia's full-node sync and CometBFT's blocksync. Every gap and
+//! every fork a peer's status reveals is caught up with here, whatever its
+//! depth.
 //!
-//! A round, run by [`BlockSyncReactor::start`]'s task:
-//! 1. Ask every peer for its status and wait up to `status_wait` for
-//!    `min_status_peers` answers. The target is the heaviest claimed tip;
-//!    a round starts only when it is more than `resync_distance` blocks
-//!    above ours and heavier (closer gaps are the consensus reactor's).
-//! 2. Download the target peer's headers from the fork point with block
-//!    locators, validate them as headers ([`Blockchain::extend_header_path`])
-//!    and check that they add up to the claimed weight; a peer whose
-//!    headers are invalid, or fall short of its claim, is banned (Chia bans
-//!    weight liars).
-//! 3. Fill the header path with blocks from every peer whose tip lies on
-//!    it, through the [`BlockPool`] (window, per-peer cap, adaptive
-//!    timeouts, faster peers first, second requests at the low edge).
-//! 4. Apply blocks strictly in height order while more arrive; an invalid
-//!    block bans its sender and every later block it sent is fetched again
-//!    from others.
-//! 5. At the tip, hand over to the consensus reactor, which is told to
-//!    leave catching up alone while a round runs; a peer reporting a tip
-//!    `resync_distance` above ours starts a new round.
+//! The reactor is a thin tokio driver around [`SyncRound`], the sans-IO
+//! state machine of one round (`round.rs`, where the steps are described):
+//! it picks the heaviest claim in the chain service's peer-chain-status
+//! table (filled by the `Status` exchange on the consensus channel; there
+//! is no status message here), starts a round when it is heavier than our
+//! chain, sends what the round asks, feeds it answers and ticks, and
+//! imports ready blocks on a blocking thread through the
+//! [`ChainService`]. While a round runs, block relay leaves catching up to
+//! it ([`ChainService::set_syncing`]).
 //!
-//! Progress is logged every `log_interval` and published as a
-//! [`SyncProgress`] watch. A restart resumes from the stored chain: the
-//! locator starts at its tip, so nothing stored is fetched again.
+//! A claim whose headers include one from the future is not a lie and is
+//! not synced to until that header's time comes; a claim refused for a
+//! fault is dropped from the table. Progress is logged every
+//! `log_interval` and published as a [`SyncProgress`] watch. A restart
+//! resumes from the stored chain: the locator starts at its tip, so
+//! nothing stored is fetched again.
 
 mod pool;
+mod round;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,16 +36,18 @@ use plexus_p2p::{
 use plexus_proto::blocksync::{self as pb, message::Sum};
 use prost::Message;
 use serde::Serialize;
-use tokio::sync::{oneshot, watch, Notify};
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 pub use pool::{Arrival, BlockPool, PoolConfig, PoolError, Request};
+pub use round::{Action, RoundConfig, RoundEnd, SyncRound};
 
 use crate::chain::{
-    Block, BlockError, BlockHash, Blockchain, BodyChecked, CheckedBlock, Hash, Header,
-    NetworkParams, ProcessStatus, Processed,
+    Block, BlockError, BlockHash, BodyChecked, CheckedBlock, Hash, Header, NetworkParams,
+    ProcessStatus, Processed,
 };
-use crate::consensus::{system_clock, Clock, ConsensusReactor, PeerChain, MAX_LOCATOR};
+use crate::consensus::MAX_LOCATOR;
+use crate::service::{ChainService, PeerChain};
 
 /// The block sync channel.
 pub const BLOCKSYNC_CHANNEL: u8 = 0x40;
@@ -58,11 +57,15 @@ pub const BLOCKSYNC_CHANNEL: u8 = 0x40;
 pub struct BlockSyncConfig {
     /// The block pool's settings (window, per-peer cap, timeouts).
     pub pool: PoolConfig,
-    /// How long a round waits for statuses. Default 3 s.
+    /// How long after start the first round waits for statuses (from the
+    /// consensus channel's `Status` exchange), and the pause after a round
+    /// that moved nothing. Default 3 s.
     pub status_wait: Duration,
-    /// Statuses a round waits for (fewer if fewer peers). Default 3.
+    /// Statuses the first round waits for (fewer once `status_wait` has
+    /// passed). Default 3.
     pub min_status_peers: usize,
-    /// How often statuses are asked for, idle or syncing. Default 10 s.
+    /// How often the status table is looked at when nothing wakes the
+    /// sync task (every status change does). Default 10 s.
     pub status_interval: Duration,
     /// Most headers asked for, and answered, per request. Default 2,000.
     pub max_headers_per_request: u32,
@@ -76,8 +79,11 @@ pub struct BlockSyncConfig {
     /// downloaded (its header answers queue behind them on the channel).
     /// Default 2.
     pub header_peer_pending: usize,
-    /// A round starts when a peer's tip is more than this many blocks
-    /// above ours (and heavier). Default 16.
+    /// A round starts for any claim heavier than our chain, whatever its
+    /// height. This many blocks is the distance that matters otherwise:
+    /// a round is logged at INFO when its target is further above us, and
+    /// a heavier tip off the round's path ends the round when it is
+    /// further above the round's target. Default 16.
     pub resync_distance: u64,
     /// Most blocks applied in one go. Default 256.
     pub apply_batch: usize,
@@ -140,20 +146,21 @@ pub struct SyncProgress {
 /// [`BlockSyncReactor::start`] with the built switch.
 pub struct BlockSyncReactor {
     cfg: BlockSyncConfig,
-    consensus: Arc<ConsensusReactor>,
+    chain: Arc<ChainService>,
     /// The chain's network (body rules of arriving blocks).
     params: Arc<NetworkParams>,
-    clock: Clock,
-    statuses: Mutex<HashMap<NodeId, PeerChain>>,
-    status_arrived: Notify,
-    /// Who waits for each headers request in flight, per peer, oldest
-    /// first: a peer's channel is handled in order, so each answer belongs
-    /// to the oldest request (one a finished round gave up on has no
-    /// receiver left, and its answer is dropped there).
-    headers_wait: Mutex<HashMap<NodeId, VecDeque<oneshot::Sender<Vec<Header>>>>>,
-    pool: Arc<Mutex<Option<BlockPool>>>,
-    /// Wakes the fetch side: an answer arrived or room was made.
-    block_arrived: Arc<Notify>,
+    /// The running round, if any.
+    round: Arc<Mutex<Option<SyncRound>>>,
+    /// Headers requests sent to each peer and not answered yet: a peer's
+    /// channel is handled in order, so each answer belongs to the oldest;
+    /// an answer the round no longer wants (it ended) is dropped, one
+    /// nobody asked for is unsolicited.
+    headers_owed: Mutex<HashMap<NodeId, u32>>,
+    /// Claims not to sync to before a time (Unix ms): their headers
+    /// include one from the future. Keyed by peer, with the claimed tip.
+    deferred: Mutex<HashMap<NodeId, (BlockHash, u64)>>,
+    /// Wakes the round loop: an answer arrived or room was made.
+    wake: Arc<Notify>,
     /// Wakes the apply side: a block arrived.
     ready_arrived: Notify,
     progress: watch::Sender<SyncProgress>,
@@ -162,29 +169,12 @@ pub struct BlockSyncReactor {
     applying: Arc<watch::Sender<bool>>,
     blocks_received: AtomicU64,
     blocks_from: Mutex<HashMap<NodeId, u64>>,
-    /// Bumped by every status answer, so the round loop looks for new pool
-    /// peers only when something changed.
-    status_gen: AtomicU64,
 }
 
 impl std::fmt::Debug for BlockSyncReactor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BlockSyncReactor").field("progress", &*self.progress.borrow()).finish()
     }
-}
-
-/// Blame for refused headers: `None` for a header from the future (maybe
-/// clock skew) and, in a follow-up batch, for headers that do not link to
-/// the previous batch (the peer's chain moved meanwhile); the reason text.
-fn header_fault(
-    i: usize,
-    n: usize,
-    e: &BlockError,
-    follow_up: bool,
-) -> (Option<Misbehavior>, String) {
-    let moved = follow_up && matches!(e, BlockError::Unlinked);
-    let kind = if moved { None } else { e.misbehavior() };
-    (kind, format!("invalid header {i} of {n}: {e}"))
 }
 
 fn msg(sum: Sum) -> pb::Message {
@@ -210,26 +200,23 @@ fn block_response_prefix(len: usize) -> Vec<u8> {
 }
 
 impl BlockSyncReactor {
-    /// A reactor that applies blocks through `consensus` (its chain,
-    /// mempool and tip watch).
-    pub fn new(cfg: BlockSyncConfig, consensus: Arc<ConsensusReactor>) -> BlockSyncReactor {
-        let params = consensus.chain().lock().params().clone();
+    /// A reactor that syncs `chain` (statuses from its table, blocks
+    /// imported through it).
+    pub fn new(cfg: BlockSyncConfig, chain: Arc<ChainService>) -> BlockSyncReactor {
+        let params = chain.with_chain(|c| c.params().clone());
         BlockSyncReactor {
             cfg,
-            consensus,
+            chain,
             params,
-            clock: system_clock(),
-            statuses: Mutex::new(HashMap::new()),
-            status_arrived: Notify::new(),
-            headers_wait: Mutex::new(HashMap::new()),
-            pool: Arc::new(Mutex::new(None)),
-            block_arrived: Arc::new(Notify::new()),
+            round: Arc::new(Mutex::new(None)),
+            headers_owed: Mutex::new(HashMap::new()),
+            deferred: Mutex::new(HashMap::new()),
+            wake: Arc::new(Notify::new()),
             ready_arrived: Notify::new(),
             progress: watch::channel(SyncProgress::default()).0,
             applying: Arc::new(watch::channel(false).0),
             blocks_received: AtomicU64::new(0),
             blocks_from: Mutex::new(HashMap::new()),
-            status_gen: AtomicU64::new(0),
         }
     }
 
@@ -248,100 +235,101 @@ impl BlockSyncReactor {
         self.blocks_from.lock().clone()
     }
 
-    fn chain(&self) -> &Arc<Mutex<Blockchain>> {
-        self.consensus.chain()
+    fn round_config(&self) -> RoundConfig {
+        RoundConfig {
+            pool: self.cfg.pool.clone(),
+            max_headers_per_request: self.cfg.max_headers_per_request,
+            first_headers_batch: self.cfg.first_headers_batch,
+            headers_timeout: self.cfg.headers_timeout,
+            header_peer_pending: self.cfg.header_peer_pending,
+            resync_distance: self.cfg.resync_distance,
+        }
     }
 
     /// Starts the sync task for `switch`; it ends when the switch stops.
     pub fn start(self: &Arc<Self>, switch: &Switch) {
-        self.consensus.set_short_sync_depth(self.cfg.resync_distance);
         let (me, sw) = (self.clone(), switch.clone());
         tokio::spawn(async move {
             tokio::select! {
                 _ = me.run(&sw) => {}
                 _ = sw.stopped() => {}
             }
-            me.consensus.set_syncing(false);
+            me.chain.set_syncing(false);
         });
     }
 
-    /// Polls statuses (at start, after each round, then every
-    /// `status_interval`) and runs a round whenever a peer is far enough
-    /// ahead; between polls, any status that arrives (a new peer's, say)
-    /// is looked at at once without asking everyone again.
+    /// Watches the status table and runs a round whenever a peer claims a
+    /// heavier chain than ours; before the first round it waits up to
+    /// `status_wait` for `min_status_peers` statuses, so the target is the
+    /// heaviest of several.
     async fn run(&self, sw: &Switch) {
-        let mut next_poll = Instant::now();
+        let started = Instant::now();
         loop {
-            // Registered before the statuses are read, so one arriving
-            // meanwhile still wakes the wait below.
-            let arrived = self.status_arrived.notified();
-            tokio::pin!(arrived);
-            arrived.as_mut().enable();
-            if Instant::now() >= next_poll {
-                self.poll_status(sw).await;
-                next_poll = Instant::now() + self.cfg.status_interval;
-            }
-            let ours = PeerChain::of(&self.chain().lock());
+            // Registered before the table is read, so a change meanwhile
+            // still wakes the wait below.
+            let changed = self.chain.status_changed();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let ours = self.chain.status();
             self.publish(false, ours.height, ours.height, 0.0, 0, None);
-            let best = self.best_peer(sw, &ours);
+            let waiting = self.chain.peer_chain_count() < self.cfg.min_status_peers.max(1)
+                && started.elapsed() < self.cfg.status_wait;
+            let best = if waiting { None } else { self.best_peer(sw, &ours) };
             let Some((peer, claim)) = best else {
+                let wait = if waiting {
+                    self.cfg.status_wait.saturating_sub(started.elapsed())
+                } else {
+                    self.cfg.status_interval
+                };
                 tokio::select! {
-                    _ = tokio::time::sleep_until(next_poll) => {}
-                    _ = arrived => {}
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = changed => {}
                 }
                 continue;
             };
-            self.consensus.set_syncing(true);
+            self.chain.set_syncing(true);
             self.progress.send_modify(|p| p.rounds += 1);
-            tracing::info!(peer = %peer.id(), height = claim.height, ours = ours.height, "block sync starts");
-            self.round(sw, &peer, claim, &ours).await;
-            *self.pool.lock() = None;
+            if claim.height > ours.height + self.cfg.resync_distance {
+                tracing::info!(peer = %peer.id(), height = claim.height, ours = ours.height, "block sync starts");
+            } else {
+                tracing::debug!(peer = %peer.id(), height = claim.height, ours = ours.height, "block sync starts");
+            }
+            let end = self.round(sw, &peer, claim.clone(), &ours).await;
+            *self.round.lock() = None;
             // An apply thread still importing its last batch finishes
             // before our chain state is read again.
             let _ = self.applying.subscribe().wait_for(|busy| !busy).await;
-            self.consensus.set_syncing(false);
-            next_poll = Instant::now();
-            if self.chain().lock().height() == ours.height {
-                // A round that moved nothing (a peer refused or timed
-                // out): pause before the next, rather than spin.
+            self.chain.set_syncing(false);
+            match end {
+                RoundEnd::FromFuture { retry_at_ms } => {
+                    tracing::info!(peer = %peer.id(), retry_at_ms, "block sync: its chain is in our future; waiting for its time");
+                    self.deferred.lock().insert(peer.id(), (claim.tip, retry_at_ms));
+                }
+                RoundEnd::Refused => self.chain.forget_peer(&peer.id()),
+                _ => {}
+            }
+            if self.chain.status().height == ours.height && end != RoundEnd::Reached {
+                // A round that moved nothing: pause before the next,
+                // rather than spin.
                 tokio::time::sleep(self.cfg.status_wait).await;
             }
         }
     }
 
-    /// The heaviest claim far enough ahead of `ours` to sync to.
+    /// The heaviest claim heavier than `ours` that is not deferred.
     fn best_peer(&self, sw: &Switch, ours: &PeerChain) -> Option<(Peer, PeerChain)> {
-        let st = self.statuses.lock();
-        let (id, claim) = st
-            .iter()
-            .filter(|(_, c)| {
-                c.weight > ours.weight && c.height > ours.height + self.cfg.resync_distance
+        let now_ms = self.chain.now_ms();
+        let mut deferred = self.deferred.lock();
+        deferred.retain(|_, (_, at)| *at > now_ms);
+        let (id, claim) = self
+            .chain
+            .peer_chains()
+            .into_iter()
+            .filter(|(id, c)| {
+                c.weight > ours.weight && deferred.get(id).is_none_or(|(t, _)| *t != c.tip)
             })
-            .max_by(|a, b| a.1.weight.cmp(&b.1.weight).then(b.0.cmp(a.0)))?;
-        Some((sw.peer(id)?, claim.clone()))
-    }
-
-    /// Asks every peer for its status and waits up to `status_wait` for
-    /// `min_status_peers` answers (then goes with what is there).
-    async fn poll_status(&self, sw: &Switch) {
-        let peers = sw.peers();
-        let asked_at = Instant::now();
-        let bytes = msg(Sum::StatusRequest(pb::StatusRequest {})).encode_to_vec();
-        for p in &peers {
-            p.try_send(BLOCKSYNC_CHANNEL, bytes.clone());
-        }
-        // Peers that connect meanwhile are asked on connect and count too.
-        let want = self.cfg.min_status_peers.max(1);
-        let deadline = asked_at + self.cfg.status_wait;
-        loop {
-            let fresh = self.statuses.lock().len();
-            if fresh >= want {
-                return;
-            }
-            if tokio::time::timeout_at(deadline, self.status_arrived.notified()).await.is_err() {
-                return;
-            }
-        }
+            .max_by(|a, b| a.1.weight.cmp(&b.1.weight).then(b.0.cmp(&a.0)))?;
+        Some((sw.peer(&id)?, claim))
     }
 
     fn publish(
@@ -363,162 +351,111 @@ impl BlockSyncReactor {
         });
     }
 
-    /// One round: headers from `peer`, then blocks from everyone on them.
-    /// When the headers extend our tip, blocks download as soon as the
-    /// first batch of headers is valid and later batches extend the pool's
-    /// path meanwhile (every block applied then extends our main chain, so
-    /// a peer that turns out to have lied about its weight cost us nothing
-    /// but valid blocks). Headers of a fork off our tip all come first, and
-    /// the weight check before any block of it.
-    async fn round(&self, sw: &Switch, peer: &Peer, claim: PeerChain, ours: &PeerChain) {
-        let Some(headers) = self.request_headers(sw, peer, &claim, None).await else { return };
-        if headers.is_empty() {
-            // It claims more work than ours and shows none of it.
-            self.weight_proven(sw, peer, &claim, ours.weight).await;
-            return;
-        }
-        let now_ms = (self.clock)();
-        let verdict = {
-            let chain = self.chain().lock();
-            match chain.header_path(&headers[0].prev_hash) {
-                None => Err((
-                    Some(Misbehavior::MalformedMessage),
-                    "headers do not start on our chain".to_string(),
-                )),
-                Some(mut path) => chain
-                    .extend_header_path(&mut path, &headers, now_ms)
-                    .map(|()| path)
-                    .map_err(|(i, e)| header_fault(i, headers.len(), &e, false)),
+    /// Carries out what the round asked for.
+    async fn execute(&self, sw: &Switch, actions: Vec<Action>) -> Option<RoundEnd> {
+        let mut end = None;
+        for a in actions {
+            match a {
+                Action::RequestHeaders { peer, locator, stop, max } => {
+                    let Some(p) = sw.peer(&peer) else { continue };
+                    let mut locator = locator;
+                    locator.truncate(MAX_LOCATOR);
+                    let req = pb::HeadersRequest {
+                        locator: locator.iter().map(|h| h.0.to_vec().into()).collect(),
+                        stop_hash: stop.0.to_vec().into(),
+                        max,
+                    };
+                    *self.headers_owed.lock().entry(peer).or_default() += 1;
+                    // A peer that is gone ends the round through remove_peer.
+                    let _ = p.send_msg(BLOCKSYNC_CHANNEL, &msg(Sum::HeadersRequest(req))).await;
+                }
+                Action::RequestBlocks(r) => self.send_request(sw, r),
+                Action::Report { peer, kind, why } => {
+                    if let Some(p) = sw.peer(&peer) {
+                        tracing::info!(peer = %peer, %why, "block sync: peer at fault");
+                        sw.report(&p, kind, why).await;
+                    }
+                }
+                Action::Disconnect { peer, why } => {
+                    if let Some(p) = sw.peer(&peer) {
+                        tracing::info!(peer = %peer, %why, "block sync: disconnecting");
+                        sw.stop_peer_for_error(&p, &why).await;
+                    }
+                }
+                Action::End(e) => end = Some(e),
             }
-        };
-        let path = match verdict {
-            Ok(path) => path,
-            Err((kind, why)) => return self.refuse_headers(sw, peer, kind, why).await,
-        };
-        let more = path.tip_hash() != claim.tip;
-        if !more && !self.weight_proven(sw, peer, &claim, path.weight()).await {
-            return;
         }
-        let overlap = path.fork() == ours.tip;
-        let now = Instant::now();
-        let mut pool = BlockPool::new(self.cfg.pool.clone(), path, 0);
-        pool.set_headers_complete(!more);
-        pool.add_peer(peer.id(), pool.target_height(), now);
-        if more {
-            // Its header answers must not queue behind many blocks.
-            pool.limit_peer(&peer.id(), Some(self.cfg.header_peer_pending));
-        }
-        *self.pool.lock() = Some(pool);
-        self.add_pool_peers(sw, &claim, now);
-        if more && !overlap && !self.header_loop(sw, peer, &claim).await {
-            return;
-        }
+        end
+    }
 
-        // Headers (when still coming), fetching and applying run side by
-        // side; the round ends when fetching or applying ends (applied
-        // everything, or the fetch side gave up), or when the headers turn
-        // out bad.
+    /// One round to `claim` of `peer`: the state machine driven by ticks
+    /// and answers, side by side with the import of ready blocks; returns
+    /// why it ended.
+    async fn round(
+        &self,
+        sw: &Switch,
+        peer: &Peer,
+        claim: PeerChain,
+        ours: &PeerChain,
+    ) -> RoundEnd {
+        let locator = self.chain.locator_for(&peer.id());
+        let (round, first) =
+            SyncRound::start(self.round_config(), peer.id(), claim, ours, locator, Instant::now());
+        *self.round.lock() = Some(round);
+        if let Some(end) = self.execute(sw, first).await {
+            return end;
+        }
         let applied = Arc::new(AtomicU64::new(0));
-        // Ends the round only when the headers turn out bad.
-        let headers = async {
-            if more && overlap && !self.header_loop(sw, peer, &claim).await {
-                return;
-            }
-            std::future::pending::<()>().await
-        };
         tokio::select! {
-            _ = headers => {}
-            _ = self.fetch_loop(sw, &claim, &applied) => {}
-            _ = self.apply_loop(sw, &applied) => {}
+            end = self.tick_loop(sw, &applied) => end,
+            _ = self.apply_loop(sw, &applied) => RoundEnd::Reached,
         }
     }
 
-    /// Downloads the rest of `peer`'s headers into the running pool's
-    /// path, until its claimed tip or an empty answer, then checks they
-    /// add up to its claimed weight. False (and the peer reported where it
-    /// is to blame) when they do not, or when the peer left, timed out or
-    /// moved to another chain meanwhile.
-    async fn header_loop(&self, sw: &Switch, peer: &Peer, claim: &PeerChain) -> bool {
+    /// Ticks the round every `tick` (or when woken), carries out what it
+    /// asks, and logs progress; returns when the round ends.
+    async fn tick_loop(&self, sw: &Switch, applied: &AtomicU64) -> RoundEnd {
+        let mut last_log = Instant::now();
         loop {
-            let tip = self.pool.lock().as_ref().map(|p| p.path().tip_hash());
-            let Some(tip) = tip else { return false };
-            let Some(headers) = self.request_headers(sw, peer, claim, Some(tip)).await else {
-                return false;
-            };
-            if headers.is_empty() {
-                break;
-            }
-            let now_ms = (self.clock)();
-            // Chain, then pool: the order everywhere both are held.
-            let verdict = {
-                let chain = self.chain().lock();
-                let mut guard = self.pool.lock();
-                let Some(pool) = guard.as_mut() else { return false };
-                let r = chain.extend_header_path(pool.path_mut(), &headers, now_ms);
-                r.map(|()| pool.path().tip_hash())
-                    .map_err(|(i, e)| header_fault(i, headers.len(), &e, true))
-            };
-            let tip = match verdict {
-                Ok(tip) => tip,
-                Err((kind, why)) => {
-                    self.refuse_headers(sw, peer, kind, why).await;
-                    return false;
-                }
-            };
-            // It serves what it sent; others whose tips are now on the
-            // path join, and claimants whose tip it reached answer for
-            // what they refused; new heights to ask for.
             let now = Instant::now();
-            let blamed = match self.pool.lock().as_mut() {
-                Some(pool) => {
-                    pool.add_peer(peer.id(), pool.target_height(), now);
-                    pool.settle_claims()
+            let peers = self.chain.peer_chains();
+            let importing = *self.applying.borrow();
+            let (actions, target, pool_peers) = {
+                let mut guard = self.round.lock();
+                let Some(r) = guard.as_mut() else { return RoundEnd::TargetGone };
+                if let Some(end) = r.ended() {
+                    return end;
                 }
-                None => Vec::new(),
+                (r.tick(&peers, importing, now), r.target_height(), r.peer_count())
             };
-            for (id, e) in blamed {
-                if let Some(p) = sw.peer(&id) {
-                    self.report_refusal(sw, &p, e).await;
-                }
+            if let Some(end) = self.execute(sw, actions).await {
+                return end;
             }
-            self.add_pool_peers(sw, claim, now);
-            self.block_arrived.notify_one();
-            if tip == claim.tip {
-                break;
+            let since = now.duration_since(last_log);
+            if since >= self.cfg.log_interval {
+                let height = self.chain.status().height;
+                let rate = applied.swap(0, Ordering::Relaxed) as f64 / since.as_secs_f64();
+                let eta = (rate > 0.0).then(|| target.saturating_sub(height) as f64 / rate);
+                tracing::info!(height, target, blocks_per_s = rate, peers = pool_peers, eta_s = ?eta, "block sync");
+                self.publish(true, height, target, rate, pool_peers, eta);
+                last_log = now;
+            }
+            tokio::select! {
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(self.cfg.tick) => {}
             }
         }
-        let weight = self.pool.lock().as_ref().map(|p| p.path().weight());
-        let Some(weight) = weight else { return false };
-        if !self.weight_proven(sw, peer, claim, weight).await {
-            return false;
-        }
-        let now = Instant::now();
-        if let Some(pool) = self.pool.lock().as_mut() {
-            pool.set_headers_complete(true);
-            pool.limit_peer(&peer.id(), None);
-            tracing::debug!(target_height = pool.target_height(), "block sync: all headers in");
-        }
-        self.add_pool_peers(sw, claim, now);
-        self.block_arrived.notify_one();
-        self.ready_arrived.notify_one();
-        true
     }
 
-    /// Applies blocks in height order as they become ready, until the
-    /// pool has handed out the whole path.
+    /// Applies blocks in height order as they become ready; never returns
+    /// on its own (the tick loop ends the round).
     async fn apply_loop(&self, sw: &Switch, applied: &Arc<AtomicU64>) {
         loop {
-            let (ready, done) = {
-                let mut guard = self.pool.lock();
-                let Some(pool) = guard.as_mut() else { return };
-                (pool.take_ready(self.cfg.apply_batch), pool.is_done())
+            let ready = match self.round.lock().as_mut() {
+                Some(r) => r.take_ready(self.cfg.apply_batch),
+                None => Vec::new(),
             };
             if ready.is_empty() {
-                if done {
-                    let height = self.chain().lock().height();
-                    tracing::info!(height, "block sync reached its target; handing over");
-                    return;
-                }
                 tokio::select! {
                     _ = self.ready_arrived.notified() => {}
                     _ = tokio::time::sleep(self.cfg.tick) => {}
@@ -527,138 +464,6 @@ impl BlockSyncReactor {
             }
             self.apply(sw, ready, applied).await;
         }
-    }
-
-    /// Schedules requests, retires timed-out ones, takes in new peers,
-    /// watches for a heavier tip elsewhere and logs progress. Returns when
-    /// the round should end early.
-    async fn fetch_loop(&self, sw: &Switch, claim: &PeerChain, applied: &AtomicU64) {
-        let mut last_log = Instant::now();
-        let mut last_status = Instant::now();
-        let mut seen_gen = u64::MAX;
-        let mut idle_since: Option<Instant> = None;
-        loop {
-            let now = Instant::now();
-            // Peers whose status arrived since: into the pool at once.
-            let gen = self.status_gen.load(Ordering::Relaxed);
-            if gen != seen_gen {
-                seen_gen = gen;
-                self.add_pool_peers(sw, claim, now);
-            }
-            let (requests, slow, (pool_peers, inflight), headers_in, target) = {
-                let mut guard = self.pool.lock();
-                let Some(pool) = guard.as_mut() else { return };
-                let slow = pool.expire(now);
-                for id in &slow {
-                    pool.remove_peer(id);
-                }
-                let headers_in = pool.headers_complete();
-                // The claim until its headers prove where the path ends.
-                let target = if headers_in { pool.target_height() } else { claim.height };
-                let requests = pool.schedule(now);
-                let counts = (pool.peer_count(), pool.inflight_count());
-                (requests, slow, counts, headers_in, target)
-            };
-            for id in slow {
-                if let Some(p) = sw.peer(&id) {
-                    tracing::info!(peer = %id, "block sync: peer keeps timing out; disconnecting");
-                    sw.stop_peer_for_error(&p, "block sync requests timed out").await;
-                }
-            }
-            let requests_sent = requests.len();
-            for r in requests {
-                self.send_request(sw, r);
-            }
-            if now.duration_since(last_status) >= self.cfg.status_interval {
-                last_status = now;
-                self.poll_status_quick(sw);
-                if self.heavier_elsewhere(sw, claim) {
-                    tracing::info!("block sync: a heavier tip off this path appeared; new round");
-                    return;
-                }
-            }
-            let waiting = self.pool.lock().as_ref().map_or(0, |p| p.ready_count());
-            if pool_peers == 0 && inflight == 0 && waiting == 0 {
-                tracing::info!("block sync: no peer left to fetch from; new round");
-                return;
-            }
-            // Peers left, but none can serve what is missing (while
-            // headers still arrive, the header side watches its peer).
-            if headers_in && inflight == 0 && waiting == 0 && requests_sent == 0 {
-                let since = *idle_since.get_or_insert(now);
-                if now.duration_since(since) >= self.cfg.pool.request_timeout {
-                    tracing::info!("block sync: no peer serves the missing blocks; new round");
-                    return;
-                }
-            } else {
-                idle_since = None;
-            }
-            let since = now.duration_since(last_log);
-            if since >= self.cfg.log_interval {
-                let height = self.chain().lock().height();
-                let rate = applied.swap(0, Ordering::Relaxed) as f64 / since.as_secs_f64();
-                let eta = (rate > 0.0).then(|| target.saturating_sub(height) as f64 / rate);
-                tracing::info!(height, target, blocks_per_s = rate, peers = pool_peers, eta_s = ?eta, "block sync");
-                self.publish(true, height, target, rate, pool_peers, eta);
-                last_log = now;
-            }
-            tokio::select! {
-                _ = self.block_arrived.notified() => {}
-                _ = tokio::time::sleep(self.cfg.tick) => {}
-            }
-        }
-    }
-
-    /// Sends status requests without waiting for answers.
-    fn poll_status_quick(&self, sw: &Switch) {
-        let bytes = msg(Sum::StatusRequest(pb::StatusRequest {})).encode_to_vec();
-        for p in sw.peers() {
-            p.try_send(BLOCKSYNC_CHANNEL, bytes.clone());
-        }
-    }
-
-    /// Adds to the pool every connected peer that claims the round's tip
-    /// (it serves the whole path, also while headers still arrive) or whose
-    /// claimed tip lies on the path (it can serve up to that height).
-    fn add_pool_peers(&self, sw: &Switch, claim: &PeerChain, now: Instant) {
-        let claims: Vec<(NodeId, PeerChain)> =
-            self.statuses.lock().iter().map(|(id, c)| (*id, c.clone())).collect();
-        let mut guard = self.pool.lock();
-        let Some(pool) = guard.as_mut() else { return };
-        for (id, c) in claims {
-            if sw.peer(&id).is_none() {
-                continue;
-            }
-            if let Some(h) = pool.path().height_of(&c.tip) {
-                pool.add_peer(id, h, now);
-            } else if c.tip == claim.tip {
-                pool.add_claimant(id, c.height, c.tip, now);
-            } else if pool.headers_complete()
-                && c.height >= pool.target_height()
-                && c.weight >= pool.path().weight()
-                && pool.has_peer(&id)
-            {
-                // Still ahead of the path on the same chain (it served us).
-                pool.add_peer(id, pool.target_height(), now);
-            }
-        }
-    }
-
-    /// Whether a connected peer claims a tip off our path, heavier than
-    /// the round's target and far enough ahead of it to be worth a new
-    /// round.
-    fn heavier_elsewhere(&self, sw: &Switch, claim: &PeerChain) -> bool {
-        let guard = self.pool.lock();
-        let Some(pool) = guard.as_ref() else { return false };
-        let w = pool.path().weight().max(claim.weight);
-        let h = pool.target_height().max(claim.height);
-        self.statuses.lock().iter().any(|(id, c)| {
-            sw.peer(id).is_some()
-                && c.tip != claim.tip
-                && pool.path().height_of(&c.tip).is_none()
-                && c.weight > w
-                && c.height > h + self.cfg.resync_distance
-        })
     }
 
     fn send_request(&self, sw: &Switch, r: Request) {
@@ -670,20 +475,21 @@ impl BlockSyncReactor {
                 p.try_send(BLOCKSYNC_CHANNEL, bytes);
             }
             None => {
-                if let Some(pool) = self.pool.lock().as_mut() {
-                    pool.remove_peer(&r.peer);
+                if let Some(round) = self.round.lock().as_mut() {
+                    round.on_peer_removed(&r.peer);
                 }
             }
         }
     }
 
-    /// Applies `ready` (consecutive heights) through the consensus reactor
-    /// on a blocking thread, which then goes on with the next ready blocks
+    /// Applies `ready` (consecutive heights) through the chain service on
+    /// a blocking thread, which then goes on with the next ready blocks
     /// itself, batch after batch, until none is ready (no trip through the
     /// runtime between batches); `applied` counts them as they go, and the
-    /// fetch side is woken after each batch (room in the window). A batch
-    /// with a failure comes back here to be settled. If this future is
-    /// dropped (the round ended), the thread stops after its batch.
+    /// round loop is woken after each batch (room in the window). A batch
+    /// with a failure comes back here to be settled by the round. If this
+    /// future is dropped (the round ended), the thread stops after its
+    /// batch (an ended round hands out nothing more).
     async fn apply(
         &self,
         sw: &Switch,
@@ -700,8 +506,7 @@ impl BlockSyncReactor {
         let cancel = Arc::new(AtomicBool::new(false));
         let flag = cancel.clone();
         let _cancel_on_drop = OnDrop(move || flag.store(true, Ordering::SeqCst));
-        let (cons, pool, room) =
-            (self.consensus.clone(), self.pool.clone(), self.block_arrived.clone());
+        let (chain, round, wake) = (self.chain.clone(), self.round.clone(), self.wake.clone());
         let (counter, max) = (applied.clone(), self.cfg.apply_batch);
         self.applying.send_replace(true);
         let applying = self.applying.clone();
@@ -717,7 +522,7 @@ impl BlockSyncReactor {
             loop {
                 at.store(batch[0].0.block().header.height, Ordering::Relaxed);
                 let blocks = batch.iter().map(|(b, _)| b.clone()).collect();
-                let results = cons.import_checked_blocking(blocks, None);
+                let results = chain.import_checked_blocking(blocks, None);
                 // An orphan here means our chain moved under the path.
                 let unapplied = |r: &Result<Processed, BlockError>| {
                     r.as_ref().map_or(true, |p| p.status == ProcessStatus::Orphan)
@@ -726,11 +531,11 @@ impl BlockSyncReactor {
                     return Some((batch, results));
                 }
                 counter.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                room.notify_one();
-                // Checked under the pool lock: a later round's pool is
-                // installed only after this round's future was dropped.
-                batch = match pool.lock().as_mut() {
-                    Some(p) if !cancel.load(Ordering::SeqCst) => p.take_ready(max),
+                wake.notify_one();
+                // Checked under the round lock: a later round is installed
+                // only after this round's future was dropped.
+                batch = match round.lock().as_mut() {
+                    Some(r) if !cancel.load(Ordering::SeqCst) => r.take_ready(max),
                     _ => Vec::new(),
                 };
                 if batch.is_empty() {
@@ -742,145 +547,24 @@ impl BlockSyncReactor {
         match failed {
             Ok(None) => {}
             Ok(Some((batch, results))) => {
-                let n = self.settle(sw, batch, results).await;
-                applied.fetch_add(n, Ordering::Relaxed);
-                self.block_arrived.notify_one();
+                let settled = self.round.lock().as_mut().map(|r| r.on_applied(batch, &results));
+                if let Some((n, pause, actions)) = settled {
+                    applied.fetch_add(n, Ordering::Relaxed);
+                    self.execute(sw, actions).await;
+                    if pause {
+                        tokio::time::sleep(self.cfg.tick).await;
+                    }
+                }
             }
             Err(e) => {
-                // The import thread died holding the batch it took from
-                // the pool (its writes were rolled back): fetch from that
-                // batch's first height again.
                 tracing::error!(error = %e, "block sync: import task failed");
                 let height = current.load(Ordering::Relaxed);
-                if let Some(pool) = self.pool.lock().as_mut() {
-                    pool.rewind(height, None, Vec::new());
-                }
-                self.block_arrived.notify_one();
-            }
-        }
-    }
-
-    /// A block whose body breaks a rule arrived from `peer`: it made or
-    /// altered it (its header may be valid, so nothing is remembered as
-    /// invalid). It is blamed as for an invalid block ([`Self::blame`]),
-    /// its already ready blocks dropped.
-    async fn invalid_body(&self, sw: &Switch, peer: &Peer, height: u64, e: BlockError) {
-        self.blame(sw, &peer.id(), height, u64::MAX, Vec::new(), &e).await;
-    }
-
-    /// `from` sent an invalid block at `height`: the pool rewinds to
-    /// `rewind_to` with `rest` put back, dropping `from`'s blocks and
-    /// taking it out of the pool (its heights go to others), and it is
-    /// reported (a bad block: a ban).
-    async fn blame(
-        &self,
-        sw: &Switch,
-        from: &NodeId,
-        height: u64,
-        rewind_to: u64,
-        rest: Vec<(CheckedBlock, NodeId)>,
-        e: &BlockError,
-    ) {
-        tracing::warn!(peer = %from, height, error = %e, "block sync: invalid block");
-        if let Some(pool) = self.pool.lock().as_mut() {
-            pool.rewind(rewind_to, Some(from), rest);
-        }
-        if let Some(p) = sw.peer(from) {
-            let why = format!("invalid block at height {height}: {e}");
-            sw.report(&p, e.misbehavior().unwrap_or(Misbehavior::BadBlock), why).await;
-        }
-    }
-
-    /// Settles a batch whose import stopped early (`results` holds one
-    /// entry per block processed): the blocks before the first that was
-    /// not applied count as applied; that one and the rest go back to the
-    /// pool. An invalid block blames its sender ([`Self::blame`]); an error
-    /// of ours (retried after a tick), an orphan (our chain moved under the
-    /// path) or a block not processed blames no one. Returns how many were
-    /// applied.
-    async fn settle(
-        &self,
-        sw: &Switch,
-        ready: Vec<(CheckedBlock, NodeId)>,
-        results: Vec<Result<Processed, BlockError>>,
-    ) -> u64 {
-        let applied = results
-            .iter()
-            .take_while(|r| matches!(r, Ok(p) if p.status != ProcessStatus::Orphan))
-            .count();
-        let rest = ready[applied..].to_vec();
-        let Some((first, from)) = rest.first() else { return applied as u64 };
-        let (height, from) = (first.block().header.height, *from);
-        match results.get(applied) {
-            Some(Err(e)) if e.is_peer_fault() => {
-                self.blame(sw, &from, height, height, rest, e).await;
-            }
-            not_applied => {
-                tracing::warn!(height, error = ?not_applied.and_then(|r| r.as_ref().err()), "block sync: block not applied; will retry");
-                if let Some(pool) = self.pool.lock().as_mut() {
-                    pool.rewind(height, None, rest);
-                }
-                if matches!(not_applied, Some(Err(_))) {
-                    tokio::time::sleep(self.cfg.tick).await;
+                if let Some(r) = self.round.lock().as_mut() {
+                    r.on_import_failed(height);
                 }
             }
         }
-        applied as u64
-    }
-
-    /// One `HeadersRequest` to `peer` (locator: `after`, if any, then our
-    /// chain's), and its answer. `None` when the peer left or timed out
-    /// (then it is disconnected).
-    async fn request_headers(
-        &self,
-        sw: &Switch,
-        peer: &Peer,
-        claim: &PeerChain,
-        after: Option<BlockHash>,
-    ) -> Option<Vec<Header>> {
-        let mut locator = self.chain().lock().locator();
-        if let Some(h) = after {
-            locator.insert(0, h);
-        }
-        locator.truncate(MAX_LOCATOR);
-        let (tx, rx) = oneshot::channel();
-        self.headers_wait.lock().entry(peer.id()).or_default().push_back(tx);
-        let req = pb::HeadersRequest {
-            locator: locator.iter().map(|h| h.0.to_vec().into()).collect(),
-            stop_hash: claim.tip.0.to_vec().into(),
-            // A small first batch gets blocks moving sooner.
-            max: if after.is_none() {
-                self.cfg.first_headers_batch.clamp(1, self.cfg.max_headers_per_request)
-            } else {
-                self.cfg.max_headers_per_request
-            },
-        };
-        if peer.send_msg(BLOCKSYNC_CHANNEL, &msg(Sum::HeadersRequest(req))).await.is_err() {
-            return None;
-        }
-        match tokio::time::timeout(self.cfg.headers_timeout, rx).await {
-            Ok(Ok(h)) => Some(h),
-            Ok(Err(_)) => None, // the peer left
-            Err(_) => {
-                // Its waiter stays queued: a late answer still matches it
-                // (and is dropped) until the peer is gone.
-                // The first request unanswered: it claimed the heaviest
-                // chain and shows nothing of it, scored as an unbacked
-                // claim (the score follows its identity, so coming back to
-                // do it again ends in a ban). A later one may queue behind
-                // the blocks it is sending us on a slow link: not scored.
-                tracing::info!(peer = %peer.id(), "block sync: headers request timed out");
-                if after.is_none() {
-                    let why = format!(
-                        "claimed a heavier chain and sent no headers within {:?}",
-                        self.cfg.headers_timeout
-                    );
-                    sw.report(peer, Misbehavior::UnbackedClaim, why).await;
-                }
-                sw.stop_peer_for_error(peer, "headers request timed out").await;
-                None
-            }
-        }
+        self.wake.notify_one();
     }
 
     /// Answers a `BlockRequest`, building only what the peer's send budget
@@ -901,40 +585,41 @@ impl BlockSyncReactor {
                 Ok(p) => p,
                 Err(e) => return sw.report_unread(peer, e, "blocks").await,
             };
-            let chain = self.chain().clone();
+            let chain = self.chain.clone();
             let todo = std::mem::take(&mut rest);
             let read = tokio::task::spawn_blocking(move || {
-                let c = chain.lock();
-                let (mut found, mut bytes) = (Vec::new(), 0usize);
-                let mut it = todo.into_iter().peekable();
-                while let Some(&h) = it.peek() {
-                    // A block that cannot fit is not read (it goes first
-                    // in the next round); the first always goes, unasked.
-                    if !found.is_empty() {
-                        if let Ok(Some(size)) = c.block_encoded_size(&h) {
-                            if bytes + size + 16 > room {
-                                break;
+                chain.with_chain(|c| {
+                    let (mut found, mut bytes) = (Vec::new(), 0usize);
+                    let mut it = todo.into_iter().peekable();
+                    while let Some(&h) = it.peek() {
+                        // A block that cannot fit is not read (it goes first
+                        // in the next round); the first always goes, unasked.
+                        if !found.is_empty() {
+                            if let Ok(Some(size)) = c.block_encoded_size(&h) {
+                                if bytes + size + 16 > room {
+                                    break;
+                                }
                             }
                         }
+                        // Each answer is read straight into its message.
+                        let answer = match c.block_encoded_framed(&h, block_response_prefix) {
+                            Ok(Some(b)) => b,
+                            _ => msg(Sum::NoBlockResponse(pb::NoBlockResponse {
+                                hash: h.0.to_vec().into(),
+                            }))
+                            .encode_to_vec(),
+                        };
+                        // Within the room held for it; the first one always
+                        // goes (an empty queue takes one larger message).
+                        if !found.is_empty() && bytes + answer.len() > room {
+                            break;
+                        }
+                        bytes += answer.len();
+                        found.push(answer);
+                        it.next();
                     }
-                    // Each answer is read straight into its message.
-                    let answer = match c.block_encoded_framed(&h, block_response_prefix) {
-                        Ok(Some(b)) => b,
-                        _ => msg(Sum::NoBlockResponse(pb::NoBlockResponse {
-                            hash: h.0.to_vec().into(),
-                        }))
-                        .encode_to_vec(),
-                    };
-                    // Within the room held for it; the first one always
-                    // goes (an empty queue takes one larger message).
-                    if !found.is_empty() && bytes + answer.len() > room {
-                        break;
-                    }
-                    bytes += answer.len();
-                    found.push(answer);
-                    it.next();
-                }
-                (found, it.collect::<Vec<_>>())
+                    (found, it.collect::<Vec<_>>())
+                })
             })
             .await;
             // Stored bytes go out as they are (no decode).
@@ -949,55 +634,6 @@ impl BlockSyncReactor {
             }
         }
     }
-
-    /// Reports a peer that refused a block it claimed to have.
-    async fn report_refusal(&self, sw: &Switch, peer: &Peer, e: PoolError) {
-        sw.report(peer, Misbehavior::WithheldData, e.to_string()).await;
-    }
-
-    /// Logs refused headers and reports the peer when it is to blame
-    /// (`kind`; `None` for a header from the future, maybe clock skew).
-    async fn refuse_headers(
-        &self,
-        sw: &Switch,
-        peer: &Peer,
-        kind: Option<Misbehavior>,
-        why: String,
-    ) {
-        tracing::info!(peer = %peer.id(), %why, "block sync: headers refused");
-        if let Some(kind) = kind {
-            sw.report(peer, kind, why).await;
-        }
-    }
-
-    /// Whether headers of `proven` weight back `claim`; if not, `peer`
-    /// lied and is reported (Chia bans peers that lie about weight).
-    async fn weight_proven(
-        &self,
-        sw: &Switch,
-        peer: &Peer,
-        claim: &PeerChain,
-        proven: ruint::aliases::U256,
-    ) -> bool {
-        if proven >= claim.weight {
-            return true;
-        }
-        let why = format!("claimed weight {} but its headers prove {proven}", claim.weight);
-        sw.report(peer, Misbehavior::WeightLie, why).await;
-        self.statuses.lock().remove(&peer.id());
-        false
-    }
-
-    /// Our status as a message.
-    fn status_response(&self) -> pb::Message {
-        let c = PeerChain::of(&self.chain().lock());
-        msg(Sum::StatusResponse(pb::StatusResponse {
-            height: c.height,
-            weight: c.weight.to_be_bytes::<32>().to_vec().into(),
-            tip_hash: c.tip.0.to_vec().into(),
-            base_height: 0,
-        }))
-    }
 }
 
 impl Reactor for BlockSyncReactor {
@@ -1011,36 +647,18 @@ impl Reactor for BlockSyncReactor {
             .recv_message_capacity(self.cfg.max_msg_bytes)]
     }
 
-    async fn add_peer(&self, peer: &Peer) {
-        let _ =
-            peer.send_msg(BLOCKSYNC_CHANNEL, &msg(Sum::StatusRequest(pb::StatusRequest {}))).await;
-    }
-
     async fn remove_peer(&self, peer: &Peer, _reason: &StopReason) {
-        self.statuses.lock().remove(&peer.id());
-        self.headers_wait.lock().remove(&peer.id());
-        if let Some(pool) = self.pool.lock().as_mut() {
-            pool.remove_peer(&peer.id());
+        self.headers_owed.lock().remove(&peer.id());
+        self.deferred.lock().remove(&peer.id());
+        if let Some(round) = self.round.lock().as_mut() {
+            round.on_peer_removed(&peer.id());
         }
-        self.block_arrived.notify_one();
+        self.wake.notify_one();
     }
 
     async fn receive(&self, env: Envelope<pb::Message>) {
         let (sw, peer) = (&env.switch, &env.peer);
         match env.message.sum {
-            Some(Sum::StatusRequest(_)) => {
-                let _ = peer.send_msg(BLOCKSYNC_CHANNEL, &self.status_response()).await;
-            }
-            Some(Sum::StatusResponse(s)) => {
-                let Some(c) = PeerChain::from_wire(s.height, &s.weight, &s.tip_hash) else {
-                    sw.report(peer, Misbehavior::MalformedMessage, "malformed StatusResponse")
-                        .await;
-                    return;
-                };
-                self.statuses.lock().insert(peer.id(), c);
-                self.status_gen.fetch_add(1, Ordering::Relaxed);
-                self.status_arrived.notify_waiters();
-            }
             Some(Sum::HeadersRequest(req)) => {
                 if req.locator.len() > MAX_LOCATOR {
                     sw.report(
@@ -1060,7 +678,7 @@ impl Reactor for BlockSyncReactor {
                 };
                 let stop = Hash::from_slice(&req.stop_hash).unwrap_or(Hash::ZERO);
                 let max = req.max.min(self.cfg.max_headers_per_request) as usize;
-                let headers = self.chain().lock().main_headers_after(&locator, &stop, max);
+                let headers = self.chain.with_chain(|c| c.main_headers_after(&locator, &stop, max));
                 let headers = headers.iter().map(Header::to_proto).collect();
                 let reply = msg(Sum::HeadersResponse(pb::HeadersResponse { headers }));
                 if let Err(e) = peer.send_msg(BLOCKSYNC_CHANNEL, &reply).await {
@@ -1068,13 +686,21 @@ impl Reactor for BlockSyncReactor {
                 }
             }
             Some(Sum::HeadersResponse(resp)) => {
-                let waiter =
-                    self.headers_wait.lock().get_mut(&peer.id()).and_then(VecDeque::pop_front);
-                let Some(tx) = waiter else {
+                let owed = {
+                    let mut owed = self.headers_owed.lock();
+                    match owed.get_mut(&peer.id()) {
+                        Some(n) if *n > 0 => {
+                            *n -= 1;
+                            true
+                        }
+                        _ => false,
+                    }
+                };
+                if !owed {
                     sw.report(peer, Misbehavior::UnsolicitedMessage, "unsolicited HeadersResponse")
                         .await;
                     return;
-                };
+                }
                 if resp.headers.len() > self.cfg.max_headers_per_request as usize {
                     sw.report(
                         peer,
@@ -1084,18 +710,33 @@ impl Reactor for BlockSyncReactor {
                     .await;
                     return;
                 }
-                match resp
+                let headers = match resp
                     .headers
                     .iter()
                     .map(Header::from_proto)
                     .collect::<Result<Vec<_>, BlockError>>()
                 {
-                    Ok(h) => {
-                        // A waiter that is gone (its round ended) drops it.
-                        let _ = tx.send(h);
+                    Ok(h) => h,
+                    Err(e) => {
+                        return sw.report(peer, Misbehavior::MalformedMessage, e.to_string()).await
                     }
-                    Err(e) => sw.report(peer, Misbehavior::MalformedMessage, e.to_string()).await,
-                }
+                };
+                let peers = self.chain.peer_chains();
+                let (now, now_ms) = (Instant::now(), self.chain.now_ms());
+                // Round, then chain: the round's header checks read it.
+                let actions = {
+                    let mut guard = self.round.lock();
+                    match guard.as_mut() {
+                        // An answer a finished round asked for is dropped.
+                        Some(r) if r.wants_headers(&peer.id()) => self.chain.with_chain(|c| {
+                            r.on_headers(c, peer.id(), &headers, &peers, now, now_ms)
+                        }),
+                        _ => Vec::new(),
+                    }
+                };
+                self.execute(sw, actions).await;
+                self.wake.notify_one();
+                self.ready_arrived.notify_one();
             }
             Some(Sum::BlockRequest(req)) => {
                 if req.hashes.is_empty() || req.hashes.len() > 32 {
@@ -1138,13 +779,21 @@ impl Reactor for BlockSyncReactor {
                 let height = block.header.height;
                 let block = match BodyChecked::check(&self.params, block) {
                     Ok(b) => b,
-                    Err(e) => return self.invalid_body(sw, peer, height, e).await,
+                    Err(e) => {
+                        tracing::warn!(peer = %peer.id(), height, error = %e, "block sync: invalid block");
+                        let actions = match self.round.lock().as_mut() {
+                            Some(r) => r.on_invalid_body(peer.id(), height, &e),
+                            None => Vec::new(),
+                        };
+                        self.execute(sw, actions).await;
+                        return;
+                    }
                 };
                 // A late answer to a retired request is not an offence.
-                let arrival = self.pool.lock().as_mut().map(|pool| pool.on_block(peer.id(), block));
+                let arrival = self.round.lock().as_mut().and_then(|r| r.on_block(peer.id(), block));
                 if let Some(Ok(a)) = arrival {
                     if a.request_done {
-                        self.block_arrived.notify_one();
+                        self.wake.notify_one();
                     }
                     if a.next_ready {
                         self.ready_arrived.notify_one();
@@ -1157,11 +806,12 @@ impl Reactor for BlockSyncReactor {
                         .report(peer, Misbehavior::MalformedMessage, "hash not 32 bytes")
                         .await;
                 };
-                let refused = self.pool.lock().as_mut().map(|p| p.on_no_block(peer.id(), &hash));
-                if let Some(Err(e @ PoolError::RefusedClaimed { .. })) = refused {
-                    self.report_refusal(sw, peer, e).await;
-                }
-                self.block_arrived.notify_one();
+                let actions = match self.round.lock().as_mut() {
+                    Some(r) => r.on_no_block(peer.id(), &hash),
+                    None => Vec::new(),
+                };
+                self.execute(sw, actions).await;
+                self.wake.notify_one();
             }
             None => {
                 sw.report(peer, Misbehavior::MalformedMessage, "empty block sync message").await

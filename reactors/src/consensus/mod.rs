@@ -1,24 +1,29 @@
-//! The consensus reactor (channel 0x20): chain status exchange, new-block
-//! push, and locator-based requests for missing blocks; heaviest-chain
-//! fork choice happens in the [`Blockchain`] it drives.
+//! Block relay (channel 0x20): the chain status exchange, new-block push,
+//! and locator requests for the few missing parents of a pushed block;
+//! heaviest-chain fork choice happens in the [`Blockchain`](crate::chain::Blockchain) behind the
+//! [`ChainService`].
 //!
 //! - On connect and every `status_interval` each side sends `Status`
-//!   (height, weight, tip), like a simple blockchain peer's "stats".
+//!   (height, weight, tip). It is the node's only status exchange: it
+//!   fills the service's peer-chain-status table, which block sync (0x40)
+//!   reads to decide what to catch up with. Every gap and fork a peer's
+//!   status reveals is block sync's (headers first); this reactor never
+//!   catches up from a status.
 //! - A new main-chain tip is pushed whole (`NewBlock`) to every peer that
-//!   has not sent or been sent it.
-//! - A block whose parent is missing, or a peer whose status is heavier,
-//!   makes us ask that peer for its main-chain blocks after our locator
-//!   (`GetBlocks`, answered by `Blocks`), batch after batch while the peer
-//!   stays ahead and each batch makes progress. Block sync (channel 0x40)
-//!   takes over long catch-ups when it lands.
+//!   has not sent or been sent it: blocks relayed from peers at once,
+//!   blocks mined or submitted here from the service's local-block feed.
+//! - A pushed block whose parent is missing makes us ask its sender for
+//!   its main-chain blocks after our locator (`GetBlocks`, answered by
+//!   `Blocks`), at most `max_parent_requests` batches while each one makes
+//!   progress and no sync round runs; a longer gap shows in the sender's
+//!   status (raised by the pushed block) and block sync takes it.
 //! - An invalid block, an unsolicited or oversized answer, or a malformed
 //!   message is misbehaviour reported to the switch (score, then ban); the
 //!   node keeps going.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use plexus_p2p::{
@@ -26,15 +31,11 @@ use plexus_p2p::{
 };
 use plexus_proto::chain::{self as pb, message::Sum};
 use prost::Message;
-use ruint::aliases::U256;
-use tokio::sync::{broadcast, watch};
 
-use crate::chain::{
-    Block, BlockError, BlockHash, Blockchain, CheckedBlock, Hash, ProcessStatus, Processed,
-    TipChange,
-};
-use crate::mempool::{BoundedSet, Mempool};
-use crate::mining::{Miner, MinerConfig, Submitted, WorkSource};
+use crate::chain::{Block, BlockError, Hash, ProcessStatus};
+use crate::mempool::BoundedSet;
+use crate::service::ChainService;
+pub use crate::service::{system_clock, BlockSummary, ChainEvent, Clock, PeerChain};
 
 /// The consensus channel.
 pub const CONSENSUS_CHANNEL: u8 = 0x20;
@@ -49,12 +50,15 @@ pub struct ConsensusConfig {
     pub status_interval: Duration,
     /// Most blocks asked for, and answered, per `GetBlocks`. Default 64.
     pub max_blocks_per_request: u32,
+    /// `GetBlocks` batches in a row chasing the missing parents of one
+    /// pushed block (each must bring new blocks); a longer gap is left to
+    /// block sync, headers first. Default 4 (256 blocks).
+    pub max_parent_requests: u32,
     /// Largest consensus message, bytes (the channel's receive limit and
     /// the byte budget of a `Blocks` answer); must exceed the network's
     /// `max_block_bytes`. Default 8 MiB.
     pub max_msg_bytes: usize,
-    /// An unanswered `GetBlocks` is given up after this; another peer may
-    /// then be asked. Default 30 s.
+    /// An unanswered `GetBlocks` is given up after this. Default 30 s.
     pub request_timeout: Duration,
     /// Per-peer memory of blocks it has sent or been sent. Default 1,024.
     pub max_known_per_peer: usize,
@@ -63,23 +67,6 @@ pub struct ConsensusConfig {
     /// built only as large as what is left, so a peer that asks and never
     /// reads holds at most this. Default 1 MiB.
     pub send_queue_bytes: usize,
-    /// Main-chain changes buffered for each [`ConsensusReactor::subscribe`]
-    /// receiver; one that falls further behind is told how many it
-    /// missed (`RecvError::Lagged`). Default 1,024.
-    pub event_buffer: usize,
-    /// Most blocks of one import written in one SQLite transaction
-    /// ([`Blockchain::batch`]): the chain lock is held for each such
-    /// chunk (readers wait at most that long), and a crash loses at most
-    /// one uncommitted chunk, never a block reported as stored. 1 commits
-    /// every block alone. Default 256, block sync's `apply_batch` (on this
-    /// VM the `Blockchain` alone imported small blocks at ~23,000 blocks/s
-    /// with 1, ~68,000 with 64 and ~85,000-90,000 with 256; the lock is
-    /// then held a few milliseconds per chunk of small blocks, and
-    /// `commit_batch_bytes` bounds it for large ones).
-    pub commit_batch: usize,
-    /// Most block bytes in one such transaction, so large blocks do not
-    /// hold the chain lock for long. Default 8 MiB.
-    pub commit_batch_bytes: usize,
 }
 
 impl Default for ConsensusConfig {
@@ -87,222 +74,57 @@ impl Default for ConsensusConfig {
         ConsensusConfig {
             status_interval: Duration::from_secs(10),
             max_blocks_per_request: 64,
+            max_parent_requests: 4,
             max_msg_bytes: 8 << 20,
             request_timeout: Duration::from_secs(30),
             max_known_per_peer: 1024,
             send_queue_bytes: 1 << 20,
-            event_buffer: 1024,
-            commit_batch: 256,
-            commit_batch_bytes: 8 << 20,
         }
     }
-}
-
-/// The wall clock as Unix milliseconds; injectable for tests.
-pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
-
-/// The system clock.
-pub fn system_clock() -> Clock {
-    Arc::new(|| SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64))
-}
-
-/// What a peer last told us of its main chain.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PeerChain {
-    /// Tip height.
-    pub height: u64,
-    /// Cumulative work.
-    pub weight: U256,
-    /// Tip hash.
-    pub tip: BlockHash,
-}
-
-impl PeerChain {
-    /// From wire fields: `weight` big-endian, at most 32 bytes; `tip` 32
-    /// bytes. `None` when either is malformed.
-    pub fn from_wire(height: u64, weight: &[u8], tip: &[u8]) -> Option<PeerChain> {
-        let tip = Hash::from_slice(tip)?;
-        if weight.len() > 32 {
-            return None;
-        }
-        let mut w = [0u8; 32];
-        w[32 - weight.len()..].copy_from_slice(weight);
-        Some(PeerChain { height, weight: U256::from_be_bytes(w), tip })
-    }
-
-    /// Our own main chain.
-    pub fn of(chain: &Blockchain) -> PeerChain {
-        PeerChain { height: chain.height(), weight: chain.weight(), tip: chain.tip() }
-    }
-}
-
-/// A block as [`ChainEvent`]s report it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BlockSummary {
-    /// Block hash.
-    pub hash: BlockHash,
-    /// Height.
-    pub height: u64,
-    /// Header time, Unix milliseconds.
-    pub timestamp_ms: u64,
-    /// Transactions in it.
-    pub n_txs: usize,
-    /// Encoded size, bytes.
-    pub size: usize,
-}
-
-impl BlockSummary {
-    /// The summary of `b`.
-    pub fn of(b: &Block) -> BlockSummary {
-        BlockSummary {
-            hash: b.hash(),
-            height: b.header.height,
-            timestamp_ms: b.header.timestamp_ms,
-            n_txs: b.txs.len(),
-            size: b.size(),
-        }
-    }
-}
-
-/// One change of the main chain (a new tip, or a reorg when
-/// `disconnected` is not empty), as [`ConsensusReactor::subscribe`]
-/// delivers it: one event per processed block that moved the tip, in
-/// order; `connected` holds more than that block when it also connected
-/// stored orphans or won a fork.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ChainEvent {
-    /// The tip before.
-    pub old_tip: BlockHash,
-    /// The tip after.
-    pub new_tip: BlockHash,
-    /// The new tip's height.
-    pub height: u64,
-    /// The highest block the old and new main chains share.
-    pub fork_height: u64,
-    /// Blocks that left the main chain, old tip first.
-    pub disconnected: Vec<BlockSummary>,
-    /// Blocks that joined it, lowest first.
-    pub connected: Vec<BlockSummary>,
-    /// The peer that sent the processed block (orphans it connected may
-    /// have come from others); `None` for a block mined here or submitted
-    /// locally.
-    pub source: Option<NodeId>,
 }
 
 struct PeerState {
-    status: Option<PeerChain>,
     /// The `GetBlocks` in flight: when it was sent and its `max_blocks`.
     request: Option<(tokio::time::Instant, u32)>,
     /// The last request timed out: one late answer to it is dropped
     /// without blame (slowness is not misbehaviour).
     expired: Option<u32>,
     known: BoundedSet,
-    /// The last block of its last `Blocks` answer that we hold: the next
-    /// request's locator starts there when it is off our main chain, so a
-    /// fork deeper than one answer is followed answer after answer.
-    best_sent: Option<BlockHash>,
-    /// `Blocks` answers in a row that held only blocks we already had
-    /// (a late answer to an expired request overlaps the next one).
-    stale_answers: u32,
+    /// `GetBlocks` sent in the current parent chase.
+    chase: u32,
 }
 
-/// The consensus reactor. Register it with the switch and call
-/// [`ConsensusReactor::start`] with the built switch.
+/// The consensus (block relay) reactor. Register it with the switch and
+/// call [`ConsensusReactor::start`] with the built switch.
 pub struct ConsensusReactor {
     cfg: ConsensusConfig,
-    importer: Arc<Importer>,
+    chain: Arc<ChainService>,
     peers: Mutex<HashMap<NodeId, PeerState>>,
     switch: OnceLock<Switch>,
-    runtime: OnceLock<tokio::runtime::Handle>,
-    /// Block sync is running: no catch-up requests of our own.
-    syncing: AtomicBool,
-    /// Peers more than this many blocks ahead are left to block sync.
-    short_sync_depth: AtomicU64,
 }
 
 impl std::fmt::Debug for ConsensusReactor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ConsensusReactor").field("chain", &*self.importer.chain.lock()).finish()
+        f.debug_struct("ConsensusReactor").field("peers", &self.peers.lock().len()).finish()
     }
 }
 
 impl ConsensusReactor {
-    /// A reactor over `chain`, keeping `mempool` in step with the main
-    /// chain, on the system clock.
-    pub fn new(
-        cfg: ConsensusConfig,
-        chain: Arc<Mutex<Blockchain>>,
-        mempool: Arc<Mutex<Mempool>>,
-    ) -> Self {
-        Self::with_clock(cfg, chain, mempool, system_clock())
+    /// Block relay for `chain`.
+    pub fn new(cfg: ConsensusConfig, chain: Arc<ChainService>) -> Self {
+        ConsensusReactor { cfg, chain, peers: Mutex::new(HashMap::new()), switch: OnceLock::new() }
     }
 
-    /// As [`ConsensusReactor::new`] with another clock.
-    pub fn with_clock(
-        cfg: ConsensusConfig,
-        chain: Arc<Mutex<Blockchain>>,
-        mempool: Arc<Mutex<Mempool>>,
-        clock: Clock,
-    ) -> Self {
-        let tip = watch::channel(chain.lock().tip()).0;
-        let events = broadcast::channel(cfg.event_buffer.max(1)).0;
-        let importer = Importer {
-            chain,
-            mempool,
-            tip,
-            events,
-            reorgs: AtomicU64::new(0),
-            reorged_blocks: AtomicU64::new(0),
-            clock,
-            commit_batch: cfg.commit_batch.max(1),
-            commit_batch_bytes: cfg.commit_batch_bytes.max(1),
-        };
-        ConsensusReactor {
-            cfg,
-            importer: Arc::new(importer),
-            peers: Mutex::new(HashMap::new()),
-            switch: OnceLock::new(),
-            runtime: OnceLock::new(),
-            syncing: AtomicBool::new(false),
-            short_sync_depth: AtomicU64::new(u64::MAX),
-        }
-    }
-
-    /// The chain.
-    pub fn chain(&self) -> &Arc<Mutex<Blockchain>> {
-        &self.importer.chain
-    }
-
-    /// Changes to each new main-chain tip.
-    pub fn watch_tip(&self) -> watch::Receiver<BlockHash> {
-        self.importer.tip.subscribe()
-    }
-
-    /// Every later main-chain change, one [`ChainEvent`] per processed
-    /// block that moved the tip (the RPC's subscriptions). Events are built only while
-    /// a receiver exists; a receiver more than `event_buffer` events
-    /// behind gets `RecvError::Lagged`.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<ChainEvent>> {
-        self.importer.events.subscribe()
-    }
-
-    /// Reorgs since start (tip changes that left blocks behind) and the
-    /// blocks they took off the main chain.
-    pub fn reorgs(&self) -> (u64, u64) {
-        let i = &self.importer;
-        (i.reorgs.load(Ordering::Relaxed), i.reorged_blocks.load(Ordering::Relaxed))
-    }
-
-    /// What `peer` last said of its chain.
-    pub fn peer_chain(&self, peer: &NodeId) -> Option<PeerChain> {
-        self.peers.lock().get(peer).and_then(|p| p.status.clone())
+    /// The chain service it relays for.
+    pub fn service(&self) -> &Arc<ChainService> {
+        &self.chain
     }
 
     /// Starts the status loop for `switch` (it also retires unanswered
-    /// requests); it ends when the switch stops.
+    /// requests) and the push of blocks mined or submitted here; both end
+    /// when the switch stops.
     pub fn start(self: &Arc<Self>, switch: &Switch) {
         let _ = self.switch.set(switch.clone());
-        let _ = self.runtime.set(tokio::runtime::Handle::current());
         let (me, sw) = (self.clone(), switch.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(me.cfg.status_interval);
@@ -313,38 +135,28 @@ impl ConsensusReactor {
                 }
             }
         });
-    }
-
-    /// Starts a [`Miner`] on this chain and mempool; it restarts its work
-    /// on every new tip and on every change of `txs_added` (the mempool
-    /// reactor's [`watch_added`](crate::mempool::MempoolReactor::watch_added)).
-    pub fn start_miner(
-        self: &Arc<Self>,
-        cfg: MinerConfig,
-        mut txs_added: watch::Receiver<u64>,
-    ) -> Miner {
-        let _ = self.runtime.set(tokio::runtime::Handle::current());
-        let miner = Miner::start(cfg, Arc::new(MinerLink(self.clone())));
-        let notifier = miner.notifier();
-        let mut tip = self.watch_tip();
+        let (me, sw) = (self.clone(), switch.clone());
+        let mut local = self.chain.local_blocks();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    r = tip.changed() => if r.is_err() { break },
-                    r = txs_added.changed() => if r.is_err() { break },
+                    r = local.recv() => match r {
+                        Ok(block) => me.announce(&block, None),
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(_) => break,
+                    },
+                    _ = sw.stopped() => break,
                 }
-                notifier.new_work();
             }
         });
-        miner
     }
 
     fn status_msg(&self) -> pb::Message {
-        let c = self.importer.chain.lock();
+        let c = self.chain.status();
         let status = pb::Status {
-            height: c.height(),
-            weight: c.weight().to_be_bytes::<32>().to_vec().into(),
-            tip_hash: c.tip().0.to_vec().into(),
+            height: c.height,
+            weight: c.weight.to_be_bytes::<32>().to_vec().into(),
+            tip_hash: c.tip.0.to_vec().into(),
         };
         pb::Message { sum: Some(Sum::Status(status)) }
     }
@@ -354,83 +166,20 @@ impl ConsensusReactor {
         sw.broadcast(CONSENSUS_CHANNEL, bytes).await;
         let now = tokio::time::Instant::now();
         let timeout = self.cfg.request_timeout;
-        let mut ahead = Vec::new();
-        let mut claims = Vec::new();
         for (id, st) in self.peers.lock().iter_mut() {
             if st.request.is_some_and(|(t, _)| now.duration_since(t) >= timeout) {
                 tracing::debug!(peer = %id, "GetBlocks timed out");
                 st.expired = st.request.take().map(|(_, max)| max);
             }
-            if let Some(s) = &st.status {
-                claims.push((*id, s.height, s.weight));
-            }
-        }
-        for (id, height, weight) in claims {
-            if self.worth_catching_up(height, weight) {
-                ahead.push(id);
-            }
-        }
-        for id in ahead {
-            if let Some(p) = sw.peer(&id) {
-                self.request_blocks(&p).await;
-            }
         }
     }
 
-    /// Imports a block from outside the network (RPC, tools): validates,
-    /// stores and announces it.
-    pub async fn submit_block(&self, block: Block) -> Result<Processed, BlockError> {
-        let p = self
-            .import_blocks(vec![block], None)
-            .await
-            .pop()
-            .ok_or(BlockError::ImportAborted)??;
-        self.announce(&p, None).await;
-        Ok(p)
-    }
-
-    /// As [`ConsensusReactor::import_blocks`] for blocks checked before
-    /// ([`CheckedBlock`]: header on a validated header path, body checked
-    /// on arrival; [`Blockchain::process_checked`]), on the calling
-    /// thread: call it from a blocking thread (`spawn_blocking`), never
-    /// from an async task, since it writes SQLite and holds the chain
-    /// lock. Block sync's apply thread uses it to import batch after batch
-    /// without a trip through the runtime between them.
-    pub fn import_checked_blocking(
-        &self,
-        blocks: Vec<CheckedBlock>,
-        source: Option<NodeId>,
-    ) -> Vec<Result<Processed, BlockError>> {
-        self.importer.apply(blocks.into_iter().map(Incoming::Checked).collect(), source)
-    }
-
-    /// Validates and stores `blocks` in order on a blocking thread (SQLite
-    /// writes must not hold up the runtime), keeping the mempool and the
-    /// tip watch in step, and stops after the first block the sender is to
-    /// blame for. No block is announced (block sync uses this).
-    pub async fn import_blocks(
-        &self,
-        blocks: Vec<Block>,
-        source: Option<NodeId>,
-    ) -> Vec<Result<Processed, BlockError>> {
-        let me = self.importer.clone();
-        let blocks = blocks.into_iter().map(Incoming::Block).collect();
-        match tokio::task::spawn_blocking(move || me.apply(blocks, source)).await {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::error!(error = %e, "block import task failed");
-                Vec::new()
-            }
-        }
-    }
-
-    /// Pushes the new tip of `p` (if it moved) to every peer but `except`
-    /// that does not know it.
-    async fn announce(&self, p: &Processed, except: Option<NodeId>) {
-        let Some(tc) = &p.tip_change else { return };
-        let Some(block) = tc.connected.last() else { return };
+    /// Pushes `block` (the new tip) to every peer but `except` that does
+    /// not know it. A full send queue skips the peer (it sees the tip in
+    /// our next `Status`).
+    fn announce(&self, block: &Block, except: Option<NodeId>) {
         let Some(sw) = self.switch.get() else { return };
-        let hash = tc.new_tip;
+        let hash = block.hash();
         let msg = pb::Message {
             sum: Some(Sum::NewBlock(pb::NewBlock { block: Some(block.to_proto()) })),
         };
@@ -447,56 +196,25 @@ impl ConsensusReactor {
         }
     }
 
-    /// While block sync runs, this reactor leaves catching up to it (no
-    /// `GetBlocks` of its own); it still relays and imports new blocks.
-    pub fn set_syncing(&self, on: bool) {
-        self.syncing.store(on, Ordering::Relaxed);
-    }
-
-    /// Leaves peers more than `depth` blocks ahead to block sync (which
-    /// sets this to its `resync_distance`); without block sync every peer
-    /// ahead is caught up with here, in `GetBlocks` batches.
-    pub fn set_short_sync_depth(&self, depth: u64) {
-        self.short_sync_depth.store(depth, Ordering::Relaxed);
-    }
-
-    /// Whether a peer at `height` with `weight` is one to catch up with
-    /// here: heavier than us and within the short-sync depth.
-    fn worth_catching_up(&self, height: u64, weight: U256) -> bool {
-        let c = self.importer.chain.lock();
-        let depth = self.short_sync_depth.load(Ordering::Relaxed);
-        weight > c.weight() && height <= c.height().saturating_add(depth)
-    }
-
-    /// Whether block sync is running.
-    pub fn is_syncing(&self) -> bool {
-        self.syncing.load(Ordering::Relaxed)
-    }
-
-    /// Asks `peer` for its main-chain blocks after our locator, unless a
-    /// request to it is in flight or block sync is running.
+    /// Asks `peer` for its main-chain blocks after what we know of its
+    /// chain ([`ChainService::locator_for`]), unless a request to it is in
+    /// flight, the chase is at `max_parent_requests`, or block sync runs.
     async fn request_blocks(&self, peer: &Peer) {
-        if self.is_syncing() {
+        if self.chain.is_syncing() {
             return;
         }
         let max = self.cfg.max_blocks_per_request;
         {
             let mut peers = self.peers.lock();
             let Some(st) = peers.get_mut(&peer.id()) else { return };
-            if st.request.is_some() {
+            if st.request.is_some() || st.chase >= self.cfg.max_parent_requests {
                 return;
             }
+            st.chase += 1;
             st.request = Some((tokio::time::Instant::now(), max));
             st.expired = None;
         }
-        let from = self.peers.lock().get(&peer.id()).and_then(|st| st.best_sent);
-        let locator = {
-            let c = self.importer.chain.lock();
-            match from {
-                Some(h) if c.contains(&h) && !c.on_main(&h) => c.locator_from(&h),
-                _ => c.locator(),
-            }
-        };
+        let locator = self.chain.locator_for(&peer.id());
         let locator = locator.iter().map(|h| h.0.to_vec().into()).collect();
         let msg =
             pb::Message { sum: Some(Sum::GetBlocks(pb::GetBlocks { locator, max_blocks: max })) };
@@ -508,7 +226,7 @@ impl ConsensusReactor {
     }
 
     /// Imports blocks that `peer` sent and acts on the outcome: reports an
-    /// invalid block or orphan, asks for missing parents, announces a new
+    /// invalid block or orphan, notes what the peer has, announces a new
     /// tip. Returns how many blocks were new.
     async fn import_from(&self, sw: &Switch, peer: &Peer, blocks: Vec<Block>) -> Imported {
         {
@@ -519,25 +237,10 @@ impl ConsensusReactor {
                 }
             }
         }
-        // Which blocks have a parent we hold (or one earlier in the
-        // answer): only those can excuse a claim as "in our future"; a
-        // block from the future with no known parent proves nothing.
-        let parent_known: Vec<bool> = {
-            let c = self.importer.chain.lock();
-            let mut earlier = std::collections::HashSet::new();
-            blocks
-                .iter()
-                .map(|b| {
-                    let known =
-                        c.contains(&b.header.prev_hash) || earlier.contains(&b.header.prev_hash);
-                    earlier.insert(b.hash());
-                    known
-                })
-                .collect()
-        };
+        let hashes: Vec<_> = blocks.iter().map(Block::hash).collect();
         let mut out = Imported::default();
-        let results = self.import_blocks(blocks, Some(peer.id())).await;
-        for (r, parent_known) in results.into_iter().zip(parent_known) {
+        let results = self.chain.import_blocks(blocks, Some(peer.id())).await;
+        for (r, hash) in results.into_iter().zip(hashes) {
             match r {
                 Err(e) if e.is_peer_fault() => {
                     let kind = e.misbehavior().unwrap_or(Misbehavior::BadBlock);
@@ -545,10 +248,13 @@ impl ConsensusReactor {
                     return out;
                 }
                 Err(e) => {
-                    out.from_future |= parent_known && matches!(e, BlockError::TimeTooNew { .. });
+                    // Known already (note what the peer has), or from the
+                    // future (not misbehaviour, docs/protocol.md §8.4).
+                    self.chain.note_peer_block(peer.id(), &hash);
                     tracing::debug!(peer = %peer.id(), error = %e, "block not accepted")
                 }
                 Ok(p) => {
+                    self.chain.note_peer_block(peer.id(), &hash);
                     if !p.accepted.is_empty() {
                         // A novel block protects this peer from eviction.
                         sw.note_novel_block(&peer.id());
@@ -561,7 +267,9 @@ impl ConsensusReactor {
                             sw.report(&bad, kind, format!("invalid block {h}: {e}")).await;
                         }
                     }
-                    self.announce(&p, Some(peer.id())).await;
+                    if let Some(b) = p.tip_change.as_ref().and_then(|tc| tc.connected.last()) {
+                        self.announce(b, Some(peer.id()));
+                    }
                 }
             }
         }
@@ -580,191 +288,6 @@ struct Imported {
     new: usize,
     /// Whether one became an orphan (its parent is missing).
     orphan: bool,
-    /// Whether one was refused as too new (the clock rule).
-    from_future: bool,
-}
-
-/// Block import: validate and store, keep the mempool in step, publish
-/// the new tip. Shared by peers' blocks (on blocking threads) and the
-/// miner's (on its coordinator thread).
-struct Importer {
-    chain: Arc<Mutex<Blockchain>>,
-    mempool: Arc<Mutex<Mempool>>,
-    tip: watch::Sender<BlockHash>,
-    events: broadcast::Sender<Arc<ChainEvent>>,
-    reorgs: AtomicU64,
-    reorged_blocks: AtomicU64,
-    clock: Clock,
-    commit_batch: usize,
-    commit_batch_bytes: usize,
-}
-
-/// A block for the importer: checked in full, or checked before.
-enum Incoming {
-    Block(Block),
-    Checked(CheckedBlock),
-}
-
-impl Incoming {
-    fn size(&self) -> usize {
-        match self {
-            Incoming::Block(b) => b.size(),
-            Incoming::Checked(b) => b.block().size(),
-        }
-    }
-}
-
-impl Importer {
-    /// Imports `blocks` in order, stopping after the first one its sender
-    /// is to blame for, or at a store error. Holds the chain lock for each
-    /// chunk of at most `commit_batch` blocks and `commit_batch_bytes`,
-    /// written in one SQLite transaction ([`Blockchain::batch`]). Only once
-    /// a chunk is committed do the mempool (its lock taken per tip change,
-    /// after the chain's), the reorg counters and event subscribers follow
-    /// its tip changes, in order, and are its results returned; a failed
-    /// chunk (a disk fault, logged as an error) turns its accepted blocks
-    /// into `BlockError::NotCommitted` and ends the import. The tip watch
-    /// is told once, at the end (one wake-up per import, not per block).
-    fn apply(
-        &self,
-        blocks: Vec<Incoming>,
-        source: Option<NodeId>,
-    ) -> Vec<Result<Processed, BlockError>> {
-        let mut out: Vec<Result<Processed, BlockError>> = Vec::with_capacity(blocks.len());
-        let mut new_tip = None;
-        let mut blocks = blocks.into_iter().peekable();
-        let mut stop = false;
-        while !stop && blocks.peek().is_some() {
-            let mut chain = self.chain.lock();
-            let start = out.len();
-            // Where the chain stood after each block that moved the tip.
-            let mut moved = Vec::new();
-            let committed = chain.batch(|chain| {
-                let (mut n, mut bytes) = (0, 0);
-                while let Some(block) =
-                    blocks.next_if(|_| n < self.commit_batch && bytes < self.commit_batch_bytes)
-                {
-                    n += 1;
-                    bytes += block.size();
-                    let now_ms = (self.clock)();
-                    let r = match block {
-                        Incoming::Block(b) => chain.process_block(b, source, now_ms),
-                        Incoming::Checked(b) => chain.process_checked(b, source, now_ms),
-                    };
-                    if let Ok(Processed { tip_change: Some(_), .. }) = &r {
-                        moved.push((out.len(), chain.height()));
-                    }
-                    stop = r
-                        .as_ref()
-                        .is_err_and(|e| e.is_peer_fault() || matches!(e, BlockError::Store(_)));
-                    out.push(r);
-                    if stop {
-                        break;
-                    }
-                }
-            });
-            match committed {
-                Ok(()) => {
-                    for (i, height) in moved {
-                        if let Ok(Processed { tip_change: Some(tc), .. }) = &out[i] {
-                            self.follow(tc, height, source);
-                            new_tip = Some((tc.new_tip, height, tc.disconnected.len()));
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "storing blocks failed");
-                    for r in &mut out[start..] {
-                        if r.is_ok() {
-                            *r = Err(BlockError::NotCommitted(e.to_string()));
-                        }
-                    }
-                    if out.len() == start {
-                        // The batch did not open: the next block failed.
-                        out.push(Err(BlockError::NotCommitted(e.to_string())));
-                    }
-                    new_tip = Some((chain.tip(), chain.height(), 0));
-                    break;
-                }
-            }
-        }
-        if let Some((tip, height, reorg)) = new_tip {
-            self.tip.send_replace(tip);
-            // One line per mined or relayed block; batches (sync) at debug.
-            if out.len() == 1 {
-                tracing::info!(height, %tip, reorg, "new tip");
-            } else {
-                tracing::debug!(height, %tip, reorg, "new tip");
-            }
-        }
-        out
-    }
-
-    /// The mempool, reorg counters and event subscribers follow a
-    /// committed tip change (`height`: the chain's height after it).
-    fn follow(&self, tc: &TipChange, height: u64, source: Option<NodeId>) {
-        self.mempool.lock().apply_tip_change(tc);
-        if !tc.disconnected.is_empty() {
-            self.reorgs.fetch_add(1, Ordering::Relaxed);
-            self.reorged_blocks.fetch_add(tc.disconnected.len() as u64, Ordering::Relaxed);
-            // Every reorganisation at INFO with its depth, batched or not.
-            tracing::info!(
-                depth = tc.disconnected.len(),
-                connected = tc.connected.len(),
-                height,
-                old_tip = %tc.old_tip,
-                new_tip = %tc.new_tip,
-                "reorganisation"
-            );
-        }
-        if self.events.receiver_count() > 0 {
-            let summaries = |bs: &[Block]| bs.iter().map(BlockSummary::of).collect();
-            let _ = self.events.send(Arc::new(ChainEvent {
-                old_tip: tc.old_tip,
-                new_tip: tc.new_tip,
-                height,
-                fork_height: tc.fork_height,
-                disconnected: summaries(&tc.disconnected),
-                connected: summaries(&tc.connected),
-                source,
-            }));
-        }
-    }
-}
-
-/// The miner's view of a consensus reactor: templates from its chain and
-/// mempool, solved blocks imported and announced.
-struct MinerLink(Arc<ConsensusReactor>);
-
-impl WorkSource for MinerLink {
-    fn template(&self) -> Option<Block> {
-        let r = &self.0;
-        let chain = r.importer.chain.lock();
-        // Room for the header and the block's own framing.
-        let room = chain.params().genesis.max_block_bytes.saturating_sub(512);
-        let txs = r.importer.mempool.lock().select(room);
-        Some(chain.template(txs, (r.importer.clock)()))
-    }
-
-    fn submit(&self, block: Block) -> Submitted {
-        match self.0.importer.apply(vec![Incoming::Block(block)], None).pop().expect("one result") {
-            Ok(p) => {
-                if let Some(rt) = self.0.runtime.get() {
-                    let me = self.0.clone();
-                    rt.spawn(async move { me.announce(&p, None).await });
-                }
-                Submitted::Accepted
-            }
-            Err(e @ (BlockError::Store(_) | BlockError::NotCommitted(_))) => {
-                tracing::error!(error = %e, "a mined block could not be stored");
-                Submitted::NotStored
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "mined block refused");
-                Submitted::Refused
-            }
-        }
-    }
 }
 
 impl Reactor for ConsensusReactor {
@@ -780,12 +303,10 @@ impl Reactor for ConsensusReactor {
 
     async fn add_peer(&self, peer: &Peer) {
         let st = PeerState {
-            status: None,
             request: None,
             expired: None,
             known: BoundedSet::new(self.cfg.max_known_per_peer),
-            best_sent: None,
-            stale_answers: 0,
+            chase: 0,
         };
         self.peers.lock().insert(peer.id(), st);
         let _ = peer.send_msg(CONSENSUS_CHANNEL, &self.status_msg()).await;
@@ -793,6 +314,7 @@ impl Reactor for ConsensusReactor {
 
     async fn remove_peer(&self, peer: &Peer, _reason: &StopReason) {
         self.peers.lock().remove(&peer.id());
+        self.chain.forget_peer(&peer.id());
     }
 
     async fn receive(&self, env: Envelope<pb::Message>) {
@@ -803,15 +325,11 @@ impl Reactor for ConsensusReactor {
                     sw.report(peer, Misbehavior::MalformedMessage, "malformed Status").await;
                     return;
                 };
-                let tip = status.tip;
-                let ahead = self.worth_catching_up(status.height, status.weight);
                 if let Some(st) = self.peers.lock().get_mut(&peer.id()) {
-                    st.known.insert(tip);
-                    st.status = Some(status);
+                    st.known.insert(status.tip);
                 }
-                if ahead {
-                    self.request_blocks(peer).await;
-                }
+                // Block sync reads it from the table and catches up.
+                self.chain.set_peer_chain(peer.id(), status);
             }
             Some(Sum::NewBlock(nb)) => {
                 let Some(block) = nb.block else {
@@ -823,6 +341,12 @@ impl Reactor for ConsensusReactor {
                     Ok(b) => {
                         let orphan = self.import_from(sw, peer, vec![b]).await.orphan;
                         if orphan {
+                            // A new chase for this block's parents.
+                            if let Some(st) = self.peers.lock().get_mut(&peer.id()) {
+                                if st.request.is_none() {
+                                    st.chase = 0;
+                                }
+                            }
                             self.request_blocks(peer).await;
                         }
                     }
@@ -860,9 +384,9 @@ impl Reactor for ConsensusReactor {
                     Ok(p) => p,
                     Err(e) => return sw.report_unread(peer, e, "blocks").await,
                 };
-                let chain = self.importer.chain.clone();
+                let chain = self.chain.clone();
                 let found = tokio::task::spawn_blocking(move || {
-                    chain.lock().main_blocks_after(&locator, max, budget)
+                    chain.with_chain(|c| c.main_blocks_after(&locator, max, budget))
                 })
                 .await;
                 let blocks = match found {
@@ -911,46 +435,14 @@ impl Reactor for ConsensusReactor {
                         return;
                     }
                 };
-                let last = blocks.last().map(Block::hash);
+                let full = blocks.len() == max as usize;
                 let got = self.import_from(sw, peer, blocks).await;
-                let prev = self.peers.lock().get(&peer.id()).and_then(|st| st.best_sent);
-                // Progress: new blocks, or an answer ending further along
-                // its branch than the last one (blocks we already had from
-                // another peer on the same fork).
-                let (w_last, w_prev) = {
-                    let c = self.importer.chain.lock();
-                    (last.and_then(|h| c.weight_of(&h)), prev.and_then(|h| c.weight_of(&h)))
-                };
-                let further = w_last.is_some() && w_last > w_prev;
-                let stale = match self.peers.lock().get_mut(&peer.id()) {
-                    Some(st) => {
-                        if w_last.is_some() && w_last >= w_prev {
-                            st.best_sent = last;
-                        }
-                        // Blocks, all of them known and no further: stale,
-                        // not yet a lie.
-                        let known_only = last.is_some() && got.new == 0 && !further;
-                        st.stale_answers = if known_only { st.stale_answers + 1 } else { 0 };
-                        st.stale_answers
-                    }
-                    None => 0,
-                };
-                let ours = self.importer.chain.lock().weight();
-                let ahead = self.peer_chain(&peer.id()).is_some_and(|s| s.weight > ours);
-                if ahead && (got.new > 0 || further || stale == 1) {
-                    // Continue from what it sent (a stale answer once: the
-                    // overlap of a late answer with the next request).
+                // A full answer that brought new blocks: its chain goes on,
+                // ask for more (up to `max_parent_requests`); anything else
+                // ends the chase. Nothing is blamed here: a claim heavier
+                // than what it shows is block sync's to check, headers first.
+                if got.new > 0 && (full || got.orphan) {
                     self.request_blocks(peer).await;
-                } else if ahead && got.from_future {
-                    // Its claim rests on blocks our clock rule refuses for
-                    // now (docs/protocol.md §8.4): not a lie, maybe a clock
-                    // ahead of ours; asked again at the next status round.
-                    tracing::debug!(peer = %peer.id(), "heavier chain is in our future");
-                } else if ahead {
-                    // It claims more work than it can show: no blocks past
-                    // our locator, or known blocks twice in a row.
-                    let why = "status weight not backed by blocks";
-                    sw.report(peer, Misbehavior::UnbackedClaim, why).await;
                 }
             }
             None => sw.report(peer, Misbehavior::MalformedMessage, "empty consensus message").await,

@@ -16,11 +16,12 @@ use plexus_p2p::{
 };
 use plexus_proto::mempool::{self as pb, message::Sum};
 use prost::Message;
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 
 pub use pool::{BoundedSet, GossipTx, Mempool, MempoolConfig, MempoolError, TxSource};
 
 use crate::chain::TxId;
+use crate::service::ChainService;
 
 /// The mempool channel.
 pub const MEMPOOL_CHANNEL: u8 = 0x30;
@@ -39,40 +40,25 @@ pub const MEMPOOL_CHANNEL: u8 = 0x30;
 /// `max_msg_bytes`, as far as its send queue has room; a peer with no room
 /// keeps its cursor and gets the rest in a later round.
 pub struct MempoolReactor {
-    pool: Arc<Mutex<Mempool>>,
+    /// Owns the pool (the miner and block import use it too).
+    chain: Arc<ChainService>,
     /// Per peer: the sequence number of the next transaction to send it.
     cursors: Mutex<HashMap<NodeId, u64>>,
     /// Wakes the gossip task.
     wake: Arc<Notify>,
-    /// Counts transactions added; the miner watches it.
-    added: watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for MempoolReactor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MempoolReactor").field("pool", &*self.pool.lock()).finish()
+        f.debug_struct("MempoolReactor").field("peers", &self.cursors.lock().len()).finish()
     }
 }
 
 impl MempoolReactor {
-    /// A reactor around an empty pool.
-    pub fn new(cfg: MempoolConfig) -> MempoolReactor {
-        MempoolReactor {
-            pool: Arc::new(Mutex::new(Mempool::new(cfg))),
-            cursors: Mutex::new(HashMap::new()),
-            wake: Arc::new(Notify::new()),
-            added: watch::channel(0).0,
-        }
-    }
-
-    /// The pool (shared with the consensus reactor and the miner).
-    pub fn pool(&self) -> &Arc<Mutex<Mempool>> {
-        &self.pool
-    }
-
-    /// Changes whenever a transaction enters the pool.
-    pub fn watch_added(&self) -> watch::Receiver<u64> {
-        self.added.subscribe()
+    /// A reactor gossiping the pool of `chain` (its settings are the
+    /// pool's [`MempoolConfig`]).
+    pub fn new(chain: Arc<ChainService>) -> MempoolReactor {
+        MempoolReactor { chain, cursors: Mutex::new(HashMap::new()), wake: Arc::new(Notify::new()) }
     }
 
     /// Starts the gossip task on `switch`, which gossips what
@@ -81,7 +67,7 @@ impl MempoolReactor {
     /// or the switch stops. Must be called inside a tokio runtime.
     pub fn start(self: &Arc<Self>, switch: &Switch) {
         let (me, sw, wake) = (Arc::downgrade(self), switch.downgrade(), self.wake.clone());
-        let interval = self.pool.lock().config().gossip_interval;
+        let interval = self.chain.with_mempool(|p| p.config().gossip_interval);
         tokio::spawn(async move {
             // The pool's next sequence number at the last round: a pool
             // that grew without a wake-up (transactions put back by a
@@ -94,7 +80,7 @@ impl MempoolReactor {
                 if sw.is_stopped() {
                     return;
                 }
-                let end = me.pool.lock().next_seq();
+                let end = me.chain.with_mempool(|p| p.next_seq());
                 if !woken && end == seen_end {
                     continue;
                 }
@@ -117,8 +103,8 @@ impl MempoolReactor {
 
     /// Adds a local transaction and gossips it. Errors: [`MempoolError`].
     pub fn submit(&self, tx: Bytes) -> Result<TxId, MempoolError> {
-        let id = self.pool.lock().add(tx)?;
-        self.added.send_modify(|n| *n += 1);
+        let id = self.chain.with_mempool(|p| p.add(tx))?;
+        self.chain.note_txs_added(1);
         self.wake.notify_one();
         Ok(id)
     }
@@ -144,9 +130,10 @@ impl MempoolReactor {
             return left_out;
         };
         let (tail, end, max_txs, max_bytes) = {
-            let pool = self.pool.lock();
-            let c = pool.config();
-            (pool.since(oldest), pool.next_seq(), c.max_txs_per_msg.max(1), c.max_msg_bytes)
+            self.chain.with_mempool(|pool| {
+                let c = pool.config();
+                (pool.since(oldest), pool.next_seq(), c.max_txs_per_msg.max(1), c.max_msg_bytes)
+            })
         };
         // Peers at the same cursor get the same messages: encode each once.
         let mut encoded: HashMap<(u64, u64), Bytes> = HashMap::new();
@@ -209,10 +196,9 @@ impl Reactor for MempoolReactor {
     type Message = pb::Message;
 
     fn channels(&self) -> Vec<ChannelDescriptor> {
-        let (max, queue) = {
-            let pool = self.pool.lock();
-            (pool.config().max_msg_bytes, pool.config().send_queue_bytes)
-        };
+        let (max, queue) = self
+            .chain
+            .with_mempool(|pool| (pool.config().max_msg_bytes, pool.config().send_queue_bytes));
         vec![ChannelDescriptor::new(MEMPOOL_CHANNEL)
             .priority(3)
             .send_queue_capacity(64)
@@ -243,7 +229,7 @@ impl Reactor for MempoolReactor {
             env.switch.report(peer, Misbehavior::MalformedMessage, why).await;
             return;
         };
-        let max = self.pool.lock().config().max_txs_per_msg;
+        let max = self.chain.with_mempool(|p| p.config().max_txs_per_msg);
         if list.txs.len() > max {
             let why = format!("{} transactions in one message, limit {max}", list.txs.len());
             env.switch.report(peer, Misbehavior::MalformedMessage, why).await;
@@ -251,8 +237,7 @@ impl Reactor for MempoolReactor {
         }
         let mut fresh = 0u64;
         let mut bad = None;
-        {
-            let mut pool = self.pool.lock();
+        self.chain.with_mempool(|pool| {
             for tx in list.txs {
                 match pool.add_from(tx, TxSource::Peer(peer.id())) {
                     Ok(_) => fresh += 1,
@@ -261,11 +246,11 @@ impl Reactor for MempoolReactor {
                     Err(_) => {}
                 }
             }
-        }
+        });
         if fresh > 0 {
             // Novel transactions protect this peer from inbound eviction.
             env.switch.note_novel_tx(&peer.id());
-            self.added.send_modify(|n| *n += fresh);
+            self.chain.note_txs_added(fresh);
             self.wake.notify_one();
         }
         if let Some(e) = bad {

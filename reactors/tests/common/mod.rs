@@ -19,9 +19,10 @@ use plexus_reactors::blocksync::{
 use plexus_reactors::chain::{
     Block, BlockHash, Blockchain, BlockchainConfig, Hash, NetworkParams, Store,
 };
-use plexus_reactors::consensus::{ConsensusConfig, ConsensusReactor};
-use plexus_reactors::mempool::{MempoolConfig, MempoolReactor};
+use plexus_reactors::consensus::{ConsensusConfig, ConsensusReactor, CONSENSUS_CHANNEL};
+use plexus_reactors::mempool::{Mempool, MempoolConfig, MempoolReactor};
 use plexus_reactors::mining::solve;
+use plexus_reactors::service::{ChainService, ChainServiceConfig};
 use ruint::aliases::U256;
 
 pub fn params() -> Arc<NetworkParams> {
@@ -97,6 +98,7 @@ pub fn sync_cfg() -> BlockSyncConfig {
 
 pub struct SyncNode {
     pub sw: Switch,
+    pub chain: Arc<ChainService>,
     pub cons: Arc<ConsensusReactor>,
     pub mem: Arc<MempoolReactor>,
     pub sync: Arc<BlockSyncReactor>,
@@ -104,10 +106,10 @@ pub struct SyncNode {
 
 impl SyncNode {
     pub fn tip(&self) -> BlockHash {
-        self.cons.chain().lock().tip()
+        self.chain.status().tip
     }
     pub fn height(&self) -> u64 {
-        self.cons.chain().lock().height()
+        self.chain.status().height
     }
 }
 
@@ -160,9 +162,10 @@ pub async fn sync_node_mempool<T: Transport>(
     c: Blockchain,
     cfg: BlockSyncConfig,
 ) -> SyncNode {
-    let mem = Arc::new(MempoolReactor::new(mcfg));
-    let cons = Arc::new(ConsensusReactor::new(ccfg, Arc::new(Mutex::new(c)), mem.pool().clone()));
-    let sync = Arc::new(BlockSyncReactor::new(cfg, cons.clone()));
+    let chain = ChainService::new(ChainServiceConfig::default(), c, Mempool::new(mcfg));
+    let mem = Arc::new(MempoolReactor::new(chain.clone()));
+    let cons = Arc::new(ConsensusReactor::new(ccfg, chain.clone()));
+    let sync = Arc::new(BlockSyncReactor::new(cfg, chain.clone()));
     let info = NodeInfo::new(&p.network_id(), "n");
     let sw = Switch::builder(NodeKey::generate(), info, scfg, t)
         .shared_reactor(cons.clone())
@@ -174,7 +177,7 @@ pub async fn sync_node_mempool<T: Transport>(
     cons.start(&sw);
     mem.start(&sw);
     sync.start(&sw);
-    SyncNode { sw, cons, mem, sync }
+    SyncNode { sw, chain, cons, mem, sync }
 }
 
 pub async fn connect(a: &SyncNode, b: &SyncNode) {
@@ -183,7 +186,7 @@ pub async fn connect(a: &SyncNode, b: &SyncNode) {
 
 /// Waits for `n` to reach `tip`, on its tip watch.
 pub async fn wait_tip(n: &SyncNode, tip: BlockHash, secs: u64) -> bool {
-    let mut rx = n.cons.watch_tip();
+    let mut rx = n.chain.watch_tip();
     let wait = async {
         while n.tip() != tip {
             if rx.changed().await.is_err() {
@@ -255,6 +258,39 @@ pub struct FaultyNode {
     pub node: SyncNode,
 }
 
+/// The faulty node's consensus channel: its `Status` on connect (a lie
+/// for the lying faults), nothing else.
+pub struct FaultyStatus(Arc<Faulty>);
+
+impl Reactor for FaultyStatus {
+    type Message = plexus_proto::chain::Message;
+
+    fn channels(&self) -> Vec<ChannelDescriptor> {
+        vec![ChannelDescriptor::new(CONSENSUS_CHANNEL).recv_message_capacity(8 << 20)]
+    }
+
+    async fn add_peer(&self, peer: &plexus_p2p::Peer) {
+        use plexus_proto::chain as cpb;
+        let status = {
+            let c = self.0.chain.lock();
+            let (mut weight, mut height) = (c.weight(), c.height());
+            if let Fault::LieWeight | Fault::NoHeaders | Fault::SilentHeaders = self.0.fault {
+                weight *= U256::from(100);
+                height *= 100;
+            }
+            cpb::Status {
+                height,
+                weight: weight.to_be_bytes::<32>().to_vec().into(),
+                tip_hash: c.tip().0.to_vec().into(),
+            }
+        };
+        let m = cpb::Message { sum: Some(cpb::message::Sum::Status(status)) };
+        let _ = peer.send_msg(CONSENSUS_CHANNEL, &m).await;
+    }
+
+    async fn receive(&self, _env: Envelope<plexus_proto::chain::Message>) {}
+}
+
 impl Reactor for Faulty {
     type Message = pb::Message;
 
@@ -266,23 +302,6 @@ impl Reactor for Faulty {
         let peer = &env.peer;
         let send = |sum: Sum| pb::Message { sum: Some(sum) };
         match env.message.sum {
-            Some(Sum::StatusRequest(_)) => {
-                let r = {
-                    let c = self.chain.lock();
-                    let (mut weight, mut height) = (c.weight(), c.height());
-                    if let Fault::LieWeight | Fault::NoHeaders | Fault::SilentHeaders = self.fault {
-                        weight *= U256::from(100);
-                        height *= 100;
-                    }
-                    pb::StatusResponse {
-                        height,
-                        weight: weight.to_be_bytes::<32>().to_vec().into(),
-                        tip_hash: c.tip().0.to_vec().into(),
-                        base_height: 0,
-                    }
-                };
-                let _ = peer.send_msg(BLOCKSYNC_CHANNEL, &send(Sum::StatusResponse(r))).await;
-            }
             Some(Sum::HeadersRequest(_)) if matches!(self.fault, Fault::SilentHeaders) => {}
             Some(Sum::HeadersRequest(req)) => {
                 let locator: Vec<Hash> =
@@ -340,25 +359,24 @@ pub async fn faulty_node(
     let ip = IpAddr::from([10, 1, 0, i]);
     let scfg =
         SwitchConfig { listen_addr: Some(SocketAddr::new(ip, 0)), ..SwitchConfig::default() };
-    // Its consensus reactor runs on an empty chain, so only block sync
-    // (the faulty one) can feed the syncing node.
-    let mem = Arc::new(MempoolReactor::new(MempoolConfig::default()));
-    let ccfg = ConsensusConfig {
-        status_interval: Duration::from_secs(3600),
-        ..ConsensusConfig::default()
-    };
-    let empty = chain_with(p, &[]);
-    let cons =
-        Arc::new(ConsensusReactor::new(ccfg, Arc::new(Mutex::new(empty)), mem.pool().clone()));
+    // Its consensus channel only tells its (faulty) status, so only block
+    // sync (the faulty one) can feed the syncing node. The service and the
+    // reactors below are not registered (the handles tests expect).
+    let chain = ChainService::new(
+        ChainServiceConfig::default(),
+        chain_with(p, &[]),
+        Mempool::new(MempoolConfig::default()),
+    );
+    let mem = Arc::new(MempoolReactor::new(chain.clone()));
+    let cons = Arc::new(ConsensusReactor::new(ConsensusConfig::default(), chain.clone()));
     let faulty = Arc::new(Faulty { chain: Mutex::new(c), fault });
     let info = NodeInfo::new(&p.network_id(), "faulty");
     let sw = Switch::builder(NodeKey::generate(), info, scfg, net.with_ip(ip))
-        .shared_reactor(cons.clone())
-        .shared_reactor(mem.clone())
+        .shared_reactor(Arc::new(FaultyStatus(faulty.clone())))
         .shared_reactor(faulty)
         .build()
         .unwrap();
     sw.start().await.unwrap();
-    let sync = Arc::new(BlockSyncReactor::new(sync_cfg(), cons.clone()));
-    FaultyNode { node: SyncNode { sw, cons, mem, sync } }
+    let sync = Arc::new(BlockSyncReactor::new(sync_cfg(), chain.clone()));
+    FaultyNode { node: SyncNode { sw, chain, cons, mem, sync } }
 }
