@@ -117,6 +117,8 @@ pub struct Node {
     pub metrics: crate::rpc::Metrics,
     /// Connected WebSocket clients.
     pub ws_clients: std::sync::atomic::AtomicUsize,
+    /// The home's exclusive lock, held while the node lives.
+    _home_lock: crate::config::HomeLock,
     /// A read-only connection to the chain database for the RPC's block
     /// reads, so they never take the chain lock an import holds.
     pub reader: Mutex<Store>,
@@ -127,6 +129,8 @@ impl Node {
     /// `cfg`. Errors: unreadable files, a store of another network or a
     /// newer schema, ports in use.
     pub async fn start(home: Home, cfg: NodeConfig) -> anyhow::Result<Arc<Node>> {
+        // Before anything is read or written: one process per home.
+        let lock = home.lock()?;
         init(&home, &cfg, None)?;
         let key = NodeKey::load(home.node_key())?;
         let params = Arc::new(NetworkParams::load(&home.genesis())?);
@@ -241,6 +245,7 @@ impl Node {
             metrics,
             ws_clients: std::sync::atomic::AtomicUsize::new(0),
             reader,
+            _home_lock: lock,
         });
         crate::rpc::serve(node.clone(), listener);
         tracing::info!(

@@ -127,3 +127,36 @@ fn devnet_runs_and_heights_advance() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Two processes on one home would both write its chain store (issue 16:
+/// `main chain breaks at height 52` after both mined): the second start
+/// is refused at once, naming the home and the first process, and the
+/// first goes on.
+#[test]
+fn a_second_process_on_a_home_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = genesis_file(dir.path());
+    let (h, _, r) = node_home(dir.path(), "one", &g);
+    let mut first = start(&h, r, &["-m"]);
+    until(60, "the first node mining", || height(&first) >= 2);
+    let out = Command::new(BIN)
+        .arg("start")
+        .arg("--home")
+        .arg(&h)
+        .args(["-p", "0", "-i", "0"])
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the second start ran: {err}");
+    let pid = first.child.id().to_string();
+    assert!(err.contains("is in use by process") && err.contains(&pid), "{err}");
+    // The first keeps mining on a store that stays consistent: it restarts
+    // on its chain once the first has gone.
+    let before = height(&first);
+    until(60, "the first node still mining", || height(&first) > before);
+    terminate(&mut first);
+    let again = start(&h, r, &[]);
+    until(30, "a restart on the home", || get(r, "status").is_some());
+    assert!(height(&again) > before, "the chain was lost over the restart");
+}
