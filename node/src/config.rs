@@ -1,7 +1,7 @@
 //! `config.toml`: the node's settings, each with a documented default.
 //! Command-line flags override them (see `main.rs`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use std::time::Duration;
 
@@ -416,97 +416,6 @@ impl Default for LogConfig {
     }
 }
 
-/// The files of a home directory.
-#[derive(Clone, Debug)]
-pub struct Home(pub PathBuf);
-
-/// The exclusive lock on a home ([`Home::lock`]); released on drop.
-#[derive(Debug)]
-pub struct HomeLock {
-    _file: std::fs::File,
-}
-
-impl Home {
-    /// `--home`, else `$PLEXUS_HOME`, else `~/.plexus`.
-    pub fn resolve(flag: Option<PathBuf>) -> Home {
-        let dir = flag
-            .or_else(|| std::env::var_os("PLEXUS_HOME").map(PathBuf::from))
-            .unwrap_or_else(|| {
-                let home =
-                    std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| ".".into());
-                home.join(".plexus")
-            });
-        Home(dir)
-    }
-    /// `LOCK`: held exclusively by the process running on this home.
-    pub fn lock_file(&self) -> PathBuf {
-        self.0.join("LOCK")
-    }
-
-    /// Takes the home's exclusive lock (an OS file lock on `<home>/LOCK`,
-    /// `std::fs::File::try_lock`: `flock` on Unix, `LockFileEx` on
-    /// Windows), held until the returned [`HomeLock`] drops or the process
-    /// ends (also on SIGKILL: the OS releases it), and writes our pid into
-    /// the file. Bitcoin Core's `.lock` in its data directory is the
-    /// model: two processes on one home would both write its chain store.
-    /// Errors: the home is in use (`home <path> is in use by process
-    /// <pid>`), or the file cannot be created or locked.
-    pub fn lock(&self) -> anyhow::Result<HomeLock> {
-        use std::io::Write;
-        let path = self.lock_file();
-        std::fs::create_dir_all(&self.0)
-            .map_err(|e| anyhow::anyhow!("cannot create home {}: {e}", self.0.display()))?;
-        let mut file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                let pid = std::fs::read_to_string(&path).unwrap_or_default();
-                let pid = pid.trim();
-                let pid = if pid.is_empty() { "unknown" } else { pid };
-                anyhow::bail!(
-                    "home {} is in use by process {pid} (it holds {}); stop it, or give this \
-                     node another --home",
-                    self.0.display(),
-                    path.display()
-                );
-            }
-            Err(std::fs::TryLockError::Error(e)) => {
-                anyhow::bail!("cannot lock {}: {e}", path.display())
-            }
-        }
-        file.set_len(0)?;
-        writeln!(file, "{}", std::process::id())?;
-        Ok(HomeLock { _file: file })
-    }
-
-    /// `config.toml`.
-    pub fn config(&self) -> PathBuf {
-        self.0.join("config.toml")
-    }
-    /// `node_key.json`.
-    pub fn node_key(&self) -> PathBuf {
-        self.0.join("node_key.json")
-    }
-    /// `genesis.json`.
-    pub fn genesis(&self) -> PathBuf {
-        self.0.join("genesis.json")
-    }
-    /// `data/addrbook.json`.
-    pub fn addrbook(&self) -> PathBuf {
-        self.0.join("data/addrbook.json")
-    }
-    /// The directory.
-    pub fn dir(&self) -> &Path {
-        &self.0
-    }
-}
-
 impl NodeConfig {
     /// Reads `path`. Errors name the file and the bad field.
     pub fn load(path: &Path) -> anyhow::Result<NodeConfig> {
@@ -813,21 +722,6 @@ mod tests {
         std::fs::write(&path, "[sync]\nblocks_per_request = 33\n").unwrap();
         let e = NodeConfig::load(&path).unwrap_err().to_string();
         assert!(e.contains("sync.blocks_per_request"), "{e}");
-    }
-
-    #[test]
-    fn a_home_is_locked_by_one_holder_at_a_time() {
-        let dir = tempfile::tempdir().unwrap();
-        let home = Home(dir.path().join("h"));
-        let held = home.lock().unwrap();
-        let pid = std::process::id().to_string();
-        assert_eq!(std::fs::read_to_string(home.lock_file()).unwrap().trim(), pid);
-        // A second holder (another open file: flock locks are per open
-        // file, so this is what a second process sees) is refused, named.
-        let e = home.lock().unwrap_err().to_string();
-        assert!(e.contains("is in use by process") && e.contains(&pid), "{e}");
-        drop(held);
-        home.lock().expect("free again once the holder is gone");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! a local network of nodes; see `plexus --help` and README.md.
 
 mod config;
+mod home;
 mod node;
 mod rpc;
 mod ws;
@@ -13,7 +14,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use rand::Rng;
 
-use config::{Home, NodeConfig};
+use config::NodeConfig;
+use home::{Home, StartOptions};
 use node::Node;
 
 /// Plexus: a Tendermint-style p2p stack and a proof-of-work chain node.
@@ -37,6 +39,10 @@ enum Cmd {
         /// A genesis file to copy (default: the embedded devnet).
         #[arg(long)]
         genesis: Option<PathBuf>,
+        /// Generate a node key where this home's is missing (a new
+        /// identity); without it a lost key is refused.
+        #[arg(long)]
+        new_node_key: bool,
     },
     /// Run the node (initialising the home with defaults on first start).
     Start(StartArgs),
@@ -104,6 +110,15 @@ struct StartArgs {
     /// "text" or "json".
     #[arg(long)]
     log_format: Option<String>,
+    /// Start a chain store that is missing, empty or damaged again from
+    /// genesis and sync it from peers (a damaged file is kept, renamed
+    /// chain.sqlite.damaged-<time>); without it such a store is refused.
+    #[arg(long)]
+    resync: bool,
+    /// Generate a node key where this home's is missing (a new identity);
+    /// without it a lost key is refused.
+    #[arg(long)]
+    new_node_key: bool,
 }
 
 fn init_logging(filter: &str, format: &str) {
@@ -229,12 +244,14 @@ async fn devnet(
             cfg.p2p.peers = vec![format!("{a}")];
         }
         let home = Home(root.join(format!("node{i}")));
+        let lock = home.lock()?;
         // A devnet home is written fresh each time from these settings.
         if home.config().exists() {
             std::fs::remove_file(home.config())?;
         }
-        node::init(&home, &cfg, genesis.as_deref())?;
-        let node = Node::start(home, cfg).await?;
+        let opts = StartOptions::default();
+        node::init(&home, &cfg, genesis.as_deref(), &opts)?;
+        let node = Node::start(home, lock, cfg, opts).await?;
         if seed {
             seed_addr = node.p2p_address();
         }
@@ -292,15 +309,21 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd.unwrap_or(Cmd::Version) {
         Cmd::Version => println!("plexus {}", env!("CARGO_PKG_VERSION")),
-        Cmd::Init { home, moniker, genesis } => {
+        Cmd::Init { home, moniker, genesis, new_node_key } => {
             let home = Home::resolve(home);
+            let _lock = home.lock()?;
             let cfg = NodeConfig { moniker, ..NodeConfig::default() };
-            node::init(&home, &cfg, genesis.as_deref())?;
+            let opts = StartOptions { new_node_key, ..StartOptions::default() };
+            node::init(&home, &cfg, genesis.as_deref(), &opts)?;
             println!("initialised {}", home.dir().display());
         }
         Cmd::ShowNodeId { home } => {
             let home = Home::resolve(home);
-            node::init(&home, &NodeConfig::default(), None)?;
+            // A running node holds the lock: its key is read, not written.
+            if !home.node_key().exists() {
+                let _lock = home.lock()?;
+                node::init(&home, &NodeConfig::default(), None, &StartOptions::default())?;
+            }
             println!("{}", plexus_p2p::NodeKey::load(home.node_key())?.node_id());
         }
         Cmd::Start(a) => {
@@ -308,12 +331,15 @@ async fn main() -> anyhow::Result<()> {
                 anyhow::bail!("--cuda: this build of plexus has no GPU support; mine on the CPU with -m [--mine-threads N]");
             }
             let home = Home::resolve(a.home.clone());
+            // Before anything is read or written: one process per home.
+            let lock = home.lock()?;
+            let opts = StartOptions { resync: a.resync, new_node_key: a.new_node_key };
             // A first start writes the default config; flags apply to this
             // run only (as on every later start).
-            node::init(&home, &NodeConfig::default(), None)?;
+            node::init(&home, &NodeConfig::default(), None, &opts)?;
             let cfg = start_config(&a, &home)?;
             init_logging(&cfg.log.filter, &cfg.log.format);
-            let node = Node::start(home, cfg).await?;
+            let node = Node::start(home, lock, cfg, opts).await?;
             println!("node {} · web page and RPC at http://{}", node.sw.node_id(), node.rpc_addr);
             until_stop(std::slice::from_ref(&node)).await;
             node.shutdown().await;

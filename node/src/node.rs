@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use parking_lot::Mutex;
-use plexus_p2p::{NetAddress, NodeInfo, NodeKey, NodeType, Switch, SwitchConfig, TcpTransport};
+use plexus_p2p::{NetAddress, NodeInfo, NodeType, Switch, SwitchConfig, TcpTransport};
 use plexus_reactors::blocksync::BlockSyncReactor;
-use plexus_reactors::chain::{Blockchain, BlockchainConfig, NetworkParams, Store};
+use plexus_reactors::chain::{BlockchainConfig, NetworkParams, Store};
 use plexus_reactors::consensus::ConsensusReactor;
 use plexus_reactors::mempool::{Mempool, MempoolReactor};
 use plexus_reactors::mining::{Miner, MinerConfig};
@@ -19,15 +19,19 @@ use plexus_reactors::service::ChainService;
 use rand::SeedableRng;
 use tokio::sync::Notify;
 
-use crate::config::{Home, NodeConfig};
+use crate::config::NodeConfig;
+use crate::home::{Home, HomeLock, StartOptions};
 
 /// Writes what a home directory lacks: `config.toml` (from `cfg`),
 /// `node_key.json` (0600) and `genesis.json` (a copy of `genesis`, or the
-/// embedded devnet). Existing files are kept.
+/// embedded devnet). Existing files are kept; a node key missing from a
+/// home that had one is refused unless `opts.new_node_key`
+/// ([`crate::home::node_key`]). The caller holds the home's lock.
 pub fn init(
     home: &Home,
     cfg: &NodeConfig,
     genesis: Option<&std::path::Path>,
+    opts: &StartOptions,
 ) -> anyhow::Result<()> {
     std::fs::create_dir_all(home.dir())
         .with_context(|| format!("creating {}", home.dir().display()))?;
@@ -35,8 +39,7 @@ pub fn init(
         std::fs::write(home.config(), cfg.render())
             .with_context(|| format!("writing {}", home.config().display()))?;
     }
-    NodeKey::load_or_generate(home.node_key())
-        .with_context(|| format!("node key {}", home.node_key().display()))?;
+    crate::home::node_key(home, opts)?;
     if !home.genesis().exists() {
         let text = match genesis {
             Some(path) => {
@@ -46,7 +49,8 @@ pub fn init(
             }
             None => serde_json::to_string_pretty(&NetworkParams::devnet().genesis)?,
         };
-        std::fs::write(home.genesis(), text)?;
+        std::fs::write(home.genesis(), text)
+            .with_context(|| format!("writing {}", home.genesis().display()))?;
     }
     Ok(())
 }
@@ -118,25 +122,31 @@ pub struct Node {
     /// Connected WebSocket clients.
     pub ws_clients: std::sync::atomic::AtomicUsize,
     /// The home's exclusive lock, held while the node lives.
-    _home_lock: crate::config::HomeLock,
+    _home_lock: HomeLock,
     /// A read-only connection to the chain database for the RPC's block
     /// reads, so they never take the chain lock an import holds.
     pub reader: Mutex<Store>,
 }
 
 impl Node {
-    /// Starts a node from `home` (initialising what is missing) with
-    /// `cfg`. Errors: unreadable files, a store of another network or a
-    /// newer schema, ports in use.
-    pub async fn start(home: Home, cfg: NodeConfig) -> anyhow::Result<Arc<Node>> {
-        // Before anything is read or written: one process per home.
-        let lock = home.lock()?;
-        init(&home, &cfg, None)?;
-        let key = NodeKey::load(home.node_key())?;
-        let params = Arc::new(NetworkParams::load(&home.genesis())?);
-        let store = Store::open_in_home(home.dir())?;
-        let reader = Mutex::new(Store::open_reader_in_home(home.dir())?);
-        let chain = Blockchain::open(params.clone(), store, BlockchainConfig::default())?;
+    /// Starts a node from `home`, whose lock the caller took
+    /// ([`Home::lock`]; the node holds it while it lives), initialising
+    /// what is missing, with `cfg`. Errors name the file and the way out
+    /// ([`crate::home`]): an unreadable or damaged file, a node key or
+    /// chain store lost from a home that had one (unless `opts` says so),
+    /// a store of another network or a newer schema; ports in use.
+    pub async fn start(
+        home: Home,
+        lock: HomeLock,
+        cfg: NodeConfig,
+        opts: StartOptions,
+    ) -> anyhow::Result<Arc<Node>> {
+        init(&home, &cfg, None, &opts)?;
+        let key = crate::home::node_key(&home, &opts)?;
+        let params = Arc::new(crate::home::genesis(&home)?);
+        let (chain, reader) =
+            crate::home::open_chain(&home, params.clone(), BlockchainConfig::default(), &opts)?;
+        let reader = Mutex::new(reader);
         let mempool = Mempool::new(cfg.mempool.config());
         let chain = ChainService::new(cfg.sync.service(), chain, mempool);
         let mem = Arc::new(MempoolReactor::new(chain.clone()));
@@ -268,6 +278,10 @@ impl Node {
         }
         self.sw.stop().await;
         self.pex.save();
+        // The chain file alone holds the chain after a clean stop.
+        if let Err(e) = self.chain.with_chain(|c| c.store().checkpoint()) {
+            tracing::warn!(error = %e, "could not checkpoint the chain store's WAL");
+        }
         tracing::info!(height = self.chain.status().height, "node stopped");
     }
 

@@ -160,3 +160,96 @@ fn a_second_process_on_a_home_is_refused() {
     until(30, "a restart on the home", || get(r, "status").is_some());
     assert!(height(&again) > before, "the chain was lost over the restart");
 }
+
+/// Each damaged or lost file of a home that ran (issue 16) stops `plexus
+/// start` with an error naming that file, never a silent new identity or a
+/// chain started over at height 0; `--resync` and `--new-node-key` are the
+/// stated ways out.
+#[test]
+fn damaged_home_files_are_named_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = genesis_file(dir.path());
+    let (h, _, r) = node_home(dir.path(), "ran", &g);
+    let mut n = start(&h, r, &["-m"]);
+    until(60, "a few blocks", || height(&n) >= 3);
+    terminate(&mut n);
+    drop(n);
+
+    let copy_home = |name: &str| {
+        let to = dir.path().join(name);
+        let st = Command::new("cp").arg("-r").arg(&h).arg(&to).status().unwrap();
+        assert!(st.success());
+        let _ = std::fs::remove_file(to.join("LOCK"));
+        to
+    };
+    // A start that is refused exits at once; one that runs is stopped
+    // after 20 s and counts as started.
+    let run = |home: &std::path::Path, extra: &[&str]| {
+        let err_path = home.join("stderr.txt");
+        let mut child = Command::new(BIN)
+            .arg("start")
+            .arg("--home")
+            .arg(home)
+            .args(["-p", "0", "-i", "0"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&err_path).unwrap())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let ok = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st.success();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        (ok, std::fs::read_to_string(&err_path).unwrap_or_default())
+    };
+    type Damage = fn(&std::path::Path);
+    let cases: [(&str, &str, Damage); 7] = [
+        ("truncated store", "data/chain.sqlite", |p| {
+            let len = std::fs::metadata(p).unwrap().len();
+            std::fs::OpenOptions::new().write(true).open(p).unwrap().set_len(len / 2).unwrap();
+        }),
+        ("garbled store", "data/chain.sqlite", |p| std::fs::write(p, vec![0x5a; 65536]).unwrap()),
+        ("deleted store", "data/chain.sqlite", |p| std::fs::remove_file(p).unwrap()),
+        ("empty store", "data/chain.sqlite", |p| std::fs::write(p, b"").unwrap()),
+        ("truncated genesis", "genesis.json", |p| {
+            let text = std::fs::read_to_string(p).unwrap();
+            std::fs::write(p, &text[..text.len() / 2]).unwrap();
+        }),
+        ("edited genesis", "genesis.json", |p| {
+            let text = std::fs::read_to_string(p).unwrap();
+            std::fs::write(p, text.replace("plexus-e2e", "plexus-e2f")).unwrap();
+        }),
+        ("deleted node key", "node_key.json", |p| std::fs::remove_file(p).unwrap()),
+    ];
+    for (i, (what, file, damage)) in cases.iter().enumerate() {
+        let home = copy_home(&format!("case{i}"));
+        let path = home.join(file);
+        if *file == "data/chain.sqlite" {
+            // The damage is to the whole store: its WAL goes with it (SQLite
+            // would otherwise mend the pages the WAL holds).
+            for f in ["data/chain.sqlite-wal", "data/chain.sqlite-shm"] {
+                let _ = std::fs::remove_file(home.join(f));
+            }
+        }
+        damage(&path);
+        let (ok, err) = run(&home, &[]);
+        assert!(!ok, "{what}: started anyway: {err}");
+        assert!(err.contains(&path.display().to_string()), "{what}: path not named: {err}");
+        if *file == "data/chain.sqlite" {
+            // The stated way out works, and the damaged file is kept.
+            assert!(err.contains("--resync"), "{what}: {err}");
+            let rpc = free_port();
+            let mut p = start(&home, rpc, &["--resync", "-i", &rpc.to_string(), "-p", "0"]);
+            until(30, "a resynced start", || get(rpc, "status").is_some());
+            terminate(&mut p);
+        }
+    }
+}

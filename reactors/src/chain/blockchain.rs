@@ -207,6 +207,15 @@ impl Blockchain {
         cfg: BlockchainConfig,
     ) -> Result<Blockchain, StoreError> {
         match store.genesis()? {
+            // A database that holds blocks but no genesis record was
+            // edited or damaged: writing genesis again would fail on the
+            // block already there (`UNIQUE constraint failed`).
+            None if store.block_count()? > 0 => {
+                return Err(StoreError::Corrupt(format!(
+                    "the meta table has no genesis record but {} blocks are stored",
+                    store.block_count()?
+                )))
+            }
             None => store.init_genesis(&params.genesis_block)?,
             Some(g) if g != params.genesis_hash => {
                 return Err(StoreError::WrongNetwork { stored: g, expected: params.genesis_hash })

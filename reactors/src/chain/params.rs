@@ -55,9 +55,15 @@ pub enum GenesisError {
         /// The cause.
         source: std::io::Error,
     },
-    /// The file is not valid genesis JSON.
-    #[error("genesis file is not valid: {0}")]
-    Json(#[from] serde_json::Error),
+    /// The file is not valid genesis JSON (truncated, garbled, a field of
+    /// the wrong type).
+    #[error("genesis file {path} is not valid JSON: {source}")]
+    Json {
+        /// The path.
+        path: String,
+        /// The cause.
+        source: serde_json::Error,
+    },
     /// A field is out of range.
     #[error("genesis field {field}: {why}")]
     Invalid {
@@ -112,7 +118,8 @@ impl NetworkParams {
         }
         // The one genesis transaction is the file itself, so the genesis
         // hash (the network id) commits to every parameter.
-        let txs = vec![Bytes::from(serde_json::to_vec(&g)?)];
+        let encoded = serde_json::to_vec(&g).map_err(|e| invalid("genesis", &e.to_string()))?;
+        let txs = vec![Bytes::from(encoded)];
         let header = Header {
             version: Header::VERSION,
             height: 0,
@@ -131,7 +138,14 @@ impl NetworkParams {
     pub fn load(path: &Path) -> Result<NetworkParams, GenesisError> {
         let text = std::fs::read_to_string(path)
             .map_err(|source| GenesisError::Io { path: path.display().to_string(), source })?;
-        Self::from_genesis(serde_json::from_str(&text)?)
+        let genesis = serde_json::from_str(&text)
+            .map_err(|source| GenesisError::Json { path: path.display().to_string(), source })?;
+        Self::from_genesis(genesis).map_err(|e| match e {
+            GenesisError::Invalid { field, why } => {
+                GenesisError::Invalid { field, why: format!("{why} (in {})", path.display()) }
+            }
+            e => e,
+        })
     }
 
     /// The embedded devnet: 10 s blocks, retarget every 20 blocks, 1 MiB

@@ -66,6 +66,23 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+impl StoreError {
+    /// Whether the database file itself is damaged: not an SQLite file,
+    /// malformed pages, or tables that contradict themselves. The way out
+    /// is another copy or a resync, not a retry (a full disk or an I/O
+    /// error is not damage).
+    pub fn is_damage(&self) -> bool {
+        use rusqlite::ErrorCode::{DatabaseCorrupt, NotADatabase};
+        match self {
+            StoreError::Corrupt(_) => true,
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => {
+                matches!(f.code, DatabaseCorrupt | NotADatabase)
+            }
+            _ => false,
+        }
+    }
+}
+
 /// A main-chain change written with a block: heights above `fork_height`
 /// are replaced by `hashes` (the first at `fork_height + 1`).
 #[derive(Debug)]
@@ -131,6 +148,7 @@ impl Store {
             std::fs::create_dir_all(dir)
                 .map_err(|source| StoreError::Io { path: dir.display().to_string(), source })?;
         }
+        check_length(path)?;
         let conn = Connection::open(path)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
@@ -416,10 +434,65 @@ impl Store {
         Ok(self.conn.query_row("SELECT COUNT(*) FROM blocks", [], |r| r.get::<_, i64>(0))? as u64)
     }
 
+    /// Moves every page of the write-ahead log into the database file and
+    /// empties the log (`PRAGMA wal_checkpoint(TRUNCATE)`), so the file
+    /// alone holds the chain: at a clean stop, where a process that exits
+    /// without closing its last connection would leave the log beside it.
+    /// Errors: SQLite's (a read transaction open elsewhere, I/O).
+    pub fn checkpoint(&self) -> Result<(), StoreError> {
+        let busy: i64 = self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
+        if busy != 0 {
+            return Err(corrupt("the WAL checkpoint was blocked by a reader"));
+        }
+        Ok(())
+    }
+
     /// SQLite's `PRAGMA integrity_check` result ("ok" when sound).
     pub fn integrity_check(&self) -> Result<String, StoreError> {
         Ok(self.conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?)
     }
+}
+
+/// Refuses a database file shorter than its own header says (a truncated
+/// copy or a disk fault), which SQLite would only notice when it reads a
+/// lost page. The SQLite file format's header: page size at offset 16 (1
+/// means 65,536), the page count at 28, valid when the change counter at
+/// 24 equals the one at 92. Skipped while a non-empty `-wal` beside it may
+/// hold pages past the file's end.
+fn check_length(path: &Path) -> Result<(), StoreError> {
+    use std::io::Read;
+    let io = |source| StoreError::Io { path: path.display().to_string(), source };
+    let wal = std::path::PathBuf::from(format!("{}-wal", path.display()));
+    if std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
+        return Ok(());
+    }
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(e)),
+    };
+    let len = file.metadata().map_err(io)?.len();
+    let mut h = [0u8; 100];
+    if len < 100 || file.read_exact(&mut h).is_err() || &h[..16] != b"SQLite format 3\0" {
+        // Empty: a new database; anything else SQLite names itself.
+        return Ok(());
+    }
+    let page_size = match u16::from_be_bytes([h[16], h[17]]) {
+        1 => 65_536,
+        n => u64::from(n),
+    };
+    if h[24..28] != h[92..96] {
+        return Ok(());
+    }
+    let pages = u64::from(u32::from_be_bytes([h[28], h[29], h[30], h[31]]));
+    if len < pages * page_size {
+        return Err(corrupt(format!(
+            "the file is {len} bytes but its header counts {pages} pages of {page_size} bytes ({} \
+             bytes): it was truncated",
+            pages * page_size
+        )));
+    }
+    Ok(())
 }
 
 fn insert_block(
