@@ -129,6 +129,35 @@ pub struct RpcConfig {
     pub cors_allowed_origins: Vec<String>,
     /// Most addresses in one `dial_peers` call. Default 100.
     pub max_dial_peers: usize,
+    /// Host names the API answers to besides local ones (`localhost`,
+    /// `*.localhost`, IP literals) and `host`, as geth's `--http.vhosts`;
+    /// `"*"` answers any. A request whose `Host` header names another
+    /// host is refused with 403: a DNS-rebinding page names its own.
+    /// Default none.
+    pub allowed_hosts: Vec<String>,
+    /// Most open HTTP connections (WebSocket ones included); a connection
+    /// beyond it is closed at once. Default 256.
+    pub max_connections: usize,
+    /// A connection must send each request's whole header within this of
+    /// being ready for it, seconds (hyper's `header_read_timeout`): a
+    /// client trickling header bytes is closed, and so is a keep-alive
+    /// connection idle this long between requests. Default 10.
+    pub header_read_timeout_s: u64,
+    /// Most WebSocket clients from one IP address (`max_ws_clients` is
+    /// the total). Default 10.
+    pub max_ws_clients_per_ip: usize,
+    /// Most calls in one JSON-RPC batch. Default 100.
+    pub max_batch: usize,
+    /// Serve the page, RPC and WebSocket over TLS (HTTPS, WSS). Default
+    /// false.
+    pub tls: bool,
+    /// The certificate chain (PEM) for `tls`; relative paths are in the
+    /// home. Default "tls/server.crt" (written by `plexus init`, signed by
+    /// the home's own CA "tls/ca.crt").
+    pub tls_cert: String,
+    /// The certificate's private key (PEM) for `tls`. Default
+    /// "tls/server.key".
+    pub tls_key: String,
 }
 
 /// `[mining]`.
@@ -394,6 +423,14 @@ impl Default for RpcConfig {
             ws_read_timeout_s: 30,
             cors_allowed_origins: Vec::new(),
             max_dial_peers: 100,
+            allowed_hosts: Vec::new(),
+            max_connections: 256,
+            header_read_timeout_s: 10,
+            max_ws_clients_per_ip: 10,
+            max_batch: 100,
+            tls: false,
+            tls_cert: "tls/server.crt".into(),
+            tls_key: "tls/server.key".into(),
         }
     }
 }
@@ -433,6 +470,9 @@ impl NodeConfig {
             (self.rpc.max_body_bytes >= 1024, "rpc.max_body_bytes must be at least 1024"),
             (self.rpc.ws_read_timeout_s >= 1, "rpc.ws_read_timeout_s must be at least 1"),
             (self.rpc.ws_write_timeout_s >= 1, "rpc.ws_write_timeout_s must be at least 1"),
+            (self.rpc.max_connections >= 1, "rpc.max_connections must be at least 1"),
+            (self.rpc.header_read_timeout_s >= 1, "rpc.header_read_timeout_s must be at least 1"),
+            (self.rpc.max_batch >= 1, "rpc.max_batch must be at least 1"),
             (self.p2p.pex_period_s >= 1, "p2p.pex_period_s must be at least 1"),
             (self.p2p.ban_threshold >= 1, "p2p.ban_threshold must be at least 1"),
             (self.p2p.score_half_life_s >= 1, "p2p.score_half_life_s must be at least 1"),
@@ -578,6 +618,24 @@ ws_read_timeout_s = {ws_read}
 cors_allowed_origins = [{cors}]
 # Most addresses in one dial_peers call (default 100).
 max_dial_peers = {max_dial}
+# Host names the API answers to besides localhost, IP addresses and host;
+# "*" for any (geth's --http.vhosts; default none).
+allowed_hosts = [{allowed_hosts}]
+# Most open HTTP connections, WebSockets included (default 256).
+max_connections = {max_conns}
+# A request's header must arrive within this; also closes a keep-alive
+# connection idle this long, seconds (default 10).
+header_read_timeout_s = {header_timeout}
+# Most WebSocket clients from one IP address (default 10).
+max_ws_clients_per_ip = {max_ws_ip}
+# Most calls in one JSON-RPC batch (default 100).
+max_batch = {max_batch}
+# Serve over TLS: https:// and wss:// (default false).
+tls = {tls}
+# Certificate chain and key (PEM), relative to the home; plexus init writes
+# these, signed by the home's own CA tls/ca.crt.
+tls_cert = {tls_cert}
+tls_key = {tls_key}
 
 [mining]
 # Mine blocks (default false; flag -m).
@@ -669,6 +727,14 @@ format = {format}
             ws_read = self.rpc.ws_read_timeout_s,
             cors = list(&self.rpc.cors_allowed_origins),
             max_dial = self.rpc.max_dial_peers,
+            allowed_hosts = list(&self.rpc.allowed_hosts),
+            max_conns = self.rpc.max_connections,
+            header_timeout = self.rpc.header_read_timeout_s,
+            max_ws_ip = self.rpc.max_ws_clients_per_ip,
+            max_batch = self.rpc.max_batch,
+            tls = self.rpc.tls,
+            tls_cert = q(&self.rpc.tls_cert),
+            tls_key = q(&self.rpc.tls_key),
             mine = self.mining.enabled,
             threads = self.mining.threads,
             store_retry = self.mining.store_retry_s,

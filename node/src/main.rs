@@ -1,10 +1,14 @@
 //! `plexus`: the node binary. `plexus start` runs a node, `plexus devnet`
 //! a local network of nodes; see `plexus --help` and README.md.
 
+mod cli;
 mod config;
 mod home;
+mod http;
+mod jsonrpc;
 mod node;
 mod rpc;
+mod tls;
 mod ws;
 
 use std::path::PathBuf;
@@ -51,6 +55,25 @@ enum Cmd {
         /// Home directory.
         #[arg(long)]
         home: Option<PathBuf>,
+    },
+    /// Print a running node's chain, sync, mining and peer count (its RPC).
+    Status {
+        /// Home directory: its config.toml gives the RPC address, its
+        /// tls/ca.crt is trusted for HTTPS.
+        #[arg(long)]
+        home: Option<PathBuf>,
+        /// The node's RPC URL (default: from the home's config).
+        #[arg(long)]
+        rpc: Option<String>,
+    },
+    /// Print a running node's peers, one line each (its RPC).
+    Peers {
+        /// Home directory (as for `status`).
+        #[arg(long)]
+        home: Option<PathBuf>,
+        /// The node's RPC URL (default: from the home's config).
+        #[arg(long)]
+        rpc: Option<String>,
     },
     /// Print the version.
     Version,
@@ -267,10 +290,10 @@ async fn devnet(
             "node"
         };
         println!(
-            "  {:<6} {:<5} http://{}  {}",
+            "  {:<6} {:<5} {}  {}",
             n.cfg.moniker,
             role,
-            n.rpc_addr,
+            n.web_url(),
             n.p2p_address().map(|a| a.to_string()).unwrap_or_default()
         );
     }
@@ -309,6 +332,19 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.cmd.unwrap_or(Cmd::Version) {
         Cmd::Version => println!("plexus {}", env!("CARGO_PKG_VERSION")),
+        Cmd::Status { home, rpc } => {
+            let home = Home::resolve(home);
+            let url = cli::rpc_url(&home, rpc.as_deref())?;
+            let s = tokio::task::spawn_blocking(move || cli::call(&home, &url, "status")).await??;
+            print!("{}", cli::status(&s));
+        }
+        Cmd::Peers { home, rpc } => {
+            let home = Home::resolve(home);
+            let url = cli::rpc_url(&home, rpc.as_deref())?;
+            let ni =
+                tokio::task::spawn_blocking(move || cli::call(&home, &url, "net_info")).await??;
+            print!("{}", cli::peers(&ni));
+        }
         Cmd::Init { home, moniker, genesis, new_node_key } => {
             let home = Home::resolve(home);
             let _lock = home.lock()?;
@@ -340,7 +376,7 @@ async fn main() -> anyhow::Result<()> {
             let cfg = start_config(&a, &home)?;
             init_logging(&cfg.log.filter, &cfg.log.format);
             let node = Node::start(home, lock, cfg, opts).await?;
-            println!("node {} · web page and RPC at http://{}", node.sw.node_id(), node.rpc_addr);
+            println!("node {} · web page and RPC at {}", node.sw.node_id(), node.web_url());
             until_stop(std::slice::from_ref(&node)).await;
             node.shutdown().await;
         }

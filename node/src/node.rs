@@ -40,6 +40,7 @@ pub fn init(
             .with_context(|| format!("writing {}", home.config().display()))?;
     }
     crate::home::node_key(home, opts)?;
+    crate::tls::generate(home, &cfg.rpc)?;
     if !home.genesis().exists() {
         let text = match genesis {
             Some(path) => {
@@ -121,6 +122,8 @@ pub struct Node {
     pub metrics: crate::rpc::Metrics,
     /// Connected WebSocket clients.
     pub ws_clients: std::sync::atomic::AtomicUsize,
+    /// Connected WebSocket clients by IP address (none listed: none).
+    pub ws_per_ip: Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
     /// The home's exclusive lock, held while the node lives.
     _home_lock: HomeLock,
     /// A read-only connection to the chain database for the RPC's block
@@ -254,14 +257,15 @@ impl Node {
             stop_requested: Notify::new(),
             metrics,
             ws_clients: std::sync::atomic::AtomicUsize::new(0),
+            ws_per_ip: Mutex::new(std::collections::HashMap::new()),
             reader,
             _home_lock: lock,
         });
-        crate::rpc::serve(node.clone(), listener);
+        crate::rpc::serve(node.clone(), listener)?;
         tracing::info!(
             node_id = %node.sw.node_id(),
             p2p = ?node.sw.listen_addr(),
-            web = %format!("http://{rpc_addr}"),
+            web = %node.web_url(),
             network = %node.params.network_id(),
             height = node.chain.status().height,
             "node started"
@@ -283,6 +287,12 @@ impl Node {
             tracing::warn!(error = %e, "could not checkpoint the chain store's WAL");
         }
         tracing::info!(height = self.chain.status().height, "node stopped");
+    }
+
+    /// The web page's URL: `http://` or, with `rpc.tls`, `https://`.
+    pub fn web_url(&self) -> String {
+        let scheme = if self.cfg.rpc.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.rpc_addr)
     }
 
     /// The `id@host:port` peers can dial.

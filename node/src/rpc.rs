@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
@@ -153,26 +153,29 @@ fn fraction(w: U256) -> f64 {
     (top as f64 / (1u64 << 52) as f64).log2()
 }
 
-/// Serves the router on `listener` until the node's switch stops.
-pub fn serve(node: Arc<Node>, listener: tokio::net::TcpListener) {
+/// Serves the router on `listener` until the node's switch stops, with
+/// the limits and guard of [`crate::http`] and TLS when `rpc.tls`.
+/// Errors: the JSON-RPC methods could not be registered, or the TLS
+/// certificate or key could not be read.
+pub fn serve(node: Arc<Node>, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
     let sw = node.sw.clone();
-    let app = router(node);
-    tokio::spawn(async move {
-        let stopped = async move { sw.stopped().await };
-        if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(stopped).await {
-            tracing::error!(error = %e, "web/RPC server failed");
-        }
-    });
+    let tls = crate::tls::acceptor(&node.home, &node.cfg.rpc)?;
+    let rpc = Arc::new(crate::jsonrpc::JsonRpc::new(&node)?);
+    let cfg = node.cfg.rpc.clone();
+    crate::http::serve(&cfg, listener, router(node, rpc), tls, async move { sw.stopped().await });
+    Ok(())
 }
 
-/// The routes.
-pub fn router(node: Arc<Node>) -> Router {
+/// The routes, behind [`crate::http::guard`].
+pub fn router(node: Arc<Node>, rpc: Arc<crate::jsonrpc::JsonRpc>) -> Router {
     Router::new()
-        .route("/", get(index).post(jsonrpc))
+        .route("/", get(index).post(crate::jsonrpc::post))
         .route("/metrics", get(metrics))
         .route("/websocket", get(crate::ws::handler))
         .route("/{method}", get(get_method))
         .layer(axum::extract::DefaultBodyLimit::max(node.cfg.rpc.max_body_bytes))
+        .layer(axum::Extension(rpc))
+        .layer(axum::middleware::from_fn_with_state(node.clone(), crate::http::guard))
         .with_state(node)
 }
 
@@ -195,45 +198,6 @@ pub(crate) fn reply(id: Value, r: Result<Value, RpcError>) -> Value {
             json!({"jsonrpc": "2.0", "id": id, "error": {"code": e.code, "message": e.message}})
         }
     }
-}
-
-async fn jsonrpc(State(node): State<Arc<Node>>, headers: HeaderMap, body: Bytes) -> Response {
-    if !origin_allowed(&node.cfg.rpc, &headers) {
-        return origin_refused(&headers);
-    }
-    let response = match parse_request(&body) {
-        Ok(r) => reply(r.id, call(&node, &r.method, r.params, Via::Post).await),
-        Err(response) => response,
-    };
-    Json(response).into_response()
-}
-
-/// A parsed JSON-RPC request: id, method, params.
-pub struct Request {
-    /// The request's `id` (null when absent).
-    pub id: Value,
-    /// The method name.
-    pub method: String,
-    /// The `params` (null when absent).
-    pub params: Value,
-}
-
-/// Parses one JSON-RPC request; the error is the finished error response.
-pub fn parse_request(body: &[u8]) -> Result<Request, Value> {
-    let req: Value = serde_json::from_slice(body)
-        .map_err(|e| reply(Value::Null, Err(err(code::PARSE, format!("not JSON: {e}")))))?;
-    if req.is_array() {
-        return Err(reply(
-            Value::Null,
-            Err(err(code::INVALID_REQUEST, "batches are not supported")),
-        ));
-    }
-    let id = req.get("id").cloned().unwrap_or(Value::Null);
-    let Some(method) = req.get("method").and_then(Value::as_str) else {
-        return Err(reply(id, Err(err(code::INVALID_REQUEST, "no method"))));
-    };
-    let params = req.get("params").cloned().unwrap_or(Value::Null);
-    Ok(Request { id, method: method.to_string(), params })
 }
 
 async fn get_method(
@@ -305,17 +269,17 @@ fn block_json(b: &Block) -> Value {
 }
 
 /// How a request arrived. GET routes never run methods that change the
-/// node: a page on another site can make a browser send a GET (an `<img>`)
-/// without any check, while POST and WebSocket requests from a browser
-/// carry an `Origin` the node checks.
+/// node (`broadcast_tx` and the unsafe ones): a page on another site can
+/// make a browser send a GET (an `<img>`) without any check, while POST
+/// and WebSocket requests from a browser carry an `Origin` the guard
+/// checks ([`crate::http::guard`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Via {
     /// `GET /<method>`.
     Get,
-    /// `POST /` (JSON-RPC).
-    Post,
-    /// A WebSocket message.
-    WebSocket,
+    /// JSON-RPC: `POST /` or a WebSocket message (both through
+    /// [`crate::jsonrpc`]).
+    JsonRpc,
 }
 
 fn require_unsafe(node: &Node, via: Via) -> Result<(), RpcError> {
@@ -328,29 +292,20 @@ fn require_unsafe(node: &Node, via: Via) -> Result<(), RpcError> {
     }
 }
 
-/// Whether a browser request's `Origin` may use the API: no `Origin` (not
-/// a browser), the node's own page (`Origin` = `http(s)://` + `Host`), or
-/// one of `rpc.cors_allowed_origins` (`"*"` allows all), as CometBFT's
-/// `cors_allowed_origins`.
-pub fn origin_allowed(cfg: &crate::config::RpcConfig, headers: &HeaderMap) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
-        return true;
-    };
-    if cfg.cors_allowed_origins.iter().any(|o| o == "*" || o == origin) {
-        return true;
-    }
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok()).unwrap_or_default();
-    let bare = origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://"));
-    !host.is_empty() && bare == Some(host)
-}
-
-/// The refusal of a cross-origin request.
-pub fn origin_refused(headers: &HeaderMap) -> Response {
-    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()).unwrap_or_default();
-    let msg = format!("requests from {origin} are refused; add it to rpc.cors_allowed_origins");
-    (StatusCode::FORBIDDEN, Json(reply(Value::Null, Err(err(code::NOT_ALLOWED, msg)))))
-        .into_response()
-}
+/// Every method and its parameters in positional order (a JSON-RPC
+/// `params` array is named by it, [`crate::jsonrpc::named_params`]).
+pub const METHODS: &[(&str, &[&str])] = &[
+    ("status", &[]),
+    ("net_info", &[]),
+    ("tips", &[]),
+    ("block", &["height", "hash"]),
+    ("blockchain", &["min_height", "max_height"]),
+    ("mempool", &["limit"]),
+    ("broadcast_tx", &["tx"]),
+    ("dial_peers", &["peers", "persistent"]),
+    ("stop_peer", &["id"]),
+    ("stop_node", &[]),
+];
 
 /// Runs one method; the JSON-RPC, GET and WebSocket forms all end here.
 /// `params` must be an object (named parameters) or absent. Reads of the
@@ -364,7 +319,12 @@ pub async fn call(node: &Arc<Node>, method: &str, p: Value, via: Via) -> Result<
     };
     match method {
         "broadcast_tx" => {
-            // CometBFT's GET form passes unquoted numbers and booleans.
+            // A transaction changes the node: a page on any site could
+            // make a browser send this GET (an `<img>`).
+            if via == Via::Get {
+                let why = "broadcast_tx needs POST or the WebSocket";
+                return Err(err(code::NOT_ALLOWED, why));
+            }
             let tx = match param(&p, "tx") {
                 Some(Value::String(s)) => s.clone(),
                 Some(v @ (Value::Number(_) | Value::Bool(_))) => v.to_string(),

@@ -18,30 +18,37 @@
 //! {"stream": "chain"|"peers", "missed": N}}` and should re-read the state
 //! it shows; one that takes longer than `rpc.ws_write_timeout_s` (10 s) to
 //! accept a message, or sends nothing (not even a pong to the pings sent
-//! every 9/10 of `rpc.ws_read_timeout_s`) for `ws_read_timeout_s` (30 s),
-//! is disconnected. At most `rpc.max_ws_clients` (100) clients at once;
-//! browsers only from the node's own page or `rpc.cors_allowed_origins`.
-//! Methods that change the node are allowed here (as over POST) when
-//! `rpc.unsafe` is set.
+//! every half of `rpc.ws_read_timeout_s`) for `ws_read_timeout_s` (30 s),
+//! is disconnected. At most `rpc.max_ws_clients` (100) clients at once and
+//! `rpc.max_ws_clients_per_ip` (10) from one IP address, more get 503;
+//! browsers only from the node's own page or `rpc.cors_allowed_origins`
+//! (the guard of [`crate::http`]). Methods that change the node are
+//! allowed here (as over POST) when `rpc.unsafe` is set.
+//!
+//! Calls other than the subscriptions go through jsonrpsee's methods
+//! ([`crate::jsonrpc::JsonRpc::call_text`]): batches and positional
+//! params as over POST. The subscriptions are kept by hand here, in
+//! CometBFT's form, which jsonrpsee's subscriptions cannot produce.
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{ConnectInfo, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use plexus_p2p::SwitchEvent;
 use plexus_reactors::consensus::{BlockSummary, ChainEvent};
 use serde_json::{json, Value};
 use tokio::sync::broadcast::{self, error::RecvError};
 
+use crate::jsonrpc::JsonRpc;
 use crate::node::Node;
-use crate::rpc::{
-    call, code, err, origin_allowed, origin_refused, parse_request, reply, Request, RpcError, Via,
-};
+use crate::rpc::{code, err, reply, RpcError};
 
 /// The events a client can subscribe to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -88,40 +95,67 @@ impl Event {
     }
 }
 
-/// A WebSocket client slot, given back when dropped (the upgrade failed,
-/// the client left, or its task panicked).
-struct Slot(Arc<Node>);
+/// A WebSocket client slot, in the total and in its IP's count, given
+/// back when dropped (the upgrade failed, the client left, or its task
+/// panicked).
+struct Slot(Arc<Node>, IpAddr);
+
+impl Slot {
+    /// Takes a slot for a client from `ip`, or says which limit is full.
+    fn take(node: &Arc<Node>, ip: IpAddr) -> Result<Slot, String> {
+        let cfg = &node.cfg.rpc;
+        let mut per_ip = node.ws_per_ip.lock();
+        let n = per_ip.get(&ip).copied().unwrap_or(0);
+        if n >= cfg.max_ws_clients_per_ip {
+            let max = cfg.max_ws_clients_per_ip;
+            return Err(format!(
+                "{max} WebSocket clients from {ip} already (rpc.max_ws_clients_per_ip)"
+            ));
+        }
+        let max = cfg.max_ws_clients;
+        let taken = node
+            .ws_clients
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1));
+        if taken.is_err() {
+            return Err(format!("{max} WebSocket clients already (rpc.max_ws_clients)"));
+        }
+        per_ip.insert(ip, n + 1);
+        Ok(Slot(node.clone(), ip))
+    }
+}
 
 impl Drop for Slot {
     fn drop(&mut self) {
         self.0.ws_clients.fetch_sub(1, Ordering::SeqCst);
+        let mut per_ip = self.0.ws_per_ip.lock();
+        if let Some(n) = per_ip.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.1);
+            }
+        }
     }
 }
 
 /// `GET /websocket`: upgrades, or answers 503 when `max_ws_clients` are
-/// connected and 403 to a browser page from another origin.
+/// connected, or `max_ws_clients_per_ip` from the client's address.
 pub async fn handler(
     State(node): State<Arc<Node>>,
-    headers: HeaderMap,
+    Extension(rpc): Extension<Arc<JsonRpc>>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    if !origin_allowed(&node.cfg.rpc, &headers) {
-        return origin_refused(&headers);
-    }
-    let max = node.cfg.rpc.max_ws_clients;
-    let taken = node
-        .ws_clients
-        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < max).then_some(n + 1));
-    if taken.is_err() {
-        let e =
-            err(code::INTERNAL, format!("{max} WebSocket clients already (rpc.max_ws_clients)"));
-        return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(reply(Value::Null, Err(e))))
-            .into_response();
-    }
-    let slot = Slot(node.clone());
+    let slot = match Slot::take(&node, remote.ip().to_canonical()) {
+        Ok(s) => s,
+        Err(why) => {
+            let e = err(code::INTERNAL, why);
+            return (StatusCode::SERVICE_UNAVAILABLE, axum::Json(reply(Value::Null, Err(e))))
+                .into_response();
+        }
+    };
     let limit = node.cfg.rpc.max_body_bytes;
     ws.max_message_size(limit).max_frame_size(limit).on_upgrade(move |socket| async move {
-        Client::new(node).run(socket).await;
+        Client::new(node, rpc).run(socket).await;
         drop(slot);
     })
 }
@@ -129,6 +163,7 @@ pub async fn handler(
 /// One connected client.
 struct Client {
     node: Arc<Node>,
+    rpc: Arc<JsonRpc>,
     /// Subscribed events: the `id` of each `subscribe` and the query as the
     /// client wrote it (echoed in its events, as CometBFT does).
     subs: HashMap<Event, (Value, String)>,
@@ -145,21 +180,31 @@ struct Client {
 struct Gone;
 
 impl Client {
-    fn new(node: Arc<Node>) -> Client {
+    fn new(node: Arc<Node>, rpc: Arc<JsonRpc>) -> Client {
         let write_timeout = Duration::from_secs(node.cfg.rpc.ws_write_timeout_s.max(1));
         let read_timeout = Duration::from_secs(node.cfg.rpc.ws_read_timeout_s.max(1));
-        Client { node, subs: HashMap::new(), chain: None, peers: None, write_timeout, read_timeout }
+        Client {
+            node,
+            rpc,
+            subs: HashMap::new(),
+            chain: None,
+            peers: None,
+            write_timeout,
+            read_timeout,
+        }
     }
 
     async fn run(mut self, mut socket: WebSocket) {
-        let mut ping = tokio::time::interval(self.read_timeout * 9 / 10);
+        let mut ping = tokio::time::interval(self.read_timeout / 2);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ping.tick().await;
-        let mut last_heard = Instant::now();
+        // Disconnected at this deadline unless something arrives first.
+        let silent = tokio::time::sleep(self.read_timeout);
+        tokio::pin!(silent);
         loop {
             let r = tokio::select! {
                 msg = socket.recv() => {
-                    last_heard = Instant::now();
+                    silent.as_mut().reset(tokio::time::Instant::now() + self.read_timeout);
                     match msg {
                         Some(Ok(Message::Text(t))) => {
                             let out = self.request(t.as_str()).await;
@@ -175,13 +220,8 @@ impl Client {
                 }
                 ev = recv_opt(&mut self.chain) => self.chain_event(&mut socket, ev).await,
                 ev = recv_opt(&mut self.peers) => self.peer_event(&mut socket, ev).await,
-                _ = ping.tick() => {
-                    if last_heard.elapsed() >= self.read_timeout {
-                        Err(Gone)
-                    } else {
-                        self.send_msg(&mut socket, Message::Ping(Default::default())).await
-                    }
-                }
+                _ = &mut silent => Err(Gone),
+                _ = ping.tick() => self.send_msg(&mut socket, Message::Ping(Default::default())).await,
                 _ = self.node.sw.stopped() => Err(Gone),
             };
             if r.is_err() {
@@ -202,13 +242,31 @@ impl Client {
         self.send_msg(socket, Message::Text(v.to_string().into())).await
     }
 
-    /// Answers one request (subscriptions here, the rest by [`call`]).
+    /// Answers one message: a request or a batch, subscriptions here, the
+    /// rest through jsonrpsee's methods.
     async fn request(&mut self, text: &str) -> Value {
-        let Request { id, method, params } = match parse_request(text.as_bytes()) {
-            Ok(r) => r,
-            Err(response) => return response,
+        let rpc = self.rpc.clone();
+        let max_batch = self.node.cfg.rpc.max_batch;
+        let out = rpc.call_text(text, max_batch, |req| self.subscription(req)).await;
+        self.listen();
+        out
+    }
+
+    /// Answers `subscribe`, `unsubscribe` and `unsubscribe_all`; `None`
+    /// for any other request.
+    fn subscription(&mut self, req: &Value) -> Option<Value> {
+        let method = req.get("method").and_then(Value::as_str)?;
+        if !matches!(method, "subscribe" | "unsubscribe" | "unsubscribe_all") {
+            return None;
+        }
+        let id = req.get("id").cloned().unwrap_or(Value::Null);
+        let params = match req.get("params") {
+            // A positional `["new_block"]` names the event.
+            Some(Value::Array(a)) => json!({ "event": a.first().cloned().unwrap_or(Value::Null) }),
+            Some(p) => p.clone(),
+            None => json!({}),
         };
-        let r = match method.as_str() {
+        let r = match method {
             "subscribe" => Event::from_params(&params).and_then(|(e, query)| {
                 if self.subs.contains_key(&e) {
                     return Err(err(
@@ -225,14 +283,12 @@ impl Client {
                     .map(|_| json!({}))
                     .ok_or_else(|| err(code::INVALID_PARAMS, format!("not subscribed to {query}")))
             }),
-            "unsubscribe_all" => {
+            _ => {
                 self.subs.clear();
                 Ok(json!({}))
             }
-            _ => call(&self.node, &method, params, Via::WebSocket).await,
         };
-        self.listen();
-        reply(id, r)
+        Some(reply(id, r))
     }
 
     /// Holds the event receivers exactly while someone subscribed.
