@@ -91,6 +91,9 @@ async fn web_page_shows_peers_and_a_rising_height_live() {
                 "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 "--disable-quic", "--no-first-run", "--disable-background-networking",
                 "--disable-component-update", "--disable-sync",
+                // The HTTPS node's certificate is signed by its home's own
+                // CA, which this fresh profile does not hold.
+                "--ignore-certificate-errors",
                 format!("--user-data-dir={}", profile.display()),
             ],
         }
@@ -139,5 +142,20 @@ async fn web_page_shows_peers_and_a_rising_height_live() {
     // The same page, updated in place.
     let marker = c.execute("return window.plexusTestMarker;", vec![]).await.unwrap();
     assert_eq!(marker, json!(42), "the page reloaded");
+
+    // Once over HTTPS (rpc.tls): the page, its RPC calls and its WSS feed.
+    let (h3, _, r3) = node_home_rpc(dir.path(), "n3", &g, "tls = true\n");
+    let _n3 = start(&h3, r3, &["-k", &format!("127.0.0.1:{p1}")]);
+    wait_for(30, "the HTTPS page", || async {
+        c.goto(&format!("https://127.0.0.1:{r3}/")).await.is_ok()
+            && c.title().await.is_ok_and(|t| t == "Plexus node")
+    })
+    .await;
+    wait_for(30, "the WSS badge to say live", || async { text(&c, "live").await == "live" }).await;
+    let first = text(&c, "height").await.parse::<u64>().unwrap_or(0);
+    wait_for(60, "the height to rise on the HTTPS page", || async {
+        text(&c, "height").await.parse::<u64>().unwrap_or(0) >= first + 2
+    })
+    .await;
     c.close().await.unwrap();
 }
