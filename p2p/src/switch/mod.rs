@@ -797,11 +797,32 @@ impl Switch {
                         pending.failure = Some(e.fault());
                     }
                     sw.record_reject(Direction::Inbound, &e);
-                    tracing::debug!(%remote, reason = %e, "inbound connection refused");
+                    sw.log_inbound_refusal(remote, &e);
                 }
                 drop(pending);
             });
         }
+    }
+
+    /// Logs an inbound refusal: at DEBUG, but a second inbound connection
+    /// under the id of a peer already connected inbound at INFO with a
+    /// hint. Crossed dials of two honest nodes are one inbound and one
+    /// outbound; two inbound ones under one id are two processes with one
+    /// node key (a copied home), or a restart before its old connection
+    /// timed out.
+    fn log_inbound_refusal(&self, remote: SocketAddr, e: &RejectReason) {
+        if let RejectReason::Duplicate(id) = e {
+            if let Some(old) = self.peer(id).filter(|p| p.direction() == Direction::Inbound) {
+                tracing::info!(
+                    peer = %id, %remote, connected_from = %old.socket_addr(),
+                    "refused a second connection under the id of a connected peer: another \
+                     process with this node key (a copied home)? or a restart before its old \
+                     connection timed out"
+                );
+                return;
+            }
+        }
+        tracing::debug!(%remote, reason = %e, "inbound connection refused");
     }
 
     async fn accept_one(
