@@ -121,7 +121,7 @@ pub struct RpcConfig {
     /// Default 10.
     pub ws_write_timeout_s: u64,
     /// A WebSocket client that sends nothing, not even a pong to our
-    /// pings (sent at 9/10 of this), for this long is disconnected
+    /// pings (sent every half of this), for this long is disconnected
     /// (CometBFT's read wait), seconds. Default 30.
     pub ws_read_timeout_s: u64,
     /// Browser origins allowed to use the API besides the node's own page
@@ -612,7 +612,7 @@ max_body_bytes = {max_body}
 max_ws_clients = {max_ws}
 # Disconnect a WebSocket client that takes longer to accept a message, seconds (default 10).
 ws_write_timeout_s = {ws_wait}
-# Disconnect a WebSocket client silent this long (pinged at 9/10 of it), seconds (default 30).
+# Disconnect a WebSocket client silent this long (pinged every half of it), seconds (default 30).
 ws_read_timeout_s = {ws_read}
 # Browser origins allowed besides the node's own page, "*" for any (default none).
 cors_allowed_origins = [{cors}]

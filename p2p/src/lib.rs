@@ -26,7 +26,7 @@ pub use mconn::{
     ChannelDescriptor, ChannelReceiver, ConnectionStats, MConnConfig, MConnError, MConnection,
 };
 pub use netaddr::{Host, NetAddress, NetAddressError};
-pub use node_info::{NodeInfo, NodeType, ProtocolVersion};
+pub use node_info::{NodeInfo, NodeType, ProtocolVersion, Refusal, RefusalCode};
 pub use secret::{CryptoBackend, SecretConfig, SecretConnection, SecretError};
 pub use switch::{
     ConnKind, Direction, Envelope, Peer, PeerManager, PeerManagerConfig, Reactor, RejectReason,

@@ -94,6 +94,45 @@ pub struct NodeInfo {
     pub capabilities: Vec<(u16, String)>,
 }
 
+/// Why the sender of a NodeInfo will close the connection after the
+/// exchange (NodeInfo field 10, a Plexus extension): the refused side
+/// learns why instead of seeing the stream end.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// What kind of refusal.
+    pub code: RefusalCode,
+    /// For a person; cut to [`MAX_REFUSAL_REASON`] bytes on the wire.
+    pub reason: String,
+}
+
+/// Longest [`Refusal::reason`] sent or shown, bytes.
+pub const MAX_REFUSAL_REASON: usize = 256;
+
+/// [`Refusal::code`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusalCode {
+    /// The sender already holds a connection from the receiver's node id:
+    /// another process runs with the receiver's node key (a copied home),
+    /// or an old connection of the receiver's has not timed out yet.
+    Duplicate,
+    /// A code this release does not know (from a newer one).
+    Other(i32),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let reason: String = self.reason.chars().filter(|c| !c.is_control()).collect();
+        match self.code {
+            RefusalCode::Duplicate => write!(
+                f,
+                "{reason}: it already holds a connection from our node id (another process \
+                 with this node key, a copied home?)"
+            ),
+            RefusalCode::Other(c) => write!(f, "{reason} (refusal code {c})"),
+        }
+    }
+}
+
 /// Why a NodeInfo is refused or its exchange failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -117,6 +156,10 @@ pub enum NodeInfoError {
     /// Our own NodeInfo encodes to more than 10 KiB (our configuration).
     #[error("our node info is {0} bytes, more than 10 KiB")]
     OursTooLarge(usize),
+    /// The peer's NodeInfo carried a [`Refusal`]: it closes the connection
+    /// and says why. Its decision, not a fault of anyone's.
+    #[error("the peer refused the connection: {0}")]
+    Refused(Refusal),
 }
 
 impl NodeInfoError {
@@ -127,7 +170,7 @@ impl NodeInfoError {
             NodeInfoError::Secret(e) => e.fault(),
             NodeInfoError::Timeout(_) => Fault::Io,
             NodeInfoError::Malformed(_) | NodeInfoError::Invalid(_) => Fault::Peer,
-            NodeInfoError::Unsupported(_) => Fault::Incompatible,
+            NodeInfoError::Unsupported(_) | NodeInfoError::Refused(_) => Fault::Incompatible,
             NodeInfoError::OursTooLarge(_) => Fault::Local,
         }
     }
@@ -141,7 +184,8 @@ impl NodeInfoError {
             }
             NodeInfoError::Timeout(_)
             | NodeInfoError::Unsupported(_)
-            | NodeInfoError::OursTooLarge(_) => None,
+            | NodeInfoError::OursTooLarge(_)
+            | NodeInfoError::Refused(_) => None,
         }
     }
 }
@@ -255,6 +299,7 @@ impl NodeInfo {
                 .iter()
                 .map(|(id, value)| pb::Capability { id: u32::from(*id), value: value.clone() })
                 .collect(),
+            refusal: None,
         }
     }
 
@@ -294,19 +339,35 @@ impl NodeInfo {
     }
 }
 
-/// Sends `ours` and reads the peer's NodeInfo over `conn`, within `timeout`.
+/// Sends `ours` (with `refusal` when we will close the connection after
+/// the exchange) and reads the peer's NodeInfo over `conn`, within
+/// `timeout`.
 ///
 /// # Errors
 /// [`NodeInfoError`]: a frame that is not one message of at most 10 KiB,
 /// protobuf that does not decode, a NodeInfo that fails validation, a
-/// timeout, or a connection failure.
+/// timeout, a connection failure, or the peer's [`Refusal`]
+/// ([`NodeInfoError::Refused`]).
 pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     conn: &mut SecretConnection<S>,
     ours: &NodeInfo,
+    refusal: Option<&Refusal>,
     timeout: Duration,
 ) -> Result<NodeInfo, NodeInfoError> {
     tokio::time::timeout(timeout, async {
-        let bytes = ours.to_proto().encode_length_delimited_to_vec();
+        let mut p = ours.to_proto();
+        p.refusal = refusal.map(|r| {
+            let mut reason = r.reason.clone();
+            while reason.len() > MAX_REFUSAL_REASON {
+                reason.pop();
+            }
+            let code = match r.code {
+                RefusalCode::Duplicate => pb::RefusalCode::Duplicate as i32,
+                RefusalCode::Other(c) => c,
+            };
+            pb::Refusal { code, reason }
+        });
+        let bytes = p.encode_length_delimited_to_vec();
         if bytes.len() > MAX_NODE_INFO_SIZE {
             return Err(NodeInfoError::OursTooLarge(bytes.len()));
         }
@@ -326,7 +387,19 @@ pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
                 buf.len()
             )));
         }
-        let p = pb::NodeInfo::decode(buf).map_err(|e| NodeInfoError::Malformed(e.to_string()))?;
+        let mut p =
+            pb::NodeInfo::decode(buf).map_err(|e| NodeInfoError::Malformed(e.to_string()))?;
+        if let Some(r) = p.refusal.take() {
+            let code = match pb::RefusalCode::try_from(r.code) {
+                Ok(pb::RefusalCode::Duplicate) => RefusalCode::Duplicate,
+                _ => RefusalCode::Other(r.code),
+            };
+            let mut reason = r.reason;
+            while reason.len() > MAX_REFUSAL_REASON {
+                reason.pop();
+            }
+            return Err(NodeInfoError::Refused(Refusal { code, reason }));
+        }
         NodeInfo::from_proto(p)
     })
     .await
@@ -417,7 +490,7 @@ mod tests {
         let (ka, kb, mut a, mut b) = pair().await;
         let (ia, ib) = (info(&ka), info(&kb));
         let t = Duration::from_secs(5);
-        let (ra, rb) = tokio::join!(exchange(&mut a, &ia, t), exchange(&mut b, &ib, t));
+        let (ra, rb) = tokio::join!(exchange(&mut a, &ia, None, t), exchange(&mut b, &ib, None, t));
         assert_eq!(ra.unwrap(), ib);
         assert_eq!(rb.unwrap(), ia);
         // Nonces carry over into the split halves.
@@ -436,17 +509,17 @@ mod tests {
         prost::encoding::encode_varint(20_000, &mut big);
         big.resize(20_003, 0);
         a.send_frame(&big).await.unwrap();
-        let err = exchange(&mut b, &info(&kb), Duration::from_secs(5)).await.unwrap_err();
+        let err = exchange(&mut b, &info(&kb), None, Duration::from_secs(5)).await.unwrap_err();
         assert!(matches!(err, NodeInfoError::Malformed(_)), "{err}");
         a.send_frame(&[3, 0xff, 0xff, 0xff]).await.unwrap();
-        let err = exchange(&mut b, &info(&kb), Duration::from_secs(5)).await.unwrap_err();
+        let err = exchange(&mut b, &info(&kb), None, Duration::from_secs(5)).await.unwrap_err();
         assert!(matches!(err, NodeInfoError::Malformed(_)), "{err}");
     }
 
     #[tokio::test(start_paused = true)]
     async fn silent_peer_times_out() {
         let (ka, _kb, mut a, _b) = pair().await;
-        let err = exchange(&mut a, &info(&ka), Duration::from_secs(10)).await.unwrap_err();
+        let err = exchange(&mut a, &info(&ka), None, Duration::from_secs(10)).await.unwrap_err();
         assert!(matches!(err, NodeInfoError::Timeout(_)), "{err}");
     }
 }

@@ -258,6 +258,46 @@ async fn duplicate_connection_is_refused() {
     assert!(matches!(err, RejectReason::Duplicate(_)), "{err}");
 }
 
+/// A copy of a connected node's home (same node key) dialing the same
+/// peer is refused, and told why in the peer's NodeInfo (a `Refusal`), so
+/// both operators can see it; the first connection stays.
+#[tokio::test]
+async fn a_second_process_with_one_node_key_is_told_it_is_a_duplicate() {
+    let net = MemoryTransport::new();
+    let p = node(&net, vec![Arc::new(Probe::on(1))]).await;
+    let key = NodeKey::generate();
+    let with_key = |key: NodeKey| {
+        let net = net.clone();
+        async move {
+            let mut info = chat_info("copy", "127.0.0.1:1");
+            info.network = "test".into();
+            let sw = Switch::builder(key, info, config(), net)
+                .shared_reactor(Arc::new(Probe::on(1)))
+                .build()
+                .unwrap();
+            sw.start().await.unwrap();
+            watch(&sw);
+            sw
+        }
+    };
+    let x = with_key(key.clone()).await;
+    let copy = with_key(key).await;
+    x.dial(&p.net_address().unwrap()).await.unwrap();
+    eventually(|| p.peer(&x.node_id()).is_some()).await;
+    let err = copy.dial(&p.net_address().unwrap()).await.unwrap_err();
+    match &err {
+        RejectReason::NodeInfo(node_info::NodeInfoError::Refused(r)) => {
+            assert_eq!(r.code, plexus_p2p::RefusalCode::Duplicate);
+            assert!(r.to_string().contains("another process with this node key"), "{r}");
+        }
+        other => panic!("the copy was not told why: {other}"),
+    }
+    assert!(copy.peer(&p.node_id()).is_none());
+    eventually(|| p.counters().rejected.get("duplicate") == Some(&1)).await;
+    assert!(p.peer(&x.node_id()).is_some(), "the first connection was dropped");
+    assert!(x.peer(&p.node_id()).is_some());
+}
+
 #[tokio::test]
 async fn other_block_protocol_is_incompatible() {
     let net = MemoryTransport::new();
@@ -369,7 +409,7 @@ async fn raw_dial(
         SecretConnection::connect(stream, &key, None, &SecretConfig::default()).await.unwrap();
     let ours = info(&key);
     // Our side of the exchange fails or succeeds; the switch refuses.
-    let _ = node_info::exchange(&mut conn, &ours, Duration::from_secs(5)).await;
+    let _ = node_info::exchange(&mut conn, &ours, None, Duration::from_secs(5)).await;
     eventually(|| to.counters().rejected.values().sum::<u64>() > before).await;
     drop(conn);
     RejectReason::Stopped
@@ -919,7 +959,7 @@ async fn undeclared_channel_try(
     let mut info = test_info("raw");
     info.node_id = key.node_id();
     info.channels = vec![1];
-    let _ = node_info::exchange(&mut conn, &info, Duration::from_secs(5)).await;
+    let _ = node_info::exchange(&mut conn, &info, None, Duration::from_secs(5)).await;
     loop {
         match events.recv().await.unwrap() {
             plexus_p2p::SwitchEvent::PeerAdded { id, .. } if id == key.node_id() => break,
@@ -1117,7 +1157,7 @@ async fn a_ping_flood_is_cut_and_honest_pongs_stay_on_time() {
     let mut info = test_info("flood");
     info.node_id = key.node_id();
     info.channels = vec![1];
-    node_info::exchange(&mut conn, &info, Duration::from_secs(5)).await.unwrap();
+    node_info::exchange(&mut conn, &info, None, Duration::from_secs(5)).await.unwrap();
     let ping = Packet { sum: Some(Sum::Ping(PacketPing {})) }.encode_length_delimited_to_vec();
     let frame: Vec<u8> = ping.iter().copied().cycle().take(ping.len() * 1000).collect();
     let mut frames = 0;

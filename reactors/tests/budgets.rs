@@ -108,7 +108,7 @@ async fn greedy_peer(
     info.node_id = key.node_id();
     info.channels = vec![CONSENSUS_CHANNEL, MEMPOOL_CHANNEL, BLOCKSYNC_CHANNEL];
     info.listen_addr = "10.3.0.1:1".into();
-    node_info::exchange(&mut conn, &info, Duration::from_secs(5)).await.ok()?;
+    node_info::exchange(&mut conn, &info, None, Duration::from_secs(5)).await.ok()?;
     let genesis = p.genesis_hash.0.to_vec();
     let get_blocks = plexus_proto::chain::Message {
         sum: Some(plexus_proto::chain::message::Sum::GetBlocks(plexus_proto::chain::GetBlocks {

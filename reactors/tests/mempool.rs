@@ -120,7 +120,7 @@ async fn raw_peer(
     info.node_id = key.node_id();
     info.channels = vec![channel];
     info.listen_addr = format!("{ip}:1");
-    node_info::exchange(&mut conn, &info, Duration::from_secs(5)).await.unwrap();
+    node_info::exchange(&mut conn, &info, None, Duration::from_secs(5)).await.unwrap();
     let ch = [ChannelDescriptor::new(channel)];
     let (mc, rxs) = MConnection::new(conn, &ch, MConnConfig::default()).unwrap();
     for mut rx in rxs {

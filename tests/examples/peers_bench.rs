@@ -210,7 +210,7 @@ async fn client(
     info.node_id = key.node_id();
     info.channels = channels().iter().map(|c| c.id).collect();
     info.listen_addr = format!("{ip}:1");
-    node_info::exchange(&mut conn, &info, Duration::from_secs(30)).await?;
+    node_info::exchange(&mut conn, &info, None, Duration::from_secs(30)).await?;
     let (mc, receivers) = MConnection::new(conn, &channels(), MConnConfig::default())?;
     for mut rx in receivers {
         tokio::spawn(async move { while rx.recv().await.is_some() {} });
@@ -256,7 +256,7 @@ fn probe(
         info.node_id = key.node_id();
         info.channels = vec![0x00];
         info.listen_addr = "127.0.0.1:1".into();
-        node_info::exchange(&mut conn, &info, Duration::from_secs(30)).await.unwrap();
+        node_info::exchange(&mut conn, &info, None, Duration::from_secs(30)).await.unwrap();
         let mut buf = BytesMut::new();
         let mut tick = tokio::time::interval(Duration::from_millis(20));
         let mut sent: Option<Instant> = None;

@@ -427,17 +427,33 @@ impl PeerManager {
         (direction == Direction::Outbound) == (self.local_id < *id)
     }
 
+    /// Whether a connection of `kind` under `id` would be refused as a
+    /// duplicate of the connected one: checked before our NodeInfo is sent
+    /// so the refusal can say so ([`crate::Refusal`]); admission checks it
+    /// again ([`PeerManager::admit`]).
+    ///
+    /// # Errors
+    /// [`RejectReason::Duplicate`].
+    pub fn check_duplicate(&self, id: &NodeId, kind: ConnKind) -> Result<(), RejectReason> {
+        if let Some(old) = self.peers.get(id) {
+            let new_preferred = self.preferred(id, kind.direction());
+            let old_preferred = self.preferred(id, old.kind.direction());
+            if !new_preferred || old_preferred {
+                return Err(RejectReason::Duplicate(*id));
+            }
+        }
+        Ok(())
+    }
+
     /// An authenticated connection asks to join the peer set.
     pub fn admit(&mut self, now: Instant, id: NodeId, ip: IpAddr, kind: ConnKind) -> Admission {
         let ip = ip.to_canonical();
         if let Err(e) = self.check_banned(now, &id) {
             return Admission::Refuse(e);
         }
-        if let Some(old) = self.peers.get(&id) {
-            let new_preferred = self.preferred(&id, kind.direction());
-            let old_preferred = self.preferred(&id, old.kind.direction());
-            if !new_preferred || old_preferred {
-                return Admission::Refuse(RejectReason::Duplicate(id));
+        if self.peers.contains_key(&id) {
+            if let Err(e) = self.check_duplicate(&id, kind) {
+                return Admission::Refuse(e);
             }
             // The new connection takes the old one's place: replace only if
             // the limits would admit it there, or both would be lost.

@@ -689,6 +689,10 @@ impl Switch {
         let res = tokio::spawn(dial).await.unwrap_or_else(|_| Err(RejectReason::Stopped));
         if let Err(e) = &res {
             self.record_reject(Direction::Outbound, e);
+            if let RejectReason::NodeInfo(crate::node_info::NodeInfoError::Refused(r)) = e {
+                // The peer said why; an operator should see it.
+                tracing::info!(reason = %r, "a peer refused our connection");
+            }
         }
         res
     }

@@ -9,7 +9,9 @@
 //!    is sent, so a banned peer sees the connection close right after the
 //!    handshake);
 //! 3. the NodeInfo exchange within `node_info_timeout`; the peer's
-//!    NodeInfo is valid;
+//!    NodeInfo is valid and carries no refusal; a duplicate of a connected
+//!    id is refused here, after our NodeInfo told it why (a
+//!    [`crate::Refusal`]);
 //! 4. the NodeInfo id equals the authenticated id;
 //! 5. not ourselves;
 //! 6. compatible: same network and block protocol, a shared channel;
@@ -118,12 +120,27 @@ impl Switch {
         up: &Upgrade,
     ) -> Result<(Peer, Vec<ChannelReceiver>), RejectReason> {
         let cfg = &self.0.config;
-        self.0.manager.lock().check_banned(super::std_now(), &conn.remote_id())?;
+        let actual = conn.remote_id();
+        self.0.manager.lock().check_banned(super::std_now(), &actual)?;
+        // A duplicate in the same direction as the connected one is told
+        // why in our NodeInfo, then closed: two inbound (or two outbound)
+        // connections under one id are two processes with one node key (a
+        // copied home) or a restart before the old connection timed out,
+        // which its operator should see. Crossed dials of two honest nodes
+        // (one each way) are closed without a word, as before.
+        let duplicate = self.0.manager.lock().check_duplicate(&actual, up.kind).err();
+        let same_way = self.peer(&actual).is_some_and(|p| p.direction() == up.kind.direction());
+        let refusal = duplicate.as_ref().filter(|_| same_way).map(|_| node_info::Refusal {
+            code: node_info::RefusalCode::Duplicate,
+            reason: format!("node {} is already connected to node {actual}", self.node_id()),
+        });
         let ours = self.node_info();
-        let info = node_info::exchange(&mut conn, &ours, cfg.node_info_timeout)
+        let info = node_info::exchange(&mut conn, &ours, refusal.as_ref(), cfg.node_info_timeout)
             .await
             .map_err(RejectReason::NodeInfo)?;
-        let actual = conn.remote_id();
+        if let Some(e) = duplicate {
+            return Err(e);
+        }
         if info.node_id != actual {
             return Err(RejectReason::NodeInfoIdMismatch { claimed: info.node_id, actual });
         }
