@@ -55,6 +55,10 @@ pub struct P2pConfig {
     /// How often the address book fills free outbound slots, seconds.
     /// Default 30.
     pub pex_period_s: u64,
+    /// Longest wait between attempts to join through a `-k` peer that
+    /// could not be reached (retries start at 1 s and double), seconds.
+    /// Default 60.
+    pub join_retry_max_s: u64,
     /// Bytes all peers' send queues may hold together, MiB; 0 picks a
     /// quarter of the machine's memory, at most 1 GiB. Default 0.
     pub max_peer_memory_mib: usize,
@@ -356,6 +360,7 @@ impl Default for P2pConfig {
             max_outbound: 10,
             addr_book_strict: true,
             pex_period_s: 30,
+            join_retry_max_s: 60,
             max_peer_memory_mib: 0,
             max_inbound_per_ip: d.max_inbound_per_ip,
             max_inbound_per_netgroup: d.max_inbound_per_netgroup,
@@ -558,6 +563,9 @@ max_outbound = {max_out}
 addr_book_strict = {strict}
 # How often the address book fills free outbound slots, seconds (default 30).
 pex_period_s = {pex_period}
+# Longest wait between attempts to join through a -k peer that could not be
+# reached; retries start at 1 s and double, seconds (default 60).
+join_retry_max_s = {join_retry_max}
 # Bytes all peers' send queues may hold together, MiB; 0 = a quarter of the memory, at most 1024 (default 0).
 max_peer_memory_mib = {peer_mem}
 # Most inbound peers from one IP, loopback exempt (0: no limit; default 1).
@@ -698,6 +706,7 @@ format = {format}
             max_out = self.p2p.max_outbound,
             strict = self.p2p.addr_book_strict,
             pex_period = self.p2p.pex_period_s,
+            join_retry_max = self.p2p.join_retry_max_s,
             peer_mem = self.p2p.max_peer_memory_mib,
             max_inbound_per_ip = self.p2p.max_inbound_per_ip,
             max_inbound_per_netgroup = self.p2p.max_inbound_per_netgroup,

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use parking_lot::Mutex;
+use plexus_p2p::switch::RejectReason;
 use plexus_p2p::{NetAddress, NodeInfo, NodeType, Switch, SwitchConfig, TcpTransport};
 use plexus_reactors::blocksync::BlockSyncReactor;
 use plexus_reactors::chain::{BlockchainConfig, NetworkParams, Store};
@@ -54,6 +55,15 @@ pub fn init(
             .with_context(|| format!("writing {}", home.genesis().display()))?;
     }
     Ok(())
+}
+
+/// A `-k` dial's outcome: done when connected, already connected
+/// (`Duplicate`) or stopping; else why, to retry.
+fn joined(r: Result<plexus_p2p::Peer, RejectReason>) -> Result<(), String> {
+    match r {
+        Ok(_) | Err(RejectReason::Duplicate(_)) | Err(RejectReason::Stopped) => Ok(()),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 /// The address to listen on for `host` (an IPv4 or IPv6 address, bare or
@@ -207,23 +217,37 @@ impl Node {
         cons.start(&sw);
         mem.start(&sw);
         sync.start(&sw);
+        // Each -k peer is dialed until we have joined through it once (or
+        // are connected to it anyway), retrying after 1 s, doubling up to
+        // p2p.join_retry_max_s: a peer that is not up yet is not given up.
+        let retry_max = Duration::from_secs(cfg.p2p.join_retry_max_s.max(1));
         for p in peers {
             let sw = sw.clone();
             tokio::spawn(async move {
-                let r = match &p {
-                    PeerArg::Known(a) => sw.dial(a).await.map(|_| ()).map_err(|e| e.to_string()),
-                    PeerArg::Unknown(hp) => match tokio::net::lookup_host(hp.as_str()).await {
-                        Ok(mut addrs) => match addrs.next() {
-                            Some(a) => {
-                                sw.dial_unknown(a).await.map(|_| ()).map_err(|e| e.to_string())
-                            }
-                            None => Err("the address resolves to nothing".to_string()),
+                let mut wait = Duration::from_secs(1);
+                loop {
+                    let r = match &p {
+                        PeerArg::Known(a) => joined(sw.dial(a).await),
+                        PeerArg::Unknown(hp) => match tokio::net::lookup_host(hp.as_str()).await {
+                            Ok(mut addrs) => match addrs.next() {
+                                Some(a) => joined(sw.dial_unknown(a).await),
+                                None => Err("the address resolves to nothing".to_string()),
+                            },
+                            Err(e) => Err(format!("the address does not resolve: {e}")),
                         },
-                        Err(e) => Err(format!("the address does not resolve: {e}")),
-                    },
-                };
-                if let Err(e) = r {
-                    tracing::warn!(peer = ?p, reason = %e, "could not join through peer");
+                    };
+                    match r {
+                        Ok(()) => break,
+                        Err(e) => tracing::warn!(
+                            peer = ?p, reason = %e, retry_in_s = wait.as_secs(),
+                            "could not join through peer"
+                        ),
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = sw.stopped() => break,
+                    }
+                    wait = (wait * 2).min(retry_max);
                 }
             });
         }

@@ -253,3 +253,23 @@ fn damaged_home_files_are_named_at_start() {
         }
     }
 }
+
+/// A `-k` peer that is not up yet when the node starts is tried again
+/// (after 1 s, doubling) until the node has joined through it.
+#[test]
+fn a_join_peer_that_starts_later_is_joined() {
+    let dir = tempfile::tempdir().unwrap();
+    let g = genesis_file(dir.path());
+    let (ha, pa, ra) = node_home(dir.path(), "late-seed", &g);
+    let (hb, _, rb) = node_home(dir.path(), "early", &g);
+    let b = start(&hb, rb, &["-k", &format!("127.0.0.1:{pa}")]);
+    until(30, "a failed first join", || {
+        std::fs::read_to_string(hb.join("log.txt"))
+            .unwrap_or_default()
+            .contains("could not join through peer")
+    });
+    let _a = start(&ha, ra, &[]);
+    until(60, "the early node joined the late one", || {
+        status(&b)["n_peers"].as_u64().unwrap_or(0) >= 1
+    });
+}
