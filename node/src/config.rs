@@ -147,11 +147,20 @@ pub struct RpcConfig {
     /// client trickling header bytes is closed, and so is a keep-alive
     /// connection idle this long between requests. Default 10.
     pub header_read_timeout_s: u64,
-    /// Most WebSocket clients from one IP address (`max_ws_clients` is
-    /// the total). Default 10.
+    /// Most open HTTP connections from one IP address (an IPv6 /64),
+    /// WebSocket ones included. Default 32.
+    pub max_connections_per_ip: usize,
+    /// A request (its body included) must be answered within this, else
+    /// it gets 408 and its connection closes, seconds. Default 30.
+    pub request_timeout_s: u64,
+    /// Most WebSocket clients from one IP address (an IPv6 /64;
+    /// `max_ws_clients` is the total). Default 10.
     pub max_ws_clients_per_ip: usize,
     /// Most calls in one JSON-RPC batch. Default 100.
     pub max_batch: usize,
+    /// Largest JSON-RPC answer, a whole batch's together, bytes; beyond it
+    /// the calls get -32008/-32011 errors instead. Default 16,777,216.
+    pub max_response_bytes: usize,
     /// Serve the page, RPC and WebSocket over TLS (HTTPS, WSS). Default
     /// false.
     pub tls: bool,
@@ -431,8 +440,11 @@ impl Default for RpcConfig {
             allowed_hosts: Vec::new(),
             max_connections: 256,
             header_read_timeout_s: 10,
+            max_connections_per_ip: 32,
+            request_timeout_s: 30,
             max_ws_clients_per_ip: 10,
             max_batch: 100,
+            max_response_bytes: 16 << 20,
             tls: false,
             tls_cert: "tls/server.crt".into(),
             tls_key: "tls/server.key".into(),
@@ -478,6 +490,13 @@ impl NodeConfig {
             (self.rpc.max_connections >= 1, "rpc.max_connections must be at least 1"),
             (self.rpc.header_read_timeout_s >= 1, "rpc.header_read_timeout_s must be at least 1"),
             (self.rpc.max_batch >= 1, "rpc.max_batch must be at least 1"),
+            (self.rpc.max_connections_per_ip >= 1, "rpc.max_connections_per_ip must be at least 1"),
+            (self.rpc.request_timeout_s >= 1, "rpc.request_timeout_s must be at least 1"),
+            (self.rpc.max_ws_clients_per_ip >= 1, "rpc.max_ws_clients_per_ip must be at least 1"),
+            (
+                self.rpc.max_response_bytes >= 65_536,
+                "rpc.max_response_bytes must be at least 65536",
+            ),
             (self.p2p.pex_period_s >= 1, "p2p.pex_period_s must be at least 1"),
             (self.p2p.ban_threshold >= 1, "p2p.ban_threshold must be at least 1"),
             (self.p2p.score_half_life_s >= 1, "p2p.score_half_life_s must be at least 1"),
@@ -634,10 +653,16 @@ max_connections = {max_conns}
 # A request's header must arrive within this; also closes a keep-alive
 # connection idle this long, seconds (default 10).
 header_read_timeout_s = {header_timeout}
+# Most open HTTP connections from one IP address, WebSockets included (default 32).
+max_connections_per_ip = {max_conns_ip}
+# A request, body included, must be answered within this; else 408, seconds (default 30).
+request_timeout_s = {request_timeout}
 # Most WebSocket clients from one IP address (default 10).
 max_ws_clients_per_ip = {max_ws_ip}
 # Most calls in one JSON-RPC batch (default 100).
 max_batch = {max_batch}
+# Largest JSON-RPC answer, a batch's together, bytes (default 16777216).
+max_response_bytes = {max_response}
 # Serve over TLS: https:// and wss:// (default false).
 tls = {tls}
 # Certificate chain and key (PEM), relative to the home; plexus init writes
@@ -740,7 +765,10 @@ format = {format}
             max_conns = self.rpc.max_connections,
             header_timeout = self.rpc.header_read_timeout_s,
             max_ws_ip = self.rpc.max_ws_clients_per_ip,
+            max_conns_ip = self.rpc.max_connections_per_ip,
+            request_timeout = self.rpc.request_timeout_s,
             max_batch = self.rpc.max_batch,
+            max_response = self.rpc.max_response_bytes,
             tls = self.rpc.tls,
             tls_cert = q(&self.rpc.tls_cert),
             tls_key = q(&self.rpc.tls_key),

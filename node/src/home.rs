@@ -227,7 +227,9 @@ fn move_aside(path: &Path) -> anyhow::Result<PathBuf> {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let kept = PathBuf::from(format!("{}.damaged-{secs}", path.display()));
-    for suffix in ["", "-wal", "-shm"] {
+    // The log first: were the main file moved and the log left, a fresh
+    // store opened beside it would have SQLite drop that log.
+    for suffix in ["-wal", "-shm", ""] {
         let from = PathBuf::from(format!("{}{suffix}", path.display()));
         if from.exists() {
             let to = PathBuf::from(format!("{}{suffix}", kept.display()));
@@ -381,7 +383,7 @@ mod tests {
 
         // Truncated (after a clean stop's checkpoint): named as damaged.
         let (chain, _) = open(&home, StartOptions::default()).unwrap();
-        chain.store().checkpoint().unwrap();
+        assert!(chain.store().checkpoint().unwrap());
         drop(chain);
         let len = std::fs::metadata(&path).unwrap().len();
         std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(len / 2).unwrap();

@@ -1,8 +1,11 @@
 //! The web port's server: the accept loop, its limits and its guard.
 //!
-//! - Connections: at most `rpc.max_connections` open (WebSocket ones
-//!   included: the slot lives in the connection's IO, which an upgrade
-//!   takes along); one beyond it is closed at once. Each is served by
+//! - Connections: at most `rpc.max_connections` open, and
+//!   `rpc.max_connections_per_ip` from one address (an IPv6 /64), WebSocket
+//!   ones included: the slot lives in the connection's IO, which an
+//!   upgrade takes along; one beyond either is closed at once. A request
+//!   must be answered within `rpc.request_timeout_s` (its body included),
+//!   else it gets 408 and the connection closes. Each is served by
 //!   hyper's HTTP/1.1 server with `header_read_timeout` =
 //!   `rpc.header_read_timeout_s`: a client trickling header bytes is
 //!   closed, and so is a keep-alive connection idle that long. With
@@ -16,6 +19,7 @@
 //! - On stop the listener closes and open connections finish their
 //!   request and close (hyper's graceful shutdown).
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -38,11 +42,62 @@ use crate::config::RpcConfig;
 use crate::node::Node;
 use crate::rpc::{code, err, reply};
 
-/// A connection's IO with its slot among `max_connections`: the slot is
-/// given back when the IO drops, after an upgrade too.
+/// Open connections by address ([`ip_key`]), for
+/// `rpc.max_connections_per_ip`.
+type PerIp = Arc<parking_lot::Mutex<HashMap<IpAddr, usize>>>;
+
+/// A connection's places in `max_connections` and in its address's count,
+/// given back on drop.
+struct Slot {
+    _total: OwnedSemaphorePermit,
+    per_ip: PerIp,
+    ip: IpAddr,
+}
+
+impl Slot {
+    /// Takes both places, or says which limit is full.
+    fn take(slots: &Arc<Semaphore>, per_ip: &PerIp, max_per_ip: usize, ip: IpAddr) -> Option<Slot> {
+        let ip = ip_key(ip);
+        let mut map = per_ip.lock();
+        let n = map.get(&ip).copied().unwrap_or(0);
+        if n >= max_per_ip {
+            return None;
+        }
+        let total = slots.clone().try_acquire_owned().ok()?;
+        map.insert(ip, n + 1);
+        Some(Slot { _total: total, per_ip: per_ip.clone(), ip })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut map = self.per_ip.lock();
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// The address a per-IP limit counts: IPv4 (IPv4-mapped IPv6 as IPv4),
+/// or an IPv6 address's /64 (one host's usual allocation).
+pub fn ip_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(std::net::Ipv6Addr::from(bits))
+        }
+        v4 => v4,
+    }
+}
+
+/// A connection's IO with its [`Slot`]: the slot is given back when the IO
+/// drops, after an upgrade too.
 struct Counted<S> {
     io: S,
-    _slot: OwnedSemaphorePermit,
+    _slot: Slot,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
@@ -91,7 +146,10 @@ pub fn serve(
     stopped: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let slots = Arc::new(Semaphore::new(cfg.max_connections));
+    let per_ip: PerIp = Arc::default();
+    let max_per_ip = cfg.max_connections_per_ip;
     let header_timeout = Duration::from_secs(cfg.header_read_timeout_s.max(1));
+    let request_timeout = Duration::from_secs(cfg.request_timeout_s.max(1));
     // Tells open connections to finish the request they serve and close.
     let (closing, _) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -109,8 +167,11 @@ pub fn serve(
                 },
                 _ = &mut stopped => break,
             };
-            let Ok(slot) = slots.clone().try_acquire_owned() else {
-                tracing::debug!(%remote, "web/RPC connection refused: rpc.max_connections open");
+            let Some(slot) = Slot::take(&slots, &per_ip, max_per_ip, remote.ip()) else {
+                tracing::debug!(
+                    %remote,
+                    "web/RPC connection refused: rpc.max_connections or max_connections_per_ip open"
+                );
                 drop(stream);
                 continue;
             };
@@ -122,7 +183,15 @@ pub fn serve(
                 let service =
                     hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
                         req.extensions_mut().insert(ConnectInfo(remote));
-                        app.clone().oneshot(req.map(Body::new))
+                        let answer = app.clone().oneshot(req.map(Body::new));
+                        // A body that never ends (or a handler that never
+                        // answers) does not hold the connection for ever.
+                        async move {
+                            match tokio::time::timeout(request_timeout, answer).await {
+                                Ok(r) => r,
+                                Err(_) => Ok(timed_out(request_timeout)),
+                            }
+                        }
                     });
                 let mut http = hyper::server::conn::http1::Builder::new();
                 http.timer(TokioTimer::new()).header_read_timeout(header_timeout);
@@ -166,6 +235,14 @@ pub fn serve(
         drop(listener);
         let _ = closing.send(true);
     });
+}
+
+/// The answer to a request that took longer than `rpc.request_timeout_s`
+/// (HTTP 408; hyper closes the connection after it, its body unread).
+fn timed_out(t: Duration) -> Response {
+    let msg = format!("the request took longer than {} s (rpc.request_timeout_s)", t.as_secs());
+    let body = reply(Value::Null, Err(err(code::INVALID_REQUEST, msg)));
+    (StatusCode::REQUEST_TIMEOUT, Json(body)).into_response()
 }
 
 /// The host part of a `Host` header value (`name`, `name:port`, `[v6]`,

@@ -39,7 +39,16 @@ pub struct JsonRpc {
     builder: TowerServiceBuilder<Identity, Identity>,
     stop: StopHandle,
     _handle: ServerHandle,
+    /// `rpc.max_response_bytes`.
+    max_response: usize,
 }
+
+/// jsonrpsee's code for a batch of more than `rpc.max_batch` calls.
+pub const TOO_BIG_BATCH: i64 = jsonrpsee::types::error::TOO_BIG_BATCH_REQUEST_CODE as i64;
+/// jsonrpsee's code for an answer over `rpc.max_response_bytes`.
+pub const OVERSIZED_RESPONSE: i64 = jsonrpsee::types::error::OVERSIZED_RESPONSE_CODE as i64;
+/// jsonrpsee's code for a batch whose answers together exceed it.
+pub const TOO_BIG_BATCH_RESPONSE: i64 = jsonrpsee::types::error::TOO_BIG_BATCH_RESPONSE_CODE as i64;
 
 fn rpc_error(e: RpcError) -> ErrorObjectOwned {
     ErrorObjectOwned::owned(e.code as i32, e.message, None::<()>)
@@ -96,7 +105,7 @@ impl JsonRpc {
         let server_cfg = ServerConfig::builder()
             .http_only()
             .max_request_body_size(limit)
-            .max_response_body_size(u32::MAX)
+            .max_response_body_size(u32::try_from(cfg.max_response_bytes).unwrap_or(u32::MAX))
             .max_connections(u32::try_from(cfg.max_connections).unwrap_or(u32::MAX))
             .set_batch_request_config(BatchRequestConfig::Limit(
                 u32::try_from(cfg.max_batch).unwrap_or(u32::MAX),
@@ -104,7 +113,13 @@ impl JsonRpc {
             .build();
         let (stop, handle) = stop_channel();
         let builder = Server::builder().set_config(server_cfg).to_service_builder();
-        Ok(JsonRpc { methods: module.into(), builder, stop, _handle: handle })
+        Ok(JsonRpc {
+            methods: module.into(),
+            builder,
+            stop,
+            _handle: handle,
+            max_response: cfg.max_response_bytes,
+        })
     }
 
     /// Answers one WebSocket text message: a request or a batch (at most
@@ -128,7 +143,7 @@ impl JsonRpc {
             Value::Array(items) if items.len() > max_batch => reply(
                 Value::Null,
                 Err(err(
-                    code::INVALID_REQUEST,
+                    TOO_BIG_BATCH,
                     format!(
                         "{} calls in a batch; at most {max_batch} (rpc.max_batch)",
                         items.len()
@@ -136,9 +151,22 @@ impl JsonRpc {
                 )),
             ),
             Value::Array(items) => {
-                let mut out = Vec::with_capacity(items.len());
+                // The answers together stay within rpc.max_response_bytes:
+                // once over it, the rest are errors, not answers.
+                let (mut out, mut total) = (Vec::with_capacity(items.len()), 0usize);
                 for item in items {
-                    out.push(self.call_one(item, &mut local).await);
+                    let id = item.get("id").cloned().unwrap_or(Value::Null);
+                    let answer = if total > self.max_response {
+                        let why = format!(
+                            "the batch's answers exceed {} bytes (rpc.max_response_bytes)",
+                            self.max_response
+                        );
+                        reply(id, Err(err(TOO_BIG_BATCH_RESPONSE, why)))
+                    } else {
+                        self.call_one(item, &mut local).await
+                    };
+                    total += answer.to_string().len();
+                    out.push(answer);
                 }
                 Value::Array(out)
             }
@@ -152,6 +180,15 @@ impl JsonRpc {
         }
         let text = req.to_string();
         match self.methods.raw_json_request(&text, 1).await {
+            Ok((resp, _)) if resp.get().len() > self.max_response => {
+                let id = req.get("id").cloned().unwrap_or(Value::Null);
+                let why = format!(
+                    "the answer is {} bytes, more than rpc.max_response_bytes ({})",
+                    resp.get().len(),
+                    self.max_response
+                );
+                reply(id, Err(err(OVERSIZED_RESPONSE, why)))
+            }
             Ok((resp, _)) => serde_json::from_str(resp.get()).unwrap_or(Value::Null),
             Err(e) => {
                 let id = req.get("id").cloned().unwrap_or(Value::Null);
@@ -166,12 +203,7 @@ impl JsonRpc {
 /// as JSON: the guard has already checked the `Origin`, so the content
 /// type is no cross-site defence here.
 pub async fn post(Extension(rpc): Extension<Arc<JsonRpc>>, mut req: Request) -> Response {
-    let json = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|c| c.starts_with("application/json"));
-    if !json {
+    if !jsonrpsee::server::http::is_json(req.headers().get(header::CONTENT_TYPE)) {
         req.headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     }

@@ -57,12 +57,25 @@ pub fn init(
     Ok(())
 }
 
-/// A `-k` dial's outcome: done when connected, already connected
-/// (`Duplicate`) or stopping; else why, to retry.
-fn joined(r: Result<plexus_p2p::Peer, RejectReason>) -> Result<(), String> {
+/// A `-k` dial's outcome.
+enum Join {
+    /// Connected, already connected (`Duplicate`), or stopping.
+    Done,
+    /// Not now (unreachable, timed out, full): try again later.
+    Retry(String),
+    /// Never (ourselves, another network or protocol, or the peer refused
+    /// us, e.g. as a duplicate of our node id): retrying would only repeat.
+    GiveUp(String),
+}
+
+fn joined(r: Result<plexus_p2p::Peer, RejectReason>) -> Join {
     match r {
-        Ok(_) | Err(RejectReason::Duplicate(_)) | Err(RejectReason::Stopped) => Ok(()),
-        Err(e) => Err(e.to_string()),
+        Ok(_) | Err(RejectReason::Duplicate(_)) | Err(RejectReason::Stopped) => Join::Done,
+        Err(e @ RejectReason::SelfConnection) => Join::GiveUp(e.to_string()),
+        Err(e) if e.fault() == plexus_p2p::fault::Fault::Incompatible => {
+            Join::GiveUp(e.to_string())
+        }
+        Err(e) => Join::Retry(e.to_string()),
     }
 }
 
@@ -155,6 +168,8 @@ impl Node {
         opts: StartOptions,
     ) -> anyhow::Result<Arc<Node>> {
         init(&home, &cfg, None, &opts)?;
+        // A bad certificate or key stops the start before anything runs.
+        let tls = crate::tls::acceptor(&home, &cfg.rpc)?;
         let key = crate::home::node_key(&home, &opts)?;
         let params = Arc::new(crate::home::genesis(&home)?);
         let (chain, reader) =
@@ -231,14 +246,18 @@ impl Node {
                         PeerArg::Unknown(hp) => match tokio::net::lookup_host(hp.as_str()).await {
                             Ok(mut addrs) => match addrs.next() {
                                 Some(a) => joined(sw.dial_unknown(a).await),
-                                None => Err("the address resolves to nothing".to_string()),
+                                None => Join::Retry("the address resolves to nothing".into()),
                             },
-                            Err(e) => Err(format!("the address does not resolve: {e}")),
+                            Err(e) => Join::Retry(format!("the address does not resolve: {e}")),
                         },
                     };
                     match r {
-                        Ok(()) => break,
-                        Err(e) => tracing::warn!(
+                        Join::Done => break,
+                        Join::GiveUp(e) => {
+                            tracing::warn!(peer = ?p, reason = %e, "could not join through peer; not retrying");
+                            break;
+                        }
+                        Join::Retry(e) => tracing::warn!(
                             peer = ?p, reason = %e, retry_in_s = wait.as_secs(),
                             "could not join through peer"
                         ),
@@ -285,7 +304,7 @@ impl Node {
             reader,
             _home_lock: lock,
         });
-        crate::rpc::serve(node.clone(), listener)?;
+        crate::rpc::serve(node.clone(), listener, tls)?;
         tracing::info!(
             node_id = %node.sw.node_id(),
             p2p = ?node.sw.listen_addr(),
@@ -307,8 +326,13 @@ impl Node {
         self.sw.stop().await;
         self.pex.save();
         // The chain file alone holds the chain after a clean stop.
-        if let Err(e) = self.chain.with_chain(|c| c.store().checkpoint()) {
-            tracing::warn!(error = %e, "could not checkpoint the chain store's WAL");
+        match self.chain.with_chain(|c| c.store().checkpoint()) {
+            Ok(true) => {}
+            Ok(false) => tracing::info!(
+                "the chain store's WAL is not fully checkpointed (a read was still open); \
+                 SQLite replays it at the next start"
+            ),
+            Err(e) => tracing::warn!(error = %e, "could not checkpoint the chain store's WAL"),
         }
         tracing::info!(height = self.chain.status().height, "node stopped");
     }

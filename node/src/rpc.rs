@@ -154,12 +154,15 @@ fn fraction(w: U256) -> f64 {
 }
 
 /// Serves the router on `listener` until the node's switch stops, with
-/// the limits and guard of [`crate::http`] and TLS when `rpc.tls`.
-/// Errors: the JSON-RPC methods could not be registered, or the TLS
-/// certificate or key could not be read.
-pub fn serve(node: Arc<Node>, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
+/// the limits and guard of [`crate::http`] and `tls` (built from
+/// `rpc.tls` by [`crate::tls::acceptor`]). Errors: the JSON-RPC methods
+/// could not be registered.
+pub fn serve(
+    node: Arc<Node>,
+    listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> anyhow::Result<()> {
     let sw = node.sw.clone();
-    let tls = crate::tls::acceptor(&node.home, &node.cfg.rpc)?;
     let rpc = Arc::new(crate::jsonrpc::JsonRpc::new(&node)?);
     let cfg = node.cfg.rpc.clone();
     crate::http::serve(&cfg, listener, router(node, rpc), tls, async move { sw.stopped().await });

@@ -63,17 +63,34 @@ pub fn server_names(cfg: &RpcConfig) -> Vec<String> {
     names
 }
 
-/// Writes the home's CA and server certificate if `tls/server.crt` is
-/// missing (a CA already there signs the new certificate). Errors: the
-/// files cannot be written, or a name is not a valid DNS name or address.
+/// Writes the home's CA if it has none, and a server certificate signed
+/// by it when `tls/server.crt` is missing or was made for other names
+/// than `cfg`'s ([`server_names`], recorded in `tls/server.names`), so a
+/// changed `rpc.host` or `rpc.allowed_hosts` gets a certificate that
+/// covers it at the next start. Errors: the files cannot be written, half
+/// of the CA's pair is missing (named), or a name is not a valid DNS name
+/// or address.
 pub fn generate(home: &Home, cfg: &RpcConfig) -> anyhow::Result<()> {
     let dir = home.dir().join("tls");
     let (crt, key) = (dir.join("server.crt"), dir.join("server.key"));
-    if crt.exists() {
+    let names_file = dir.join("server.names");
+    let names = server_names(cfg).join("\n");
+    let recorded = std::fs::read_to_string(&names_file).ok();
+    if crt.exists() && key.exists() && recorded.as_deref().is_none_or(|r| r == names) {
         return Ok(());
     }
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let (ca_crt, ca_key_path) = (ca_cert(home), dir.join("ca.key"));
+    if ca_crt.exists() != ca_key_path.exists() {
+        let (have, lost) =
+            if ca_crt.exists() { (&ca_crt, &ca_key_path) } else { (&ca_key_path, &ca_crt) };
+        anyhow::bail!(
+            "{} is missing beside {}: restore it, or move both aside to make a new CA (clients \
+             must then trust the new ca.crt)",
+            lost.display(),
+            have.display()
+        );
+    }
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca.distinguished_name.push(DnType::CommonName, "Plexus node CA");
@@ -101,8 +118,17 @@ pub fn generate(home: &Home, cfg: &RpcConfig) -> anyhow::Result<()> {
     leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
     let leaf_key = KeyPair::generate()?;
     let cert = leaf.signed_by(&leaf_key, &issuer)?;
+    // Replaced as a pair (a key left without its certificate would not
+    // be written over by create_new).
+    for f in [&key, &crt] {
+        if f.exists() {
+            std::fs::remove_file(f).with_context(|| format!("replacing {}", f.display()))?;
+        }
+    }
     write_private(&key, &leaf_key.serialize_pem())?;
     std::fs::write(&crt, cert.pem()).with_context(|| format!("writing {}", crt.display()))?;
+    std::fs::write(&names_file, names)
+        .with_context(|| format!("writing {}", names_file.display()))?;
     Ok(())
 }
 
@@ -151,11 +177,25 @@ mod tests {
         let before = std::fs::read(dir.path().join("tls/server.crt")).unwrap();
         generate(&home, &cfg).unwrap();
         assert_eq!(std::fs::read(dir.path().join("tls/server.crt")).unwrap(), before, "kept");
+        // Another name: a new certificate from the same CA.
+        let ca = std::fs::read(dir.path().join("tls/ca.crt")).unwrap();
+        let more = RpcConfig { allowed_hosts: vec!["rpc.example.org".into()], ..cfg.clone() };
+        generate(&home, &more).unwrap();
+        assert_ne!(std::fs::read(dir.path().join("tls/server.crt")).unwrap(), before);
+        assert_eq!(std::fs::read(dir.path().join("tls/ca.crt")).unwrap(), ca, "the CA is kept");
+        generate(&home, &cfg).unwrap();
         assert!(acceptor(&home, &cfg).unwrap().is_some());
         assert!(acceptor(&home, &RpcConfig::default()).unwrap().is_none(), "off by default");
-        // A missing key is named.
+        // A missing key is named, and generate makes the pair again.
         std::fs::remove_file(dir.path().join("tls/server.key")).unwrap();
         let e = acceptor(&home, &cfg).err().unwrap().to_string();
         assert!(e.contains("server.key"), "{e}");
+        generate(&home, &cfg).unwrap();
+        assert!(acceptor(&home, &cfg).unwrap().is_some());
+        // Half a CA is named, not silently replaced.
+        std::fs::remove_file(dir.path().join("tls/ca.key")).unwrap();
+        std::fs::remove_file(dir.path().join("tls/server.crt")).unwrap();
+        let e = generate(&home, &cfg).unwrap_err().to_string();
+        assert!(e.contains("ca.key is missing"), "{e}");
     }
 }

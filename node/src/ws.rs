@@ -145,7 +145,7 @@ pub async fn handler(
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let slot = match Slot::take(&node, remote.ip().to_canonical()) {
+    let slot = match Slot::take(&node, crate::http::ip_key(remote.ip())) {
         Ok(s) => s,
         Err(why) => {
             let e = err(code::INTERNAL, why);

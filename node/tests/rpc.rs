@@ -65,7 +65,7 @@ fn until_closed(s: &mut TcpStream, since: Instant, limit: f64) -> f64 {
 fn hostile_pages_and_clients_are_refused_and_bounded() {
     let dir = tempfile::tempdir().unwrap();
     let g = genesis_file(dir.path());
-    let lines = "unsafe = true\nheader_read_timeout_s = 2\nws_read_timeout_s = 3\nmax_ws_clients_per_ip = 2\nmax_connections = 40\n";
+    let lines = "unsafe = true\nheader_read_timeout_s = 2\nws_read_timeout_s = 3\nmax_ws_clients_per_ip = 2\nmax_connections = 40\nmax_connections_per_ip = 30\nrequest_timeout_s = 2\nmax_response_bytes = 65536\n";
     let (h, _, r) = node_home_rpc(dir.path(), "n", &g, lines);
     let node = start(&h, r, &[]);
     until(30, "the RPC", || get(r, "status").is_some());
@@ -202,22 +202,81 @@ fn hostile_pages_and_clients_are_refused_and_bounded() {
     let closed = until_closed(&mut idle, Instant::now(), 8.0);
     assert!(closed <= 4.0, "an idle keep-alive connection stayed {closed:.2} s");
 
-    // The connection cap (40): of 60 silent connections, those past the
-    // cap are closed at once, and the node still answers once they go.
-    let mut conns: Vec<TcpStream> =
-        (0..60).map(|_| TcpStream::connect(("127.0.0.1", r)).unwrap()).collect();
-    std::thread::sleep(Duration::from_millis(300));
-    let mut shut = 0;
-    for c in &mut conns {
+    // A body that never ends: 408 at the request timeout (2 s), closed.
+    let mut slow = TcpStream::connect(("127.0.0.1", r)).unwrap();
+    slow.write_all(format!("POST / HTTP/1.1\r\nHost: {own}\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"jsonrpc\"").as_bytes()).unwrap();
+    let t0 = Instant::now();
+    slow.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut answer = Vec::new();
+    let _ = slow.read_to_end(&mut answer);
+    let took = t0.elapsed().as_secs_f64();
+    let answer = String::from_utf8_lossy(&answer).to_string();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!((1.8..=4.0).contains(&took), "answered after {took:.2} s, timeout 2 s");
+
+    // The caps: 30 connections from one address (rpc.max_connections_per_ip)
+    // and 40 in all (rpc.max_connections). Loopback has many addresses.
+    let is_shut = |c: &mut TcpStream| {
         c.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
         let mut b = [0u8; 1];
-        if matches!(c.read(&mut b), Ok(0)) {
-            shut += 1;
-        }
-    }
-    assert!(shut >= 19, "only {shut} of 60 connections over a cap of 40 were closed");
-    drop(conns);
+        matches!(c.read(&mut b), Ok(0))
+    };
+    let from = |src: &str, n: usize| -> Vec<TcpStream> {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async {
+            let mut v = Vec::new();
+            for _ in 0..n {
+                let sock = tokio::net::TcpSocket::new_v4().unwrap();
+                sock.bind(format!("{src}:0").parse().unwrap()).unwrap();
+                let c = sock.connect(format!("127.0.0.1:{r}").parse().unwrap()).await.unwrap();
+                v.push(c.into_std().unwrap());
+            }
+            v
+        })
+    };
+    let mut one = from("127.0.0.1", 35);
+    std::thread::sleep(Duration::from_millis(300));
+    let shut_one = one.iter_mut().map(is_shut).filter(|s| *s).count();
+    assert_eq!(shut_one, 5, "35 from one address, 30 allowed");
+    let mut two = from("127.0.0.2", 20);
+    std::thread::sleep(Duration::from_millis(300));
+    let shut_two = two.iter_mut().map(is_shut).filter(|s| *s).count();
+    assert_eq!(shut_two, 10, "30 + 20 connections, 40 allowed in all");
+    drop(one);
+    drop(two);
     until(10, "the RPC after the flood", || get(r, "status").is_some());
+
+    // A batch's answers together stay within rpc.max_response_bytes (64 KiB).
+    for i in 0..6 {
+        let tx = format!("{i}{}", "x".repeat(20_000));
+        let v =
+            post(r, json!({"jsonrpc": "2.0", "id": 1, "method": "broadcast_tx", "params": [tx]}));
+        assert!(v["result"]["hash"].is_string(), "{v}");
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let url = format!("ws://127.0.0.1:{r}/websocket");
+        let (mut ws, _) = tokio_tungstenite::connect_async(&url).await.unwrap();
+        let batch: Vec<Value> = (0..6)
+            .map(|i| json!({"jsonrpc": "2.0", "id": i, "method": "mempool", "params": [3]}))
+            .collect();
+        ws.send(Message::Text(Value::Array(batch).to_string().into())).await.unwrap();
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap();
+        let v: Value = serde_json::from_str(m.unwrap().unwrap().to_text().unwrap()).unwrap();
+        let answers = v.as_array().unwrap();
+        assert_eq!(answers.len(), 6);
+        assert!(answers[0]["result"]["txs"].is_array(), "{}", answers[0]);
+        let sizes: Vec<usize> = answers.iter().map(|a| a.to_string().len()).collect();
+        assert!(
+            answers.iter().any(|a| a["error"]["code"] == json!(-32011)),
+            "none cut: {sizes:?} {}",
+            answers[0]
+        );
+        assert!(v.to_string().len() < 2 * 65_536, "{} bytes", v.to_string().len());
+    });
+    drop(rt);
 
     // A silent WebSocket client (it never answers a ping) is dropped
     // within 10 % of ws_read_timeout_s (3 s).

@@ -438,13 +438,11 @@ impl Store {
     /// empties the log (`PRAGMA wal_checkpoint(TRUNCATE)`), so the file
     /// alone holds the chain: at a clean stop, where a process that exits
     /// without closing its last connection would leave the log beside it.
-    /// Errors: SQLite's (a read transaction open elsewhere, I/O).
-    pub fn checkpoint(&self) -> Result<(), StoreError> {
+    /// `Ok(false)` when a read open elsewhere kept part of the log (not
+    /// damage: SQLite replays it at the next open). Errors: SQLite's (I/O).
+    pub fn checkpoint(&self) -> Result<bool, StoreError> {
         let busy: i64 = self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| r.get(0))?;
-        if busy != 0 {
-            return Err(corrupt("the WAL checkpoint was blocked by a reader"));
-        }
-        Ok(())
+        Ok(busy == 0)
     }
 
     /// SQLite's `PRAGMA integrity_check` result ("ok" when sound).
