@@ -105,6 +105,15 @@ pub struct Refusal {
     pub reason: String,
 }
 
+/// `protocol_version.p2p` this release sends: the SecretConnection,
+/// NodeInfo and MConnection wire of docs/protocol.md §2–§4.
+pub const P2P_PROTOCOL: u64 = 1;
+/// `protocol_version.block` this release sends: the block and message
+/// formats of docs/protocol.md §8–§10; peers must send the same.
+pub const BLOCK_PROTOCOL: u64 = 0;
+/// `protocol_version.app` this release sends (informational).
+pub const APP_PROTOCOL: u64 = 0;
+
 /// Longest [`Refusal::reason`] sent or shown, bytes.
 pub const MAX_REFUSAL_REASON: usize = 256;
 
@@ -197,7 +206,11 @@ impl NodeInfo {
     /// its config when left empty.
     pub fn new(network: &str, moniker: &str) -> NodeInfo {
         NodeInfo {
-            protocol_version: ProtocolVersion { p2p: 1, block: 0, app: 0 },
+            protocol_version: ProtocolVersion {
+                p2p: P2P_PROTOCOL,
+                block: BLOCK_PROTOCOL,
+                app: APP_PROTOCOL,
+            },
             node_id: NodeId::from_public_key(&[0; 32]),
             listen_addr: String::new(),
             network: network.into(),
@@ -409,6 +422,19 @@ pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// docs/protocol.md §3 states the versions a node sends; they come
+    /// from these constants, so the spec cannot drift from them.
+    #[test]
+    fn the_spec_states_the_protocol_versions_sent() {
+        let spec =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/protocol.md"))
+                .unwrap();
+        let line = format!(
+            "`protocol_version` = `{{p2p: {P2P_PROTOCOL}, block: {BLOCK_PROTOCOL}, app: {APP_PROTOCOL}}}`"
+        );
+        assert!(spec.contains(&line), "docs/protocol.md §3 should say {line}");
+    }
     use crate::{NodeKey, SecretConfig};
 
     pub(crate) fn info(key: &NodeKey) -> NodeInfo {
