@@ -278,6 +278,32 @@ fn rule_merkle_root_and_mutated_blocks() {
     assert_eq!(add(&mut c, good).unwrap().status, ProcessStatus::MainChain);
 }
 
+/// docs/protocol.md §8.4: the timestamps of heights max(0, p-10)..=p,
+/// sorted, the one at index n/2: the upper middle for an even count, and
+/// only genesis's at p = 0.
+#[test]
+fn median_time_past_below_height_ten_takes_the_upper_middle() {
+    let header = |height: u64, timestamp_ms: u64| Header {
+        version: Header::VERSION,
+        height,
+        prev_hash: Hash::ZERO,
+        merkle_root: Hash::ZERO,
+        timestamp_ms,
+        bits: 0,
+        nonce: 0,
+    };
+    // Out of order on purpose: the median is of the sorted values.
+    let times = [500u64, 100, 400, 200, 300];
+    let anc = |h: u64| times.get(h as usize).map(|t| header(h, *t));
+    assert_eq!(median_time(&header(0, 500), anc), 500, "genesis alone");
+    // p = 1: {500, 100} sorted [100, 500], index 1.
+    assert_eq!(median_time(&header(1, 100), anc), 500);
+    // p = 3: [100, 200, 400, 500], index 2.
+    assert_eq!(median_time(&header(3, 200), anc), 400);
+    // p = 4: [100, 200, 300, 400, 500], index 2.
+    assert_eq!(median_time(&header(4, 300), anc), 300);
+}
+
 #[test]
 fn rule_timestamp_after_median_time_past() {
     let p = params(0);
