@@ -42,42 +42,65 @@ use crate::config::RpcConfig;
 use crate::node::Node;
 use crate::rpc::{code, err, reply};
 
-/// Open connections by address ([`ip_key`]), for
-/// `rpc.max_connections_per_ip`.
-type PerIp = Arc<parking_lot::Mutex<HashMap<IpAddr, usize>>>;
+/// Open things (connections, WebSocket clients) by address ([`ip_key`]),
+/// for a per-IP limit; cheap to clone (one shared table).
+#[derive(Clone, Debug, Default)]
+pub struct IpCounts(Arc<parking_lot::Mutex<HashMap<IpAddr, usize>>>);
 
-/// A connection's places in `max_connections` and in its address's count,
-/// given back on drop.
-struct Slot {
-    _total: OwnedSemaphorePermit,
-    per_ip: PerIp,
+/// One place in an [`IpCounts`], given back on drop.
+#[derive(Debug)]
+pub struct IpPlace {
+    counts: IpCounts,
     ip: IpAddr,
 }
 
-impl Slot {
-    /// Takes both places, or says which limit is full.
-    fn take(slots: &Arc<Semaphore>, per_ip: &PerIp, max_per_ip: usize, ip: IpAddr) -> Option<Slot> {
+impl IpCounts {
+    /// A place for `ip` (keyed by [`ip_key`]), or `None` when `max` are
+    /// taken.
+    pub fn take(&self, ip: IpAddr, max: usize) -> Option<IpPlace> {
         let ip = ip_key(ip);
-        let mut map = per_ip.lock();
-        let n = map.get(&ip).copied().unwrap_or(0);
-        if n >= max_per_ip {
+        let mut map = self.0.lock();
+        let n = map.entry(ip).or_insert(0);
+        if *n >= max {
+            if *n == 0 {
+                map.remove(&ip);
+            }
             return None;
         }
-        let total = slots.clone().try_acquire_owned().ok()?;
-        map.insert(ip, n + 1);
-        Some(Slot { _total: total, per_ip: per_ip.clone(), ip })
+        *n += 1;
+        Some(IpPlace { counts: self.clone(), ip })
     }
 }
 
-impl Drop for Slot {
+impl Drop for IpPlace {
     fn drop(&mut self) {
-        let mut map = self.per_ip.lock();
+        let mut map = self.counts.0.lock();
         if let Some(n) = map.get_mut(&self.ip) {
             *n -= 1;
             if *n == 0 {
                 map.remove(&self.ip);
             }
         }
+    }
+}
+
+/// A connection's places in `max_connections` and in its address's count.
+struct Slot {
+    _ip: IpPlace,
+    _total: OwnedSemaphorePermit,
+}
+
+impl Slot {
+    /// Takes both places, or `None` when either limit is full.
+    fn take(
+        slots: &Arc<Semaphore>,
+        per_ip: &IpCounts,
+        max_per_ip: usize,
+        ip: IpAddr,
+    ) -> Option<Slot> {
+        let place = per_ip.take(ip, max_per_ip)?;
+        let total = slots.clone().try_acquire_owned().ok()?;
+        Some(Slot { _ip: place, _total: total })
     }
 }
 
@@ -146,7 +169,7 @@ pub fn serve(
     stopped: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let slots = Arc::new(Semaphore::new(cfg.max_connections));
-    let per_ip: PerIp = Arc::default();
+    let per_ip = IpCounts::default();
     let max_per_ip = cfg.max_connections_per_ip;
     let header_timeout = Duration::from_secs(cfg.header_read_timeout_s.max(1));
     let request_timeout = Duration::from_secs(cfg.request_timeout_s.max(1));

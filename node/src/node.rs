@@ -145,8 +145,8 @@ pub struct Node {
     pub metrics: crate::rpc::Metrics,
     /// Connected WebSocket clients.
     pub ws_clients: std::sync::atomic::AtomicUsize,
-    /// Connected WebSocket clients by IP address (none listed: none).
-    pub ws_per_ip: Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    /// Connected WebSocket clients by IP address.
+    pub ws_per_ip: crate::http::IpCounts,
     /// The home's exclusive lock, held while the node lives.
     _home_lock: HomeLock,
     /// A read-only connection to the chain database for the RPC's block
@@ -300,7 +300,7 @@ impl Node {
             stop_requested: Notify::new(),
             metrics,
             ws_clients: std::sync::atomic::AtomicUsize::new(0),
-            ws_per_ip: Mutex::new(std::collections::HashMap::new()),
+            ws_per_ip: crate::http::IpCounts::default(),
             reader,
             _home_lock: lock,
         });

@@ -98,20 +98,19 @@ impl Event {
 /// A WebSocket client slot, in the total and in its IP's count, given
 /// back when dropped (the upgrade failed, the client left, or its task
 /// panicked).
-struct Slot(Arc<Node>, IpAddr);
+struct Slot {
+    node: Arc<Node>,
+    _place: crate::http::IpPlace,
+}
 
 impl Slot {
     /// Takes a slot for a client from `ip`, or says which limit is full.
     fn take(node: &Arc<Node>, ip: IpAddr) -> Result<Slot, String> {
         let cfg = &node.cfg.rpc;
-        let mut per_ip = node.ws_per_ip.lock();
-        let n = per_ip.get(&ip).copied().unwrap_or(0);
-        if n >= cfg.max_ws_clients_per_ip {
-            let max = cfg.max_ws_clients_per_ip;
-            return Err(format!(
-                "{max} WebSocket clients from {ip} already (rpc.max_ws_clients_per_ip)"
-            ));
-        }
+        let per_ip = cfg.max_ws_clients_per_ip;
+        let place = node.ws_per_ip.take(ip, per_ip).ok_or_else(|| {
+            format!("{per_ip} WebSocket clients from {ip} already (rpc.max_ws_clients_per_ip)")
+        })?;
         let max = cfg.max_ws_clients;
         let taken = node
             .ws_clients
@@ -119,21 +118,13 @@ impl Slot {
         if taken.is_err() {
             return Err(format!("{max} WebSocket clients already (rpc.max_ws_clients)"));
         }
-        per_ip.insert(ip, n + 1);
-        Ok(Slot(node.clone(), ip))
+        Ok(Slot { node: node.clone(), _place: place })
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.ws_clients.fetch_sub(1, Ordering::SeqCst);
-        let mut per_ip = self.0.ws_per_ip.lock();
-        if let Some(n) = per_ip.get_mut(&self.1) {
-            *n -= 1;
-            if *n == 0 {
-                per_ip.remove(&self.1);
-            }
-        }
+        self.node.ws_clients.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -145,7 +136,7 @@ pub async fn handler(
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let slot = match Slot::take(&node, crate::http::ip_key(remote.ip())) {
+    let slot = match Slot::take(&node, remote.ip()) {
         Ok(s) => s,
         Err(why) => {
             let e = err(code::INTERNAL, why);

@@ -117,6 +117,15 @@ pub const APP_PROTOCOL: u64 = 0;
 /// Longest [`Refusal::reason`] sent or shown, bytes.
 pub const MAX_REFUSAL_REASON: usize = 256;
 
+/// `reason` cut to at most [`MAX_REFUSAL_REASON`] bytes, on a character
+/// boundary.
+fn cut_reason(mut reason: String) -> String {
+    while reason.len() > MAX_REFUSAL_REASON {
+        reason.pop();
+    }
+    reason
+}
+
 /// [`Refusal::code`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RefusalCode {
@@ -370,10 +379,7 @@ pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     tokio::time::timeout(timeout, async {
         let mut p = ours.to_proto();
         p.refusal = refusal.map(|r| {
-            let mut reason = r.reason.clone();
-            while reason.len() > MAX_REFUSAL_REASON {
-                reason.pop();
-            }
+            let reason = cut_reason(r.reason.clone());
             let code = match r.code {
                 RefusalCode::Duplicate => pb::RefusalCode::Duplicate as i32,
                 RefusalCode::Other(c) => c,
@@ -407,10 +413,7 @@ pub async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
                 Ok(pb::RefusalCode::Duplicate) => RefusalCode::Duplicate,
                 _ => RefusalCode::Other(r.code),
             };
-            let mut reason = r.reason;
-            while reason.len() > MAX_REFUSAL_REASON {
-                reason.pop();
-            }
+            let reason = cut_reason(r.reason);
             return Err(NodeInfoError::Refused(Refusal { code, reason }));
         }
         NodeInfo::from_proto(p)
