@@ -257,16 +257,40 @@ fn header_json(hash: &Hash, h: &Header) -> Value {
     })
 }
 
-fn tx_text(tx: &[u8]) -> Value {
+/// A transaction as the RPC shows it (docs/protocol.md §12): a JSON
+/// string when its bytes are UTF-8 (the string is the text), else
+/// `{"hex": "<lowercase hex of the bytes>"}`. The two never look alike, so
+/// a text that reads `0x…` stays that text.
+pub fn tx_json(tx: &[u8]) -> Value {
     match std::str::from_utf8(tx) {
         Ok(s) => json!(s),
-        Err(_) => json!(format!("0x{}", hex::encode(tx))),
+        Err(_) => json!({ "hex": hex::encode(tx) }),
+    }
+}
+
+/// The bytes of a transaction given in either form of [`tx_json`] (a
+/// number or a boolean is taken as its JSON text, for `curl` users).
+///
+/// # Errors
+/// -32602 for another JSON type, an object other than `{"hex": …}`, or
+/// hex that does not decode.
+pub fn tx_bytes(v: Option<&Value>) -> Result<Vec<u8>, RpcError> {
+    let shape = "tx must be a string (UTF-8 text) or {\"hex\": \"<hex bytes>\"}";
+    match v {
+        Some(Value::String(s)) => Ok(s.clone().into_bytes()),
+        Some(v @ (Value::Number(_) | Value::Bool(_))) => Ok(v.to_string().into_bytes()),
+        Some(Value::Object(o)) if o.len() == 1 => match o.get("hex") {
+            Some(Value::String(h)) => hex::decode(h)
+                .map_err(|e| err(code::INVALID_PARAMS, format!("tx hex does not decode: {e}"))),
+            _ => Err(err(code::INVALID_PARAMS, shape)),
+        },
+        _ => Err(err(code::INVALID_PARAMS, shape)),
     }
 }
 
 fn block_json(b: &Block) -> Value {
     let mut v = header_json(&b.hash(), &b.header);
-    v["txs"] = Value::Array(b.txs.iter().map(|t| tx_text(t)).collect());
+    v["txs"] = Value::Array(b.txs.iter().map(|t| tx_json(t)).collect());
     v["size"] = json!(b.size());
     v
 }
@@ -328,14 +352,10 @@ pub async fn call(node: &Arc<Node>, method: &str, p: Value, via: Via) -> Result<
                 let why = "broadcast_tx needs POST or the WebSocket";
                 return Err(err(code::NOT_ALLOWED, why));
             }
-            let tx = match param(&p, "tx") {
-                Some(Value::String(s)) => s.clone(),
-                Some(v @ (Value::Number(_) | Value::Bool(_))) => v.to_string(),
-                _ => return Err(err(code::INVALID_PARAMS, "tx must be a string")),
-            };
+            let tx = tx_bytes(param(&p, "tx"))?;
             let id = node
                 .mem
-                .submit(Bytes::from(tx.into_bytes()))
+                .submit(Bytes::from(tx))
                 .map_err(|e| err(code::TX_REFUSED, e.to_string()))?;
             Ok(json!({ "hash": id.to_string() }))
         }
@@ -478,7 +498,7 @@ fn read(node: &Node, method: &str, p: &Value) -> Result<Value, RpcError> {
             });
             let txs: Vec<Value> = txs
                 .iter()
-                .map(|(id, t)| json!({"hash": id.to_string(), "tx": tx_text(t)}))
+                .map(|(id, t)| json!({"hash": id.to_string(), "tx": tx_json(t)}))
                 .collect();
             Ok(json!({ "n_txs": n, "bytes": bytes, "txs": txs }))
         }

@@ -102,6 +102,20 @@ pub struct BlockSyncConfig {
     pub send_queue_bytes: usize,
 }
 
+impl BlockSyncConfig {
+    /// The block sync channel as this reactor declares it: priority 2, 256
+    /// messages and `send_queue_bytes` queued, messages up to
+    /// `max_msg_bytes` (one `BlockResponse`), and the receive window twice
+    /// the smallest one that holds such a message (docs/protocol.md §4.2).
+    pub fn channel(&self) -> ChannelDescriptor {
+        ChannelDescriptor::new(BLOCKSYNC_CHANNEL)
+            .priority(2)
+            .send_queue_capacity(256)
+            .send_queue_bytes(self.send_queue_bytes)
+            .recv_message_capacity(self.max_msg_bytes)
+    }
+}
+
 impl Default for BlockSyncConfig {
     fn default() -> Self {
         BlockSyncConfig {
@@ -640,11 +654,7 @@ impl Reactor for BlockSyncReactor {
     type Message = pb::Message;
 
     fn channels(&self) -> Vec<ChannelDescriptor> {
-        vec![ChannelDescriptor::new(BLOCKSYNC_CHANNEL)
-            .priority(2)
-            .send_queue_capacity(256)
-            .send_queue_bytes(self.cfg.send_queue_bytes)
-            .recv_message_capacity(self.cfg.max_msg_bytes)]
+        vec![self.cfg.channel()]
     }
 
     async fn remove_peer(&self, peer: &Peer, _reason: &StopReason) {
@@ -677,7 +687,7 @@ impl Reactor for BlockSyncReactor {
                     return;
                 };
                 let stop = Hash::from_slice(&req.stop_hash).unwrap_or(Hash::ZERO);
-                let max = req.max.min(self.cfg.max_headers_per_request) as usize;
+                let max = crate::consensus::answer_limit(req.max, self.cfg.max_headers_per_request);
                 let headers = self.chain.with_chain(|c| c.main_headers_after(&locator, &stop, max));
                 let headers = headers.iter().map(Header::to_proto).collect();
                 let reply = msg(Sum::HeadersResponse(pb::HeadersResponse { headers }));

@@ -579,18 +579,7 @@ impl Blockchain {
                 self.main[height as usize]
             }
         };
-        let mut out = Vec::new();
-        let mut height = top as i64;
-        let mut step = 1;
-        while height > 0 {
-            out.push(at(height as u64));
-            if out.len() >= 10 {
-                step *= 2;
-            }
-            height -= step;
-        }
-        out.push(self.main[0]);
-        out
+        locator_heights(top).into_iter().map(at).collect()
     }
 
     /// Main-chain blocks after the first `locator` hash on the main chain
@@ -1101,12 +1090,38 @@ pub fn median_time(parent: &Header, anc: impl Fn(u64) -> Option<Header>) -> u64 
     times[times.len() / 2]
 }
 
+/// The heights of a block locator from a tip at height `top`, newest
+/// first: the ten newest (`top … top − 9`), then steps doubling from 2
+/// (`top − 11, top − 15, top − 23, …`), then genesis (0) (Bitcoin's
+/// `LocatorEntries`; docs/protocol.md §8.6, vectors in
+/// docs/vectors/locator.json). At most 10 + 64 + 1 heights.
+pub fn locator_heights(top: u64) -> Vec<u64> {
+    let mut out = Vec::new();
+    let mut height = top;
+    let mut step = 1u64;
+    while height > 0 {
+        out.push(height);
+        if out.len() >= 10 {
+            step = step.saturating_mul(2);
+        }
+        height = height.saturating_sub(step);
+    }
+    out.push(0);
+    out
+}
+
 /// The compact target a child of `parent` must carry; `anc(height)` gives
 /// the header at `height` on the parent's chain. Every `retarget_window`
 /// blocks the target is scaled by the time the last window took over the
 /// time it should have taken, the ratio clamped to [1/4, 4] and the result
 /// to the pow limit (Bitcoin's rule, including its window of
 /// `retarget_window - 1` intervals).
+/// Integer arithmetic throughout: `expected = (W − 1) × target_block_time_ms`,
+/// `actual` = the parent's time minus the window's first (0 if it is
+/// earlier), clamped to `[⌊expected / 4⌋, expected × 4]`; the new target is
+/// `⌊old × actual / expected⌋` (the product exact in 320 bits), capped at
+/// the pow limit, then compact-encoded (rounded down). Vectors:
+/// docs/vectors/retarget.json.
 pub fn retarget(
     params: &NetworkParams,
     parent: &Header,

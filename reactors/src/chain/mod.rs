@@ -12,10 +12,10 @@ pub use block::{
     bits_from_target, merkle_root, target_from_bits, work, Block, BlockHash, Hash, Header, TxId,
 };
 pub use blockchain::{
-    median_time, retarget, Blockchain, BlockchainConfig, BodyChecked, CheckedBlock, HeaderPath,
-    ProcessStatus, Processed, TipChange, TipInfo,
+    locator_heights, median_time, retarget, Blockchain, BlockchainConfig, BodyChecked,
+    CheckedBlock, HeaderPath, ProcessStatus, Processed, TipChange, TipInfo,
 };
-pub use params::{Genesis, GenesisError, NetworkParams};
+pub use params::{Genesis, GenesisError, NetworkParams, MAX_BLOCK_BYTES};
 /// The 256-bit unsigned integer of targets and weights (`ruint`).
 pub use ruint::aliases::U256;
 pub use store::{Store, StoreError};

@@ -12,6 +12,12 @@ use super::block::{
     bits_from_target, merkle_root, target_from_bits, Block, BlockHash, Hash, Header,
 };
 
+/// Largest `max_block_bytes` a genesis may set, bytes: 8 MiB less 64, so
+/// that a largest block wrapped in a `NewBlock` or `BlockResponse` message
+/// (10 bytes of protobuf around it) fits the consensus and block sync
+/// channels' default message cap of 8 MiB (docs/protocol.md §4.2, §8.5).
+pub const MAX_BLOCK_BYTES: usize = (8 << 20) - 64;
+
 /// The genesis file (JSON): everything that must be equal on every node of
 /// a network. The genesis block's one transaction is this struct as
 /// compact JSON (fields in the order below), so changing any field makes
@@ -114,6 +120,12 @@ impl NetworkParams {
             return Err(invalid(
                 "max_block_bytes",
                 "must hold a header and one largest transaction",
+            ));
+        }
+        if g.max_block_bytes > MAX_BLOCK_BYTES {
+            return Err(invalid(
+                "max_block_bytes",
+                "must be at most 8,388,544 (a block travels as one message of at most 8 MiB)",
             ));
         }
         // The one genesis transaction is the file itself, so the genesis

@@ -175,6 +175,15 @@ fn genesis_checks() {
     g = params(0).genesis.clone();
     g.max_tx_bytes = 70_000;
     assert!(NetworkParams::from_genesis(g).is_err());
+    // A block must fit one 8 MiB message (docs/protocol.md §4.2).
+    g = params(0).genesis.clone();
+    g.max_block_bytes = super::MAX_BLOCK_BYTES;
+    assert!(NetworkParams::from_genesis(g.clone()).is_ok());
+    g.max_block_bytes += 1;
+    assert!(matches!(
+        NetworkParams::from_genesis(g),
+        Err(GenesisError::Invalid { field: "max_block_bytes", .. })
+    ));
     let d = NetworkParams::devnet();
     assert_eq!(d.network_id().len(), 64);
     assert_ne!(d.genesis_hash, params(0).genesis_hash);

@@ -83,6 +83,29 @@ impl Default for ConsensusConfig {
     }
 }
 
+/// How many items to answer a request asking for `asked` with our cap
+/// `cap`: `min(asked, cap)`, and `cap` when `asked` is 0, the proto3
+/// default a client that sets no limit sends (`GetBlocks.max_blocks`,
+/// `HeadersRequest.max`; docs/protocol.md §8.6, §10).
+pub fn answer_limit(asked: u32, cap: u32) -> usize {
+    (if asked == 0 { cap } else { asked.min(cap) }) as usize
+}
+
+impl ConsensusConfig {
+    /// The consensus channel as this reactor declares it: priority 5, 64
+    /// messages and `send_queue_bytes` queued, messages up to
+    /// `max_msg_bytes`, and the receive window (initial credit) twice the
+    /// smallest one that holds such a message (17,825,792 credit bytes for
+    /// 8 MiB; docs/protocol.md §4.2 lists the values).
+    pub fn channel(&self) -> ChannelDescriptor {
+        ChannelDescriptor::new(CONSENSUS_CHANNEL)
+            .priority(5)
+            .send_queue_capacity(64)
+            .send_queue_bytes(self.send_queue_bytes)
+            .recv_message_capacity(self.max_msg_bytes)
+    }
+}
+
 struct PeerState {
     /// The `GetBlocks` in flight: when it was sent and its `max_blocks`.
     request: Option<(tokio::time::Instant, u32)>,
@@ -294,11 +317,7 @@ impl Reactor for ConsensusReactor {
     type Message = pb::Message;
 
     fn channels(&self) -> Vec<ChannelDescriptor> {
-        vec![ChannelDescriptor::new(CONSENSUS_CHANNEL)
-            .priority(5)
-            .send_queue_capacity(64)
-            .send_queue_bytes(self.cfg.send_queue_bytes)
-            .recv_message_capacity(self.cfg.max_msg_bytes)]
+        vec![self.cfg.channel()]
     }
 
     async fn add_peer(&self, peer: &Peer) {
@@ -374,7 +393,7 @@ impl Reactor for ConsensusReactor {
                 if let Err(e) = peer.ready(CONSENSUS_CHANNEL).await {
                     return sw.report_unread(peer, e, "blocks").await;
                 }
-                let max = req.max_blocks.min(self.cfg.max_blocks_per_request) as usize;
+                let max = answer_limit(req.max_blocks, self.cfg.max_blocks_per_request);
                 let room = peer.send_room(CONSENSUS_CHANNEL);
                 // Half the room: twice this is reserved while it is built.
                 let budget = self.cfg.max_msg_bytes.saturating_sub(1024).min((room / 2).max(1));

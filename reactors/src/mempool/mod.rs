@@ -26,6 +26,21 @@ use crate::service::ChainService;
 /// The mempool channel.
 pub const MEMPOOL_CHANNEL: u8 = 0x30;
 
+impl MempoolConfig {
+    /// The mempool channel as the reactor declares it: priority 3, 64
+    /// messages and `send_queue_bytes` queued, messages up to
+    /// `max_msg_bytes + 16` (the reactor's own `Txs` stay within
+    /// `max_msg_bytes`; 16 bytes of slack for another encoder's framing),
+    /// the default 8 MiB receive window (docs/protocol.md §4.2).
+    pub fn channel(&self) -> ChannelDescriptor {
+        ChannelDescriptor::new(MEMPOOL_CHANNEL)
+            .priority(3)
+            .send_queue_capacity(64)
+            .send_queue_bytes(self.send_queue_bytes)
+            .recv_message_capacity(self.max_msg_bytes + 16)
+    }
+}
+
 /// The mempool gossip reactor. Register it with the switch and call
 /// [`MempoolReactor::start`] with the built switch; submit local
 /// transactions with [`MempoolReactor::submit`].
@@ -196,14 +211,7 @@ impl Reactor for MempoolReactor {
     type Message = pb::Message;
 
     fn channels(&self) -> Vec<ChannelDescriptor> {
-        let (max, queue) = self
-            .chain
-            .with_mempool(|pool| (pool.config().max_msg_bytes, pool.config().send_queue_bytes));
-        vec![ChannelDescriptor::new(MEMPOOL_CHANNEL)
-            .priority(3)
-            .send_queue_capacity(64)
-            .send_queue_bytes(queue)
-            .recv_message_capacity(max + 16)]
+        vec![self.chain.with_mempool(|pool| pool.config().channel())]
     }
 
     async fn add_peer(&self, peer: &Peer) {

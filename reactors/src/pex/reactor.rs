@@ -107,6 +107,24 @@ pub struct PexConfig {
     pub max_dial_backoff: Duration,
 }
 
+/// Largest PEX message accepted, bytes: 250 addresses of at most ~80
+/// bytes each fit.
+pub const MAX_PEX_MSG_BYTES: usize = 64 * 1024;
+
+impl PexConfig {
+    /// The PEX channel as this reactor declares it: priority 1, 16
+    /// messages and `send_queue_bytes` queued, messages up to
+    /// [`MAX_PEX_MSG_BYTES`], the default 8 MiB receive window
+    /// (docs/protocol.md §4.2).
+    pub fn channel(&self) -> ChannelDescriptor {
+        ChannelDescriptor::new(PEX_CHANNEL)
+            .priority(1)
+            .send_queue_capacity(16)
+            .send_queue_bytes(self.send_queue_bytes)
+            .recv_message_capacity(MAX_PEX_MSG_BYTES)
+    }
+}
+
 impl Default for PexConfig {
     fn default() -> Self {
         PexConfig {
@@ -504,12 +522,7 @@ impl Reactor for PexReactor {
     type Message = pb::Message;
 
     fn channels(&self) -> Vec<ChannelDescriptor> {
-        // 250 addresses of at most ~80 bytes each fit in 64 KiB.
-        vec![ChannelDescriptor::new(PEX_CHANNEL)
-            .priority(1)
-            .send_queue_capacity(16)
-            .send_queue_bytes(self.cfg.send_queue_bytes)
-            .recv_message_capacity(64 * 1024)]
+        vec![self.cfg.channel()]
     }
 
     async fn add_peer(&self, peer: &Peer) {
