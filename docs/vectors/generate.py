@@ -272,7 +272,7 @@ def retarget(window, block_ms, pow_limit_bits, parent_bits, first_ts, last_ts):
     actual = max(last_ts - first_ts, 0)
     actual = min(max(actual, expected // 4), expected * 4)
     new = target_from_bits(parent_bits) * actual // expected
-    return bits_from_target(min(new, target_from_bits(pow_limit_bits)))
+    return bits_from_target(max(min(new, target_from_bits(pow_limit_bits)), 1))
 
 
 def retargets():
@@ -289,6 +289,8 @@ def retargets():
         ("last before first: as no time", 0x1F00FFFF, -5000),
         ("an odd time: rounded down", 0x1B0404CB, exp + 12345),
         ("slower near the limit: capped at the pow limit", bits_from_target(2**254), 4 * exp),
+        ("a top byte >= 0x80 keeps two significant bytes", 0x1E00FFFF, 100_000),
+        ("a target of 1 with no time at all: never below 1", bits_from_target(1), 0),
     ]
     out = []
     first = 1795000000000

@@ -376,7 +376,11 @@ pub async fn call(node: &Arc<Node>, method: &str, p: Value, via: Via) -> Result<
                     s.parse().map_err(|e| err(code::INVALID_PARAMS, format!("peer {s}: {e}")))?;
                 addrs.push(a);
             }
-            let persistent = param(&p, "persistent").and_then(Value::as_bool).unwrap_or(false);
+            let persistent = match param(&p, "persistent") {
+                None | Some(Value::Null) => false,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => return Err(err(code::INVALID_PARAMS, "persistent must be a boolean")),
+            };
             let sw = node.sw.clone();
             let n = addrs.len();
             tokio::spawn(async move {
@@ -574,10 +578,53 @@ fn net_info(node: &Node) -> Value {
     let book = node.pex.book();
     let book_len = book.lock().len();
     json!({
-        "listening": true,
+        "listening": node.p2p_address().is_some(),
         "listen_addr": node.p2p_address().map(|a| a.to_string()),
         "n_peers": peers.len(),
         "address_book": book_len,
         "peers": peers,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// docs/openrpc.json describes exactly the served methods, with their
+    /// params in positional order.
+    #[test]
+    fn the_openrpc_document_names_every_method_and_param() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/openrpc.json");
+        let doc: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let described: Vec<(String, Vec<String>)> = doc["methods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                let params = m["params"].as_array().unwrap();
+                let names = params.iter().map(|p| p["name"].as_str().unwrap().to_string());
+                (m["name"].as_str().unwrap().to_string(), names.collect())
+            })
+            .collect();
+        let served: Vec<(String, Vec<String>)> = METHODS
+            .iter()
+            .map(|(m, ps)| (m.to_string(), ps.iter().map(|p| p.to_string()).collect()))
+            .collect();
+        assert_eq!(described, served);
+    }
+
+    #[test]
+    fn transactions_show_text_as_strings_and_other_bytes_as_hex_objects() {
+        assert_eq!(tx_json(b"0xab"), json!("0xab"));
+        assert_eq!(tx_json(&[0xff, 0x00]), json!({"hex": "ff00"}));
+        assert_eq!(tx_bytes(Some(&json!("0xab"))).unwrap(), b"0xab");
+        assert_eq!(tx_bytes(Some(&json!({"hex": "ff00"}))).unwrap(), vec![0xff, 0x00]);
+        assert_eq!(tx_bytes(Some(&json!(12))).unwrap(), b"12");
+        for bad in
+            [json!({"hex": "f"}), json!({"hex": 1}), json!({"text": "a"}), json!([1]), json!(null)]
+        {
+            assert_eq!(tx_bytes(Some(&bad)).unwrap_err().code, code::INVALID_PARAMS, "{bad}");
+        }
+        assert!(tx_bytes(None).is_err());
+    }
 }

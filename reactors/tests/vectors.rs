@@ -109,6 +109,13 @@ fn genesis_to_network_id() {
     let all = load("genesis.json");
     assert_eq!(NetworkParams::devnet().network_id(), s(&all[0], "network_id"));
     assert_eq!(NetworkParams::regtest().network_id(), s(&all[1], "network_id"));
+    // §8.5's worked example is the devnet's.
+    let spec = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/protocol.md"))
+        .unwrap();
+    let devnet = NetworkParams::devnet();
+    assert!(spec.contains(&devnet.network_id()), "§8.5 states the devnet network id");
+    let tx = std::str::from_utf8(&devnet.genesis_block.txs[0]).unwrap();
+    assert!(spec.contains(tx), "§8.5 shows the devnet genesis transaction");
 }
 
 #[test]

@@ -292,7 +292,7 @@ impl PeerManager {
         let inbound_from_ip = self
             .peers
             .values()
-            .filter(|c| c.kind == ConnKind::Inbound && !c.evicting && c.ip == ip)
+            .filter(|c| c.kind == ConnKind::Inbound && !c.evicting && ip_key(c.ip) == key)
             .count();
         let s = self.ip_state(key, now);
         if !key.is_loopback() && s.cooloff_until.is_some_and(|t| t > now) {
@@ -522,10 +522,12 @@ impl PeerManager {
         match kind {
             ConnKind::Inbound => {
                 let exempt = self.ip_exempt(ip) || unconditional;
+                // An IPv6 /64 is one IP here, as for every per-IP rule.
+                let key = ip_key(ip);
                 let from_ip = self
                     .peers
                     .values()
-                    .filter(|c| c.kind == ConnKind::Inbound && !c.evicting && c.ip == ip)
+                    .filter(|c| c.kind == ConnKind::Inbound && !c.evicting && ip_key(c.ip) == key)
                     .count();
                 let per_ip = self.cfg.max_inbound_per_ip;
                 if !exempt && per_ip != 0 && from_ip >= per_ip {

@@ -1120,7 +1120,8 @@ pub fn locator_heights(top: u64) -> Vec<u64> {
 /// `actual` = the parent's time minus the window's first (0 if it is
 /// earlier), clamped to `[⌊expected / 4⌋, expected × 4]`; the new target is
 /// `⌊old × actual / expected⌋` (the product exact in 320 bits), capped at
-/// the pow limit, then compact-encoded (rounded down). Vectors:
+/// the pow limit and raised to at least 1, then compact-encoded (rounded
+/// down). Vectors:
 /// docs/vectors/retarget.json.
 pub fn retarget(
     params: &NetworkParams,
@@ -1139,7 +1140,8 @@ pub fn retarget(
     // old × actual needs up to 320 bits; divide there, then clamp.
     let wide: Uint<320, 5> = old.widening_mul(Uint::<64, 1>::from(actual));
     let new = U256::saturating_from(wide / Uint::<320, 5>::from(expected));
-    bits_from_target(new.min(params.pow_limit))
+    // Never 0: a zero target is invalid bits, and the chain would stop.
+    bits_from_target(new.min(params.pow_limit).max(U256::from(1)))
 }
 
 /// The rules that need the parent: height, retarget, median time past.

@@ -113,6 +113,16 @@ impl NetworkParams {
         if g.target_block_time_ms == 0 {
             return Err(invalid("target_block_time_ms", "must be positive"));
         }
+        // The retarget's expected window time and its ×4 clamp must fit a
+        // u64, and its ÷4 clamp must not be 0 (a zero span would give a
+        // zero target, which no block can carry: the chain would stop).
+        let expected = g.retarget_window.saturating_sub(1).checked_mul(g.target_block_time_ms);
+        if g.retarget_window != 0 && !expected.is_some_and(|e| (4..=u64::MAX / 4).contains(&e)) {
+            return Err(invalid(
+                "target_block_time_ms",
+                "(retarget_window - 1) × target_block_time_ms must be 4 ..= 2^62 - 1",
+            ));
+        }
         if g.max_tx_bytes == 0 || g.max_tx_bytes > 64 * 1024 {
             return Err(invalid("max_tx_bytes", "must be 1..=65536"));
         }

@@ -175,6 +175,15 @@ fn genesis_checks() {
     g = params(0).genesis.clone();
     g.max_tx_bytes = 70_000;
     assert!(NetworkParams::from_genesis(g).is_err());
+    // The retarget arithmetic stays in range: the ÷4 clamp is never 0,
+    // the ×4 clamp never overflows.
+    for (window, ms, ok) in
+        [(2, 3, false), (2, 4, true), (5, 1, true), (0, 1, true), (u64::MAX, 2, false)]
+    {
+        g = params(0).genesis.clone();
+        (g.retarget_window, g.target_block_time_ms) = (window, ms);
+        assert_eq!(NetworkParams::from_genesis(g).is_ok(), ok, "window {window}, {ms} ms");
+    }
     // A block must fit one 8 MiB message (docs/protocol.md §4.2).
     g = params(0).genesis.clone();
     g.max_block_bytes = super::MAX_BLOCK_BYTES;

@@ -355,15 +355,10 @@ impl AddrBook {
         now: u64,
     ) -> Result<bool, AddrBookError> {
         let sock = match &addr.host {
-            plexus_p2p::Host::Ip(ip) => SocketAddr::new(*ip, addr.port),
+            plexus_p2p::Host::Ip(ip) => self.admissible(SocketAddr::new(*ip, addr.port))?,
             plexus_p2p::Host::Dns(_) => return Err(AddrBookError::NotIp(addr.to_string())),
         };
-        if sock.port() == 0 {
-            return Err(AddrBookError::NoPort(sock));
-        }
-        if self.cfg.strict && !routable(sock.ip()) {
-            return Err(AddrBookError::NotRoutable(sock));
-        }
+        let source = source.to_canonical();
         let seen = seen.min(now);
         if let Some(e) = self.entries.get_mut(&addr.id) {
             if e.is_banned(now) {
@@ -458,13 +453,35 @@ impl AddrBook {
     }
 
     /// `id` was authenticated at `addr` (its NodeInfo listen address on a
-    /// live connection): record the address if it moved.
-    pub fn set_addr(&mut self, id: &NodeId, addr: SocketAddr) {
+    /// live connection): record the address if it moved. The address must
+    /// pass the rules of [`AddrBook::add`] (a dial-only peer's port 0, or a
+    /// private address while strict, never replaces a dialable one).
+    ///
+    /// # Errors
+    /// [`AddrBookError::NoPort`], [`AddrBookError::NotRoutable`]; the entry
+    /// is left as it was.
+    pub fn set_addr(&mut self, id: &NodeId, addr: SocketAddr) -> Result<(), AddrBookError> {
+        let addr = self.admissible(addr)?;
         if let Some(e) = self.entries.get_mut(id) {
             if e.addr != addr && !e.in_tried {
                 e.addr = addr;
             }
         }
+        Ok(())
+    }
+
+    /// `addr` with its IP canonical (an IPv4-mapped IPv6 address, as a
+    /// dual-stack listener sees IPv4 peers, is the IPv4 address), if the
+    /// book takes it: a port, and a routable IP while `strict`.
+    fn admissible(&self, addr: SocketAddr) -> Result<SocketAddr, AddrBookError> {
+        let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
+        if addr.port() == 0 {
+            return Err(AddrBookError::NoPort(addr));
+        }
+        if self.cfg.strict && !routable(addr.ip()) {
+            return Err(AddrBookError::NotRoutable(addr));
+        }
+        Ok(addr)
     }
 
     /// A connection attempt to `id` is failing or starting.

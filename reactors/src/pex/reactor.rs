@@ -507,7 +507,8 @@ impl PexReactor {
         let mut book = self.book.lock();
         let _ = book.add(&addr, peer.socket_addr().ip(), now, info.node_type as u8, now);
         if let plexus_p2p::Host::Ip(ip) = addr.host {
-            book.set_addr(&peer.id(), SocketAddr::new(ip, addr.port));
+            // Refused (port 0, not routable): the book keeps what it had.
+            let _ = book.set_addr(&peer.id(), SocketAddr::new(ip, addr.port));
         }
         if peer.is_outbound() {
             if let Good::Collision { incumbent } = book.mark_good(&peer.id(), now) {

@@ -191,6 +191,17 @@ fn limits_by_direction_ip_and_netgroup() {
         Admission::Refuse(RejectReason::TooManyFromIp(_))
     ));
     assert!(matches!(m.inbound_attempt(t0, ip("1.2.0.1")), Err(RejectReason::TooManyFromIp(_))));
+    // An IPv6 /64 counts as one IP (its holder has 2^64 addresses).
+    let c7 = accept(&mut m, t0, 7, "2001:db8:1:2::1", ConnKind::Inbound);
+    assert!(matches!(
+        m.admit(t0, id(8), ip("2001:db8:1:2::99"), ConnKind::Inbound),
+        Admission::Refuse(RejectReason::TooManyFromIp(_))
+    ));
+    assert!(matches!(
+        m.inbound_attempt(t0, ip("2001:db8:1:2:ffff::1")),
+        Err(RejectReason::TooManyFromIp(_))
+    ));
+    m.disconnected(&id(7), c7);
     accept(&mut m, t0, 2, "1.2.0.2", ConnKind::Inbound);
     // Two per /16.
     assert!(matches!(

@@ -353,3 +353,23 @@ fn reputations_are_saved_with_the_book() {
     let back = AddrBook::from_json(AddrBookConfig::default(), &old.to_string(), rng(3)).unwrap();
     assert!(back.reputation().is_empty());
 }
+
+#[test]
+fn addresses_are_canonical_and_set_addr_keeps_the_rules_of_add() {
+    let mut book = AddrBook::new(AddrBookConfig::default(), rng(1));
+    // An IPv4 peer seen through a dual-stack listener is stored as IPv4.
+    let mapped = NetAddress::new(id(1), "[::ffff:8.8.8.8]:26656".parse().unwrap());
+    assert!(book.add(&mapped, "::ffff:1.1.1.1".parse().unwrap(), NOW, 1, NOW).unwrap());
+    let e = book.get(&id(1)).unwrap();
+    assert_eq!(e.addr, "8.8.8.8:26656".parse().unwrap());
+    assert_eq!(e.source, src([1, 1, 1, 1]));
+    // A reconnect that advertises port 0 (dial-only) or a private address
+    // does not move a known, dialable entry.
+    let err = book.set_addr(&id(1), "9.9.9.9:0".parse().unwrap()).unwrap_err();
+    assert!(matches!(err, AddrBookError::NoPort(_)));
+    assert!(book.set_addr(&id(1), "192.168.1.5:26656".parse().unwrap()).is_err());
+    assert_eq!(book.get(&id(1)).unwrap().addr, "8.8.8.8:26656".parse().unwrap());
+    // A routable move is recorded, canonical.
+    book.set_addr(&id(1), "[::ffff:9.9.9.9]:26657".parse().unwrap()).unwrap();
+    assert_eq!(book.get(&id(1)).unwrap().addr, "9.9.9.9:26657".parse().unwrap());
+}
