@@ -252,6 +252,41 @@ impl PeerManager {
     /// Peers that count against `max_outbound` and `max_inbound`: not being
     /// evicted, not unconditional, and for outbound neither persistent nor
     /// feelers (they are exempt, so they take no regular slot either).
+    /// Checks the manager's invariants, for tests and fuzzing (`fuzz/`):
+    /// counted inbound and outbound peers within `max_inbound` and
+    /// `max_outbound` (unconditional and evicting peers are not counted),
+    /// never our own id, pending handshakes within `max_pending_handshakes`
+    /// and equal to the sum of the per-IP counts, no IP but an exempt one
+    /// over `max_pending_handshakes_per_ip`, the IP table within its bound.
+    ///
+    /// # Errors
+    /// The first invariant broken, described.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let (outbound, inbound) = self.counts();
+        if inbound > self.cfg.max_inbound || outbound > self.cfg.max_outbound {
+            return Err(format!("{inbound} inbound / {outbound} outbound peers counted"));
+        }
+        if self.peers.contains_key(&self.local_id) {
+            return Err("our own id is a peer".into());
+        }
+        let pending: usize = self.ips.values().map(|s| s.pending).sum();
+        if pending != self.pending_list.len()
+            || pending > self.cfg.max_pending_handshakes
+            || self.ips.iter().any(|(ip, s)| {
+                !self.ip_exempt(*ip) && s.pending > self.cfg.max_pending_handshakes_per_ip
+            })
+        {
+            return Err(format!(
+                "{pending} pending by IP, {} in the list",
+                self.pending_list.len()
+            ));
+        }
+        if self.ips.len() > MAX_TRACKED_IPS + self.cfg.max_pending_handshakes {
+            return Err(format!("{} IPs tracked", self.ips.len()));
+        }
+        Ok(())
+    }
+
     fn counts(&self) -> (usize, usize) {
         let mut counts = (0, 0);
         for (id, c) in &self.peers {
@@ -448,6 +483,11 @@ impl PeerManager {
     /// An authenticated connection asks to join the peer set.
     pub fn admit(&mut self, now: Instant, id: NodeId, ip: IpAddr, kind: ConnKind) -> Admission {
         let ip = ip.to_canonical();
+        // The NodeInfo check refuses it first in the switch; the manager
+        // does not rely on that (found by fuzz/peer_manager).
+        if id == self.local_id {
+            return Admission::Refuse(RejectReason::SelfConnection);
+        }
         if let Err(e) = self.check_banned(now, &id) {
             return Admission::Refuse(e);
         }

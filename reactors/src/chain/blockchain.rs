@@ -362,6 +362,80 @@ impl Blockchain {
         Ok(())
     }
 
+    /// Checks every invariant of the in-memory chain against itself and the
+    /// store, for tests and fuzzing (`fuzz/`): each indexed block's weight
+    /// is its parent's plus its own work and its height its parent's plus
+    /// one; the leaves are exactly the indexed blocks without an indexed
+    /// child; the main chain links up from genesis, ends at the heaviest
+    /// leaf (first seen on a tie) and matches the store's; `tips()` is
+    /// sorted heaviest first; the store holds the same number of blocks
+    /// as the index; the orphan pool keeps its bounds. Cost: linear in the
+    /// number of blocks.
+    ///
+    /// # Errors
+    /// The first invariant broken, described.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let g = &self.params.genesis_hash;
+        for (hash, e) in &self.index {
+            let own = target_from_bits(e.header.bits).map(work);
+            if hash == g {
+                if e.header.height != 0 || Some(e.weight) != own {
+                    return Err("genesis entry has a wrong height or weight".into());
+                }
+                continue;
+            }
+            let Some(p) = self.index.get(&e.header.prev_hash) else {
+                return Err(format!("block {hash} is indexed without its parent"));
+            };
+            if e.header.height != p.header.height + 1 {
+                return Err(format!("block {hash} is not one above its parent"));
+            }
+            if own.map(|w| p.weight + w) != Some(e.weight) {
+                return Err(format!("block {hash} has a weight other than parent + work"));
+            }
+        }
+        let parents: HashSet<&BlockHash> =
+            self.index.iter().filter(|(h, _)| *h != g).map(|(_, e)| &e.header.prev_hash).collect();
+        let leaves: HashSet<BlockHash> =
+            self.index.keys().filter(|h| !parents.contains(h)).copied().collect();
+        if leaves != self.leaves {
+            return Err(format!(
+                "{} leaves kept, {} blocks without a child",
+                self.leaves.len(),
+                leaves.len()
+            ));
+        }
+        self.check_main_chain().map_err(|e| e.to_string())?;
+        for (height, hash) in self.main.iter().enumerate() {
+            if self.height_to_hash(height as u64) != Some(*hash) || !self.on_main(hash) {
+                return Err(format!("height_to_hash({height}) disagrees with the main chain"));
+            }
+        }
+        let stored = self.store.load_main_chain().map_err(|e| e.to_string())?;
+        if stored != self.main {
+            return Err("the store's main chain differs from the index's".into());
+        }
+        let count = self.store.block_count().map_err(|e| e.to_string())?;
+        if count != self.index.len() as u64 {
+            return Err(format!("{count} blocks stored, {} indexed", self.index.len()));
+        }
+        let tips = self.tips();
+        if tips.first().map(|t| t.hash) != Some(self.tip())
+            || tips.windows(2).any(|w| w[0].weight < w[1].weight)
+        {
+            return Err("tips() is not heaviest first from the main tip".into());
+        }
+        let o = &self.orphans;
+        if o.map.len() > self.cfg.max_orphans
+            || o.bytes > self.cfg.max_orphan_bytes
+            || o.order.len() != o.map.len()
+            || o.map.values().map(|x| x.size).sum::<usize>() != o.bytes
+        {
+            return Err("the orphan pool is over its bounds or miscounted".into());
+        }
+        Ok(())
+    }
+
     fn add_entry(&mut self, hash: BlockHash, header: Header, weight: U256) {
         self.leaves.remove(&header.prev_hash);
         self.leaves.insert(hash);

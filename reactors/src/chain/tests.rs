@@ -617,6 +617,7 @@ fn a_heavier_fork_wins_by_weight_not_height() {
     let mut c = chain(&p);
     let slow = extend(&mut c, p.genesis_hash, 8, 10 * T);
     assert_eq!(c.height(), 8);
+    c.check_invariants().unwrap();
     let main_weight = c.weight();
     let mut txs_side = Vec::new();
     let mut parent = p.genesis_hash;
@@ -634,6 +635,7 @@ fn a_heavier_fork_wins_by_weight_not_height() {
     }
     let r = last.unwrap();
     assert!(c.weight() > main_weight);
+    c.check_invariants().unwrap();
     assert_eq!(r.status, ProcessStatus::MainChain);
     assert_eq!(c.height(), 2, "the lower chain is now the main chain");
     assert_eq!(c.tip(), parent);

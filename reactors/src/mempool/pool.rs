@@ -230,6 +230,61 @@ impl Mempool {
         }
     }
 
+    /// Checks the pool's invariants, for tests and fuzzing (`fuzz/`): the
+    /// order, the per-source shares and the byte counts agree with the
+    /// transactions held; the pool is within `max_txs` and `max_bytes`;
+    /// each peer within its share (`max_peer_share_percent`, at least one
+    /// transaction of any allowed size); each transaction with fewer than
+    /// `max_senders_per_tx` extra senders.
+    ///
+    /// # Errors
+    /// The first invariant broken, described.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let c = &self.cfg;
+        if self.order.len() != self.txs.len()
+            || self.order.iter().any(|(seq, id)| self.txs.get(id).map(|e| e.seq) != Some(*seq))
+        {
+            return Err("the order and the transactions disagree".into());
+        }
+        if self.txs.values().map(|e| e.tx.len()).sum::<usize>() != self.bytes {
+            return Err("bytes miscounted".into());
+        }
+        let mut shares: HashMap<TxSource, (usize, usize)> = HashMap::new();
+        for e in self.txs.values() {
+            let s = shares.entry(e.source).or_default();
+            s.0 += 1;
+            s.1 += e.tx.len();
+            if e.also_from.len() >= c.max_senders_per_tx.max(1) {
+                return Err("too many senders remembered".into());
+            }
+        }
+        let mut peers = (0, 0);
+        for (source, share) in &self.sources {
+            let held = shares.get(source).copied().unwrap_or_default();
+            if (share.txs, share.bytes) != held || share.seqs.len() != share.txs {
+                return Err(format!("the share of {source:?} is miscounted"));
+            }
+            if let TxSource::Peer(_) = source {
+                peers = (peers.0 + held.0, peers.1 + held.1);
+                let pct = |n: usize| n * usize::from(c.max_peer_share_percent) / 100;
+                if held.0 > pct(c.max_txs).max(1) || held.1 > pct(c.max_bytes).max(c.max_tx_bytes) {
+                    return Err(format!("{source:?} holds more than its share"));
+                }
+            }
+        }
+        if shares.keys().any(|s| !self.sources.contains_key(s)) || peers != self.from_peers {
+            return Err("a source is missing or the peers' total is miscounted".into());
+        }
+        if self.txs.len() > c.max_txs || self.bytes > c.max_bytes {
+            return Err(format!(
+                "{} transactions, {} bytes: over the limits",
+                self.txs.len(),
+                self.bytes
+            ));
+        }
+        Ok(())
+    }
+
     /// The limits.
     pub fn config(&self) -> &MempoolConfig {
         &self.cfg

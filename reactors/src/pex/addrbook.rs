@@ -315,6 +315,51 @@ impl AddrBook {
         self.entries.values().filter(|e| e.in_tried).count()
     }
 
+    /// Checks addrman's invariants (Bitcoin Core's `AddrMan::CheckAddrman`
+    /// in spirit), for tests and fuzzing (`fuzz/`): the tables hold no more
+    /// than their buckets, each entry is in exactly one table, every slot
+    /// names a known entry (a tried slot an entry in tried), `new_refs`
+    /// counts the entry's new-table slots and stays within
+    /// `max_new_copies`, and each tried entry holds exactly one slot.
+    ///
+    /// # Errors
+    /// The first invariant broken, described.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let c = &self.cfg;
+        if self.new_count() > c.new_buckets * c.bucket_size
+            || self.tried_count() > c.tried_buckets * c.bucket_size
+        {
+            return Err("a table holds more than its buckets".into());
+        }
+        let mut refs: HashMap<NodeId, u32> = HashMap::new();
+        for id in self.new.iter().flatten().flatten() {
+            if !self.entries.contains_key(id) {
+                return Err(format!("new-table slot names unknown {id}"));
+            }
+            *refs.entry(*id).or_default() += 1;
+        }
+        let mut tried: HashMap<NodeId, u32> = HashMap::new();
+        for id in self.tried.iter().flatten().flatten() {
+            if !self.entries.get(id).is_some_and(|e| e.in_tried) {
+                return Err(format!("tried-table slot names {id}, not in tried"));
+            }
+            *tried.entry(*id).or_default() += 1;
+        }
+        for e in self.entries.values() {
+            if e.in_tried == (e.new_refs > 0) {
+                return Err(format!("{} is in both tables or in neither", e.id));
+            }
+            if refs.get(&e.id).copied().unwrap_or(0) != e.new_refs || e.new_refs > c.max_new_copies
+            {
+                return Err(format!("{} has new_refs {} for its slots", e.id, e.new_refs));
+            }
+            if e.in_tried && tried.get(&e.id) != Some(&1) {
+                return Err(format!("{} is in tried without exactly one slot", e.id));
+            }
+        }
+        Ok(())
+    }
+
     /// All addresses.
     pub fn len(&self) -> usize {
         self.entries.len()

@@ -202,6 +202,7 @@ fn limits_by_direction_ip_and_netgroup() {
         Err(RejectReason::TooManyFromIp(_))
     ));
     m.disconnected(&id(7), c7);
+    m.check_invariants().unwrap();
     accept(&mut m, t0, 2, "1.2.0.2", ConnKind::Inbound);
     // Two per /16.
     assert!(matches!(
@@ -577,4 +578,18 @@ fn a_persistent_peer_connecting_inbound_resets_its_redial_backoff() {
     }
     accept(&mut m, t0, 1, "1.2.3.4", ConnKind::Inbound);
     assert!(m.redial_delay(&id(1)) <= Duration::from_millis(1250));
+}
+
+/// Found by fuzz/peer_manager: the manager admitted our own id.
+#[test]
+fn our_own_id_is_never_admitted() {
+    let t0 = Instant::now();
+    let mut m = mgr(PeerManagerConfig::default());
+    for kind in [ConnKind::Inbound, ConnKind::Outbound, ConnKind::Persistent, ConnKind::Feeler] {
+        assert!(matches!(
+            m.admit(t0, id(0), ip("1.2.3.4"), kind),
+            Admission::Refuse(RejectReason::SelfConnection)
+        ));
+    }
+    m.check_invariants().unwrap();
 }

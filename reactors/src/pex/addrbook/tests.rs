@@ -4,7 +4,6 @@ use super::*;
 use plexus_p2p::NodeKey;
 use proptest::prelude::{prop_assert, prop_assert_eq, proptest, ProptestConfig};
 use rand::SeedableRng;
-use std::collections::HashMap;
 
 const NOW: u64 = 1_800_000_000;
 
@@ -279,26 +278,8 @@ proptest! {
                 3 => { b.mark_good(&a.id, now); b.resolve_collisions(now); }
                 _ => { b.ban(&a.id, now + 50); }
             }
-            let cap = small();
-            prop_assert!(b.new_count() <= cap.new_buckets * cap.bucket_size);
-            prop_assert!(b.tried_count() <= cap.tried_buckets * cap.bucket_size);
-            for e in b.entries.values() {
-                prop_assert!(!(e.in_tried && e.new_refs > 0), "in both tables");
-                prop_assert!(e.in_tried || e.new_refs > 0, "in neither table");
-            }
-            let tried_slots = b.tried.iter().flatten().filter(|s| s.is_some()).count();
-            prop_assert_eq!(tried_slots, b.tried_count());
-            // Every slot names a known entry, and new_refs counts its slots.
-            let mut refs: HashMap<NodeId, u32> = HashMap::new();
-            for id in b.new.iter().flatten().flatten() {
-                prop_assert!(b.entries.contains_key(id), "dangling new slot");
-                *refs.entry(*id).or_default() += 1;
-            }
-            for id in b.tried.iter().flatten().flatten() {
-                prop_assert!(b.entries.get(id).is_some_and(|e| e.in_tried), "dangling tried slot");
-            }
-            for e in b.entries.values() {
-                prop_assert_eq!(refs.get(&e.id).copied().unwrap_or(0), e.new_refs);
+            if let Err(why) = b.check_invariants() {
+                prop_assert!(false, "{}", why);
             }
         }
         let private: Vec<NodeId> = (0..300).step_by(3).map(id).collect();
