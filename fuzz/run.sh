@@ -16,12 +16,14 @@ secs=${1:-10}
 shift || true
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 export RUSTC_BOOTSTRAP=1
+# FUZZ_PROFILE=--dev builds faster, runs slower (the CI smoke run).
+profile=${FUZZ_PROFILE:--O}
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || mapfile -t targets < <(cargo fuzz list)
 if [ $# -eq 0 ]; then
-  cargo fuzz build -O >/dev/null 2>build.log || { cat build.log; exit 1; }
+  cargo fuzz build $profile >/dev/null 2>build.log || { cat build.log; exit 1; }
 else
-  for t in "${targets[@]}"; do cargo fuzz build -O "$t" >/dev/null 2>build.log || { cat build.log; exit 1; }; done
+  for t in "${targets[@]}"; do cargo fuzz build $profile "$t" >/dev/null 2>build.log || { cat build.log; exit 1; }; done
 fi
 status=0
 summary=()
@@ -29,7 +31,7 @@ for t in "${targets[@]}"; do
   mkdir -p "corpus/$t" "artifacts/$t"
   seeds=(); [ -d "seeds/$t" ] && seeds=("seeds/$t")
   mkdir -p logs; log="logs/$t.log"
-  cargo fuzz run -O "$t" "corpus/$t" "${seeds[@]}" -- \
+  cargo fuzz run $profile "$t" "corpus/$t" "${seeds[@]}" -- \
     -max_total_time="$secs" -rss_limit_mb=2048 -timeout=20 -print_final_stats=1 >"$log" 2>&1
   rc=$?
   execs=$(grep -o 'stat::number_of_executed_units: *[0-9]*' "$log" | grep -o '[0-9]*$' | tail -1)

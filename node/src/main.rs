@@ -1,15 +1,7 @@
 //! `plexus`: the node binary. `plexus start` runs a node, `plexus devnet`
 //! a local network of nodes; see `plexus --help` and README.md.
 
-mod cli;
-mod config;
-mod home;
-mod http;
-mod jsonrpc;
-mod node;
-mod rpc;
-mod tls;
-mod ws;
+use plexus_node::{cli, config, home, node};
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -334,80 +334,178 @@ pub const METHODS: &[(&str, &[&str])] = &[
     ("stop_node", &[]),
 ];
 
+/// A method call with its parameters parsed and checked
+/// ([`Request::parse`]): everything a caller can get wrong is refused
+/// there, before the node is touched.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Request {
+    /// `status`.
+    Status,
+    /// `net_info`.
+    NetInfo,
+    /// `tips`.
+    Tips,
+    /// `block`: by height, else by hash, else the tip.
+    Block {
+        /// `height`.
+        height: Option<u64>,
+        /// `hash` (64 hex digits, `0x` allowed).
+        hash: Option<Hash>,
+    },
+    /// `blockchain`.
+    Blockchain {
+        /// `min_height`.
+        min: Option<u64>,
+        /// `max_height`.
+        max: Option<u64>,
+    },
+    /// `mempool`: at most `limit` transactions (default 30, capped at
+    /// [`MAX_MEMPOOL_LIMIT`]).
+    Mempool {
+        /// `limit`.
+        limit: usize,
+    },
+    /// `broadcast_tx`: the transaction's bytes ([`tx_bytes`]).
+    BroadcastTx(Vec<u8>),
+    /// `dial_peers`.
+    DialPeers {
+        /// `peers`, at most `rpc.max_dial_peers`.
+        peers: Vec<NetAddress>,
+        /// `persistent` (default false).
+        persistent: bool,
+    },
+    /// `stop_peer`.
+    StopPeer(NodeId),
+    /// `stop_node`.
+    StopNode,
+}
+
+impl Request {
+    /// Parses `method` with named params `p` (an object, or null for
+    /// none); `max_dial_peers` is `rpc.max_dial_peers`.
+    ///
+    /// # Errors
+    /// -32601 for an unknown method; -32602 naming the bad parameter.
+    pub fn parse(method: &str, p: &Value, max_dial_peers: usize) -> Result<Request, RpcError> {
+        let empty = json!({});
+        let p = match p {
+            Value::Object(_) => p,
+            Value::Null => &empty,
+            _ => {
+                let why = "params must be an object of named parameters";
+                return Err(err(code::INVALID_PARAMS, why));
+            }
+        };
+        Ok(match method {
+            "status" => Request::Status,
+            "net_info" => Request::NetInfo,
+            "tips" => Request::Tips,
+            "block" => {
+                let hash = match param(p, "hash") {
+                    None => None,
+                    Some(v) => Some(
+                        v.as_str()
+                            .and_then(|s| s.strip_prefix("0x").unwrap_or(s).parse::<Hash>().ok())
+                            .ok_or_else(|| {
+                                err(code::INVALID_PARAMS, "hash must be 64 hex digits")
+                            })?,
+                    ),
+                };
+                Request::Block { height: u64_param(p, "height")?, hash }
+            }
+            "blockchain" => Request::Blockchain {
+                min: u64_param(p, "min_height")?,
+                max: u64_param(p, "max_height")?,
+            },
+            "mempool" => {
+                let limit = u64_param(p, "limit")?.unwrap_or(30).min(MAX_MEMPOOL_LIMIT as u64);
+                Request::Mempool { limit: limit as usize }
+            }
+            "broadcast_tx" => Request::BroadcastTx(tx_bytes(param(p, "tx"))?),
+            "dial_peers" => {
+                let list = param(p, "peers").and_then(Value::as_array).ok_or_else(|| {
+                    err(code::INVALID_PARAMS, "peers must be a list of id@host:port")
+                })?;
+                if list.len() > max_dial_peers {
+                    let why = format!(
+                        "{} peers; at most {max_dial_peers} (rpc.max_dial_peers)",
+                        list.len()
+                    );
+                    return Err(err(code::INVALID_PARAMS, why));
+                }
+                let mut peers = Vec::new();
+                for v in list {
+                    let s = v.as_str().unwrap_or_default();
+                    let a: NetAddress = s
+                        .parse()
+                        .map_err(|e| err(code::INVALID_PARAMS, format!("peer {s}: {e}")))?;
+                    peers.push(a);
+                }
+                let persistent = match param(p, "persistent") {
+                    None => false,
+                    Some(Value::Bool(b)) => *b,
+                    Some(_) => {
+                        return Err(err(code::INVALID_PARAMS, "persistent must be a boolean"))
+                    }
+                };
+                Request::DialPeers { peers, persistent }
+            }
+            "stop_peer" => Request::StopPeer(
+                param(p, "id").and_then(Value::as_str).and_then(|s| s.parse().ok()).ok_or_else(
+                    || err(code::INVALID_PARAMS, "id must be a node id (40 hex digits)"),
+                )?,
+            ),
+            "stop_node" => Request::StopNode,
+            other => return Err(err(code::METHOD_NOT_FOUND, format!("unknown method {other:?}"))),
+        })
+    }
+}
+
 /// Runs one method; the JSON-RPC, GET and WebSocket forms all end here.
 /// `params` must be an object (named parameters) or absent. Reads of the
 /// chain, the store and the mempool run on a blocking thread, so a block
 /// import holding the chain lock never parks the async workers.
 pub async fn call(node: &Arc<Node>, method: &str, p: Value, via: Via) -> Result<Value, RpcError> {
-    let p = match p {
-        Value::Object(_) => p,
-        Value::Null => json!({}),
-        _ => return Err(err(code::INVALID_PARAMS, "params must be an object of named parameters")),
-    };
+    // Who may call it comes before what it was given.
     match method {
-        "broadcast_tx" => {
-            // A transaction changes the node: a page on any site could
-            // make a browser send this GET (an `<img>`).
-            if via == Via::Get {
-                let why = "broadcast_tx needs POST or the WebSocket";
-                return Err(err(code::NOT_ALLOWED, why));
-            }
-            let tx = tx_bytes(param(&p, "tx"))?;
+        "dial_peers" | "stop_peer" | "stop_node" => require_unsafe(node, via)?,
+        // A transaction changes the node: a page on any site could make a
+        // browser send this GET (an `<img>`).
+        "broadcast_tx" if via == Via::Get => {
+            return Err(err(code::NOT_ALLOWED, "broadcast_tx needs POST or the WebSocket"));
+        }
+        _ => {}
+    }
+    match Request::parse(method, &p, node.cfg.rpc.max_dial_peers)? {
+        Request::BroadcastTx(tx) => {
             let id = node
                 .mem
                 .submit(Bytes::from(tx))
                 .map_err(|e| err(code::TX_REFUSED, e.to_string()))?;
             Ok(json!({ "hash": id.to_string() }))
         }
-        "dial_peers" => {
-            require_unsafe(node, via)?;
-            let list = param(&p, "peers")
-                .and_then(Value::as_array)
-                .ok_or_else(|| err(code::INVALID_PARAMS, "peers must be a list of id@host:port"))?;
-            let max = node.cfg.rpc.max_dial_peers;
-            if list.len() > max {
-                let why = format!("{} peers; at most {max} (rpc.max_dial_peers)", list.len());
-                return Err(err(code::INVALID_PARAMS, why));
-            }
-            let mut addrs = Vec::new();
-            for v in list {
-                let s = v.as_str().unwrap_or_default();
-                let a: NetAddress =
-                    s.parse().map_err(|e| err(code::INVALID_PARAMS, format!("peer {s}: {e}")))?;
-                addrs.push(a);
-            }
-            let persistent = match param(&p, "persistent") {
-                None | Some(Value::Null) => false,
-                Some(Value::Bool(b)) => *b,
-                Some(_) => return Err(err(code::INVALID_PARAMS, "persistent must be a boolean")),
-            };
+        Request::DialPeers { peers, persistent } => {
             let sw = node.sw.clone();
-            let n = addrs.len();
+            let n = peers.len();
             tokio::spawn(async move {
-                sw.dial_peers(addrs, persistent).await;
+                sw.dial_peers(peers, persistent).await;
             });
             Ok(json!({ "dialing": n, "persistent": persistent }))
         }
-        "stop_peer" => {
-            require_unsafe(node, via)?;
-            let id: NodeId =
-                param(&p, "id").and_then(Value::as_str).and_then(|s| s.parse().ok()).ok_or_else(
-                    || err(code::INVALID_PARAMS, "id must be a node id (40 hex digits)"),
-                )?;
+        Request::StopPeer(id) => {
             let peer =
                 node.sw.peer(&id).ok_or_else(|| err(code::NOT_FOUND, format!("no peer {id}")))?;
             node.sw.stop_peer_gracefully(&peer).await;
             Ok(json!({ "stopped": id.to_string() }))
         }
-        "stop_node" => {
-            require_unsafe(node, via)?;
+        Request::StopNode => {
             node.stop_requested.notify_one();
             Ok(json!({ "stopping": true }))
         }
-        // The read-only methods (or none).
-        _ => {
-            let (node, method) = (node.clone(), method.to_string());
-            tokio::task::spawn_blocking(move || read(&node, &method, &p))
+        // The read-only methods.
+        read_only => {
+            let node = node.clone();
+            tokio::task::spawn_blocking(move || read(&node, read_only))
                 .await
                 .unwrap_or_else(|e| Err(err(code::INTERNAL, format!("the request failed: {e}"))))
         }
@@ -425,12 +523,12 @@ pub const MAX_BLOCKCHAIN_HEADERS: u64 = 20;
 /// locks are held only to copy out what the answer needs (hashes,
 /// headers); blocks are read through the node's read-only database
 /// connection, and JSON is built after.
-fn read(node: &Node, method: &str, p: &Value) -> Result<Value, RpcError> {
+fn read(node: &Node, request: Request) -> Result<Value, RpcError> {
     let store_err = |e: plexus_reactors::chain::StoreError| err(code::INTERNAL, e.to_string());
-    match method {
-        "status" => Ok(status(node)),
-        "net_info" => Ok(net_info(node)),
-        "tips" => {
+    match request {
+        Request::Status => Ok(status(node)),
+        Request::NetInfo => Ok(net_info(node)),
+        Request::Tips => {
             let tips = node.chain.with_chain(|c| c.tips());
             let tips: Vec<Value> = tips
                 .iter()
@@ -438,17 +536,13 @@ fn read(node: &Node, method: &str, p: &Value) -> Result<Value, RpcError> {
                 .collect();
             Ok(json!({ "tips": tips }))
         }
-        "block" => {
-            let (height, hash) = (u64_param(p, "height")?, param(p, "hash"));
+        Request::Block { height, hash } => {
             let (hash, main) = node.chain.with_chain(|c| {
                 let hash = match (height, hash) {
                     (Some(h), _) => c
                         .height_to_hash(h)
                         .ok_or_else(|| err(code::NOT_FOUND, format!("no block at height {h}")))?,
-                    (None, Some(v)) => v
-                        .as_str()
-                        .and_then(|s| s.strip_prefix("0x").unwrap_or(s).parse::<Hash>().ok())
-                        .ok_or_else(|| err(code::INVALID_PARAMS, "hash must be 64 hex digits"))?,
+                    (None, Some(hash)) => hash,
                     (None, None) => c.tip(),
                 };
                 Ok::<_, RpcError>((hash, c.on_main(&hash)))
@@ -459,12 +553,12 @@ fn read(node: &Node, method: &str, p: &Value) -> Result<Value, RpcError> {
             v["main_chain"] = json!(main);
             Ok(v)
         }
-        "blockchain" => {
+        Request::Blockchain { min, max } => {
             let (last, picked) = node.chain.with_chain(|c| {
                 let last = c.height();
-                let max = u64_param(p, "max_height")?.unwrap_or(last).min(last);
+                let max = max.unwrap_or(last).min(last);
                 let span = MAX_BLOCKCHAIN_HEADERS - 1;
-                let min = u64_param(p, "min_height")?.unwrap_or(max.saturating_sub(span));
+                let min = min.unwrap_or(max.saturating_sub(span));
                 if min > max {
                     let why = format!("min_height {min} is above max_height {max}");
                     return Err(err(code::INVALID_PARAMS, why));
@@ -493,11 +587,10 @@ fn read(node: &Node, method: &str, p: &Value) -> Result<Value, RpcError> {
             }
             Ok(json!({ "last_height": last, "headers": headers }))
         }
-        "mempool" => {
-            let limit = u64_param(p, "limit")?.unwrap_or(30).min(MAX_MEMPOOL_LIMIT as u64);
+        Request::Mempool { limit } => {
             let (n, bytes, txs) = node.chain.with_mempool(|m| {
                 let txs: Vec<(TxId, Bytes)> =
-                    m.iter().take(limit as usize).map(|(id, t)| (*id, t.clone())).collect();
+                    m.iter().take(limit).map(|(id, t)| (*id, t.clone())).collect();
                 (m.len(), m.bytes(), txs)
             });
             let txs: Vec<Value> = txs
@@ -506,7 +599,7 @@ fn read(node: &Node, method: &str, p: &Value) -> Result<Value, RpcError> {
                 .collect();
             Ok(json!({ "n_txs": n, "bytes": bytes, "txs": txs }))
         }
-        other => Err(err(code::METHOD_NOT_FOUND, format!("unknown method {other:?}"))),
+        other => Err(err(code::INTERNAL, format!("{other:?} is not a read-only method"))),
     }
 }
 

@@ -53,6 +53,23 @@ pub struct RoundConfig {
     pub resync_distance: u64,
 }
 
+impl RoundConfig {
+    /// Small batches (4 blocks a request, 4 then 8 headers, 2 requests to
+    /// the target while its headers come, 15 s headers timeout, resync
+    /// beyond 16 blocks), so a short chain takes many requests: for tests
+    /// and fuzzing (`fuzz/`).
+    pub fn small() -> RoundConfig {
+        RoundConfig {
+            pool: PoolConfig { blocks_per_request: 4, ..PoolConfig::default() },
+            max_headers_per_request: 8,
+            first_headers_batch: 4,
+            headers_timeout: Duration::from_secs(15),
+            header_peer_pending: 2,
+            resync_distance: 16,
+        }
+    }
+}
+
 /// What the driver is to do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {

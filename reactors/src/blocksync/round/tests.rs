@@ -14,14 +14,7 @@ use crate::chain::tests::{chain, extend, params, T};
 use crate::chain::{Blockchain, BodyChecked};
 
 fn cfg() -> RoundConfig {
-    RoundConfig {
-        pool: PoolConfig { blocks_per_request: 4, ..PoolConfig::default() },
-        max_headers_per_request: 8,
-        first_headers_batch: 4,
-        headers_timeout: Duration::from_secs(15),
-        header_peer_pending: 2,
-        resync_distance: 16,
-    }
+    RoundConfig::small()
 }
 
 fn id() -> NodeId {
