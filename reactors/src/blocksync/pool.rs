@@ -11,7 +11,7 @@
 //! `duplicate_after` is also sent to a second peer, so one slow peer
 //! cannot stall the pipeline.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
 use plexus_p2p::NodeId;
@@ -144,6 +144,10 @@ pub struct BlockPool {
     ready: BTreeMap<u64, (CheckedBlock, NodeId)>,
     /// False while later headers may still extend the path.
     headers_complete: bool,
+    /// Peers given up on ([`BlockPool::drop_peer`]): never added again,
+    /// though the status table may list them until the driver's
+    /// disconnect lands. At most one entry per peer that joined.
+    dropped: HashSet<NodeId>,
 }
 
 impl BlockPool {
@@ -160,6 +164,7 @@ impl BlockPool {
             asked: HashMap::new(),
             ready: BTreeMap::new(),
             headers_complete: true,
+            dropped: HashSet::new(),
         }
     }
 
@@ -264,6 +269,9 @@ impl BlockPool {
     }
 
     fn add(&mut self, peer: NodeId, height: u64, claimed_tip: Option<BlockHash>, now: Instant) {
+        if self.dropped.contains(&peer) {
+            return;
+        }
         let p = self.peers.entry(peer).or_insert(PoolPeer {
             height,
             inflight: HashMap::new(),
@@ -290,6 +298,17 @@ impl BlockPool {
                 who.retain(|p| p != peer);
             }
         }
+    }
+
+    /// Removes a peer for the rest of the pool's life (it sent an invalid
+    /// block or kept timing out): later `add_peer`/`add_claimant` calls
+    /// for it are ignored, so a peer still listed in the status table
+    /// while its disconnect is pending is not asked again. (Found by the
+    /// blocksync fuzz target: a blamed peer rejoined at every tick and was
+    /// asked for the same blocks over and over.)
+    pub fn drop_peer(&mut self, peer: &NodeId) {
+        self.remove_peer(peer);
+        self.dropped.insert(*peer);
     }
 
     /// New requests: the heights of the window not yet asked for, in
@@ -529,7 +548,8 @@ impl BlockPool {
     /// Applying failed at `height`: the pool goes back to it and puts
     /// `rest` (the blocks taken from `height` on) back. When `bad` names
     /// the peer whose block was invalid, its blocks (in `rest` and waiting)
-    /// are dropped and it leaves the pool, so those heights go to others.
+    /// are dropped and it leaves the pool for good ([`BlockPool::drop_peer`]),
+    /// so those heights go to others.
     pub fn rewind(&mut self, height: u64, bad: Option<&NodeId>, rest: Vec<(CheckedBlock, NodeId)>) {
         self.next = self.next.min(height);
         self.scan_from = self.next;
@@ -540,7 +560,7 @@ impl BlockPool {
         }
         if let Some(peer) = bad {
             self.ready.retain(|_, (_, from)| from != peer);
-            self.remove_peer(peer);
+            self.drop_peer(peer);
         }
     }
 

@@ -456,7 +456,7 @@ impl SyncRound {
         }
         let Some(pool) = self.pool.as_mut() else { return out };
         for id in pool.expire(now) {
-            pool.remove_peer(&id);
+            pool.drop_peer(&id);
             out.push(Action::Disconnect { peer: id, why: "block sync requests timed out".into() });
         }
         if self.heavier_elsewhere(peers) {

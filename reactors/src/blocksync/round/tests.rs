@@ -187,3 +187,69 @@ fn headers_from_the_future_end_the_round_without_blame_until_their_time() {
         "no report, and a retry once the first header is acceptable"
     );
 }
+
+/// Found by the blocksync fuzz target: a peer blamed for an invalid block
+/// left the pool but, still listed in the status table until the driver's
+/// disconnect lands, joined it again at the next tick and was asked for
+/// the same blocks over and over (120,000 reports in one run).
+#[test]
+fn a_peer_blamed_for_an_invalid_block_is_not_asked_again_this_round() {
+    let (mut ours, theirs) = apart(0, 20);
+    let (target, liar) = (id(), id());
+    let claim = PeerChain::of(&theirs);
+    let table = vec![(target, claim.clone()), (liar, claim.clone())];
+    let mut now = Instant::now();
+    let (mut round, mut todo) = begin(&ours, claim.clone(), target, now);
+    let (mut blamed, mut asked_after) = (false, 0);
+    let mut end = None;
+    for _ in 0..1_000 {
+        let mut next = Vec::new();
+        for a in todo.drain(..) {
+            match a {
+                Action::End(e) => end = Some(e),
+                Action::RequestHeaders { peer, locator, stop, max } => {
+                    let h = theirs.main_headers_after(&locator, &stop, max as usize);
+                    next.extend(round.on_headers(&ours, peer, &h, &table, now, late(&ours)));
+                }
+                Action::RequestBlocks(r) => {
+                    if r.peer == liar && blamed {
+                        asked_after += 1;
+                    }
+                    for (hash, height) in r.hashes.iter().zip(&r.heights) {
+                        let mut b = theirs.block(hash).unwrap().unwrap();
+                        if r.peer == liar {
+                            b.txs.push(bytes::Bytes::from_static(b"altered"));
+                        }
+                        match BodyChecked::check(ours.params(), b) {
+                            Ok(b) => drop(round.on_block(r.peer, b)),
+                            Err(e) => next.extend(round.on_invalid_body(r.peer, *height, &e)),
+                        }
+                    }
+                }
+                Action::Report { peer, kind, .. } => {
+                    assert_eq!((peer, kind), (liar, Misbehavior::BadBlock));
+                    blamed = true;
+                }
+                Action::Disconnect { .. } => {}
+            }
+        }
+        if end.is_some() {
+            break;
+        }
+        let ready = round.take_ready(64);
+        if !ready.is_empty() {
+            let results: Vec<_> = ready
+                .iter()
+                .map(|(b, _)| ours.process_checked(b.clone(), None, late(&ours)))
+                .collect();
+            next.extend(round.on_applied(ready, &results).2);
+        }
+        now += Duration::from_millis(100);
+        next.extend(round.tick(&table, false, now));
+        todo = next;
+    }
+    assert!(blamed, "the liar was never asked");
+    assert_eq!(asked_after, 0, "the blamed peer was asked again");
+    assert_eq!(end, Some(RoundEnd::Reached));
+    assert_eq!(ours.tip(), claim.tip);
+}
