@@ -97,7 +97,7 @@ thread_local! {
         let mut ours = open();
         let ours_blocks = mine(&mut ours, 5, 1);
         let mut theirs = open();
-        mine(&mut theirs, 40, 2);
+        mine(&mut theirs, 24, 2);
         World { params, ours: ours_blocks, theirs }
     };
 }

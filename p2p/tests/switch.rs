@@ -1195,3 +1195,16 @@ async fn a_ping_flood_is_cut_and_honest_pongs_stay_on_time() {
     assert!(last.is_some_and(|rtt| rtt < Duration::from_millis(800)), "{last:?}");
     assert!(victim.peer(&honest.node_id()).is_some());
 }
+
+/// A peer's uptime follows tokio's clock like the rest of the switch (it
+/// read the OS clock, so under a paused or simulated clock it stayed near
+/// zero and a seed never dropped a peer after `seed_peer_lifetime`).
+#[tokio::test(start_paused = true)]
+async fn uptime_follows_the_runtime_clock() {
+    let net = MemoryTransport::new();
+    let (a, b) = pair(&net).await;
+    a.dial(&b.net_address().unwrap()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(100)).await;
+    let up = a.peer(&b.node_id()).expect("still connected").uptime();
+    assert!(up >= Duration::from_secs(100), "uptime {up:?} after 100 s");
+}

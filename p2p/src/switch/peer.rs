@@ -90,9 +90,10 @@ impl Peer {
     pub fn socket_addr(&self) -> SocketAddr {
         self.0.socket_addr
     }
-    /// How long the peer has been connected.
+    /// How long the peer has been connected, by tokio's clock (the
+    /// switch's clock: paused in tests, simulated in a simulation).
     pub fn uptime(&self) -> Duration {
-        self.0.connected_at.elapsed()
+        tokio::time::Instant::now().into_std().saturating_duration_since(self.0.connected_at)
     }
     /// Connection statistics (bytes and messages per channel, RTT).
     pub fn stats(&self) -> ConnectionStats {
