@@ -19,7 +19,7 @@
 //!   peers are disconnected but capped and never banned for long;
 //! - the redial backoff of persistent peers.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
@@ -140,7 +140,8 @@ pub struct PeerManager {
     local_id: NodeId,
     rng: StdRng,
     netgroup_key: [u8; 32],
-    peers: HashMap<NodeId, Connected>,
+    /// By id: eviction sees candidates in the same order in every run.
+    peers: BTreeMap<NodeId, Connected>,
     reputation: Reputation,
     ips: HashMap<IpAddr, IpState>,
     /// Pending inbound handshakes by ticket id (oldest first) and IP key.
@@ -182,7 +183,7 @@ impl PeerManager {
             local_id,
             rng,
             netgroup_key,
-            peers: HashMap::new(),
+            peers: BTreeMap::new(),
             reputation: Reputation::new(),
             ips: HashMap::new(),
             pending_list: std::collections::BTreeMap::new(),

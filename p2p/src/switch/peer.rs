@@ -2,7 +2,7 @@
 //! and kind) and the [`PeerSet`] of connected peers (CometBFT's
 //! `p2p/peer.go` and `peer_set.go`).
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -200,7 +200,9 @@ impl Peer {
 /// The connected peers, by id.
 #[derive(Default)]
 pub struct PeerSet {
-    pub(super) peers: HashMap<NodeId, Peer>,
+    /// By id: iteration (and so `Switch::peers()`) is in id order, the
+    /// same in every run (a simulation replays).
+    pub(super) peers: BTreeMap<NodeId, Peer>,
 }
 
 impl PeerSet {

@@ -23,7 +23,7 @@
 //!   stays if it answers, else the newcomer replaces it; a collision
 //!   unresolved for 40 min goes to the newcomer.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 
@@ -207,7 +207,9 @@ struct SavedFile {
 pub struct AddrBook {
     cfg: AddrBookConfig,
     key: [u8; 32],
-    entries: HashMap<NodeId, KnownAddress>,
+    /// By id: selection and PEX answers draw from the same order in
+    /// every run, so a seeded RNG replays them (simulation).
+    entries: BTreeMap<NodeId, KnownAddress>,
     new: Vec<Vec<Option<NodeId>>>,
     tried: Vec<Vec<Option<NodeId>>>,
     /// Newcomers waiting for a tried slot, with when they were queued.
@@ -254,7 +256,7 @@ impl AddrBook {
         AddrBook {
             cfg,
             key,
-            entries: HashMap::new(),
+            entries: BTreeMap::new(),
             new,
             tried,
             collisions: VecDeque::new(),
@@ -373,6 +375,11 @@ impl AddrBook {
     /// The entry for an id.
     pub fn get(&self, id: &NodeId) -> Option<&KnownAddress> {
         self.entries.get(id)
+    }
+
+    /// Every entry, in id order (banned ones included).
+    pub fn entries(&self) -> impl Iterator<Item = &KnownAddress> {
+        self.entries.values()
     }
 
     /// How many new-table slots hold an entry, per bucket (for tests and

@@ -38,7 +38,8 @@ use plexus_p2p::{
     ChannelDescriptor, Envelope, Misbehavior, NetAddress, NodeId, Peer, Reactor, Switch,
 };
 use plexus_proto::pex::{self as pb, message::Sum};
-use rand::Rng;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 use super::addrbook::{AddrBook, Good};
 
@@ -197,6 +198,10 @@ pub struct PexReactor {
     state: Mutex<State>,
     /// The switch, once started (weak: the switch owns this reactor).
     switch: Mutex<Option<WeakSwitch>>,
+    /// Which outbound peer to ask for addresses, dial jitter. Seeded
+    /// from the OS by default; [`PexReactor::with_rng_seed`] makes a run
+    /// repeatable (simulation).
+    rng: Mutex<StdRng>,
 }
 
 impl std::fmt::Debug for PexReactor {
@@ -242,7 +247,16 @@ impl PexReactor {
             book: Arc::new(Mutex::new(book)),
             state: Mutex::new(State::default()),
             switch: Mutex::new(None),
+            rng: Mutex::new(StdRng::from_os_rng()),
         }
+    }
+
+    /// Seeds the reactor's own RNG (which outbound peer to ask, dial
+    /// jitter), as the switch builder's `rng_seed` does the
+    /// switch's; the book has its own, given to [`AddrBook::new`].
+    pub fn with_rng_seed(mut self, seed: u64) -> Self {
+        self.rng = Mutex::new(StdRng::seed_from_u64(seed));
+        self
     }
 
     /// Reports a PEX rule broken by `peer` to the switch (scored; every
@@ -353,7 +367,7 @@ impl PexReactor {
         if book_low {
             let outbound: Vec<Peer> = sw.peers().into_iter().filter(Peer::is_outbound).collect();
             if !outbound.is_empty() {
-                let p = &outbound[rand::rng().random_range(0..outbound.len())];
+                let p = &outbound[self.rng.lock().random_range(0..outbound.len())];
                 if sw.peer(&p.id()).is_some() {
                     self.request(p).await;
                     // It may have left meanwhile; forget the question then.
@@ -400,7 +414,7 @@ impl PexReactor {
             }
             let backoff =
                 Duration::from_secs(1u64 << e.attempts.min(20)).min(self.cfg.max_dial_backoff);
-            let jitter = rand::rng().random_range(0..=backoff.as_secs() / 4 + 1);
+            let jitter = self.rng.lock().random_range(0..=backoff.as_secs() / 4 + 1);
             if e.last_attempt != 0 && now < e.last_attempt + backoff.as_secs() + jitter {
                 continue;
             }
