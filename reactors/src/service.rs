@@ -22,7 +22,7 @@
 //!   sync both read, and the "block sync runs" flag that keeps block relay
 //!   from chasing what a sync round fetches.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -66,13 +66,33 @@ pub struct ChainServiceConfig {
     /// Most block bytes in one such transaction, so large blocks do not
     /// hold the chain lock for long. Default 8 MiB.
     pub commit_batch_bytes: usize,
+    /// Run the chain's blocking work (SQLite imports and block reads, see
+    /// [`ChainService::blocking`]) on the calling task instead of tokio's
+    /// blocking thread pool. For a deterministic simulation on a
+    /// current-thread runtime with a paused clock: on the pool, when an
+    /// import finishes relative to the runtime's other tasks depends on
+    /// the OS scheduler, so two runs of one seed could diverge. Never for
+    /// a node serving peers over real time (an import would hold up every
+    /// connection of the runtime). Default false.
+    pub inline_blocking: bool,
 }
 
 impl Default for ChainServiceConfig {
     fn default() -> Self {
-        ChainServiceConfig { event_buffer: 1024, commit_batch: 256, commit_batch_bytes: 8 << 20 }
+        ChainServiceConfig {
+            event_buffer: 1024,
+            commit_batch: 256,
+            commit_batch_bytes: 8 << 20,
+            inline_blocking: false,
+        }
     }
 }
+
+/// Blocking work of the chain service panicked (or the runtime shut down
+/// before it ran). Our fault, never a peer's.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the chain's blocking task failed: {0}")]
+pub struct BlockingFailed(String);
 
 /// What a peer last told us of its main chain.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -183,7 +203,9 @@ pub struct ChainService {
     clock: Clock,
     commit_batch: usize,
     commit_batch_bytes: usize,
-    peers: Mutex<HashMap<NodeId, PeerEntry>>,
+    inline_blocking: bool,
+    /// The status table, by id (one order in every run).
+    peers: Mutex<BTreeMap<NodeId, PeerEntry>>,
     /// Bumped by every status change in the table.
     status_gen: AtomicU64,
     status_changed: Notify,
@@ -237,7 +259,8 @@ impl ChainService {
             clock,
             commit_batch: cfg.commit_batch.max(1),
             commit_batch_bytes: cfg.commit_batch_bytes.max(1),
-            peers: Mutex::new(HashMap::new()),
+            inline_blocking: cfg.inline_blocking,
+            peers: Mutex::new(BTreeMap::new()),
             status_gen: AtomicU64::new(0),
             status_changed: Notify::new(),
             syncing: AtomicBool::new(false),
@@ -413,14 +436,31 @@ impl ChainService {
 
     // ---- import ----
 
+    /// Runs `f` (SQLite writes or reads, the chain lock) off the async
+    /// tasks: on tokio's blocking pool (`spawn_blocking`), or, with
+    /// [`ChainServiceConfig::inline_blocking`], right here on the calling
+    /// task. Every reactor's blocking chain work goes through this one
+    /// place. Errors: [`BlockingFailed`] when `f` panicked (either way)
+    /// or the runtime is shutting down.
+    pub async fn blocking<R: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> Result<R, BlockingFailed> {
+        if self.inline_blocking {
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+                .map_err(|_| BlockingFailed("panicked".into()))
+        } else {
+            tokio::task::spawn_blocking(f).await.map_err(|e| BlockingFailed(e.to_string()))
+        }
+    }
+
     /// Imports a block from outside the network (RPC, tools): validates
     /// and stores it; a new tip goes to block relay to announce.
     pub async fn submit_block(self: &Arc<Self>, block: Block) -> Result<Processed, BlockError> {
         let me = self.clone();
-        let r = tokio::task::spawn_blocking(move || me.import_local(block))
+        self.blocking(move || me.import_local(block))
             .await
-            .map_err(|_| BlockError::ImportAborted)?;
-        r
+            .map_err(|_| BlockError::ImportAborted)?
     }
 
     /// Imports a block made here (mined or submitted) and hands a new tip
@@ -465,7 +505,7 @@ impl ChainService {
     ) -> Vec<Result<Processed, BlockError>> {
         let me = self.clone();
         let blocks = blocks.into_iter().map(Incoming::Block).collect();
-        match tokio::task::spawn_blocking(move || me.apply(blocks, source)).await {
+        match self.blocking(move || me.apply(blocks, source)).await {
             Ok(v) => v,
             Err(e) => {
                 tracing::error!(error = %e, "block import task failed");
@@ -638,5 +678,28 @@ impl WorkSource for MinerLink {
                 Submitted::Refused
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::chain::tests::{chain, params};
+    use crate::mempool::MempoolConfig;
+
+    fn service(inline_blocking: bool) -> Arc<ChainService> {
+        let cfg = ChainServiceConfig { inline_blocking, ..ChainServiceConfig::default() };
+        ChainService::new(cfg, chain(&params(0)), Mempool::new(MempoolConfig::default()))
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn inline_blocking_runs_on_the_calling_thread_and_a_panic_is_an_error() {
+        let here = std::thread::current().id();
+        let inline = service(true);
+        assert_eq!(inline.blocking(move || std::thread::current().id()).await.unwrap(), here);
+        assert!(inline.blocking(|| panic!("in the closure")).await.is_err());
+        let pooled = service(false);
+        assert_ne!(pooled.blocking(move || std::thread::current().id()).await.unwrap(), here);
+        assert!(pooled.blocking(|| panic!("in the closure")).await.is_err());
     }
 }

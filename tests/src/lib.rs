@@ -1,3 +1,8 @@
-//! Multi-node benchmarks and, as the node lands, end-to-end tests of the
-//! `plexus` binary. Today: `examples/sync_bench.rs` (block sync from four
-//! peers over loopback TCP against local import; see ARCHITECTURE.md).
+//! Multi-node tests, benchmarks and the network simulation.
+//!
+//! - [`sim`]: a deterministic network of full nodes in one process (a
+//!   library embedders can drive with their own reactors).
+//! - `examples/sync_bench.rs`, `examples/peers_bench.rs`: block sync and
+//!   many-peer benchmarks over loopback TCP (see ARCHITECTURE.md).
+
+pub mod sim;

@@ -601,41 +601,43 @@ impl BlockSyncReactor {
             };
             let chain = self.chain.clone();
             let todo = std::mem::take(&mut rest);
-            let read = tokio::task::spawn_blocking(move || {
-                chain.with_chain(|c| {
-                    let (mut found, mut bytes) = (Vec::new(), 0usize);
-                    let mut it = todo.into_iter().peekable();
-                    while let Some(&h) = it.peek() {
-                        // A block that cannot fit is not read (it goes first
-                        // in the next round); the first always goes, unasked.
-                        if !found.is_empty() {
-                            if let Ok(Some(size)) = c.block_encoded_size(&h) {
-                                if bytes + size + 16 > room {
-                                    break;
+            let read = self
+                .chain
+                .blocking(move || {
+                    chain.with_chain(|c| {
+                        let (mut found, mut bytes) = (Vec::new(), 0usize);
+                        let mut it = todo.into_iter().peekable();
+                        while let Some(&h) = it.peek() {
+                            // A block that cannot fit is not read (it goes first
+                            // in the next round); the first always goes, unasked.
+                            if !found.is_empty() {
+                                if let Ok(Some(size)) = c.block_encoded_size(&h) {
+                                    if bytes + size + 16 > room {
+                                        break;
+                                    }
                                 }
                             }
+                            // Each answer is read straight into its message.
+                            let answer = match c.block_encoded_framed(&h, block_response_prefix) {
+                                Ok(Some(b)) => b,
+                                _ => msg(Sum::NoBlockResponse(pb::NoBlockResponse {
+                                    hash: h.0.to_vec().into(),
+                                }))
+                                .encode_to_vec(),
+                            };
+                            // Within the room held for it; the first one always
+                            // goes (an empty queue takes one larger message).
+                            if !found.is_empty() && bytes + answer.len() > room {
+                                break;
+                            }
+                            bytes += answer.len();
+                            found.push(answer);
+                            it.next();
                         }
-                        // Each answer is read straight into its message.
-                        let answer = match c.block_encoded_framed(&h, block_response_prefix) {
-                            Ok(Some(b)) => b,
-                            _ => msg(Sum::NoBlockResponse(pb::NoBlockResponse {
-                                hash: h.0.to_vec().into(),
-                            }))
-                            .encode_to_vec(),
-                        };
-                        // Within the room held for it; the first one always
-                        // goes (an empty queue takes one larger message).
-                        if !found.is_empty() && bytes + answer.len() > room {
-                            break;
-                        }
-                        bytes += answer.len();
-                        found.push(answer);
-                        it.next();
-                    }
-                    (found, it.collect::<Vec<_>>())
+                        (found, it.collect::<Vec<_>>())
+                    })
                 })
-            })
-            .await;
+                .await;
             // Stored bytes go out as they are (no decode).
             let Ok((msgs, left)) = read else { return };
             rest = left;

@@ -404,10 +404,12 @@ impl Reactor for ConsensusReactor {
                     Err(e) => return sw.report_unread(peer, e, "blocks").await,
                 };
                 let chain = self.chain.clone();
-                let found = tokio::task::spawn_blocking(move || {
-                    chain.with_chain(|c| c.main_blocks_after(&locator, max, budget))
-                })
-                .await;
+                let found = self
+                    .chain
+                    .blocking(move || {
+                        chain.with_chain(|c| c.main_blocks_after(&locator, max, budget))
+                    })
+                    .await;
                 let blocks = match found {
                     Ok(Ok(b)) => b,
                     Ok(Err(e)) => {

@@ -26,6 +26,7 @@
 //!   the network's default port; failures are retried with backoff.
 //! - Tried collisions get a feeler connection to the incumbent.
 
+use crate::service::Clock;
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -202,6 +203,10 @@ pub struct PexReactor {
     /// from the OS by default; [`PexReactor::with_rng_seed`] makes a run
     /// repeatable (simulation).
     rng: Mutex<StdRng>,
+    /// Unix ms for the book's times (attempts, successes, bans): tokio's
+    /// clock from the OS time at the first reading by default;
+    /// [`PexReactor::with_clock`] for a simulation.
+    clock: Clock,
 }
 
 impl std::fmt::Debug for PexReactor {
@@ -210,15 +215,15 @@ impl std::fmt::Debug for PexReactor {
     }
 }
 
-/// Unix seconds now, following tokio's (possibly paused) clock so that
+/// Unix ms now, following tokio's (possibly paused) clock so that
 /// tests with a paused clock see book times advance with it.
-fn unix_now() -> u64 {
+fn unix_now_ms() -> u64 {
     static BASE: std::sync::OnceLock<(tokio::time::Instant, u64)> = std::sync::OnceLock::new();
     let (t0, u0) = *BASE.get_or_init(|| {
-        let u = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        (tokio::time::Instant::now(), u)
+        let u = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0);
+        (tokio::time::Instant::now(), u as u64)
     });
-    u0 + tokio::time::Instant::now().saturating_duration_since(t0).as_secs()
+    u0 + tokio::time::Instant::now().saturating_duration_since(t0).as_millis() as u64
 }
 
 fn to_pb(a: &NetAddress) -> Option<pb::NetAddress> {
@@ -248,7 +253,21 @@ impl PexReactor {
             state: Mutex::new(State::default()),
             switch: Mutex::new(None),
             rng: Mutex::new(StdRng::from_os_rng()),
+            clock: Arc::new(unix_now_ms),
         }
+    }
+
+    /// Reads the book's wall clock from `clock` (Unix ms) instead, as a
+    /// simulation does for every node ([`crate::service::ChainService::with_clock`]
+    /// takes the same kind of clock).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// Unix seconds on the reactor's clock.
+    fn unix_now(&self) -> u64 {
+        (self.clock)() / 1000
     }
 
     /// Seeds the reactor's own RNG (which outbound peer to ask, dial
@@ -262,7 +281,7 @@ impl PexReactor {
     /// Reports a PEX rule broken by `peer` to the switch (scored; every
     /// PEX kind disconnects) and bans its address in the book.
     async fn punish(&self, sw: &Switch, peer: &Peer, kind: Misbehavior, reason: String) {
-        self.book.lock().ban(&peer.id(), unix_now() + self.cfg.misbehaviour_ban.as_secs());
+        self.book.lock().ban(&peer.id(), self.unix_now() + self.cfg.misbehaviour_ban.as_secs());
         sw.report(peer, kind, reason).await;
     }
 
@@ -338,7 +357,7 @@ impl PexReactor {
     /// book, the configured seeds (when we have no peer), then DNS seeds
     /// (when we still have none).
     pub async fn ensure_peers(&self, sw: &Switch) {
-        let now = unix_now();
+        let now = self.unix_now();
         self.book.lock().resolve_collisions(now);
         let (out, _) = sw.num_peers();
         let target =
@@ -434,7 +453,7 @@ impl PexReactor {
             self.book.lock().mark_good(&incumbent.id, now);
             return;
         }
-        let (sw2, book) = (sw.clone(), self.book.clone());
+        let (sw2, book, clock) = (sw.clone(), self.book.clone(), self.clock.clone());
         tokio::spawn(async move {
             match sw2.dial_feeler(&incumbent).await {
                 // It answered: add_peer marked it good; close the feeler.
@@ -443,7 +462,7 @@ impl PexReactor {
                 Err(e) if e.fault() == plexus_p2p::Fault::Local => {}
                 // It did not answer: the newcomer takes the slot.
                 Err(_) => {
-                    let now = unix_now();
+                    let now = clock() / 1000;
                     let mut b = book.lock();
                     b.mark_attempt(&incumbent.id, now);
                     b.resolve_collisions(now);
@@ -517,7 +536,7 @@ impl PexReactor {
         // IP it connected from, on its advertised port.
         let ip = if listen.ip().is_unspecified() { peer.socket_addr().ip() } else { listen.ip() };
         let addr = NetAddress::new(peer.id(), SocketAddr::new(ip, listen.port()));
-        let now = unix_now();
+        let now = self.unix_now();
         let mut book = self.book.lock();
         let _ = book.add(&addr, peer.socket_addr().ip(), now, info.node_type as u8, now);
         if let plexus_p2p::Host::Ip(ip) = addr.host {
@@ -574,7 +593,7 @@ impl Reactor for PexReactor {
                     return;
                 }
                 let private = &env.switch.config().private_peer_ids;
-                let addrs = self.book.lock().get_selection(private, unix_now());
+                let addrs = self.book.lock().get_selection(private, self.unix_now());
                 let addrs =
                     addrs.iter().filter_map(to_pb).take(self.cfg.max_addrs_per_msg).collect();
                 let reply = pb::Message { sum: Some(Sum::PexAddrs(pb::PexAddrs { addrs })) };
@@ -594,7 +613,7 @@ impl Reactor for PexReactor {
                     self.punish(&env.switch, peer, Misbehavior::BadAddresses, why).await;
                     return;
                 }
-                let now = unix_now();
+                let now = self.unix_now();
                 let source = peer.socket_addr().ip();
                 {
                     let mut book = self.book.lock();

@@ -1,0 +1,337 @@
+//! A deterministic network of full Plexus nodes in one process.
+//!
+//! Each node is the whole stack a `plexus` node runs (Switch, PEX with an
+//! address book, consensus, block sync, mempool, a miner on some), over
+//! the in-memory transport, with an in-memory SQLite chain. Everything
+//! that reads time or randomness is injected: node keys, switch, PEX and
+//! book RNGs come from the run's seed; every wall clock is the simulated
+//! one ([`SIM_EPOCH_MS`] plus tokio's paused time since the start); the
+//! chain's blocking work runs inline
+//! ([`ChainServiceConfig::inline_blocking`]). On a current-thread runtime
+//! with a paused clock ([`runtime`]) a run is then a function of its seed:
+//! [`Sim::digest`] is the same for two runs of one seed.
+//!
+//! Mining costs no CPU: the genesis target is the proof-of-work limit
+//! (about two hashes a block), and each miner finds its next block after
+//! a seeded exponential wait whose mean is `block_interval × miners`
+//! (so the network as a whole finds one every `block_interval`).
+//!
+//! Embedders add their own reactors with [`Sim::start_with`]:
+//!
+//! ```no_run
+//! use plexus_tests::sim::{runtime, Sim, SimConfig};
+//! runtime().block_on(async {
+//!     let sim = Sim::start_with(SimConfig { nodes: 10, ..SimConfig::default() }, |_node, b| {
+//!         b // .shared_reactor(my_reactor.clone())
+//!     })
+//!     .await;
+//!     sim.run_for(std::time::Duration::from_secs(600)).await;
+//!     println!("{}", sim.digest());
+//!     sim.stop().await;
+//! });
+//! ```
+//!
+//! Not yet modelled (issue 19): link latency, bandwidth and loss, clock
+//! skew, perturbations (kill, pause, partition), attackers.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use plexus_p2p::switch::SwitchBuilder;
+use plexus_p2p::{MemoryTransport, NodeInfo, NodeKey, NodeType, Switch, SwitchConfig};
+use plexus_reactors::blocksync::{BlockSyncConfig, BlockSyncReactor};
+use plexus_reactors::chain::{
+    bits_from_target, BlockHash, Blockchain, BlockchainConfig, Genesis, NetworkParams, Store, U256,
+};
+use plexus_reactors::consensus::{Clock, ConsensusConfig, ConsensusReactor};
+use plexus_reactors::mempool::{Mempool, MempoolConfig, MempoolReactor};
+use plexus_reactors::mining::solve;
+use plexus_reactors::pex::{AddrBook, AddrBookConfig, PexConfig, PexReactor};
+use plexus_reactors::service::{ChainService, ChainServiceConfig};
+use rand::rngs::StdRng;
+use rand::{Rng, RngCore, SeedableRng};
+use sha2::{Digest, Sha256};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// The simulated Unix time at the start of every run, in ms (2027-01-15).
+pub const SIM_EPOCH_MS: u64 = 1_800_000_000_000;
+
+/// What to simulate.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Nodes, the seed (node 0) included. Default 50.
+    pub nodes: usize,
+    /// The run's seed: keys, RNGs and mining times all derive from it.
+    /// Default 1.
+    pub seed: u64,
+    /// Nodes 1..=`miners` mine. Default 5.
+    pub miners: usize,
+    /// Mean time between blocks of the whole network. Default 10 s.
+    pub block_interval: Duration,
+    /// PEX's `ensure_peers_period`. Default 10 s (the node's default is
+    /// 30 s; shorter makes a simulated network form sooner).
+    pub pex_period: Duration,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        SimConfig {
+            nodes: 50,
+            seed: 1,
+            miners: 5,
+            block_interval: Duration::from_secs(10),
+            pex_period: Duration::from_secs(10),
+        }
+    }
+}
+
+/// One simulated node: its switch and reactors (public, so a scenario can
+/// drive or inspect any of them).
+pub struct SimNode {
+    /// Index in the network (0 is the seed).
+    pub index: usize,
+    /// Its IP on the simulated network.
+    pub ip: IpAddr,
+    /// The switch.
+    pub sw: Switch,
+    /// Its chain service (Blockchain, Mempool, status table).
+    pub chain: Arc<ChainService>,
+    /// Its PEX reactor and address book.
+    pub pex: Arc<PexReactor>,
+    /// Consensus (block and status gossip).
+    pub cons: Arc<ConsensusReactor>,
+    /// Mempool gossip.
+    pub mem: Arc<MempoolReactor>,
+    /// Block sync.
+    pub sync: Arc<BlockSyncReactor>,
+    miner: Option<JoinHandle<()>>,
+}
+
+/// What [`Sim::start_with`]'s hook sees of a node being built.
+pub struct SimNodeCtx<'a> {
+    /// Index in the network.
+    pub index: usize,
+    /// The node's chain service.
+    pub chain: &'a Arc<ChainService>,
+}
+
+/// A running simulated network. See the module documentation.
+pub struct Sim {
+    cfg: SimConfig,
+    /// The nodes, by index.
+    pub nodes: Vec<SimNode>,
+    /// The network's parameters (genesis at the proof-of-work limit).
+    pub params: Arc<NetworkParams>,
+    start: Instant,
+}
+
+/// A current-thread tokio runtime with a paused clock: a simulation's
+/// home. Time only moves when every task waits, straight to the next
+/// timer.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .expect("a current-thread runtime")
+}
+
+/// Node `i`'s IP: public (the address book is strict), one /16 each.
+pub fn node_ip(i: usize) -> IpAddr {
+    IpAddr::from([31 + (i >> 8) as u8, i as u8, 0, 1])
+}
+
+/// A seed for one purpose of one node, from the run's seed.
+fn derive(seed: u64, node: usize, purpose: u64) -> u64 {
+    let mut h = Sha256::new();
+    h.update(seed.to_le_bytes());
+    h.update((node as u64).to_le_bytes());
+    h.update(purpose.to_le_bytes());
+    u64::from_le_bytes(h.finalize()[..8].try_into().expect("8 bytes"))
+}
+
+impl Sim {
+    /// Starts the network (inside [`runtime`]): the seed first, then
+    /// every other node knowing only the seed.
+    pub async fn start(cfg: SimConfig) -> Sim {
+        Self::start_with(cfg, |_, b| b).await
+    }
+
+    /// As [`Sim::start`], with `hook` adding to each node's switch (its
+    /// own reactors, say) before it is built.
+    pub async fn start_with(
+        cfg: SimConfig,
+        mut hook: impl FnMut(&SimNodeCtx<'_>, SwitchBuilder) -> SwitchBuilder,
+    ) -> Sim {
+        let easy = bits_from_target(U256::MAX >> 1);
+        let genesis = Genesis {
+            network_name: "plexus-sim".into(),
+            timestamp_ms: SIM_EPOCH_MS - 1_000,
+            bits: easy,
+            pow_limit_bits: easy,
+            target_block_time_ms: cfg.block_interval.as_millis().max(1) as u64,
+            retarget_window: 0,
+            message: "plexus-sim genesis".into(),
+            ..NetworkParams::regtest().genesis
+        };
+        let params = Arc::new(NetworkParams::from_genesis(genesis).expect("a valid sim genesis"));
+        let start = Instant::now();
+        let clock: Clock = Arc::new(move || {
+            SIM_EPOCH_MS + Instant::now().saturating_duration_since(start).as_millis() as u64
+        });
+        let net = MemoryTransport::new();
+        let mut sim = Sim { cfg: cfg.clone(), nodes: Vec::new(), params, start };
+        for i in 0..cfg.nodes {
+            let node = sim.build_node(i, &net, &clock, &mut hook).await;
+            sim.nodes.push(node);
+        }
+        sim
+    }
+
+    async fn build_node(
+        &self,
+        i: usize,
+        net: &MemoryTransport,
+        clock: &Clock,
+        hook: &mut impl FnMut(&SimNodeCtx<'_>, SwitchBuilder) -> SwitchBuilder,
+    ) -> SimNode {
+        let cfg = &self.cfg;
+        let ip = node_ip(i);
+        let mut key = [0u8; 32];
+        StdRng::seed_from_u64(derive(cfg.seed, i, 1)).fill_bytes(&mut key);
+        let key = NodeKey::from_private_key(&key).expect("any 32 bytes are an X25519 key");
+        let store = Store::open_in_memory().expect("an in-memory store");
+        let chain = Blockchain::open(self.params.clone(), store, BlockchainConfig::default())
+            .expect("a new chain");
+        let service_cfg = ChainServiceConfig { inline_blocking: true, ..Default::default() };
+        let mempool = Mempool::new(MempoolConfig::default());
+        let chain = ChainService::with_clock(service_cfg, chain, mempool, clock.clone());
+        let mem = Arc::new(MempoolReactor::new(chain.clone()));
+        let cons = Arc::new(ConsensusReactor::new(ConsensusConfig::default(), chain.clone()));
+        let sync = Arc::new(BlockSyncReactor::new(BlockSyncConfig::default(), chain.clone()));
+        let book = AddrBook::new(
+            AddrBookConfig::default(),
+            Box::new(StdRng::seed_from_u64(derive(cfg.seed, i, 2))),
+        );
+        let seeds = match self.nodes.first() {
+            Some(seed) if i > 0 => seed.sw.net_address().into_iter().collect(),
+            _ => Vec::new(),
+        };
+        let pex_cfg = PexConfig {
+            seeds,
+            seed_mode: i == 0,
+            ensure_peers_period: cfg.pex_period,
+            ..PexConfig::default()
+        };
+        let pex = Arc::new(
+            PexReactor::new(pex_cfg, book)
+                .with_rng_seed(derive(cfg.seed, i, 3))
+                .with_clock(clock.clone()),
+        );
+        let mining = (1..=cfg.miners).contains(&i);
+        let mut info = NodeInfo::new(&self.params.network_id(), &format!("sim-{i}"));
+        info.node_type = match (i, mining) {
+            (0, _) => NodeType::Introducer,
+            (_, true) => NodeType::Miner,
+            _ => NodeType::FullNode,
+        };
+        let sw_cfg =
+            SwitchConfig { listen_addr: Some(SocketAddr::new(ip, 0)), ..SwitchConfig::default() };
+        let builder = Switch::builder(key, info, sw_cfg, net.with_ip(ip))
+            .rng_seed(derive(cfg.seed, i, 4))
+            .shared_reactor(pex.clone())
+            .shared_reactor(cons.clone())
+            .shared_reactor(mem.clone())
+            .shared_reactor(sync.clone());
+        let builder = hook(&SimNodeCtx { index: i, chain: &chain }, builder);
+        let sw = builder.build().expect("a valid simulated switch");
+        sw.start().await.expect("the memory transport listens");
+        pex.start(&sw);
+        cons.start(&sw);
+        mem.start(&sw);
+        sync.start(&sw);
+        let miner = mining.then(|| {
+            let mean = cfg.block_interval * cfg.miners.max(1) as u32;
+            let rng = StdRng::seed_from_u64(derive(cfg.seed, i, 5));
+            tokio::spawn(mine(chain.clone(), clock.clone(), mean, rng))
+        });
+        SimNode { index: i, ip, sw, chain, pex, cons, mem, sync, miner }
+    }
+
+    /// Lets `d` of simulated time pass.
+    pub async fn run_for(&self, d: Duration) {
+        tokio::time::sleep(d).await;
+    }
+
+    /// Simulated time since the start.
+    pub fn elapsed(&self) -> Duration {
+        Instant::now().saturating_duration_since(self.start)
+    }
+
+    /// Each node's tip, by index.
+    pub fn tips(&self) -> Vec<BlockHash> {
+        self.nodes.iter().map(|n| n.chain.status().tip).collect()
+    }
+
+    /// SHA-256 (hex) over every node's tip, height, peers and address
+    /// book, in index order: equal for two runs of one seed.
+    pub fn digest(&self) -> String {
+        let mut h = Sha256::new();
+        for n in &self.nodes {
+            let st = n.chain.status();
+            h.update((n.index as u64).to_le_bytes());
+            h.update(st.tip.0);
+            h.update(st.height.to_le_bytes());
+            for p in n.sw.peers() {
+                h.update(p.id().to_string());
+            }
+            h.update(b"|");
+            for e in n.pex.book().lock().entries() {
+                h.update(e.id.to_string());
+            }
+            h.update(b"/");
+        }
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Stops every miner (the network then settles on one chain).
+    pub fn stop_mining(&self) {
+        for n in &self.nodes {
+            if let Some(m) = &n.miner {
+                m.abort();
+            }
+        }
+    }
+
+    /// Stops every node.
+    pub async fn stop(self) {
+        self.stop_mining();
+        for n in &self.nodes {
+            n.sw.stop().await;
+        }
+    }
+}
+
+/// A miner with no proof-of-work cost: waits an exponential time of mean
+/// `mean` (seeded), then builds a block on its tip with what its mempool
+/// holds and submits it as a local block.
+async fn mine(chain: Arc<ChainService>, clock: Clock, mean: Duration, mut rng: StdRng) {
+    loop {
+        // Inverse transform: -ln(1 - u) is Exp(1) for u uniform in [0, 1).
+        let u: f64 = rng.random();
+        let wait = mean.mul_f64(-(1.0 - u).ln()).max(Duration::from_millis(1));
+        tokio::time::sleep(wait).await;
+        let room = chain.with_chain(|c| c.params().genesis.max_block_bytes.saturating_sub(512));
+        let txs = chain.with_mempool(|m| m.select(room));
+        let mut block = chain.with_chain(|c| c.template(txs, clock()));
+        block.header.nonce = rng.random();
+        if !solve(&mut block.header, u64::MAX) {
+            continue;
+        }
+        if let Err(e) = chain.submit_block(block).await {
+            tracing::warn!(error = %e, "simulated miner: block refused");
+        }
+    }
+}
