@@ -120,6 +120,11 @@ impl MemoryTransport {
         MemoryTransport { net: self.net.clone(), ip, buffer: self.buffer }
     }
 
+    /// The IP this transport dials from and listens on.
+    pub fn ip(&self) -> IpAddr {
+        self.ip
+    }
+
     fn next_addr(&self) -> SocketAddr {
         let mut net = self.net.lock();
         net.next_port = net.next_port.wrapping_add(1).max(1024);

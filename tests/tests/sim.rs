@@ -5,15 +5,19 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use plexus_tests::sim::{runtime, Sim, SimConfig};
+use plexus_tests::sim::{runtime, Propagation, Sim, SimConfig};
 
 fn small(seed: u64) -> SimConfig {
     SimConfig { nodes: 20, seed, miners: 4, ..SimConfig::default() }
 }
 
+/// What a run ended with: digest, distinct tips of the non-seed nodes,
+/// height, peers per node, propagation after a 60 s warm-up.
+type Outcome = (String, usize, u64, Vec<usize>, Propagation);
+
 /// Runs `cfg` for `secs` of simulated time with miners, then `settle`
-/// without; returns the digest, the distinct tips and the height reached.
-fn run(cfg: SimConfig, secs: u64, settle: u64) -> (String, usize, u64, Vec<usize>) {
+/// without.
+fn run(cfg: SimConfig, secs: u64, settle: u64) -> Outcome {
     runtime().block_on(async move {
         let sim = Sim::start(cfg).await;
         sim.run_for(Duration::from_secs(secs)).await;
@@ -24,18 +28,23 @@ fn run(cfg: SimConfig, secs: u64, settle: u64) -> (String, usize, u64, Vec<usize
         let height = sim.nodes.iter().map(|n| n.chain.status().height).max().unwrap_or(0);
         let peers = sim.nodes.iter().map(|n| n.sw.peers().len()).collect();
         let digest = sim.digest();
+        let p = sim.propagation(Duration::from_secs(60));
         sim.stop().await;
-        (digest, tips.len(), height, peers)
+        (digest, tips.len(), height, peers, p)
     })
 }
 
 #[test]
 fn a_network_forms_mines_and_settles_on_one_chain() {
-    let (_, tips, height, peers) = run(small(1), 600, 120);
+    let (_, tips, height, peers, p) = run(small(1), 600, 120);
     // 600 s at one block per 10 s on average.
     assert!(height >= 30, "only {height} blocks in 600 s");
     assert_eq!(tips, 1, "nodes ended on {tips} tips");
     assert!(peers[1..].iter().all(|p| *p >= 3), "peers per node: {peers:?}");
+    // Blocks cross links of 5-150 ms one way: never instant, and on a
+    // formed network well within a few seconds.
+    assert!(p.blocks >= 20, "{p:?}");
+    assert!(p.p50_to_100 >= 0.005 && p.p50_to_100 < 5.0, "{p:?}");
 }
 
 #[test]
@@ -45,4 +54,66 @@ fn the_same_seed_gives_the_same_run() {
     assert_eq!(a, b, "two runs of seed 3 differ");
     let c = run(small(4), 300, 60);
     assert_ne!(a.0, c.0, "seeds 3 and 4 gave one digest");
+}
+
+/// An embedder's reactor in the simulation: each node greets every peer
+/// it connects to on its own channel and counts the greetings it gets.
+mod greeter {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use plexus_p2p::{ChannelDescriptor, Envelope, Peer, Reactor};
+
+    pub const CHANNEL: u8 = 0x70;
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Hello {
+        #[prost(uint64, tag = "1")]
+        pub from: u64,
+    }
+
+    #[derive(Default)]
+    pub struct Greeter {
+        pub index: u64,
+        pub greeted_by: AtomicUsize,
+    }
+
+    impl Reactor for Greeter {
+        type Message = Hello;
+        fn channels(&self) -> Vec<ChannelDescriptor> {
+            vec![ChannelDescriptor::new(CHANNEL).recv_message_capacity(64)]
+        }
+        async fn add_peer(&self, peer: &Peer) {
+            let _ = peer.send_msg(CHANNEL, &Hello { from: self.index }).await;
+        }
+        async fn receive(&self, _env: Envelope<Hello>) {
+            self.greeted_by.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+#[test]
+fn an_embedders_reactor_runs_on_every_node() {
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+
+    use greeter::Greeter;
+
+    runtime().block_on(async {
+        let mut greeters: Vec<Arc<Greeter>> = Vec::new();
+        let cfg = SimConfig { nodes: 12, miners: 1, ..SimConfig::default() };
+        let sim = Sim::start_with(cfg, |node, builder| {
+            let g = Arc::new(Greeter { index: node.index as u64, ..Greeter::default() });
+            greeters.push(g.clone());
+            builder.shared_reactor(g)
+        })
+        .await;
+        sim.run_for(Duration::from_secs(300)).await;
+        // Every non-seed node was greeted at least once per peer it has
+        // now (a peer that came and went greeted too).
+        for (g, n) in greeters.iter().zip(&sim.nodes).skip(1) {
+            let (got, peers) = (g.greeted_by.load(Ordering::Relaxed), n.sw.peers().len());
+            assert!(peers > 0 && got >= peers, "node {}: {got} greetings, {peers} peers", n.index);
+        }
+        sim.stop().await;
+    });
 }

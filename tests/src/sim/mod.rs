@@ -31,13 +31,23 @@
 //! });
 //! ```
 //!
-//! Not yet modelled (issue 19): link latency, bandwidth and loss, clock
-//! skew, perturbations (kill, pause, partition), attackers.
+//! Links ([`link`]): each node sits in a region of a [`RegionTable`]
+//! (seeded choice); a connection's bytes take the one-way delay between
+//! the two regions, share the link's bandwidth and are sometimes lost
+//! (arriving one retransmission timeout late). Each node's wall clock is
+//! off by a seeded skew of up to `clock_skew` either way.
+//!
+//! Not yet modelled (issue 19): perturbations (kill, pause, partition),
+//! attackers.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub mod link;
+
+pub use link::{Link, NetModel, RegionTable, SimTransport};
 use plexus_p2p::switch::SwitchBuilder;
 use plexus_p2p::{MemoryTransport, NodeInfo, NodeKey, NodeType, Switch, SwitchConfig};
 use plexus_reactors::blocksync::{BlockSyncConfig, BlockSyncReactor};
@@ -73,6 +83,18 @@ pub struct SimConfig {
     /// PEX's `ensure_peers_period`. Default 10 s (the node's default is
     /// 30 s; shorter makes a simulated network form sooner).
     pub pex_period: Duration,
+    /// Where nodes live and the one-way delays between regions. Default
+    /// [`RegionTable::earth`]; each node's region is a seeded choice.
+    pub regions: RegionTable,
+    /// Each direction of each link, bytes/s; 0 for no limit. Default
+    /// 12,500,000 (100 Mbit/s).
+    pub bandwidth: u64,
+    /// Share of 16 KiB chunks lost (and retransmitted 200 ms later).
+    /// Default 0.001.
+    pub loss: f64,
+    /// Each node's clock is off by a seeded amount within ± this. Default
+    /// 500 ms.
+    pub clock_skew: Duration,
 }
 
 impl Default for SimConfig {
@@ -83,6 +105,10 @@ impl Default for SimConfig {
             miners: 5,
             block_interval: Duration::from_secs(10),
             pex_period: Duration::from_secs(10),
+            regions: RegionTable::earth(),
+            bandwidth: 12_500_000,
+            loss: 0.001,
+            clock_skew: Duration::from_millis(500),
         }
     }
 }
@@ -125,6 +151,32 @@ pub struct Sim {
     /// The network's parameters (genesis at the proof-of-work limit).
     pub params: Arc<NetworkParams>,
     start: Instant,
+    arrivals: Arrivals,
+    /// The links.
+    pub model: Arc<NetModel>,
+    /// Each node's region (index into `SimConfig::regions`).
+    pub regions: Vec<usize>,
+}
+
+/// When each block joined each node's main chain: hash to (node, time
+/// since the start). Metrics only; nothing in a run reads it.
+type Arrivals = Arc<Mutex<HashMap<BlockHash, Vec<(usize, Duration)>>>>;
+
+/// How fast blocks spread: over the blocks that reached every node that
+/// follows the chain (all but the seed), the delay from the first node
+/// holding a block (its miner) to 90 % and to 100 % of them.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Propagation {
+    /// Blocks measured.
+    pub blocks: usize,
+    /// Median delay to 90 % of the nodes, seconds.
+    pub p50_to_90: f64,
+    /// 99th percentile delay to 90 % of the nodes, seconds.
+    pub p99_to_90: f64,
+    /// Median delay to every node, seconds.
+    pub p50_to_100: f64,
+    /// 99th percentile delay to every node, seconds.
+    pub p99_to_100: f64,
 }
 
 /// A current-thread tokio runtime with a paused clock: a simulation's
@@ -141,6 +193,17 @@ pub fn runtime() -> tokio::runtime::Runtime {
 /// Node `i`'s IP: public (the address book is strict), one /16 each.
 pub fn node_ip(i: usize) -> IpAddr {
     IpAddr::from([31 + (i >> 8) as u8, i as u8, 0, 1])
+}
+
+/// The node index of a [`node_ip`] address.
+pub fn node_index(ip: IpAddr) -> Option<usize> {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, _, _] = v4.octets();
+            (a >= 31).then(|| usize::from(a - 31) * 256 + usize::from(b))
+        }
+        IpAddr::V6(_) => None,
+    }
 }
 
 /// A seed for one purpose of one node, from the run's seed.
@@ -178,13 +241,23 @@ impl Sim {
         };
         let params = Arc::new(NetworkParams::from_genesis(genesis).expect("a valid sim genesis"));
         let start = Instant::now();
-        let clock: Clock = Arc::new(move || {
-            SIM_EPOCH_MS + Instant::now().saturating_duration_since(start).as_millis() as u64
-        });
+        let regions: Vec<usize> = (0..cfg.nodes)
+            .map(|i| (derive(cfg.seed, i, 6) % cfg.regions.len().max(1) as u64) as usize)
+            .collect();
+        let placed = regions.clone();
+        let model = Arc::new(NetModel::new(
+            cfg.regions.clone(),
+            move |ip| node_index(ip).and_then(|i| placed.get(i).copied()).unwrap_or(0),
+            cfg.bandwidth,
+            cfg.loss,
+            derive(cfg.seed, usize::MAX, 7),
+        ));
         let net = MemoryTransport::new();
-        let mut sim = Sim { cfg: cfg.clone(), nodes: Vec::new(), params, start };
+        let arrivals = Arrivals::default();
+        let mut sim =
+            Sim { cfg: cfg.clone(), nodes: Vec::new(), params, start, arrivals, model, regions };
         for i in 0..cfg.nodes {
-            let node = sim.build_node(i, &net, &clock, &mut hook).await;
+            let node = sim.build_node(i, &net, &mut hook).await;
             sim.nodes.push(node);
         }
         sim
@@ -194,11 +267,24 @@ impl Sim {
         &self,
         i: usize,
         net: &MemoryTransport,
-        clock: &Clock,
         hook: &mut impl FnMut(&SimNodeCtx<'_>, SwitchBuilder) -> SwitchBuilder,
     ) -> SimNode {
         let cfg = &self.cfg;
         let ip = node_ip(i);
+        // This node's wall clock: simulated time, off by its seeded skew.
+        let max_skew = cfg.clock_skew.as_millis() as i64;
+        let skew = if max_skew == 0 {
+            0
+        } else {
+            StdRng::seed_from_u64(derive(cfg.seed, i, 8)).random_range(-max_skew..=max_skew)
+        };
+        let start = self.start;
+        let clock: Clock = Arc::new(move || {
+            let t =
+                SIM_EPOCH_MS + Instant::now().saturating_duration_since(start).as_millis() as u64;
+            t.saturating_add_signed(skew)
+        });
+        let clock = &clock;
         let mut key = [0u8; 32];
         StdRng::seed_from_u64(derive(cfg.seed, i, 1)).fill_bytes(&mut key);
         let key = NodeKey::from_private_key(&key).expect("any 32 bytes are an X25519 key");
@@ -239,7 +325,8 @@ impl Sim {
         };
         let sw_cfg =
             SwitchConfig { listen_addr: Some(SocketAddr::new(ip, 0)), ..SwitchConfig::default() };
-        let builder = Switch::builder(key, info, sw_cfg, net.with_ip(ip))
+        let transport = SimTransport::new(net.with_ip(ip), self.model.clone());
+        let builder = Switch::builder(key, info, sw_cfg, transport)
             .rng_seed(derive(cfg.seed, i, 4))
             .shared_reactor(pex.clone())
             .shared_reactor(cons.clone())
@@ -252,6 +339,24 @@ impl Sim {
         cons.start(&sw);
         mem.start(&sw);
         sync.start(&sw);
+        let mut events = chain.subscribe();
+        let (arrivals, start) = (self.arrivals.clone(), self.start);
+        tokio::spawn(async move {
+            use tokio::sync::broadcast::error::RecvError;
+            loop {
+                match events.recv().await {
+                    Ok(ev) => {
+                        let at = Instant::now().saturating_duration_since(start);
+                        let mut a = arrivals.lock().expect("not poisoned");
+                        for b in &ev.connected {
+                            a.entry(b.hash).or_default().push((i, at));
+                        }
+                    }
+                    Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => break,
+                }
+            }
+        });
         let miner = mining.then(|| {
             let mean = cfg.block_interval * cfg.miners.max(1) as u32;
             let rng = StdRng::seed_from_u64(derive(cfg.seed, i, 5));
@@ -273,6 +378,48 @@ impl Sim {
     /// Each node's tip, by index.
     pub fn tips(&self) -> Vec<BlockHash> {
         self.nodes.iter().map(|n| n.chain.status().tip).collect()
+    }
+
+    /// Propagation of the blocks mined at or after `since` (simulated
+    /// time from the start; a warm-up excludes blocks mined while the
+    /// network was still forming). See [`Propagation`].
+    pub fn propagation(&self, since: Duration) -> Propagation {
+        let followers = self.nodes.len().saturating_sub(1).max(1);
+        let k90 = (followers * 9).div_ceil(10).max(1);
+        let (mut to90, mut to100) = (Vec::new(), Vec::new());
+        for times in self.arrivals.lock().expect("not poisoned").values() {
+            // First arrival per follower (a block can rejoin after a reorg).
+            let mut first: HashMap<usize, Duration> = HashMap::new();
+            let mut origin = Duration::MAX;
+            for &(node, at) in times {
+                origin = origin.min(at);
+                if node != 0 {
+                    let e = first.entry(node).or_insert(at);
+                    *e = (*e).min(at);
+                }
+            }
+            if first.len() < followers || origin < since {
+                continue;
+            }
+            let mut t: Vec<Duration> = first.into_values().collect();
+            t.sort();
+            to90.push((t[k90 - 1] - origin).as_secs_f64());
+            to100.push((t[followers - 1] - origin).as_secs_f64());
+        }
+        let pct = |v: &mut Vec<f64>, p: f64| -> f64 {
+            if v.is_empty() {
+                return 0.0;
+            }
+            v.sort_by(f64::total_cmp);
+            v[((v.len() - 1) as f64 * p).round() as usize]
+        };
+        Propagation {
+            blocks: to90.len(),
+            p50_to_90: pct(&mut to90, 0.5),
+            p99_to_90: pct(&mut to90, 0.99),
+            p50_to_100: pct(&mut to100, 0.5),
+            p99_to_100: pct(&mut to100, 0.99),
+        }
     }
 
     /// SHA-256 (hex) over every node's tip, height, peers and address

@@ -1,0 +1,136 @@
+//! Runs a simulated network ([`plexus_tests::sim`]) and prints what it
+//! measured, one JSON object with `--json`:
+//!
+//! ```sh
+//! cargo run --release -p plexus-tests --example sim -- --nodes 1000 --seed 1 --json
+//! ```
+//!
+//! Fields: `nodes`, `seed`, `sim_seconds`, `wall_seconds`, `sim_speed`
+//! (simulated seconds per wall second), `rss_mb_per_node` (this process's
+//! resident set over the nodes), `height`, `tips` (distinct tips of the
+//! nodes that follow the chain, after `--settle` seconds without mining),
+//! `propagation` (delay from the miner to 90 % and 100 % of the nodes,
+//! p50 and p99 over the blocks mined after `--warmup` that reached all,
+//! seconds),
+//! `outbound_per_node` (mean and min over non-seed nodes), `connected`
+//! (share of non-seed nodes reachable from node 1 over live connections)
+//! and `digest` (the same for two runs of one seed).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use plexus_tests::sim::{runtime, Sim, SimConfig};
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Nodes, the seed included.
+    #[arg(long, default_value_t = 100)]
+    nodes: usize,
+    /// The run's seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Mining nodes (default: one in 20, at least 1).
+    #[arg(long)]
+    miners: Option<usize>,
+    /// Simulated seconds with mining.
+    #[arg(long, default_value_t = 600)]
+    seconds: u64,
+    /// Simulated seconds without mining at the end (the network settles).
+    #[arg(long, default_value_t = 60)]
+    settle: u64,
+    /// Blocks mined in the first seconds are left out of propagation
+    /// (the network is still forming).
+    #[arg(long, default_value_t = 120)]
+    warmup: u64,
+    /// Mean seconds between blocks (whole network).
+    #[arg(long, default_value_t = 10)]
+    block_interval: u64,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Share of nodes 1.. reachable from node 1 over live connections.
+fn connected_share(sim: &Sim) -> f64 {
+    let idx: HashMap<_, usize> =
+        sim.nodes.iter().enumerate().map(|(i, n)| (n.sw.node_id(), i)).collect();
+    let (mut seen, mut q) = (HashSet::from([1usize]), VecDeque::from([1usize]));
+    while let Some(i) = q.pop_front() {
+        for p in sim.nodes[i].sw.peers() {
+            if let Some(&j) = idx.get(&p.id()) {
+                if j != 0 && seen.insert(j) {
+                    q.push_back(j);
+                }
+            }
+        }
+    }
+    seen.len() as f64 / (sim.nodes.len() - 1).max(1) as f64
+}
+
+fn main() {
+    let a = Args::parse();
+    let cfg = SimConfig {
+        nodes: a.nodes.max(2),
+        seed: a.seed,
+        miners: a.miners.unwrap_or((a.nodes / 20).max(1)),
+        block_interval: Duration::from_secs(a.block_interval.max(1)),
+        ..SimConfig::default()
+    };
+    let wall = Instant::now();
+    let out = runtime().block_on(async move {
+        let sim = Sim::start(cfg.clone()).await;
+        sim.run_for(Duration::from_secs(a.seconds)).await;
+        sim.stop_mining();
+        sim.run_for(Duration::from_secs(a.settle)).await;
+        let sim_seconds = sim.elapsed().as_secs_f64();
+        let tips: HashSet<_> = sim.tips().into_iter().skip(1).collect();
+        let height = sim.nodes.iter().map(|n| n.chain.status().height).max().unwrap_or(0);
+        let outbound: Vec<usize> = sim.nodes[1..].iter().map(|n| n.sw.num_peers().0).collect();
+        let out_mean = outbound.iter().sum::<usize>() as f64 / outbound.len().max(1) as f64;
+        let out_min = outbound.iter().copied().min().unwrap_or(0);
+        let p = sim.propagation(Duration::from_secs(a.warmup));
+        let wall_seconds = wall.elapsed().as_secs_f64();
+        let rss = rss_bytes() as f64 / (1 << 20) as f64;
+        let v = serde_json::json!({
+            "nodes": cfg.nodes,
+            "seed": cfg.seed,
+            "miners": cfg.miners,
+            "sim_seconds": sim_seconds,
+            "wall_seconds": (wall_seconds * 100.0).round() / 100.0,
+            "sim_speed": (sim_seconds / wall_seconds * 100.0).round() / 100.0,
+            "rss_mb_per_node": (rss / cfg.nodes as f64 * 100.0).round() / 100.0,
+            "height": height,
+            "tips": tips.len(),
+            "propagation": {
+                "blocks": p.blocks,
+                "p50_to_90_s": p.p50_to_90,
+                "p99_to_90_s": p.p99_to_90,
+                "p50_to_100_s": p.p50_to_100,
+                "p99_to_100_s": p.p99_to_100,
+            },
+            "outbound_per_node": { "mean": out_mean, "min": out_min },
+            "connected": connected_share(&sim),
+            "digest": sim.digest(),
+        });
+        sim.stop().await;
+        v
+    });
+    if a.json {
+        println!("{out}");
+    } else {
+        println!("{}", serde_json::to_string_pretty(&out).expect("JSON"));
+    }
+}
