@@ -13,8 +13,13 @@
 //! p50 and p99 over the blocks mined after `--warmup` that reached all,
 //! seconds),
 //! `outbound_per_node` (mean and min over non-seed nodes), `connected`
-//! (share of non-seed nodes reachable from node 1 over live connections)
-//! and `digest` (the same for two runs of one seed).
+//! (share of non-seed nodes reachable from node 1 over live connections),
+//! `digest` (the same for two runs of one seed; taken before the forks)
+//! and `converged_after_heal_s` (for each `--fork-depths` depth: the
+//! network split in two halves that each mine that many blocks at
+//! `--fork-interval`, then healed; simulated seconds from the heal until
+//! every node has one tip, null if not within the limit). `wall_seconds`
+//! and `sim_speed` cover the main run, before the forks.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -46,6 +51,15 @@ struct Args {
     /// Mean seconds between blocks (whole network).
     #[arg(long, default_value_t = 10)]
     block_interval: u64,
+    /// Fork depths for the partition scenario (comma separated; empty
+    /// for none): after the main run, the network is split in two halves
+    /// that each mine this many blocks, healed, and timed until one tip.
+    #[arg(long, default_value = "10,100,1000", value_delimiter = ',')]
+    fork_depths: Vec<u64>,
+    /// Mean seconds between blocks during the fork scenarios (fast, so a
+    /// 1,000-block fork takes simulated minutes, not hours).
+    #[arg(long, default_value_t = 1.0)]
+    fork_interval: f64,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -102,8 +116,19 @@ fn main() {
         let out_mean = outbound.iter().sum::<usize>() as f64 / outbound.len().max(1) as f64;
         let out_min = outbound.iter().copied().min().unwrap_or(0);
         let p = sim.propagation(Duration::from_secs(a.warmup));
+        let connected = connected_share(&sim);
+        let digest = sim.digest();
         let wall_seconds = wall.elapsed().as_secs_f64();
         let rss = rss_bytes() as f64 / (1 << 20) as f64;
+        // The fork scenarios, one after another on the same network.
+        let mut healed = serde_json::Map::new();
+        sim.set_block_interval(Duration::from_secs_f64(a.fork_interval.max(0.001)));
+        sim.resume_mining();
+        for depth in a.fork_depths.iter().copied().filter(|d| *d > 0) {
+            let max = Duration::from_secs_f64(depth as f64 * a.fork_interval * 20.0 + 3600.0);
+            let t = sim.fork_and_heal(depth, max).await;
+            healed.insert(depth.to_string(), t.map(|d| d.as_secs_f64()).into());
+        }
         let v = serde_json::json!({
             "nodes": cfg.nodes,
             "seed": cfg.seed,
@@ -122,8 +147,10 @@ fn main() {
                 "p99_to_100_s": p.p99_to_100,
             },
             "outbound_per_node": { "mean": out_mean, "min": out_min },
-            "connected": connected_share(&sim),
-            "digest": sim.digest(),
+            "connected": connected,
+            "converged_after_heal_s": healed,
+            "fork_interval_s": a.fork_interval,
+            "digest": digest,
         });
         sim.stop().await;
         v

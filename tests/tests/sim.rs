@@ -117,3 +117,32 @@ fn an_embedders_reactor_runs_on_every_node() {
         sim.stop().await;
     });
 }
+
+/// A partition lets both halves mine 10 blocks of their own; after the
+/// heal every node ends on one tip (the heavier side's), in simulated
+/// minutes.
+#[test]
+fn a_ten_block_fork_heals_after_a_partition() {
+    runtime().block_on(async {
+        let cfg = SimConfig {
+            nodes: 20,
+            seed: 5,
+            miners: 4,
+            block_interval: Duration::from_secs(2),
+            ..SimConfig::default()
+        };
+        let sim = Sim::start(cfg).await;
+        sim.run_for(Duration::from_secs(120)).await;
+        let before = sim.nodes[1].chain.status().height;
+        let healed = sim.fork_and_heal(10, Duration::from_secs(3600)).await;
+        let healed = healed.expect("the fork healed within an hour");
+        assert!(healed < Duration::from_secs(600), "converged {healed:?} after the heal");
+        assert!(sim.converged());
+        let after = sim.nodes[1].chain.status().height;
+        assert!(after >= before + 10, "{before} -> {after}");
+        let reorgs: u64 = sim.nodes.iter().map(|n| n.chain.reorgs().0).sum();
+        assert!(reorgs > 0, "the losing half reorganised");
+        println!("10-block fork: converged {healed:?} after the heal; height {before} -> {after}");
+        sim.stop().await;
+    });
+}

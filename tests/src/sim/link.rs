@@ -6,11 +6,17 @@
 //! lost chunk arrives one retransmission timeout late and holds up the
 //! chunks behind it (in-order delivery). Times come from tokio's clock
 //! and loss from a seeded RNG per connection, so links are deterministic.
+//!
+//! A partition ([`NetModel::partition`]) cuts the links between groups:
+//! bytes already sent wait at the cut (as in a network that drops every
+//! packet, the connection stalls until its pings time out) and a dial
+//! across it fails after [`DIAL_ACROSS_CUT`], as a SYN that gets no
+//! answer. [`NetModel::heal`] lets everything through again.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use plexus_p2p::transport::MemoryListener;
@@ -85,7 +91,18 @@ pub struct NetModel {
     rto: Duration,
     seed: u64,
     connections: AtomicU64,
+    /// Each IP's side of a partition; none while whole.
+    sides: Mutex<Option<IpMap>>,
 }
+
+/// A node IP to a number (its side of a partition).
+type IpMap = Box<dyn Fn(IpAddr) -> u32 + Send + Sync>;
+
+/// How long a dial across a partition takes to fail.
+pub const DIAL_ACROSS_CUT: Duration = Duration::from_secs(3);
+
+/// How often bytes held at a cut look again.
+const CUT_POLL: Duration = Duration::from_millis(100);
 
 impl NetModel {
     /// A model over `regions`, node IPs placed by `region_of` (an index
@@ -106,7 +123,24 @@ impl NetModel {
             rto: Duration::from_millis(200),
             seed,
             connections: AtomicU64::new(0),
+            sides: Mutex::new(None),
         }
+    }
+
+    /// Splits the network: `side(ip)` names each node's side, and links
+    /// between different sides carry nothing until [`NetModel::heal`].
+    pub fn partition(&self, side: impl Fn(IpAddr) -> u32 + Send + Sync + 'static) {
+        *self.sides.lock().expect("not poisoned") = Some(Box::new(side));
+    }
+
+    /// Joins the network again.
+    pub fn heal(&self) {
+        *self.sides.lock().expect("not poisoned") = None;
+    }
+
+    /// Whether a partition separates `a` and `b` now.
+    pub fn cut(&self, a: IpAddr, b: IpAddr) -> bool {
+        self.sides.lock().expect("not poisoned").as_ref().is_some_and(|side| side(a) != side(b))
     }
 
     /// The link from `a` to `b`.
@@ -155,6 +189,10 @@ impl Transport for SimTransport {
     }
 
     async fn dial(&self, addr: SocketAddr) -> io::Result<DuplexStream> {
+        if self.model.cut(self.inner.ip(), addr.ip()) {
+            tokio::time::sleep(DIAL_ACROSS_CUT).await;
+            return Err(io::ErrorKind::TimedOut.into());
+        }
         let remote = self.inner.dial(addr).await?;
         let (app, local) = tokio::io::duplex(self.inner.buffer);
         let me = self.inner.ip();
@@ -163,20 +201,24 @@ impl Transport for SimTransport {
         let (local_r, local_w) = tokio::io::split(local);
         let (remote_r, remote_w) = tokio::io::split(remote);
         let seed = self.model.seed ^ n.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        pump(local_r, remote_w, up, StdRng::seed_from_u64(seed));
-        pump(remote_r, local_w, down, StdRng::seed_from_u64(seed ^ 1));
+        let m = &self.model;
+        pump(local_r, remote_w, up, StdRng::seed_from_u64(seed), (m.clone(), me, addr.ip()));
+        pump(remote_r, local_w, down, StdRng::seed_from_u64(seed ^ 1), (m.clone(), addr.ip(), me));
         Ok(app)
     }
 }
 
 /// Moves bytes from `r` to `w` as `link` would: each chunk leaves when
 /// the link is free (bandwidth), arrives `latency` later, `rto` more when
-/// lost, never before the chunk ahead of it. EOF and errors close `w`.
+/// lost, never before the chunk ahead of it; while a partition cuts
+/// `from` and `to` (`path`), it waits at the cut. EOF and errors close
+/// `w`.
 fn pump(
     mut r: ReadHalf<DuplexStream>,
     mut w: WriteHalf<DuplexStream>,
     link: Link,
     mut rng: StdRng,
+    path: (Arc<NetModel>, IpAddr, IpAddr),
 ) {
     // In flight: bounded in chunks, so a full link pushes back on the
     // writer like a TCP window.
@@ -208,8 +250,12 @@ fn pump(
         }
     });
     tokio::spawn(async move {
+        let (model, from, to) = path;
         while let Some((at, bytes)) = rx.recv().await {
             tokio::time::sleep_until(at).await;
+            while model.cut(from, to) {
+                tokio::time::sleep(CUT_POLL).await;
+            }
             if w.write_all(&bytes).await.is_err() {
                 return;
             }

@@ -42,6 +42,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -156,6 +157,11 @@ pub struct Sim {
     pub model: Arc<NetModel>,
     /// Each node's region (index into `SimConfig::regions`).
     pub regions: Vec<usize>,
+    /// Each miner's mean wait between blocks, ms (`block_interval ×
+    /// miners`; [`Sim::set_block_interval`]).
+    miner_mean_ms: Arc<AtomicU64>,
+    /// Whether miners mine ([`Sim::stop_mining`]).
+    mining: Arc<AtomicBool>,
 }
 
 /// When each block joined each node's main chain: hash to (node, time
@@ -254,8 +260,19 @@ impl Sim {
         ));
         let net = MemoryTransport::new();
         let arrivals = Arrivals::default();
-        let mut sim =
-            Sim { cfg: cfg.clone(), nodes: Vec::new(), params, start, arrivals, model, regions };
+        let mean = cfg.block_interval * cfg.miners.max(1) as u32;
+        let miner_mean_ms = Arc::new(AtomicU64::new(mean.as_millis().max(1) as u64));
+        let mut sim = Sim {
+            cfg: cfg.clone(),
+            nodes: Vec::new(),
+            params,
+            start,
+            arrivals,
+            model,
+            regions,
+            miner_mean_ms,
+            mining: Arc::new(AtomicBool::new(true)),
+        };
         for i in 0..cfg.nodes {
             let node = sim.build_node(i, &net, &mut hook).await;
             sim.nodes.push(node);
@@ -358,9 +375,9 @@ impl Sim {
             }
         });
         let miner = mining.then(|| {
-            let mean = cfg.block_interval * cfg.miners.max(1) as u32;
+            let (mean, on) = (self.miner_mean_ms.clone(), self.mining.clone());
             let rng = StdRng::seed_from_u64(derive(cfg.seed, i, 5));
-            tokio::spawn(mine(chain.clone(), clock.clone(), mean, rng))
+            tokio::spawn(mine(chain.clone(), clock.clone(), mean, on, rng))
         });
         SimNode { index: i, ip, sw, chain, pex, cons, mem, sync, miner }
     }
@@ -368,6 +385,74 @@ impl Sim {
     /// Lets `d` of simulated time pass.
     pub async fn run_for(&self, d: Duration) {
         tokio::time::sleep(d).await;
+    }
+
+    /// Changes the network's mean time between blocks from the next block
+    /// of each miner on (the difficulty does not follow: the simulated
+    /// genesis has no retarget).
+    pub fn set_block_interval(&self, d: Duration) {
+        let mean = d * self.cfg.miners.max(1) as u32;
+        self.miner_mean_ms.store(mean.as_millis().max(1) as u64, Ordering::Relaxed);
+    }
+
+    /// Splits the network: `side(i)` is node i's side; links between
+    /// sides carry nothing until [`Sim::heal`] (see [`link`]).
+    pub fn partition(&self, side: impl Fn(usize) -> u32 + Send + Sync + 'static) {
+        self.model.partition(move |ip| node_index(ip).map_or(0, &side));
+    }
+
+    /// Joins a partitioned network again.
+    pub fn heal(&self) {
+        self.model.heal();
+    }
+
+    /// Runs until `done` holds (looked at every simulated second) or
+    /// `max` passed; how long it took, `None` on `max`.
+    pub async fn run_until(
+        &self,
+        max: Duration,
+        mut done: impl FnMut(&Sim) -> bool,
+    ) -> Option<Duration> {
+        let from = Instant::now();
+        loop {
+            if done(self) {
+                return Some(from.elapsed());
+            }
+            if from.elapsed() >= max {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+
+    /// Whether every node but the seed has one tip.
+    pub fn converged(&self) -> bool {
+        let tips = self.tips();
+        tips.iter().skip(2).all(|t| Some(t) == tips.get(1))
+    }
+
+    /// The fork scenario: splits the network in two (even and odd nodes),
+    /// lets both sides mine until each has `depth` blocks of its own past
+    /// the split (within `max`), heals it, and returns how long after the
+    /// heal every node had one tip (`None` if not within `max`, or if a
+    /// side never got that deep). Both sides need miners (`miners` ≥ 2).
+    pub async fn fork_and_heal(&self, depth: u64, max: Duration) -> Option<Duration> {
+        let fork = self.nodes.iter().map(|n| n.chain.status().height).max().unwrap_or(0);
+        self.partition(|i| (i % 2) as u32);
+        let deep = |sim: &Sim| {
+            (0..2).all(|side| {
+                sim.nodes
+                    .iter()
+                    .filter(|n| n.index > 0 && n.index % 2 == side)
+                    .map(|n| n.chain.status().height)
+                    .max()
+                    .is_some_and(|h| h >= fork + depth)
+            })
+        };
+        let reached = self.run_until(max, deep).await;
+        self.heal();
+        reached?;
+        self.run_until(max, Sim::converged).await
     }
 
     /// Simulated time since the start.
@@ -443,33 +528,51 @@ impl Sim {
         h.finalize().iter().map(|b| format!("{b:02x}")).collect()
     }
 
-    /// Stops every miner (the network then settles on one chain).
+    /// Pauses every miner (the network then settles on one chain); each
+    /// stops before its next block.
     pub fn stop_mining(&self) {
-        for n in &self.nodes {
-            if let Some(m) = &n.miner {
-                m.abort();
-            }
-        }
+        self.mining.store(false, Ordering::Relaxed);
+    }
+
+    /// Lets the miners go on after [`Sim::stop_mining`].
+    pub fn resume_mining(&self) {
+        self.mining.store(true, Ordering::Relaxed);
     }
 
     /// Stops every node.
     pub async fn stop(self) {
-        self.stop_mining();
         for n in &self.nodes {
+            if let Some(m) = &n.miner {
+                m.abort();
+            }
             n.sw.stop().await;
         }
     }
 }
 
 /// A miner with no proof-of-work cost: waits an exponential time of mean
-/// `mean` (seeded), then builds a block on its tip with what its mempool
+/// `mean` ms (seeded; read at each block), then builds a block on its tip with what its mempool
 /// holds and submits it as a local block.
-async fn mine(chain: Arc<ChainService>, clock: Clock, mean: Duration, mut rng: StdRng) {
+async fn mine(
+    chain: Arc<ChainService>,
+    clock: Clock,
+    mean: Arc<AtomicU64>,
+    on: Arc<AtomicBool>,
+    mut rng: StdRng,
+) {
     loop {
+        if !on.load(Ordering::Relaxed) {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
         // Inverse transform: -ln(1 - u) is Exp(1) for u uniform in [0, 1).
         let u: f64 = rng.random();
+        let mean = Duration::from_millis(mean.load(Ordering::Relaxed));
         let wait = mean.mul_f64(-(1.0 - u).ln()).max(Duration::from_millis(1));
         tokio::time::sleep(wait).await;
+        if !on.load(Ordering::Relaxed) {
+            continue;
+        }
         let room = chain.with_chain(|c| c.params().genesis.max_block_bytes.saturating_sub(512));
         let txs = chain.with_mempool(|m| m.select(room));
         let mut block = chain.with_chain(|c| c.template(txs, clock()));
