@@ -189,8 +189,8 @@ struct Entry {
     seq: u64,
     tx: Bytes,
     source: TxSource,
-    /// Peers that sent it after its source, at most
-    /// `max_senders_per_tx - 1`.
+    /// Peers that sent it after its source: with the source when that is
+    /// a peer, at most `max_senders_per_tx` peers in all.
     also_from: Vec<NodeId>,
 }
 
@@ -234,8 +234,8 @@ impl Mempool {
     /// order, the per-source shares and the byte counts agree with the
     /// transactions held; the pool is within `max_txs` and `max_bytes`;
     /// each peer within its share (`max_peer_share_percent`, at least one
-    /// transaction of any allowed size); each transaction with fewer than
-    /// `max_senders_per_tx` extra senders.
+    /// transaction of any allowed size); each transaction with at most
+    /// `max_senders_per_tx` senders (its source, when a peer, counted).
     ///
     /// # Errors
     /// The first invariant broken, described.
@@ -254,7 +254,8 @@ impl Mempool {
             let s = shares.entry(e.source).or_default();
             s.0 += 1;
             s.1 += e.tx.len();
-            if e.also_from.len() >= c.max_senders_per_tx.max(1) {
+            let peer_source = usize::from(matches!(e.source, TxSource::Peer(_)));
+            if peer_source + e.also_from.len() > c.max_senders_per_tx.max(1) {
                 return Err("too many senders remembered".into());
             }
         }
@@ -534,6 +535,36 @@ mod tests {
 
     fn tx(s: &str) -> Bytes {
         Bytes::from(s.to_string())
+    }
+
+    /// Found by the mempool fuzz target: a transaction whose source is not
+    /// a peer (local, or put back by a reorg) remembers up to
+    /// `max_senders_per_tx` peers, as documented, but the invariant check
+    /// counted the source as a peer and called the pool broken.
+    #[test]
+    fn senders_are_capped_whatever_the_source() {
+        let cap = MempoolConfig::default().max_senders_per_tx;
+        let peers: Vec<NodeId> =
+            (0..cap as u8 + 2).map(|i| NodeId::from_public_key(&[i])).collect();
+        let mut m = Mempool::new(MempoolConfig::default());
+        let local = m.add(tx("local")).unwrap();
+        let gossiped = m.add_from(tx("gossiped"), TxSource::Peer(peers[0])).unwrap();
+        for p in &peers {
+            m.note_sender(&local, *p);
+            m.note_sender(&gossiped, *p);
+            m.check_invariants().unwrap();
+        }
+        let senders = |id: &TxId| {
+            m.since(0).into_iter().find(|g| Hash::sha256(&g.tx) == *id).unwrap().senders
+        };
+        assert_eq!(senders(&local).len(), cap, "a local transaction: {cap} peers");
+        assert_eq!(
+            senders(&gossiped).len(),
+            cap,
+            "a gossiped one: its source and {} more",
+            cap - 1
+        );
+        assert_eq!(senders(&gossiped)[0], peers[0]);
     }
 
     #[test]
