@@ -93,20 +93,24 @@ mod greeter {
 
 #[test]
 fn an_embedders_reactor_runs_on_every_node() {
+    use std::cell::RefCell;
+    use std::rc::Rc;
     use std::sync::atomic::Ordering;
     use std::sync::Arc;
 
     use greeter::Greeter;
 
     runtime().block_on(async {
-        let mut greeters: Vec<Arc<Greeter>> = Vec::new();
+        let greeters: Rc<RefCell<Vec<Arc<Greeter>>>> = Rc::default();
         let cfg = SimConfig { nodes: 12, miners: 1, ..SimConfig::default() };
-        let sim = Sim::start_with(cfg, |node, builder| {
+        let made = greeters.clone();
+        let sim = Sim::start_with(cfg, move |node, builder| {
             let g = Arc::new(Greeter { index: node.index as u64, ..Greeter::default() });
-            greeters.push(g.clone());
+            made.borrow_mut().push(g.clone());
             builder.shared_reactor(g)
         })
         .await;
+        let greeters = greeters.borrow().clone();
         sim.run_for(Duration::from_secs(300)).await;
         // Every non-seed node was greeted at least once per peer it has
         // now (a peer that came and went greeted too).
@@ -143,6 +147,37 @@ fn a_ten_block_fork_heals_after_a_partition() {
         let reorgs: u64 = sim.nodes.iter().map(|n| n.chain.reorgs().0).sum();
         assert!(reorgs > 0, "the losing half reorganised");
         println!("10-block fork: converged {healed:?} after the heal; height {before} -> {after}");
+        sim.stop().await;
+    });
+}
+
+/// A killed node comes back on its own store and book (same key, same
+/// address) and catches up with what was mined while it was down.
+#[test]
+fn a_killed_node_restarts_on_its_store_and_catches_up() {
+    runtime().block_on(async {
+        let cfg = SimConfig { nodes: 12, seed: 9, miners: 2, ..SimConfig::default() };
+        let mut sim = Sim::start(cfg).await;
+        sim.run_for(Duration::from_secs(120)).await;
+        let (victim, id) = (7, sim.nodes[7].sw.node_id());
+        let at_kill = sim.nodes[victim].chain.status().height;
+        assert!(at_kill > 0, "the victim had synced before");
+        sim.kill(victim).await;
+        sim.run_for(Duration::from_secs(300)).await;
+        let others = sim.nodes[1].chain.status().height;
+        assert!(others > at_kill + 5, "blocks were mined meanwhile: {at_kill} -> {others}");
+        assert!(sim.nodes[2..].iter().all(|n| n.sw.peer(&id).is_none()), "it is gone");
+        sim.restart(victim).await;
+        assert_eq!(sim.nodes[victim].chain.status().height, at_kill, "its store was kept");
+        assert_eq!(sim.nodes[victim].sw.node_id(), id, "same key");
+        sim.stop_mining();
+        let caught_up = sim
+            .run_until(Duration::from_secs(300), |s| {
+                s.nodes[victim].chain.status().tip == s.nodes[1].chain.status().tip
+            })
+            .await;
+        assert!(caught_up.is_some(), "the restarted node did not catch up");
+        assert!(!sim.nodes[victim].sw.peers().is_empty());
         sim.stop().await;
     });
 }

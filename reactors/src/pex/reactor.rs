@@ -245,11 +245,17 @@ fn from_pb(a: &pb::NetAddress) -> Option<NetAddress> {
 impl PexReactor {
     /// A reactor around `book`.
     pub fn new(cfg: PexConfig, book: AddrBook) -> Self {
+        Self::with_shared_book(cfg, Arc::new(Mutex::new(book)))
+    }
+
+    /// A reactor around a book the caller shares (a simulation keeps it
+    /// across a node's restart, as a node keeps `addrbook.json`).
+    pub fn with_shared_book(cfg: PexConfig, book: Arc<Mutex<AddrBook>>) -> Self {
         let seed = std::sync::atomic::AtomicBool::new(cfg.seed_mode);
         PexReactor {
             cfg,
             seed,
-            book: Arc::new(Mutex::new(book)),
+            book,
             state: Mutex::new(State::default()),
             switch: Mutex::new(None),
             rng: Mutex::new(StdRng::from_os_rng()),

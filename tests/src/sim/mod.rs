@@ -133,8 +133,32 @@ pub struct SimNode {
     pub mem: Arc<MempoolReactor>,
     /// Block sync.
     pub sync: Arc<BlockSyncReactor>,
+    /// False between [`Sim::kill`] and [`Sim::restart`].
+    pub alive: bool,
     miner: Option<JoinHandle<()>>,
+    kept: Kept,
 }
+
+impl SimNode {
+    /// The address it listens on (`id@ip:port`).
+    pub fn net_address(&self) -> plexus_p2p::NetAddress {
+        plexus_p2p::NetAddress::new(self.kept.key.node_id(), self.kept.listen)
+    }
+}
+
+/// What a node keeps across a restart: its identity, chain store, address
+/// book, clock and listen address.
+#[derive(Clone)]
+struct Kept {
+    key: NodeKey,
+    chain: Arc<ChainService>,
+    book: Arc<parking_lot::Mutex<AddrBook>>,
+    clock: Clock,
+    listen: SocketAddr,
+}
+
+/// Adds to each node's switch before it is built (see [`Sim::start_with`]).
+pub type Hook = Box<dyn FnMut(&SimNodeCtx<'_>, SwitchBuilder) -> SwitchBuilder>;
 
 /// What [`Sim::start_with`]'s hook sees of a node being built.
 pub struct SimNodeCtx<'a> {
@@ -162,6 +186,10 @@ pub struct Sim {
     miner_mean_ms: Arc<AtomicU64>,
     /// Whether miners mine ([`Sim::stop_mining`]).
     mining: Arc<AtomicBool>,
+    net: MemoryTransport,
+    hook: Hook,
+    /// Restarts per node (varies the restarted node's RNG seeds).
+    restarts: Vec<u64>,
 }
 
 /// When each block joined each node's main chain: hash to (node, time
@@ -232,7 +260,7 @@ impl Sim {
     /// own reactors, say) before it is built.
     pub async fn start_with(
         cfg: SimConfig,
-        mut hook: impl FnMut(&SimNodeCtx<'_>, SwitchBuilder) -> SwitchBuilder,
+        hook: impl FnMut(&SimNodeCtx<'_>, SwitchBuilder) -> SwitchBuilder + 'static,
     ) -> Sim {
         let easy = bits_from_target(U256::MAX >> 1);
         let genesis = Genesis {
@@ -272,22 +300,19 @@ impl Sim {
             regions,
             miner_mean_ms,
             mining: Arc::new(AtomicBool::new(true)),
+            net,
+            hook: Box::new(hook),
+            restarts: vec![0; cfg.nodes],
         };
         for i in 0..cfg.nodes {
-            let node = sim.build_node(i, &net, &mut hook).await;
+            let node = sim.build_node(i).await;
             sim.nodes.push(node);
         }
         sim
     }
 
-    async fn build_node(
-        &self,
-        i: usize,
-        net: &MemoryTransport,
-        hook: &mut impl FnMut(&SimNodeCtx<'_>, SwitchBuilder) -> SwitchBuilder,
-    ) -> SimNode {
+    async fn build_node(&mut self, i: usize) -> SimNode {
         let cfg = &self.cfg;
-        let ip = node_ip(i);
         // This node's wall clock: simulated time, off by its seeded skew.
         let max_skew = cfg.clock_skew.as_millis() as i64;
         let skew = if max_skew == 0 {
@@ -301,7 +326,6 @@ impl Sim {
                 SIM_EPOCH_MS + Instant::now().saturating_duration_since(start).as_millis() as u64;
             t.saturating_add_signed(skew)
         });
-        let clock = &clock;
         let mut key = [0u8; 32];
         StdRng::seed_from_u64(derive(cfg.seed, i, 1)).fill_bytes(&mut key);
         let key = NodeKey::from_private_key(&key).expect("any 32 bytes are an X25519 key");
@@ -311,51 +335,10 @@ impl Sim {
         let service_cfg = ChainServiceConfig { inline_blocking: true, ..Default::default() };
         let mempool = Mempool::new(MempoolConfig::default());
         let chain = ChainService::with_clock(service_cfg, chain, mempool, clock.clone());
-        let mem = Arc::new(MempoolReactor::new(chain.clone()));
-        let cons = Arc::new(ConsensusReactor::new(ConsensusConfig::default(), chain.clone()));
-        let sync = Arc::new(BlockSyncReactor::new(BlockSyncConfig::default(), chain.clone()));
-        let book = AddrBook::new(
+        let book = Arc::new(parking_lot::Mutex::new(AddrBook::new(
             AddrBookConfig::default(),
             Box::new(StdRng::seed_from_u64(derive(cfg.seed, i, 2))),
-        );
-        let seeds = match self.nodes.first() {
-            Some(seed) if i > 0 => seed.sw.net_address().into_iter().collect(),
-            _ => Vec::new(),
-        };
-        let pex_cfg = PexConfig {
-            seeds,
-            seed_mode: i == 0,
-            ensure_peers_period: cfg.pex_period,
-            ..PexConfig::default()
-        };
-        let pex = Arc::new(
-            PexReactor::new(pex_cfg, book)
-                .with_rng_seed(derive(cfg.seed, i, 3))
-                .with_clock(clock.clone()),
-        );
-        let mining = (1..=cfg.miners).contains(&i);
-        let mut info = NodeInfo::new(&self.params.network_id(), &format!("sim-{i}"));
-        info.node_type = match (i, mining) {
-            (0, _) => NodeType::Introducer,
-            (_, true) => NodeType::Miner,
-            _ => NodeType::FullNode,
-        };
-        let sw_cfg =
-            SwitchConfig { listen_addr: Some(SocketAddr::new(ip, 0)), ..SwitchConfig::default() };
-        let transport = SimTransport::new(net.with_ip(ip), self.model.clone());
-        let builder = Switch::builder(key, info, sw_cfg, transport)
-            .rng_seed(derive(cfg.seed, i, 4))
-            .shared_reactor(pex.clone())
-            .shared_reactor(cons.clone())
-            .shared_reactor(mem.clone())
-            .shared_reactor(sync.clone());
-        let builder = hook(&SimNodeCtx { index: i, chain: &chain }, builder);
-        let sw = builder.build().expect("a valid simulated switch");
-        sw.start().await.expect("the memory transport listens");
-        pex.start(&sw);
-        cons.start(&sw);
-        mem.start(&sw);
-        sync.start(&sw);
+        )));
         let mut events = chain.subscribe();
         let (arrivals, start) = (self.arrivals.clone(), self.start);
         tokio::spawn(async move {
@@ -374,12 +357,94 @@ impl Sim {
                 }
             }
         });
+        let kept = Kept { key, chain, book, clock, listen: SocketAddr::new(node_ip(i), 0) };
+        self.start_stack(i, kept).await
+    }
+
+    /// Starts node `i`'s switch, reactors and miner over what it keeps
+    /// (key, chain, book, clock, listen address).
+    async fn start_stack(&mut self, i: usize, mut kept: Kept) -> SimNode {
+        let cfg = &self.cfg;
+        let ip = node_ip(i);
+        let chain = kept.chain.clone();
+        let mem = Arc::new(MempoolReactor::new(chain.clone()));
+        let cons = Arc::new(ConsensusReactor::new(ConsensusConfig::default(), chain.clone()));
+        let sync = Arc::new(BlockSyncReactor::new(BlockSyncConfig::default(), chain.clone()));
+        let seeds = match self.nodes.first() {
+            Some(seed) if i > 0 => vec![seed.net_address()],
+            _ => Vec::new(),
+        };
+        let pex_cfg = PexConfig {
+            seeds,
+            seed_mode: i == 0,
+            ensure_peers_period: cfg.pex_period,
+            ..PexConfig::default()
+        };
+        let pex = Arc::new(
+            PexReactor::with_shared_book(pex_cfg, kept.book.clone())
+                .with_rng_seed(derive(cfg.seed, i, 3) ^ self.restarts[i])
+                .with_clock(kept.clock.clone()),
+        );
+        let mining = (1..=cfg.miners).contains(&i);
+        let mut info = NodeInfo::new(&self.params.network_id(), &format!("sim-{i}"));
+        info.node_type = match (i, mining) {
+            (0, _) => NodeType::Introducer,
+            (_, true) => NodeType::Miner,
+            _ => NodeType::FullNode,
+        };
+        let sw_cfg = SwitchConfig { listen_addr: Some(kept.listen), ..SwitchConfig::default() };
+        let transport = SimTransport::new(self.net.with_ip(ip), self.model.clone());
+        let builder = Switch::builder(kept.key.clone(), info, sw_cfg, transport)
+            .rng_seed(derive(cfg.seed, i, 4) ^ self.restarts[i])
+            .shared_reactor(pex.clone())
+            .shared_reactor(cons.clone())
+            .shared_reactor(mem.clone())
+            .shared_reactor(sync.clone());
+        let builder = (self.hook)(&SimNodeCtx { index: i, chain: &chain }, builder);
+        let sw = builder.build().expect("a valid simulated switch");
+        sw.start().await.expect("the memory transport listens");
+        // A restart listens where the node listened before.
+        if let Some(a) = sw.listen_addr() {
+            kept.listen = a;
+        }
+        pex.start(&sw);
+        cons.start(&sw);
+        mem.start(&sw);
+        sync.start(&sw);
         let miner = mining.then(|| {
             let (mean, on) = (self.miner_mean_ms.clone(), self.mining.clone());
-            let rng = StdRng::seed_from_u64(derive(cfg.seed, i, 5));
-            tokio::spawn(mine(chain.clone(), clock.clone(), mean, on, rng))
+            let rng = StdRng::seed_from_u64(derive(cfg.seed, i, 5) ^ self.restarts[i]);
+            tokio::spawn(mine(chain.clone(), kept.clock.clone(), mean, on, rng))
         });
-        SimNode { index: i, ip, sw, chain, pex, cons, mem, sync, miner }
+        SimNode { index: i, ip, sw, chain, pex, cons, mem, sync, miner, alive: true, kept }
+    }
+
+    /// Kills node `i` (its switch stops, every connection closes, its
+    /// miner stops); its chain store and address book are kept for
+    /// [`Sim::restart`]. Killing a dead node does nothing.
+    pub async fn kill(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        if !n.alive {
+            return;
+        }
+        if let Some(m) = n.miner.take() {
+            m.abort();
+        }
+        n.sw.stop().await;
+        n.alive = false;
+    }
+
+    /// Starts a killed node again on its chain store and address book,
+    /// same key and listen address (a process restarted on its home).
+    /// Restarting a live node does nothing.
+    pub async fn restart(&mut self, i: usize) {
+        if self.nodes[i].alive {
+            return;
+        }
+        self.restarts[i] += 1;
+        let kept = self.nodes[i].kept.clone();
+        let node = self.start_stack(i, kept).await;
+        self.nodes[i] = node;
     }
 
     /// Lets `d` of simulated time pass.
