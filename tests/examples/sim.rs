@@ -15,7 +15,10 @@
 //! `outbound_per_node` (mean and min over non-seed nodes), `connected`
 //! (share of non-seed nodes reachable from node 1 over live connections),
 //! `digest` (the same for two runs of one seed; taken before the forks)
-//! and `converged_after_heal_s` (for each `--fork-depths` depth: the
+//! `eclipse` (a second network of the same size plus
+//! `--attackers-percent` PEX-flooding attackers from one /16: the mean
+//! share of honest nodes' outbound peers, and of their book entries,
+//! that are attackers) and `converged_after_heal_s` (for each `--fork-depths` depth: the
 //! network split in two halves that each mine that many blocks at
 //! `--fork-interval`, then healed; simulated seconds from the heal until
 //! every node has one tip, null if not within the limit). `wall_seconds`
@@ -60,6 +63,11 @@ struct Args {
     /// 1,000-block fork takes simulated minutes, not hours).
     #[arg(long, default_value_t = 1.0)]
     fork_interval: f64,
+    /// Percent of extra nodes that are PEX-flooding attackers from one /16
+    /// in a second network of the same size and seed, for the eclipse
+    /// measure (0 for none).
+    #[arg(long, default_value_t = 10)]
+    attackers_percent: usize,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -104,7 +112,13 @@ fn main() {
         ..SimConfig::default()
     };
     let wall = Instant::now();
-    let out = runtime().block_on(async move {
+    let eclipse_cfg = SimConfig {
+        attackers: cfg.nodes * a.attackers_percent / 100,
+        attackers_lie: false,
+        ..cfg.clone()
+    };
+    let eclipse_cfg = SimConfig { nodes: cfg.nodes + eclipse_cfg.attackers, ..eclipse_cfg };
+    let mut out = runtime().block_on(async move {
         let sim = Sim::start(cfg.clone()).await;
         sim.run_for(Duration::from_secs(a.seconds)).await;
         sim.stop_mining();
@@ -155,6 +169,23 @@ fn main() {
         sim.stop().await;
         v
     });
+    // The eclipse measure: honest nodes' outbound slots held by the
+    // attackers after the same main run, on a network of its own.
+    if eclipse_cfg.attackers > 0 {
+        let secs = a.seconds;
+        let (share, book) = runtime().block_on(async move {
+            let sim = Sim::start(eclipse_cfg).await;
+            sim.run_for(Duration::from_secs(secs)).await;
+            let r = (sim.eclipse_share(), sim.attacker_book_share());
+            sim.stop().await;
+            r
+        });
+        out["eclipse"] = serde_json::json!({
+            "attackers_percent": a.attackers_percent,
+            "outbound_share": share,
+            "book_share": book,
+        });
+    }
     if a.json {
         println!("{out}");
     } else {

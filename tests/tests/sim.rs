@@ -181,3 +181,53 @@ fn a_killed_node_restarts_on_its_store_and_catches_up() {
         sim.stop().await;
     });
 }
+
+/// 10 % attackers from one /16 (PEX answers of attacker addresses only,
+/// a heavier chain claimed and never shown, invalid blocks pushed): the
+/// honest nodes still mine and settle on one chain, and the attackers
+/// hold only a small share of the honest nodes' outbound slots.
+#[test]
+fn attackers_from_one_slash16_neither_eclipse_nor_split_the_network() {
+    runtime().block_on(async {
+        let cfg =
+            SimConfig { nodes: 40, seed: 11, miners: 4, attackers: 4, ..SimConfig::default() };
+        let sim = Sim::start(cfg).await;
+        sim.run_for(Duration::from_secs(600)).await;
+        let eclipse = sim.eclipse_share();
+        sim.stop_mining();
+        let settled = sim.run_until(Duration::from_secs(300), Sim::converged).await;
+        let height = sim.nodes[1].chain.status().height;
+        println!(
+            "attackers 10 %: eclipse share {eclipse:.3}, height {height}, settled {settled:?}"
+        );
+        assert!(settled.is_some(), "the honest nodes did not settle on one tip");
+        assert!(height >= 30, "honest mining went on: {height}");
+        assert!(eclipse < 0.25, "attackers hold {eclipse:.3} of honest outbound slots");
+        sim.stop().await;
+    });
+}
+
+/// Attackers that only flood PEX (and otherwise look like quiet nodes, so
+/// nothing bans them): however many of their addresses reach the honest
+/// books, the per-/16 outbound limit gives their one /16 at most one of a
+/// node's eight outbound slots (0.125; a little more where a node has
+/// fewer than eight).
+#[test]
+fn a_pex_flood_from_one_slash16_does_not_eclipse() {
+    runtime().block_on(async {
+        let cfg = SimConfig {
+            nodes: 40,
+            seed: 12,
+            miners: 4,
+            attackers: 4,
+            attackers_lie: false,
+            ..SimConfig::default()
+        };
+        let sim = Sim::start(cfg).await;
+        sim.run_for(Duration::from_secs(900)).await;
+        let (eclipse, book) = (sim.eclipse_share(), sim.attacker_book_share());
+        println!("PEX-only attackers 10 %: outbound share {eclipse:.3}, book share {book:.3}");
+        assert!(eclipse <= 0.15, "attackers hold {eclipse:.3} of honest outbound slots");
+        sim.stop().await;
+    });
+}

@@ -46,11 +46,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub mod attack;
 pub mod link;
 
 pub use link::{Link, NetModel, RegionTable, SimTransport};
 use plexus_p2p::switch::SwitchBuilder;
-use plexus_p2p::{MemoryTransport, NodeInfo, NodeKey, NodeType, Switch, SwitchConfig};
+use plexus_p2p::{MemoryTransport, NetAddress, NodeInfo, NodeKey, NodeType, Switch, SwitchConfig};
 use plexus_reactors::blocksync::{BlockSyncConfig, BlockSyncReactor};
 use plexus_reactors::chain::{
     bits_from_target, BlockHash, Blockchain, BlockchainConfig, Genesis, NetworkParams, Store, U256,
@@ -96,6 +97,16 @@ pub struct SimConfig {
     /// Each node's clock is off by a seeded amount within ± this. Default
     /// 500 ms.
     pub clock_skew: Duration,
+    /// The last this many nodes are attackers in one /16 ([`attack`]):
+    /// PEX answers of attacker addresses only, a heavier chain claimed and
+    /// never shown, invalid blocks pushed. Default 0.
+    pub attackers: usize,
+    /// Whether attackers also lie on the consensus channel (a heavier
+    /// chain claimed, invalid blocks). Without, they only flood PEX and
+    /// look honest otherwise, which is what tests the address book's
+    /// eclipse resistance (a liar is banned at its first invalid block).
+    /// Default true.
+    pub attackers_lie: bool,
 }
 
 impl Default for SimConfig {
@@ -110,6 +121,8 @@ impl Default for SimConfig {
             bandwidth: 12_500_000,
             loss: 0.001,
             clock_skew: Duration::from_millis(500),
+            attackers: 0,
+            attackers_lie: true,
         }
     }
 }
@@ -141,8 +154,8 @@ pub struct SimNode {
 
 impl SimNode {
     /// The address it listens on (`id@ip:port`).
-    pub fn net_address(&self) -> plexus_p2p::NetAddress {
-        plexus_p2p::NetAddress::new(self.kept.key.node_id(), self.kept.listen)
+    pub fn net_address(&self) -> NetAddress {
+        NetAddress::new(self.kept.key.node_id(), self.kept.listen)
     }
 }
 
@@ -190,6 +203,8 @@ pub struct Sim {
     hook: Hook,
     /// Restarts per node (varies the restarted node's RNG seeds).
     restarts: Vec<u64>,
+    /// Every attacker's address, as they start (their PEX answers).
+    attacker_addrs: Arc<parking_lot::Mutex<Vec<NetAddress>>>,
 }
 
 /// When each block joined each node's main chain: hash to (node, time
@@ -224,19 +239,37 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .expect("a current-thread runtime")
 }
 
-/// Node `i`'s IP: public (the address book is strict), one /16 each.
-pub fn node_ip(i: usize) -> IpAddr {
-    IpAddr::from([31 + (i >> 8) as u8, i as u8, 0, 1])
-}
+impl SimConfig {
+    /// How many honest nodes: the first `nodes - attackers`.
+    pub fn honest(&self) -> usize {
+        self.nodes.saturating_sub(self.attackers)
+    }
 
-/// The node index of a [`node_ip`] address.
-pub fn node_index(ip: IpAddr) -> Option<usize> {
-    match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, _, _] = v4.octets();
-            (a >= 31).then(|| usize::from(a - 31) * 256 + usize::from(b))
+    /// Whether node `i` is an attacker.
+    pub fn is_attacker(&self, i: usize) -> bool {
+        i >= self.honest()
+    }
+
+    /// Node `i`'s IP, public (the address book is strict): an honest node
+    /// has a /16 of its own (`31+i/256 . i%256 . 0.1`), the attackers
+    /// share `66.66.0.0/16`.
+    pub fn ip(&self, i: usize) -> IpAddr {
+        match i.checked_sub(self.honest()) {
+            Some(j) => IpAddr::from([66, 66, (j >> 8) as u8, j as u8]),
+            None => IpAddr::from([31 + (i >> 8) as u8, i as u8, 0, 1]),
         }
-        IpAddr::V6(_) => None,
+    }
+
+    /// The node with this IP.
+    pub fn index(&self, ip: IpAddr) -> Option<usize> {
+        let IpAddr::V4(v4) = ip else { return None };
+        let [a, b, c, d] = v4.octets();
+        let i = match (a, b) {
+            (66, 66) => self.honest() + usize::from(c) * 256 + usize::from(d),
+            (31.., _) => usize::from(a - 31) * 256 + usize::from(b),
+            _ => return None,
+        };
+        (i < self.nodes && self.ip(i) == ip).then_some(i)
     }
 }
 
@@ -278,10 +311,10 @@ impl Sim {
         let regions: Vec<usize> = (0..cfg.nodes)
             .map(|i| (derive(cfg.seed, i, 6) % cfg.regions.len().max(1) as u64) as usize)
             .collect();
-        let placed = regions.clone();
+        let (placed, placing) = (regions.clone(), cfg.clone());
         let model = Arc::new(NetModel::new(
             cfg.regions.clone(),
-            move |ip| node_index(ip).and_then(|i| placed.get(i).copied()).unwrap_or(0),
+            move |ip| placing.index(ip).and_then(|i| placed.get(i).copied()).unwrap_or(0),
             cfg.bandwidth,
             cfg.loss,
             derive(cfg.seed, usize::MAX, 7),
@@ -303,6 +336,7 @@ impl Sim {
             net,
             hook: Box::new(hook),
             restarts: vec![0; cfg.nodes],
+            attacker_addrs: Arc::default(),
         };
         for i in 0..cfg.nodes {
             let node = sim.build_node(i).await;
@@ -357,7 +391,7 @@ impl Sim {
                 }
             }
         });
-        let kept = Kept { key, chain, book, clock, listen: SocketAddr::new(node_ip(i), 0) };
+        let kept = Kept { key, chain, book, clock, listen: SocketAddr::new(cfg.ip(i), 0) };
         self.start_stack(i, kept).await
     }
 
@@ -365,7 +399,7 @@ impl Sim {
     /// (key, chain, book, clock, listen address).
     async fn start_stack(&mut self, i: usize, mut kept: Kept) -> SimNode {
         let cfg = &self.cfg;
-        let ip = node_ip(i);
+        let ip = cfg.ip(i);
         let chain = kept.chain.clone();
         let mem = Arc::new(MempoolReactor::new(chain.clone()));
         let cons = Arc::new(ConsensusReactor::new(ConsensusConfig::default(), chain.clone()));
@@ -385,7 +419,7 @@ impl Sim {
                 .with_rng_seed(derive(cfg.seed, i, 3) ^ self.restarts[i])
                 .with_clock(kept.clock.clone()),
         );
-        let mining = (1..=cfg.miners).contains(&i);
+        let mining = (1..=cfg.miners).contains(&i) && !cfg.is_attacker(i);
         let mut info = NodeInfo::new(&self.params.network_id(), &format!("sim-{i}"));
         info.node_type = match (i, mining) {
             (0, _) => NodeType::Introducer,
@@ -395,22 +429,54 @@ impl Sim {
         let sw_cfg = SwitchConfig { listen_addr: Some(kept.listen), ..SwitchConfig::default() };
         let transport = SimTransport::new(self.net.with_ip(ip), self.model.clone());
         let builder = Switch::builder(kept.key.clone(), info, sw_cfg, transport)
-            .rng_seed(derive(cfg.seed, i, 4) ^ self.restarts[i])
-            .shared_reactor(pex.clone())
-            .shared_reactor(cons.clone())
-            .shared_reactor(mem.clone())
-            .shared_reactor(sync.clone());
-        let builder = (self.hook)(&SimNodeCtx { index: i, chain: &chain }, builder);
+            .rng_seed(derive(cfg.seed, i, 4) ^ self.restarts[i]);
+        let attacker = cfg.is_attacker(i);
+        let builder = if attacker {
+            let max_addrs = PexConfig::default().max_addrs_per_msg;
+            let eclipse = attack::EclipsePex { attackers: self.attacker_addrs.clone(), max_addrs };
+            let builder = builder.reactor(eclipse);
+            if cfg.attackers_lie {
+                builder.reactor(attack::LiarConsensus { params: self.params.clone() })
+            } else {
+                // Looks like a node on genesis that has nothing to say.
+                builder.reactor(attack::Mute)
+            }
+        } else {
+            let b = builder
+                .shared_reactor(pex.clone())
+                .shared_reactor(cons.clone())
+                .shared_reactor(mem.clone())
+                .shared_reactor(sync.clone());
+            (self.hook)(&SimNodeCtx { index: i, chain: &chain }, b)
+        };
         let sw = builder.build().expect("a valid simulated switch");
         sw.start().await.expect("the memory transport listens");
         // A restart listens where the node listened before.
         if let Some(a) = sw.listen_addr() {
             kept.listen = a;
         }
-        pex.start(&sw);
-        cons.start(&sw);
-        mem.start(&sw);
-        sync.start(&sw);
+        if attacker {
+            self.attacker_addrs.lock().push(NetAddress::new(kept.key.node_id(), kept.listen));
+            // Into the seed's book and a few honest nodes' (inbound: they
+            // learn its listen address), seeded picks.
+            let mut rng = StdRng::seed_from_u64(derive(cfg.seed, i, 9) ^ self.restarts[i]);
+            let honest = cfg.honest().max(1);
+            let mut targets = vec![0];
+            targets.extend((0..8).map(|_| rng.random_range(0..honest)));
+            for t in targets {
+                if let Some(n) = self.nodes.get(t) {
+                    let (sw, addr) = (sw.clone(), n.net_address());
+                    tokio::spawn(async move {
+                        let _ = sw.dial(&addr).await;
+                    });
+                }
+            }
+        } else {
+            pex.start(&sw);
+            cons.start(&sw);
+            mem.start(&sw);
+            sync.start(&sw);
+        }
         let miner = mining.then(|| {
             let (mean, on) = (self.miner_mean_ms.clone(), self.mining.clone());
             let rng = StdRng::seed_from_u64(derive(cfg.seed, i, 5) ^ self.restarts[i]);
@@ -463,7 +529,8 @@ impl Sim {
     /// Splits the network: `side(i)` is node i's side; links between
     /// sides carry nothing until [`Sim::heal`] (see [`link`]).
     pub fn partition(&self, side: impl Fn(usize) -> u32 + Send + Sync + 'static) {
-        self.model.partition(move |ip| node_index(ip).map_or(0, &side));
+        let cfg = self.cfg.clone();
+        self.model.partition(move |ip| cfg.index(ip).map_or(0, &side));
     }
 
     /// Joins a partitioned network again.
@@ -490,9 +557,9 @@ impl Sim {
         }
     }
 
-    /// Whether every node but the seed has one tip.
+    /// Whether every honest node but the seed has one tip.
     pub fn converged(&self) -> bool {
-        let tips = self.tips();
+        let tips = &self.tips()[..self.cfg.honest()];
         tips.iter().skip(2).all(|t| Some(t) == tips.get(1))
     }
 
@@ -520,6 +587,40 @@ impl Sim {
         self.run_until(max, Sim::converged).await
     }
 
+    /// Over honest nodes but the seed, the mean share of their address
+    /// book entries that are attackers.
+    pub fn attacker_book_share(&self) -> f64 {
+        let attackers: std::collections::HashSet<_> =
+            self.nodes[self.cfg.honest()..].iter().map(|n| n.sw.node_id()).collect();
+        let shares: Vec<f64> = self.nodes[1..self.cfg.honest()]
+            .iter()
+            .map(|n| {
+                let book = n.pex.book();
+                let book = book.lock();
+                let bad = book.entries().filter(|e| attackers.contains(&e.id)).count();
+                bad as f64 / book.len().max(1) as f64
+            })
+            .collect();
+        shares.iter().sum::<f64>() / shares.len().max(1) as f64
+    }
+
+    /// The eclipse measure: over honest nodes but the seed, the mean share
+    /// of their outbound peers that are attackers (0 without attackers).
+    pub fn eclipse_share(&self) -> f64 {
+        let attackers: std::collections::HashSet<_> =
+            self.nodes[self.cfg.honest()..].iter().map(|n| n.sw.node_id()).collect();
+        let shares: Vec<f64> = self.nodes[1..self.cfg.honest()]
+            .iter()
+            .filter(|n| n.alive)
+            .filter_map(|n| {
+                let out: Vec<_> = n.sw.peers().into_iter().filter(|p| p.is_outbound()).collect();
+                let bad = out.iter().filter(|p| attackers.contains(&p.id())).count();
+                (!out.is_empty()).then(|| bad as f64 / out.len() as f64)
+            })
+            .collect();
+        shares.iter().sum::<f64>() / shares.len().max(1) as f64
+    }
+
     /// Simulated time since the start.
     pub fn elapsed(&self) -> Duration {
         Instant::now().saturating_duration_since(self.start)
@@ -534,7 +635,7 @@ impl Sim {
     /// time from the start; a warm-up excludes blocks mined while the
     /// network was still forming). See [`Propagation`].
     pub fn propagation(&self, since: Duration) -> Propagation {
-        let followers = self.nodes.len().saturating_sub(1).max(1);
+        let followers = self.cfg.honest().saturating_sub(1).max(1);
         let k90 = (followers * 9).div_ceil(10).max(1);
         let (mut to90, mut to100) = (Vec::new(), Vec::new());
         for times in self.arrivals.lock().expect("not poisoned").values() {
@@ -543,7 +644,7 @@ impl Sim {
             let mut origin = Duration::MAX;
             for &(node, at) in times {
                 origin = origin.min(at);
-                if node != 0 {
+                if node != 0 && !self.cfg.is_attacker(node) {
                     let e = first.entry(node).or_insert(at);
                     *e = (*e).min(at);
                 }
