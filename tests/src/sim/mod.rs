@@ -40,7 +40,7 @@
 //! Not yet modelled (issue 19): perturbations (kill, pause, partition),
 //! attackers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -587,38 +587,41 @@ impl Sim {
         self.run_until(max, Sim::converged).await
     }
 
-    /// Over honest nodes but the seed, the mean share of their address
-    /// book entries that are attackers.
-    pub fn attacker_book_share(&self) -> f64 {
-        let attackers: std::collections::HashSet<_> =
+    /// The mean over live honest nodes but the seed of `share(node,
+    /// attacker ids)`, skipping nodes for which it is `None`.
+    fn mean_honest_share(
+        &self,
+        share: impl Fn(&SimNode, &HashSet<plexus_p2p::NodeId>) -> Option<f64>,
+    ) -> f64 {
+        let attackers: HashSet<_> =
             self.nodes[self.cfg.honest()..].iter().map(|n| n.sw.node_id()).collect();
         let shares: Vec<f64> = self.nodes[1..self.cfg.honest()]
             .iter()
-            .map(|n| {
-                let book = n.pex.book();
-                let book = book.lock();
-                let bad = book.entries().filter(|e| attackers.contains(&e.id)).count();
-                bad as f64 / book.len().max(1) as f64
-            })
+            .filter(|n| n.alive)
+            .filter_map(|n| share(n, &attackers))
             .collect();
         shares.iter().sum::<f64>() / shares.len().max(1) as f64
+    }
+
+    /// Over honest nodes but the seed, the mean share of their address
+    /// book entries that are attackers.
+    pub fn attacker_book_share(&self) -> f64 {
+        self.mean_honest_share(|n, attackers| {
+            let book = n.pex.book();
+            let book = book.lock();
+            let bad = book.entries().filter(|e| attackers.contains(&e.id)).count();
+            Some(bad as f64 / book.len().max(1) as f64)
+        })
     }
 
     /// The eclipse measure: over honest nodes but the seed, the mean share
     /// of their outbound peers that are attackers (0 without attackers).
     pub fn eclipse_share(&self) -> f64 {
-        let attackers: std::collections::HashSet<_> =
-            self.nodes[self.cfg.honest()..].iter().map(|n| n.sw.node_id()).collect();
-        let shares: Vec<f64> = self.nodes[1..self.cfg.honest()]
-            .iter()
-            .filter(|n| n.alive)
-            .filter_map(|n| {
-                let out: Vec<_> = n.sw.peers().into_iter().filter(|p| p.is_outbound()).collect();
-                let bad = out.iter().filter(|p| attackers.contains(&p.id())).count();
-                (!out.is_empty()).then(|| bad as f64 / out.len() as f64)
-            })
-            .collect();
-        shares.iter().sum::<f64>() / shares.len().max(1) as f64
+        self.mean_honest_share(|n, attackers| {
+            let out: Vec<_> = n.sw.peers().into_iter().filter(|p| p.is_outbound()).collect();
+            let bad = out.iter().filter(|p| attackers.contains(&p.id())).count();
+            (!out.is_empty()).then(|| bad as f64 / out.len() as f64)
+        })
     }
 
     /// Simulated time since the start.
