@@ -231,3 +231,51 @@ fn a_pex_flood_from_one_slash16_does_not_eclipse() {
         sim.stop().await;
     });
 }
+
+/// A paused node (nothing in or out) is dropped by its peers when their
+/// pings go unanswered; resumed, it finds peers again and catches up.
+#[test]
+fn a_paused_node_is_dropped_and_comes_back_after_resume() {
+    runtime().block_on(async {
+        let cfg = SimConfig { nodes: 12, seed: 13, miners: 2, ..SimConfig::default() };
+        let sim = Sim::start(cfg).await;
+        sim.run_for(Duration::from_secs(120)).await;
+        let (v, id) = (5, sim.nodes[5].sw.node_id());
+        sim.pause(v);
+        let dropped = sim
+            .run_until(Duration::from_secs(600), |s| {
+                s.nodes.iter().all(|n| n.index == v || n.sw.peer(&id).is_none())
+            })
+            .await;
+        assert!(dropped.is_some(), "its peers kept a silent node");
+        sim.resume(v);
+        sim.stop_mining();
+        let back = sim
+            .run_until(Duration::from_secs(600), |s| {
+                !s.nodes[v].sw.peers().is_empty()
+                    && s.nodes[v].chain.status().tip == s.nodes[1].chain.status().tip
+            })
+            .await;
+        assert!(back.is_some(), "the resumed node did not come back");
+        sim.stop().await;
+    });
+}
+
+/// Nodes leave and come back every 30 s for ten rounds; once the last
+/// ones are back and mining stops, every node has the same tip.
+#[test]
+fn churn_leaves_one_chain() {
+    runtime().block_on(async {
+        let cfg = SimConfig { nodes: 20, seed: 14, miners: 3, ..SimConfig::default() };
+        let mut sim = Sim::start(cfg).await;
+        sim.run_for(Duration::from_secs(60)).await;
+        for i in sim.churn(Duration::from_secs(30), 10).await {
+            sim.restart(i).await;
+        }
+        sim.stop_mining();
+        let settled = sim.run_until(Duration::from_secs(600), Sim::converged).await;
+        assert!(settled.is_some(), "tips after churn: {:?}", sim.tips());
+        assert!(sim.nodes.iter().all(|n| n.alive));
+        sim.stop().await;
+    });
+}

@@ -93,6 +93,8 @@ pub struct NetModel {
     connections: AtomicU64,
     /// Each IP's side of a partition; none while whole.
     sides: Mutex<Option<IpMap>>,
+    /// IPs whose every link is cut.
+    isolated: Mutex<std::collections::HashSet<IpAddr>>,
 }
 
 /// A node IP to a number (its side of a partition).
@@ -124,6 +126,7 @@ impl NetModel {
             seed,
             connections: AtomicU64::new(0),
             sides: Mutex::new(None),
+            isolated: Mutex::default(),
         }
     }
 
@@ -140,7 +143,23 @@ impl NetModel {
 
     /// Whether a partition separates `a` and `b` now.
     pub fn cut(&self, a: IpAddr, b: IpAddr) -> bool {
+        let isolated = self.isolated.lock().expect("not poisoned");
+        if isolated.contains(&a) || isolated.contains(&b) {
+            return true;
+        }
+        drop(isolated);
         self.sides.lock().expect("not poisoned").as_ref().is_some_and(|side| side(a) != side(b))
+    }
+
+    /// Cuts every link of `ip` (a paused process: nothing in, nothing
+    /// out) until [`NetModel::reconnect`].
+    pub fn isolate(&self, ip: IpAddr) {
+        self.isolated.lock().expect("not poisoned").insert(ip);
+    }
+
+    /// Ends [`NetModel::isolate`] for `ip`.
+    pub fn reconnect(&self, ip: IpAddr) {
+        self.isolated.lock().expect("not poisoned").remove(&ip);
     }
 
     /// The link from `a` to `b`.

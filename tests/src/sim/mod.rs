@@ -148,6 +148,8 @@ pub struct SimNode {
     pub sync: Arc<BlockSyncReactor>,
     /// False between [`Sim::kill`] and [`Sim::restart`].
     pub alive: bool,
+    /// Between [`Sim::pause`] and [`Sim::resume`] (its miner waits too).
+    paused: Arc<AtomicBool>,
     miner: Option<JoinHandle<()>>,
     kept: Kept,
 }
@@ -477,12 +479,15 @@ impl Sim {
             mem.start(&sw);
             sync.start(&sw);
         }
+        let paused = Arc::new(AtomicBool::new(false));
         let miner = mining.then(|| {
             let (mean, on) = (self.miner_mean_ms.clone(), self.mining.clone());
             let rng = StdRng::seed_from_u64(derive(cfg.seed, i, 5) ^ self.restarts[i]);
-            tokio::spawn(mine(chain.clone(), kept.clock.clone(), mean, on, rng))
+            let stopped = paused.clone();
+            tokio::spawn(mine(chain.clone(), kept.clock.clone(), mean, on, stopped, rng))
         });
-        SimNode { index: i, ip, sw, chain, pex, cons, mem, sync, miner, alive: true, kept }
+        let alive = true;
+        SimNode { index: i, ip, sw, chain, pex, cons, mem, sync, miner, alive, paused, kept }
     }
 
     /// Kills node `i` (its switch stops, every connection closes, its
@@ -498,6 +503,53 @@ impl Sim {
         }
         n.sw.stop().await;
         n.alive = false;
+    }
+
+    /// Pauses node `i` as SIGSTOP would be seen from outside: every link
+    /// of it carries nothing (its peers' pings go unanswered) and its
+    /// miner waits, until [`Sim::resume`]. (Its own timers still run,
+    /// where a stopped process's would fire late at resume.)
+    pub fn pause(&self, i: usize) {
+        self.model.isolate(self.cfg.ip(i));
+        self.nodes[i].paused.store(true, Ordering::Relaxed);
+    }
+
+    /// Ends [`Sim::pause`].
+    pub fn resume(&self, i: usize) {
+        self.model.reconnect(self.cfg.ip(i));
+        self.nodes[i].paused.store(false, Ordering::Relaxed);
+    }
+
+    /// Closes the connection between nodes `i` and `j`, if any (either
+    /// may dial the other again later).
+    pub async fn disconnect(&self, i: usize, j: usize) {
+        let (a, b) = (&self.nodes[i], &self.nodes[j]);
+        if let Some(p) = a.sw.peer(&b.sw.node_id()) {
+            a.sw.stop_peer_for_error(&p, "simulated disconnect").await;
+        }
+    }
+
+    /// Churn: every `every`, for `rounds` rounds, kills one live honest
+    /// node (never the seed) and restarts one that was killed earlier,
+    /// both seeded picks; returns the nodes killed and not yet restarted.
+    pub async fn churn(&mut self, every: Duration, rounds: usize) -> Vec<usize> {
+        let mut rng = StdRng::seed_from_u64(derive(self.cfg.seed, usize::MAX, 10));
+        let mut down: Vec<usize> = Vec::new();
+        for _ in 0..rounds {
+            self.run_for(every).await;
+            let live: Vec<usize> =
+                (1..self.cfg.honest()).filter(|&i| self.nodes[i].alive).collect();
+            if live.len() > 1 {
+                let k = live[rng.random_range(0..live.len())];
+                self.kill(k).await;
+                down.push(k);
+            }
+            if down.len() > 1 {
+                let back = down.remove(rng.random_range(0..down.len() - 1));
+                self.restart(back).await;
+            }
+        }
+        down
     }
 
     /// Starts a killed node again on its chain store and address book,
@@ -727,10 +779,12 @@ async fn mine(
     clock: Clock,
     mean: Arc<AtomicU64>,
     on: Arc<AtomicBool>,
+    paused: Arc<AtomicBool>,
     mut rng: StdRng,
 ) {
+    let on = move || on.load(Ordering::Relaxed) && !paused.load(Ordering::Relaxed);
     loop {
-        if !on.load(Ordering::Relaxed) {
+        if !on() {
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         }
@@ -739,7 +793,7 @@ async fn mine(
         let mean = Duration::from_millis(mean.load(Ordering::Relaxed));
         let wait = mean.mul_f64(-(1.0 - u).ln()).max(Duration::from_millis(1));
         tokio::time::sleep(wait).await;
-        if !on.load(Ordering::Relaxed) {
+        if !on() {
             continue;
         }
         let room = chain.with_chain(|c| c.params().genesis.max_block_bytes.saturating_sub(512));
