@@ -138,7 +138,8 @@ pub struct BlockPool {
     /// scheduling starts its search here. Lowered whenever a height
     /// becomes free again.
     scan_from: u64,
-    peers: HashMap<NodeId, PoolPeer>,
+    /// By id: `expire` and `settle_claims` report in one order every run.
+    peers: BTreeMap<NodeId, PoolPeer>,
     /// Who has been asked for each height (not yet arrived).
     asked: HashMap<u64, Vec<NodeId>>,
     ready: BTreeMap<u64, (CheckedBlock, NodeId)>,
@@ -160,7 +161,7 @@ impl BlockPool {
             path,
             next,
             scan_from: next,
-            peers: HashMap::new(),
+            peers: BTreeMap::new(),
             asked: HashMap::new(),
             ready: BTreeMap::new(),
             headers_complete: true,
