@@ -9,6 +9,11 @@
 #   fuzz/run.sh --runs 10000000         # the long run: 10 M executions each
 #   fuzz/run.sh --runs 10000000 chain   # ... of the named targets
 #
+# A long run (--runs) with no fuzz/corpus/ yet starts from
+# fuzz/corpus.tar.xz, the minimised corpora of the last long runs (so a
+# new machine resumes where they stopped); the short runs (CI's smoke)
+# start from the small committed seeds only.
+#
 # Build profile (FUZZ_PROFILE, cargo-fuzz flags):
 # - default `-O -a -s none`: optimised, with overflow checks and debug
 #   assertions (an overflow in safe Rust is a panic, so a finding), and no
@@ -37,6 +42,9 @@ else
   limit=(-max_total_time="$secs")
 fi
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+if [ -n "$runs" ] && [ ! -d corpus ] && [ -f corpus.tar.xz ]; then
+  mkdir corpus && tar -xJf corpus.tar.xz -C corpus
+fi
 export RUSTC_BOOTSTRAP=1
 read -r -a profile <<<"${FUZZ_PROFILE:--O -a -s none}"
 targets=("$@")
