@@ -279,3 +279,29 @@ fn churn_leaves_one_chain() {
         sim.stop().await;
     });
 }
+
+/// Known defect, found by the simulation (issue 19's note): after a
+/// partition long enough for the cross links to time out, each half of
+/// 50 nodes fills its outbound slots inside itself and nothing dials
+/// across after the heal, so two mining halves never meet. (At 20 nodes
+/// the halves are too small to fill the slots and it heals.) Needs an
+/// extra short-lived outbound connection to new netgroups, as Bitcoin
+/// Core's block-relay-only rotation; run with `--ignored` to reproduce.
+#[test]
+#[ignore = "known: a long partition of 100 nodes does not heal yet"]
+fn a_long_partition_of_a_hundred_nodes_heals() {
+    runtime().block_on(async {
+        let cfg = SimConfig {
+            nodes: 100,
+            seed: 1,
+            miners: 6,
+            block_interval: Duration::from_secs(1),
+            ..SimConfig::default()
+        };
+        let sim = Sim::start(cfg).await;
+        sim.run_for(Duration::from_secs(120)).await;
+        let healed = sim.fork_and_heal(100, Duration::from_secs(1800)).await;
+        assert!(healed.is_some(), "a 100-block fork among 100 nodes did not heal in 1,800 s");
+        sim.stop().await;
+    });
+}
