@@ -31,13 +31,31 @@ async fn start_node(
     pex_cfg: PexConfig,
     b: AddrBook,
 ) -> Node {
+    start_seeded_node(net, ip, key, pex_cfg, b, None).await
+}
+
+/// As [`start_node`], the switch's and the reactor's RNGs seeded with
+/// `rng_seed` when given (a repeatable run).
+async fn start_seeded_node(
+    net: &MemoryTransport,
+    ip: IpAddr,
+    key: NodeKey,
+    pex_cfg: PexConfig,
+    b: AddrBook,
+    rng_seed: Option<u64>,
+) -> Node {
     let t = net.with_ip(ip);
     let cfg = SwitchConfig { listen_addr: Some(SocketAddr::new(ip, 0)), ..SwitchConfig::default() };
-    let pex = Arc::new(PexReactor::new(pex_cfg, b));
-    let sw = Switch::builder(key, NodeInfo::new("sim", "n"), cfg, t)
-        .shared_reactor(pex.clone())
-        .build()
-        .unwrap();
+    let mut pex = PexReactor::new(pex_cfg, b);
+    if let Some(s) = rng_seed {
+        pex = pex.with_rng_seed(s);
+    }
+    let pex = Arc::new(pex);
+    let mut builder = Switch::builder(key, NodeInfo::new("sim", "n"), cfg, t);
+    if let Some(s) = rng_seed {
+        builder = builder.rng_seed(s);
+    }
+    let sw = builder.shared_reactor(pex.clone()).build().unwrap();
     sw.start().await.unwrap();
     pex.start(&sw);
     Node { sw, pex }
@@ -399,24 +417,8 @@ fn seeded_network(seed: u64, n: usize, rounds: u32) -> Outcome {
             NodeKey::from_private_key(&b).unwrap()
         };
         let start = |i: usize, cfg: PexConfig| {
-            let net = net.clone();
             let s = seed.wrapping_mul(1000).wrapping_add(i as u64);
-            async move {
-                let t = net.with_ip(ip(i));
-                let sw_cfg = SwitchConfig {
-                    listen_addr: Some(SocketAddr::new(ip(i), 0)),
-                    ..SwitchConfig::default()
-                };
-                let pex = Arc::new(PexReactor::new(cfg, book(s)).with_rng_seed(s));
-                let sw = Switch::builder(key(i), NodeInfo::new("sim", "n"), sw_cfg, t)
-                    .shared_reactor(pex.clone())
-                    .rng_seed(s)
-                    .build()
-                    .unwrap();
-                sw.start().await.unwrap();
-                pex.start(&sw);
-                Node { sw, pex }
-            }
+            start_seeded_node(&net, ip(i), key(i), cfg, book(s), Some(s))
         };
         let seed_cfg = PexConfig { seed_mode: true, ..PexConfig::default() };
         let mut nodes = vec![start(0, seed_cfg).await];

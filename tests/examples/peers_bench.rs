@@ -174,13 +174,7 @@ fn rpc_status(port: u16) -> Option<Value> {
 
 /// Resident set of `pid`, bytes.
 fn rss(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap()
-        * 1024
+    plexus_tests::rss_bytes(pid).expect("the node's /proc status")
 }
 
 /// User plus system CPU time of `pid`, seconds.

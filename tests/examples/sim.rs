@@ -73,18 +73,6 @@ struct Args {
     json: bool,
 }
 
-fn rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
-}
-
 /// Share of nodes 1.. reachable from node 1 over live connections.
 fn connected_share(sim: &Sim) -> f64 {
     let idx: HashMap<_, usize> =
@@ -133,7 +121,8 @@ fn main() {
         let connected = connected_share(&sim);
         let digest = sim.digest();
         let wall_seconds = wall.elapsed().as_secs_f64();
-        let rss = rss_bytes() as f64 / (1 << 20) as f64;
+        let rss =
+            plexus_tests::rss_bytes(std::process::id()).unwrap_or(0) as f64 / (1 << 20) as f64;
         // The fork scenarios, one after another on the same network.
         let mut healed = serde_json::Map::new();
         sim.set_block_interval(Duration::from_secs_f64(a.fork_interval.max(0.001)));

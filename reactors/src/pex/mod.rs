@@ -5,4 +5,4 @@ pub mod addrbook;
 pub mod reactor;
 
 pub use addrbook::{AddrBook, AddrBookConfig, AddrBookError, KnownAddress};
-pub use reactor::{HickoryResolver, PexConfig, PexReactor, SeedResolver, PEX_CHANNEL};
+pub use reactor::{to_pb, HickoryResolver, PexConfig, PexReactor, SeedResolver, PEX_CHANNEL};

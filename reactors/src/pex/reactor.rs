@@ -226,7 +226,9 @@ fn unix_now_ms() -> u64 {
     u0 + tokio::time::Instant::now().saturating_duration_since(t0).as_millis() as u64
 }
 
-fn to_pb(a: &NetAddress) -> Option<pb::NetAddress> {
+/// `a` as a PEX wire address (§6 of docs/protocol.md); `None` for a DNS
+/// host, which PEX never gossips.
+pub fn to_pb(a: &NetAddress) -> Option<pb::NetAddress> {
     match a.host {
         plexus_p2p::Host::Ip(ip) => {
             Some(pb::NetAddress { id: a.id.to_string(), ip: ip.to_string(), port: a.port.into() })

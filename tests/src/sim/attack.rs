@@ -25,7 +25,7 @@ use plexus_proto::chain as cpb;
 use plexus_proto::pex as ppb;
 use plexus_reactors::chain::{Hash, Header, NetworkParams};
 use plexus_reactors::consensus::CONSENSUS_CHANNEL;
-use plexus_reactors::pex::PEX_CHANNEL;
+use plexus_reactors::pex::{to_pb, PEX_CHANNEL};
 
 /// How often a [`LiarConsensus`] pushes an invalid block to each peer.
 pub const INVALID_BLOCK_EVERY: Duration = Duration::from_secs(20);
@@ -47,20 +47,8 @@ impl Reactor for EclipsePex {
 
     async fn receive(&self, env: Envelope<ppb::Message>) {
         if let Some(ppb::message::Sum::PexRequest(_)) = env.message.sum {
-            let addrs = self
-                .attackers
-                .lock()
-                .iter()
-                .take(self.max_addrs)
-                .filter_map(|a| match a.host {
-                    plexus_p2p::Host::Ip(ip) => Some(ppb::NetAddress {
-                        id: a.id.to_string(),
-                        ip: ip.to_string(),
-                        port: a.port.into(),
-                    }),
-                    plexus_p2p::Host::Dns(_) => None,
-                })
-                .collect();
+            let addrs =
+                self.attackers.lock().iter().filter_map(to_pb).take(self.max_addrs).collect();
             let msg =
                 ppb::Message { sum: Some(ppb::message::Sum::PexAddrs(ppb::PexAddrs { addrs })) };
             let _ = env.peer.send_msg(PEX_CHANNEL, &msg).await;

@@ -275,12 +275,28 @@ impl SimConfig {
     }
 }
 
+/// What a derived seed is for (its number is part of the derivation, so
+/// these values fix every run's outcome: never renumber them).
+#[derive(Clone, Copy)]
+enum Purpose {
+    Key = 1,
+    Book = 2,
+    Pex = 3,
+    Switch = 4,
+    Miner = 5,
+    Region = 6,
+    Links = 7,
+    Skew = 8,
+    AttackerDials = 9,
+    Churn = 10,
+}
+
 /// A seed for one purpose of one node, from the run's seed.
-fn derive(seed: u64, node: usize, purpose: u64) -> u64 {
+fn derive(seed: u64, node: usize, purpose: Purpose) -> u64 {
     let mut h = Sha256::new();
     h.update(seed.to_le_bytes());
     h.update((node as u64).to_le_bytes());
-    h.update(purpose.to_le_bytes());
+    h.update((purpose as u64).to_le_bytes());
     u64::from_le_bytes(h.finalize()[..8].try_into().expect("8 bytes"))
 }
 
@@ -311,7 +327,9 @@ impl Sim {
         let params = Arc::new(NetworkParams::from_genesis(genesis).expect("a valid sim genesis"));
         let start = Instant::now();
         let regions: Vec<usize> = (0..cfg.nodes)
-            .map(|i| (derive(cfg.seed, i, 6) % cfg.regions.len().max(1) as u64) as usize)
+            .map(|i| {
+                (derive(cfg.seed, i, Purpose::Region) % cfg.regions.len().max(1) as u64) as usize
+            })
             .collect();
         let (placed, placing) = (regions.clone(), cfg.clone());
         let model = Arc::new(NetModel::new(
@@ -319,7 +337,7 @@ impl Sim {
             move |ip| placing.index(ip).and_then(|i| placed.get(i).copied()).unwrap_or(0),
             cfg.bandwidth,
             cfg.loss,
-            derive(cfg.seed, usize::MAX, 7),
+            derive(cfg.seed, usize::MAX, Purpose::Links),
         ));
         let net = MemoryTransport::new();
         let arrivals = Arrivals::default();
@@ -354,7 +372,8 @@ impl Sim {
         let skew = if max_skew == 0 {
             0
         } else {
-            StdRng::seed_from_u64(derive(cfg.seed, i, 8)).random_range(-max_skew..=max_skew)
+            StdRng::seed_from_u64(derive(cfg.seed, i, Purpose::Skew))
+                .random_range(-max_skew..=max_skew)
         };
         let start = self.start;
         let clock: Clock = Arc::new(move || {
@@ -363,7 +382,7 @@ impl Sim {
             t.saturating_add_signed(skew)
         });
         let mut key = [0u8; 32];
-        StdRng::seed_from_u64(derive(cfg.seed, i, 1)).fill_bytes(&mut key);
+        StdRng::seed_from_u64(derive(cfg.seed, i, Purpose::Key)).fill_bytes(&mut key);
         let key = NodeKey::from_private_key(&key).expect("any 32 bytes are an X25519 key");
         let store = Store::open_in_memory().expect("an in-memory store");
         let chain = Blockchain::open(self.params.clone(), store, BlockchainConfig::default())
@@ -373,7 +392,7 @@ impl Sim {
         let chain = ChainService::with_clock(service_cfg, chain, mempool, clock.clone());
         let book = Arc::new(parking_lot::Mutex::new(AddrBook::new(
             AddrBookConfig::default(),
-            Box::new(StdRng::seed_from_u64(derive(cfg.seed, i, 2))),
+            Box::new(StdRng::seed_from_u64(derive(cfg.seed, i, Purpose::Book))),
         )));
         let mut events = chain.subscribe();
         let (arrivals, start) = (self.arrivals.clone(), self.start);
@@ -418,7 +437,7 @@ impl Sim {
         };
         let pex = Arc::new(
             PexReactor::with_shared_book(pex_cfg, kept.book.clone())
-                .with_rng_seed(derive(cfg.seed, i, 3) ^ self.restarts[i])
+                .with_rng_seed(derive(cfg.seed, i, Purpose::Pex) ^ self.restarts[i])
                 .with_clock(kept.clock.clone()),
         );
         let mining = (1..=cfg.miners).contains(&i) && !cfg.is_attacker(i);
@@ -431,7 +450,7 @@ impl Sim {
         let sw_cfg = SwitchConfig { listen_addr: Some(kept.listen), ..SwitchConfig::default() };
         let transport = SimTransport::new(self.net.with_ip(ip), self.model.clone());
         let builder = Switch::builder(kept.key.clone(), info, sw_cfg, transport)
-            .rng_seed(derive(cfg.seed, i, 4) ^ self.restarts[i]);
+            .rng_seed(derive(cfg.seed, i, Purpose::Switch) ^ self.restarts[i]);
         let attacker = cfg.is_attacker(i);
         let builder = if attacker {
             let max_addrs = PexConfig::default().max_addrs_per_msg;
@@ -461,7 +480,9 @@ impl Sim {
             self.attacker_addrs.lock().push(NetAddress::new(kept.key.node_id(), kept.listen));
             // Into the seed's book and a few honest nodes' (inbound: they
             // learn its listen address), seeded picks.
-            let mut rng = StdRng::seed_from_u64(derive(cfg.seed, i, 9) ^ self.restarts[i]);
+            let mut rng = StdRng::seed_from_u64(
+                derive(cfg.seed, i, Purpose::AttackerDials) ^ self.restarts[i],
+            );
             let honest = cfg.honest().max(1);
             let mut targets = vec![0];
             targets.extend((0..8).map(|_| rng.random_range(0..honest)));
@@ -482,7 +503,7 @@ impl Sim {
         let paused = Arc::new(AtomicBool::new(false));
         let miner = mining.then(|| {
             let (mean, on) = (self.miner_mean_ms.clone(), self.mining.clone());
-            let rng = StdRng::seed_from_u64(derive(cfg.seed, i, 5) ^ self.restarts[i]);
+            let rng = StdRng::seed_from_u64(derive(cfg.seed, i, Purpose::Miner) ^ self.restarts[i]);
             let stopped = paused.clone();
             tokio::spawn(mine(chain.clone(), kept.clock.clone(), mean, on, stopped, rng))
         });
@@ -533,7 +554,7 @@ impl Sim {
     /// node (never the seed) and restarts one that was killed earlier,
     /// both seeded picks; returns the nodes killed and not yet restarted.
     pub async fn churn(&mut self, every: Duration, rounds: usize) -> Vec<usize> {
-        let mut rng = StdRng::seed_from_u64(derive(self.cfg.seed, usize::MAX, 10));
+        let mut rng = StdRng::seed_from_u64(derive(self.cfg.seed, usize::MAX, Purpose::Churn));
         let mut down: Vec<usize> = Vec::new();
         for _ in 0..rounds {
             self.run_for(every).await;
@@ -782,6 +803,8 @@ async fn mine(
     paused: Arc<AtomicBool>,
     mut rng: StdRng,
 ) {
+    // Room for the header and the block's own framing (fixed by genesis).
+    let room = chain.with_chain(|c| c.params().genesis.max_block_bytes.saturating_sub(512));
     let on = move || on.load(Ordering::Relaxed) && !paused.load(Ordering::Relaxed);
     loop {
         if !on() {
@@ -796,7 +819,6 @@ async fn mine(
         if !on() {
             continue;
         }
-        let room = chain.with_chain(|c| c.params().genesis.max_block_bytes.saturating_sub(512));
         let txs = chain.with_mempool(|m| m.select(room));
         let mut block = chain.with_chain(|c| c.template(txs, clock()));
         block.header.nonce = rng.random();
