@@ -1,8 +1,9 @@
 //! The PeerManager (admission, per-IP limits, pending handshakes,
-//! reputation and bans, eviction, redials) under arbitrary event
-//! sequences with an injected clock, its invariants checked after every
-//! step: the counted peers within the limits, pending handshakes counted
-//! consistently and within their caps, a banned id never admitted.
+//! reputation and bans, eviction, redials, the extra-outbound rotation)
+//! under arbitrary event sequences with an injected clock, its invariants
+//! checked after every step: the counted peers within the limits, pending
+//! handshakes counted consistently and within their caps, a banned id
+//! never admitted, a persistent or unconditional peer never rotated out.
 #![no_main]
 
 use std::net::IpAddr;
@@ -10,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use plexus_p2p::switch::{Admission, ConnId, ConnKind, PeerManager, PeerManagerConfig};
+use plexus_p2p::switch::{
+    Admission, ConnId, ConnKind, PeerManager, PeerManagerConfig, Rotation,
+};
 use plexus_p2p::{Fault, Misbehavior, NodeId};
 
 #[derive(Arbitrary, Debug)]
@@ -27,6 +30,7 @@ enum Op {
     Redial { id: u8 },
     Tick { ms: u32 },
     SnapshotRestore,
+    Rotate,
 }
 
 fn id(n: u8) -> NodeId {
@@ -80,9 +84,13 @@ fuzz_target!(|ops: Vec<Op>| {
                 }
             }
             Op::Admit { id: n, ip: i, kind } => {
-                let kind =
-                    [ConnKind::Inbound, ConnKind::Outbound, ConnKind::Persistent, ConnKind::Feeler]
-                        [usize::from(kind % 4)];
+                let kind = [
+                    ConnKind::Inbound,
+                    ConnKind::Outbound,
+                    ConnKind::Persistent,
+                    ConnKind::Feeler,
+                    ConnKind::Extra,
+                ][usize::from(kind % 5)];
                 let banned = m.check_banned(now, &id(*n)).is_err();
                 match m.admit(now, id(*n), ip(*i, false), kind) {
                     Admission::Accept(c) => {
@@ -128,6 +136,21 @@ fuzz_target!(|ops: Vec<Op>| {
                 now += Duration::from_millis(u64::from(*ms));
                 wall += u64::from(*ms) / 1000;
                 m.tick(now);
+            }
+            Op::Rotate => {
+                // The switch disconnects whom the rotation names.
+                let leaving = match m.rotate_outbound(now) {
+                    Some(Rotation::Close(v)) => Some(v),
+                    Some(Rotation::Keep { evict, .. }) => evict,
+                    None => None,
+                };
+                if let Some(v) = leaving {
+                    assert!(!m.is_protected(&v), "a protected peer was rotated out");
+                    if let Some(p) = conns.iter().position(|(x, _)| *x == v) {
+                        let (v, c) = conns.remove(p);
+                        m.disconnected(&v, c);
+                    }
+                }
             }
             Op::SnapshotRestore => {
                 let snap = m.snapshot(now, wall);

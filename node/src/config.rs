@@ -55,6 +55,11 @@ pub struct P2pConfig {
     /// How often the address book fills free outbound slots, seconds.
     /// Default 30.
     pub pex_period_s: u64,
+    /// About how often a node with full outbound slots tries one extra
+    /// outbound peer in a new netgroup, kept if it relays blocks sooner
+    /// than an outbound peer (Bitcoin Core's extra block-relay-only peer;
+    /// heals partitions), seconds; 0 disables. Default 300.
+    pub extra_outbound_interval_s: u64,
     /// Longest wait between attempts to join through a `-k` peer that
     /// could not be reached (retries start at 1 s and double), seconds.
     /// Default 60.
@@ -369,6 +374,7 @@ impl Default for P2pConfig {
             max_outbound: 10,
             addr_book_strict: true,
             pex_period_s: 30,
+            extra_outbound_interval_s: 300,
             join_retry_max_s: 60,
             max_peer_memory_mib: 0,
             max_inbound_per_ip: d.max_inbound_per_ip,
@@ -582,6 +588,10 @@ max_outbound = {max_out}
 addr_book_strict = {strict}
 # How often the address book fills free outbound slots, seconds (default 30).
 pex_period_s = {pex_period}
+# About how often a node with full outbound slots tries one extra outbound peer
+# in a new netgroup, kept if it relays blocks sooner than an outbound peer
+# (heals partitions), seconds; 0 disables (default 300).
+extra_outbound_interval_s = {extra_outbound}
 # Longest wait between attempts to join through a -k peer that could not be
 # reached; retries start at 1 s and double, seconds (default 60).
 join_retry_max_s = {join_retry_max}
@@ -731,6 +741,7 @@ format = {format}
             max_out = self.p2p.max_outbound,
             strict = self.p2p.addr_book_strict,
             pex_period = self.p2p.pex_period_s,
+            extra_outbound = self.p2p.extra_outbound_interval_s,
             join_retry_max = self.p2p.join_retry_max_s,
             peer_mem = self.p2p.max_peer_memory_mib,
             max_inbound_per_ip = self.p2p.max_inbound_per_ip,

@@ -196,6 +196,7 @@ impl Node {
             book_path: Some(home.addrbook()),
             seed_mode: cfg.p2p.seed_mode,
             ensure_peers_period: Duration::from_secs(cfg.p2p.pex_period_s.max(1)),
+            extra_outbound_interval: Duration::from_secs(cfg.p2p.extra_outbound_interval_s),
             ..PexConfig::default()
         };
         let pex = Arc::new(PexReactor::new(pex_cfg, book));

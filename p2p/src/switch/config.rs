@@ -217,6 +217,18 @@ pub struct PeerManagerConfig {
     pub redial_initial: Duration,
     /// Largest redial delay of a persistent peer. Default 10 min.
     pub redial_max: Duration,
+    /// Most extra outbound connections at once ([`ConnKind::Extra`],
+    /// Bitcoin Core's extra block-relay-only peer); 0 refuses them.
+    /// Default 1.
+    ///
+    /// [`ConnKind::Extra`]: super::ConnKind::Extra
+    pub max_extra_outbound: usize,
+    /// Age at which an extra outbound connection is judged by
+    /// [`PeerManager::rotate_outbound`](super::PeerManager::rotate_outbound):
+    /// kept if it relayed a novel block more recently than some outbound
+    /// peer, closed otherwise (Bitcoin Core's `MINIMUM_CONNECT_TIME`).
+    /// Default 30 s.
+    pub extra_outbound_min_age: Duration,
 }
 
 impl Default for PeerManagerConfig {
@@ -252,6 +264,8 @@ impl Default for PeerManagerConfig {
             unconditional_peer_ids: Vec::new(),
             redial_initial: Duration::from_secs(1),
             redial_max: Duration::from_secs(600),
+            max_extra_outbound: 1,
+            extra_outbound_min_age: Duration::from_secs(30),
         }
     }
 }
@@ -273,6 +287,7 @@ impl PeerManagerConfig {
             ("ban_repeat_window", self.ban_repeat_window),
             ("protected_ban_max", self.protected_ban_max),
             ("redial_max", self.redial_max),
+            ("extra_outbound_min_age", self.extra_outbound_min_age),
         ])?;
         if self.redial_initial.is_zero() || self.redial_max < self.redial_initial {
             return Err("redial_initial must be positive and at most redial_max".into());

@@ -53,6 +53,16 @@ pub enum ConnKind {
     /// We dialed a short-lived feeler (addrman's test-before-evict):
     /// exempt from the outbound limits.
     Feeler,
+    /// We dialed an extra outbound peer (Bitcoin Core's extra
+    /// block-relay-only peer, `net_processing.cpp`
+    /// `EXTRA_BLOCK_RELAY_ONLY_PEER_INTERVAL`): one at a time
+    /// (`max_extra_outbound`), exempt from `max_outbound` and the
+    /// netgroup limit. Once `extra_outbound_min_age` old,
+    /// [`PeerManager::rotate_outbound`] keeps it in place of the outbound
+    /// peer whose last novel block is oldest, or closes it. It is how a
+    /// node whose outbound slots are all inside one side of a healed
+    /// partition meets the other side again.
+    Extra,
 }
 
 impl ConnKind {
@@ -99,6 +109,24 @@ struct Connected {
     last_tx: Option<Instant>,
     /// Chosen for eviction; no longer counted, still blocks duplicates.
     evicting: bool,
+}
+
+/// What [`PeerManager::rotate_outbound`] decided about an extra outbound
+/// connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rotation {
+    /// The extra relayed no block more recently than any outbound peer:
+    /// disconnect it.
+    Close(NodeId),
+    /// The extra (`id`) is now a regular outbound peer; `evict`, the
+    /// outbound peer with the oldest last novel block, is to be
+    /// disconnected (none when a slot was free).
+    Keep {
+        /// The extra connection, kept.
+        id: NodeId,
+        /// The outbound peer it replaces.
+        evict: Option<NodeId>,
+    },
 }
 
 /// Per-IP state before authentication.
@@ -270,6 +298,9 @@ impl PeerManager {
         if self.peers.contains_key(&self.local_id) {
             return Err("our own id is a peer".into());
         }
+        if self.extras() > self.cfg.max_extra_outbound {
+            return Err(format!("{} extra outbound peers", self.extras()));
+        }
         let pending: usize = self.ips.values().map(|s| s.pending).sum();
         if pending != self.pending_list.len()
             || pending > self.cfg.max_pending_handshakes
@@ -297,10 +328,20 @@ impl PeerManager {
             match c.kind {
                 ConnKind::Inbound => counts.1 += 1,
                 ConnKind::Outbound => counts.0 += 1,
-                ConnKind::Persistent | ConnKind::Feeler => {}
+                ConnKind::Persistent | ConnKind::Feeler | ConnKind::Extra => {}
             }
         }
         counts
+    }
+
+    /// Extra outbound connections not being evicted.
+    fn extras(&self) -> usize {
+        self.peers
+            .iter()
+            .filter(|(id, c)| {
+                c.kind == ConnKind::Extra && !c.evicting && !self.unconditional.contains(*id)
+            })
+            .count()
     }
 
     /// A new inbound connection from `ip`, before any byte is read: the
@@ -440,6 +481,9 @@ impl PeerManager {
             }
         }
         if kind == ConnKind::Outbound && self.counts().0 >= self.cfg.max_outbound {
+            return Err(RejectReason::OutboundFull);
+        }
+        if kind == ConnKind::Extra && self.extras() >= self.cfg.max_extra_outbound {
             return Err(RejectReason::OutboundFull);
         }
         Ok(())
@@ -598,6 +642,11 @@ impl PeerManager {
                     return Err(RejectReason::TooManyFromNetgroup(ip));
                 }
             }
+            ConnKind::Extra => {
+                if !unconditional && self.extras() >= self.cfg.max_extra_outbound {
+                    return Err(RejectReason::OutboundFull);
+                }
+            }
             ConnKind::Persistent | ConnKind::Feeler => {}
         }
         Ok(None)
@@ -685,6 +734,71 @@ impl PeerManager {
         let cur = *self.redial.get(id).unwrap_or(&self.cfg.redial_initial);
         self.redial.insert(*id, (cur * 2).min(self.cfg.redial_max));
         cur + cur.mul_f64(self.rng.random::<f64>() * 0.25)
+    }
+
+    /// The extra-outbound rotation (Bitcoin Core's
+    /// `EvictExtraOutboundPeers` for block-relay-only peers), called from
+    /// the switch's maintenance loop: for the oldest extra connection that
+    /// is at least `extra_outbound_min_age` old, among it and the
+    /// regular outbound peers (neither persistent nor unconditional nor
+    /// being evicted) the one whose last novel block is the oldest (never
+    /// one counts as oldest; ties go to the youngest connection) loses.
+    /// If that is the extra, it is closed ([`Rotation::Close`]); if not,
+    /// the extra becomes a regular outbound peer in its place
+    /// ([`Rotation::Keep`], the loser to be disconnected, and no longer
+    /// counted). With a free outbound slot the extra is kept and nobody
+    /// leaves; a persistent or unconditional peer reached as an extra is
+    /// kept as its own kind. `None`: nothing to decide now.
+    pub fn rotate_outbound(&mut self, now: Instant) -> Option<Rotation> {
+        let min_age = self.cfg.extra_outbound_min_age;
+        let (extra_id, _) = self
+            .peers
+            .iter()
+            .filter(|(_, c)| {
+                c.kind == ConnKind::Extra
+                    && !c.evicting
+                    && now.saturating_duration_since(c.connected_at) >= min_age
+            })
+            .min_by_key(|(id, c)| (c.connected_at, **id))?;
+        let extra_id = *extra_id;
+        if self.is_protected(&extra_id) {
+            // A persistent or unconditional peer reached as an extra: it
+            // is never rotated out, so it simply stays, as its own kind.
+            let c = self.peers.get_mut(&extra_id).expect("present");
+            c.kind = if self.persistent.contains(&extra_id) {
+                ConnKind::Persistent
+            } else {
+                ConnKind::Outbound
+            };
+            return Some(Rotation::Keep { id: extra_id, evict: None });
+        }
+        let full = self.counts().0 >= self.cfg.max_outbound;
+        let loser = if full {
+            let regular = |(id, c): &(&NodeId, &Connected)| {
+                c.kind == ConnKind::Outbound
+                    && !c.evicting
+                    && !self.persistent.contains(*id)
+                    && !self.unconditional.contains(*id)
+            };
+            // Oldest novel block first (None before any), then the
+            // youngest connection, then the id for a total order.
+            self.peers
+                .iter()
+                .filter(|e| e.0 == &extra_id || regular(e))
+                .min_by_key(|(id, c)| (c.last_block, std::cmp::Reverse(c.connected_at), **id))
+                .map(|(id, _)| *id)
+        } else {
+            None
+        };
+        if loser == Some(extra_id) {
+            self.peers.get_mut(&extra_id).expect("present").evicting = true;
+            return Some(Rotation::Close(extra_id));
+        }
+        if let Some(l) = loser {
+            self.peers.get_mut(&l).expect("present").evicting = true;
+        }
+        self.peers.get_mut(&extra_id).expect("present").kind = ConnKind::Outbound;
+        Some(Rotation::Keep { id: extra_id, evict: loser })
     }
 
     /// Housekeeping: forgets spent reputations and idle IP state.

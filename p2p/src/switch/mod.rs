@@ -45,7 +45,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
 pub use config::{PeerManagerConfig, SwitchConfig};
-pub use manager::{Admission, ConnId, ConnKind, PeerManager, PeerStanding, PendingTicket};
+pub use manager::{
+    Admission, ConnId, ConnKind, PeerManager, PeerStanding, PendingTicket, Rotation,
+};
 pub use metrics::SwitchMetrics;
 use metrics::{DirLabel, ReasonLabel};
 pub use peer::{Direction, Peer, PeerSet};
@@ -94,6 +96,11 @@ pub enum StopReason {
     /// Nothing but pings and pongs for `idle_timeout`.
     #[error("idle for {0:?}")]
     Idle(Duration),
+    /// An outbound peer replaced by an extra outbound one that relayed a
+    /// novel block more recently, or an extra one that did not
+    /// ([`PeerManager::rotate_outbound`]).
+    #[error("rotated out: another outbound peer relayed blocks more recently")]
+    Rotated,
     /// Stopped gracefully (by us or by the switch stopping).
     #[error("stopped")]
     Graceful,
@@ -109,6 +116,7 @@ impl StopReason {
             StopReason::Error(_)
             | StopReason::Evicted
             | StopReason::OverBudget(_)
+            | StopReason::Rotated
             | StopReason::Graceful => Fault::Local,
         }
     }
@@ -669,6 +677,19 @@ impl Switch {
         self.dial_with(addr, ConnKind::Feeler).await
     }
 
+    /// Dials an extra outbound connection ([`ConnKind::Extra`], Bitcoin
+    /// Core's extra block-relay-only peer): exempt from `max_outbound`, at
+    /// most `max_extra_outbound` at once; the maintenance loop keeps it in
+    /// place of a staler outbound peer or closes it
+    /// ([`PeerManager::rotate_outbound`]).
+    ///
+    /// # Errors
+    /// The [`RejectReason`]; [`RejectReason::OutboundFull`] when an extra
+    /// connection is already open.
+    pub async fn dial_extra(&self, addr: &NetAddress) -> Result<Peer, RejectReason> {
+        self.dial_with(addr, ConnKind::Extra).await
+    }
+
     async fn dial_with(&self, addr: &NetAddress, kind: ConnKind) -> Result<Peer, RejectReason> {
         // The upgrade runs in its own task: if the caller stops waiting,
         // the connection is still either fully set up or fully dropped.
@@ -1130,8 +1151,8 @@ impl Switch {
 
     /// Every `maintenance_interval` (and at least four times per
     /// `idle_timeout`): samples the bytes queued for all peers, feeds each
-    /// peer's lowest round trip to the manager, disconnects idle peers, and
-    /// lets the manager forget spent state.
+    /// peer's lowest round trip to the manager, lets it forget spent state
+    /// and rotate the extra outbound peer, disconnects idle peers.
     async fn maintenance_loop(&self) {
         let idle = self.0.config.idle_timeout;
         let mut period = self.0.config.maintenance_interval;
@@ -1146,7 +1167,7 @@ impl Switch {
             let peers = self.peers();
             let queued: usize = peers.iter().map(Peer::queued_bytes).sum();
             self.0.metrics.send_queue_bytes.set(queued as i64);
-            {
+            let rotation = {
                 let mut manager = self.0.manager.lock();
                 for p in &peers {
                     if let Some(rtt) = p.stats().min_rtt {
@@ -1154,6 +1175,22 @@ impl Switch {
                     }
                 }
                 manager.tick(std_now());
+                manager.rotate_outbound(std_now())
+            };
+            match rotation {
+                Some(Rotation::Close(id)) => {
+                    if let Some(p) = self.peer(&id) {
+                        tracing::debug!(peer = %id, "closing the extra outbound peer");
+                        self.stop_peer(&p, StopReason::Rotated).await;
+                    }
+                }
+                Some(Rotation::Keep { id, evict: Some(v) }) => {
+                    if let Some(p) = self.peer(&v) {
+                        tracing::info!(peer = %v, kept = %id, "rotating out an outbound peer");
+                        self.stop_peer(&p, StopReason::Rotated).await;
+                    }
+                }
+                Some(Rotation::Keep { evict: None, .. }) | None => {}
             }
             if idle.is_zero() {
                 continue;

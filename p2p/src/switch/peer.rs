@@ -74,7 +74,10 @@ impl Peer {
     pub fn conn_id(&self) -> ConnId {
         self.0.conn_id.get().copied().unwrap_or(ConnId(0))
     }
-    /// What kind of connection: inbound, outbound, persistent or feeler.
+    /// What kind of connection it was dialed or accepted as: inbound,
+    /// outbound, persistent, feeler or extra (an extra connection the
+    /// rotation kept still says `Extra` here; the peer manager counts it
+    /// as outbound from then on).
     pub fn kind(&self) -> ConnKind {
         self.0.kind
     }

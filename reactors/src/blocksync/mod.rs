@@ -24,7 +24,7 @@
 mod pool;
 mod round;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -530,6 +530,10 @@ impl BlockSyncReactor {
         // The first height of the batch being imported, for a panic.
         let current = Arc::new(AtomicU64::new(u64::MAX));
         let at = current.clone();
+        // Who served each applied batch: a block sync peer that gives us
+        // new blocks is protected as a consensus relayer is.
+        let servers = Arc::new(Mutex::new(BTreeSet::new()));
+        let served = servers.clone();
         let failed = tokio::task::spawn_blocking(move || {
             let _busy = busy;
             let mut batch = ready;
@@ -545,6 +549,7 @@ impl BlockSyncReactor {
                     return Some((batch, results));
                 }
                 counter.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                served.lock().extend(batch.iter().map(|(_, from)| *from));
                 wake.notify_one();
                 // Checked under the round lock: a later round is installed
                 // only after this round's future was dropped.
@@ -558,6 +563,9 @@ impl BlockSyncReactor {
             }
         })
         .await;
+        for peer in std::mem::take(&mut *servers.lock()) {
+            sw.note_novel_block(&peer);
+        }
         match failed {
             Ok(None) => {}
             Ok(Some((batch, results))) => {

@@ -25,6 +25,12 @@
 //! - DNS seeds: looked up with hickory-resolver when we are alone, dialed at
 //!   the network's default port; failures are retried with backoff.
 //! - Tried collisions get a feeler connection to the incumbent.
+//! - With full outbound slots, about every `extra_outbound_interval`
+//!   (5 min) one extra outbound connection to a new netgroup (Bitcoin
+//!   Core's extra block-relay-only peer); the switch keeps it if it
+//!   relays blocks more recently than an outbound peer, which it then
+//!   replaces, and closes it otherwise. A partition that filled every
+//!   node's outbound slots on its own side heals through it.
 
 use crate::service::Clock;
 use std::collections::{HashMap, HashSet};
@@ -34,6 +40,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
+use plexus_p2p::netaddr::netgroup;
 use plexus_p2p::switch::WeakSwitch;
 use plexus_p2p::{
     ChannelDescriptor, Envelope, Misbehavior, NetAddress, NodeId, Peer, Reactor, Switch,
@@ -107,6 +114,16 @@ pub struct PexConfig {
     /// Largest per-address redial delay (the `2^attempts` s backoff is
     /// capped here). Default 1 h.
     pub max_dial_backoff: Duration,
+    /// About how often (uniformly between half and one and a half times
+    /// this) a node whose outbound slots are full dials one extra
+    /// outbound peer in a netgroup none of its outbound peers is in
+    /// (Bitcoin Core's extra block-relay-only peer, every 5 min); the
+    /// switch keeps it in place of the outbound peer that relayed a novel
+    /// block least recently, or closes it
+    /// ([`plexus_p2p::PeerManager::rotate_outbound`]). It is how the two
+    /// sides of a healed partition, each with full outbound slots, meet
+    /// again. Zero disables. Default 5 min.
+    pub extra_outbound_interval: Duration,
 }
 
 /// Largest PEX message accepted, bytes: 250 addresses of at most ~80
@@ -151,6 +168,7 @@ impl Default for PexConfig {
             seed_peer_lifetime: Duration::from_secs(30),
             misbehaviour_ban: Duration::from_secs(3600),
             send_queue_bytes: 256 << 10,
+            extra_outbound_interval: Duration::from_secs(300),
         }
     }
 }
@@ -187,6 +205,9 @@ struct State {
     last_request: HashMap<NodeId, tokio::time::Instant>,
     /// When we last asked each peer.
     last_sent: HashMap<NodeId, tokio::time::Instant>,
+    /// Unix seconds of the next extra outbound dial (set at the first
+    /// round with full outbound slots).
+    next_extra: Option<u64>,
 }
 
 /// The PEX reactor. Register it with the switch, then call
@@ -371,7 +392,7 @@ impl PexReactor {
         let target =
             if self.is_seed() { self.cfg.crawl_batch } else { sw.config().peers.max_outbound };
         if out < target {
-            let picks = self.pick_candidates(sw, target - out, now);
+            let picks = self.pick_candidates(sw, target - out, (target - out) * 3, now, |_| true);
             if !picks.is_empty() {
                 // Outcomes reach the book through add_peer (success); a
                 // failure already counted as an attempt.
@@ -380,6 +401,9 @@ impl PexReactor {
                     sw2.dial_peers(picks, false).await;
                 });
             }
+        }
+        if out >= target && !self.is_seed() {
+            self.extra_outbound(sw, now);
         }
         self.feeler(sw, now);
         if self.is_seed() {
@@ -416,14 +440,22 @@ impl PexReactor {
         }
     }
 
-    /// Up to `n` addresses from the book to dial now: not ourselves, not
-    /// connected, not inside their `2^attempts` s backoff; an address that
-    /// failed `max_dial_failures` times in a row is banned instead.
-    fn pick_candidates(&self, sw: &Switch, n: usize, now: u64) -> Vec<NetAddress> {
+    /// Up to `n` addresses from the book to dial now, in at most `tries`
+    /// selections: not ourselves, not connected, accepted by `accept`,
+    /// not inside their `2^attempts` s backoff; an address that failed
+    /// `max_dial_failures` times in a row is banned instead.
+    fn pick_candidates(
+        &self,
+        sw: &Switch,
+        n: usize,
+        tries: usize,
+        now: u64,
+        accept: impl Fn(&NetAddress) -> bool,
+    ) -> Vec<NetAddress> {
         let connected: HashSet<NodeId> = sw.peers().iter().map(|p| p.id()).collect();
         let mut picks: Vec<NetAddress> = Vec::new();
         let mut book = self.book.lock();
-        for _ in 0..n * 3 {
+        for _ in 0..tries {
             if picks.len() >= n {
                 break;
             }
@@ -431,6 +463,7 @@ impl PexReactor {
             if a.id == sw.node_id()
                 || connected.contains(&a.id)
                 || picks.iter().any(|p| p.id == a.id)
+                || !accept(&a)
             {
                 continue;
             }
@@ -449,6 +482,46 @@ impl PexReactor {
             picks.push(a);
         }
         picks
+    }
+
+    /// Every `extra_outbound_interval` or so (with full outbound slots):
+    /// dials one extra outbound peer from the book in a netgroup none of
+    /// our outbound peers is in (Bitcoin Core's extra block-relay-only
+    /// peer; up to 100 selections, as its connection loop). The switch
+    /// decides later whether it stays ([`Switch::dial_extra`]).
+    fn extra_outbound(&self, sw: &Switch, now: u64) {
+        let interval = self.cfg.extra_outbound_interval.as_secs();
+        if interval == 0 {
+            return;
+        }
+        let next = now + interval / 2 + self.rng.lock().random_range(0..=interval);
+        {
+            let mut st = self.state.lock();
+            match st.next_extra {
+                Some(t) if now >= t => st.next_extra = Some(next),
+                Some(_) => return,
+                None => {
+                    st.next_extra = Some(next);
+                    return;
+                }
+            }
+        }
+        let groups: HashSet<Vec<u8>> = sw
+            .peers()
+            .iter()
+            .filter(|p| p.is_outbound())
+            .map(|p| netgroup(p.socket_addr().ip()))
+            .collect();
+        let new_group = |a: &NetAddress| match a.host {
+            plexus_p2p::Host::Ip(ip) => !groups.contains(&netgroup(ip)),
+            plexus_p2p::Host::Dns(_) => false,
+        };
+        let Some(pick) = self.pick_candidates(sw, 1, 100, now, new_group).pop() else { return };
+        let sw2 = sw.clone();
+        tokio::spawn(async move {
+            // Its outcome reaches the book through add_peer, as any dial.
+            let _ = sw2.dial_extra(&pick).await;
+        });
     }
 
     /// Test-before-evict: a short feeler connection to the incumbent of the

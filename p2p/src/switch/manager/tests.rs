@@ -585,11 +585,113 @@ fn a_persistent_peer_connecting_inbound_resets_its_redial_backoff() {
 fn our_own_id_is_never_admitted() {
     let t0 = Instant::now();
     let mut m = mgr(PeerManagerConfig::default());
-    for kind in [ConnKind::Inbound, ConnKind::Outbound, ConnKind::Persistent, ConnKind::Feeler] {
+    for kind in [
+        ConnKind::Inbound,
+        ConnKind::Outbound,
+        ConnKind::Persistent,
+        ConnKind::Feeler,
+        ConnKind::Extra,
+    ] {
         assert!(matches!(
             m.admit(t0, id(0), ip("1.2.3.4"), kind),
             Admission::Refuse(RejectReason::SelfConnection)
         ));
     }
+    m.check_invariants().unwrap();
+}
+
+/// Full outbound slots plus one extra connection, all in distinct /16s:
+/// peers 1..=3 outbound, connected at `t0`, peer 9 extra, at `t0` + 1 s.
+fn full_with_extra(t0: Instant) -> PeerManager {
+    let cfg = PeerManagerConfig { max_outbound: 3, ..PeerManagerConfig::default() };
+    let mut m = mgr(cfg);
+    for n in 1..=3 {
+        accept(&mut m, t0, n, &format!("{n}.{n}.0.1"), ConnKind::Outbound);
+    }
+    let t1 = t0 + Duration::from_secs(1);
+    assert!(matches!(
+        m.check_dial(t1, Some(id(4)), ConnKind::Outbound),
+        Err(RejectReason::OutboundFull)
+    ));
+    // Full outbound does not stop the extra one ...
+    accept(&mut m, t1, 9, "9.9.0.1", ConnKind::Extra);
+    // ... but only one at a time.
+    assert!(matches!(
+        m.check_dial(t1, Some(id(8)), ConnKind::Extra),
+        Err(RejectReason::OutboundFull)
+    ));
+    assert!(matches!(
+        m.admit(t1, id(8), ip("8.8.0.1"), ConnKind::Extra),
+        Admission::Refuse(RejectReason::OutboundFull)
+    ));
+    m.check_invariants().unwrap();
+    m
+}
+
+/// Bitcoin Core's extra-peer rotation: an extra outbound peer that relays
+/// a block more recently than some outbound peer takes that peer's slot
+/// (the partition-healing rule the simulation needed).
+#[test]
+fn an_extra_peer_that_relays_blocks_replaces_the_stalest_outbound_peer() {
+    let t0 = Instant::now();
+    let mut m = full_with_extra(t0);
+    let s = |n: u64| t0 + Duration::from_secs(n);
+    m.novel_block(s(5), &id(1));
+    m.novel_block(s(6), &id(2));
+    m.novel_block(s(7), &id(3));
+    m.novel_block(s(10), &id(9));
+    // Too young to judge (30 s from its start at 1 s).
+    assert_eq!(m.rotate_outbound(s(30)), None);
+    // Peer 1 relayed least recently: the extra takes its slot.
+    assert_eq!(m.rotate_outbound(s(31)), Some(Rotation::Keep { id: id(9), evict: Some(id(1)) }));
+    m.check_invariants().unwrap();
+    // Nothing more to decide; the extra counts as outbound now.
+    assert_eq!(m.rotate_outbound(s(40)), None);
+    m.disconnected(&id(1), ConnId(1));
+    assert!(matches!(
+        m.check_dial(s(40), Some(id(4)), ConnKind::Outbound),
+        Err(RejectReason::OutboundFull)
+    ));
+    // And a new extra may come.
+    accept(&mut m, s(41), 8, "8.8.0.1", ConnKind::Extra);
+}
+
+#[test]
+fn an_extra_peer_that_relays_nothing_new_is_closed() {
+    let t0 = Instant::now();
+    let s = |n: u64| t0 + Duration::from_secs(n);
+    // Nobody relayed anything: the tie goes against the youngest, the extra.
+    let mut m = full_with_extra(t0);
+    assert_eq!(m.rotate_outbound(s(31)), Some(Rotation::Close(id(9))));
+    // Every outbound peer relayed after the extra did: it goes.
+    let mut m = full_with_extra(t0);
+    m.novel_block(s(3), &id(9));
+    for n in 1..=3 {
+        m.novel_block(s(4), &id(n));
+    }
+    assert_eq!(m.rotate_outbound(s(31)), Some(Rotation::Close(id(9))));
+    // Being closed, it is not judged twice, and frees the extra slot.
+    assert_eq!(m.rotate_outbound(s(32)), None);
+    accept(&mut m, s(33), 8, "8.8.0.1", ConnKind::Extra);
+    m.check_invariants().unwrap();
+}
+
+#[test]
+fn persistent_peers_are_never_rotated_out_and_a_free_slot_keeps_the_extra() {
+    let t0 = Instant::now();
+    let s = |n: u64| t0 + Duration::from_secs(n);
+    let cfg = PeerManagerConfig { max_outbound: 2, ..PeerManagerConfig::default() };
+    let mut m = mgr(cfg);
+    accept(&mut m, t0, 1, "1.1.0.1", ConnKind::Persistent);
+    accept(&mut m, t0, 2, "2.2.0.1", ConnKind::Outbound);
+    accept(&mut m, s(1), 9, "9.9.0.1", ConnKind::Extra);
+    // One outbound slot is free: kept, nobody leaves.
+    assert_eq!(m.rotate_outbound(s(31)), Some(Rotation::Keep { id: id(9), evict: None }));
+    accept(&mut m, s(32), 8, "8.8.0.1", ConnKind::Extra);
+    m.novel_block(s(40), &id(8));
+    // Full now (2 and 9); the persistent peer 1, which never relayed a
+    // block, is no candidate. Peers 2 and 9 never relayed either: the
+    // younger, 9, goes.
+    assert_eq!(m.rotate_outbound(s(62)), Some(Rotation::Keep { id: id(8), evict: Some(id(9)) }));
     m.check_invariants().unwrap();
 }
