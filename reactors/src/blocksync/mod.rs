@@ -497,7 +497,8 @@ impl BlockSyncReactor {
     }
 
     /// Applies `ready` (consecutive heights) through the chain service on
-    /// a blocking thread, which then goes on with the next ready blocks
+    /// a blocking thread ([`ChainService::blocking`]: inline in a
+    /// simulation), which then goes on with the next ready blocks
     /// itself, batch after batch, until none is ready (no trip through the
     /// runtime between batches); `applied` counts them as they go, and the
     /// round loop is woken after each batch (room in the window). A batch
@@ -534,35 +535,39 @@ impl BlockSyncReactor {
         // new blocks is protected as a consensus relayer is.
         let servers = Arc::new(Mutex::new(BTreeSet::new()));
         let served = servers.clone();
-        let failed = tokio::task::spawn_blocking(move || {
-            let _busy = busy;
-            let mut batch = ready;
-            loop {
-                at.store(batch[0].0.block().header.height, Ordering::Relaxed);
-                let blocks = batch.iter().map(|(b, _)| b.clone()).collect();
-                let results = chain.import_checked_blocking(blocks, None);
-                // An orphan here means our chain moved under the path.
-                let unapplied = |r: &Result<Processed, BlockError>| {
-                    r.as_ref().map_or(true, |p| p.status == ProcessStatus::Orphan)
-                };
-                if results.len() < batch.len() || results.iter().any(unapplied) {
-                    return Some((batch, results));
+        // Through the chain service's one blocking seam (inline in a
+        // simulation, so a run stays a function of its seed).
+        let failed = self
+            .chain
+            .blocking(move || {
+                let _busy = busy;
+                let mut batch = ready;
+                loop {
+                    at.store(batch[0].0.block().header.height, Ordering::Relaxed);
+                    let blocks = batch.iter().map(|(b, _)| b.clone()).collect();
+                    let results = chain.import_checked_blocking(blocks, None);
+                    // An orphan here means our chain moved under the path.
+                    let unapplied = |r: &Result<Processed, BlockError>| {
+                        r.as_ref().map_or(true, |p| p.status == ProcessStatus::Orphan)
+                    };
+                    if results.len() < batch.len() || results.iter().any(unapplied) {
+                        return Some((batch, results));
+                    }
+                    counter.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                    served.lock().extend(batch.iter().map(|(_, from)| *from));
+                    wake.notify_one();
+                    // Checked under the round lock: a later round is installed
+                    // only after this round's future was dropped.
+                    batch = match round.lock().as_mut() {
+                        Some(r) if !cancel.load(Ordering::SeqCst) => r.take_ready(max),
+                        _ => Vec::new(),
+                    };
+                    if batch.is_empty() {
+                        return None;
+                    }
                 }
-                counter.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                served.lock().extend(batch.iter().map(|(_, from)| *from));
-                wake.notify_one();
-                // Checked under the round lock: a later round is installed
-                // only after this round's future was dropped.
-                batch = match round.lock().as_mut() {
-                    Some(r) if !cancel.load(Ordering::SeqCst) => r.take_ready(max),
-                    _ => Vec::new(),
-                };
-                if batch.is_empty() {
-                    return None;
-                }
-            }
-        })
-        .await;
+            })
+            .await;
         for peer in std::mem::take(&mut *servers.lock()) {
             sw.note_novel_block(&peer);
         }
