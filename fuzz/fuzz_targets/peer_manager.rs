@@ -11,9 +11,7 @@ use std::time::{Duration, Instant};
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use plexus_p2p::switch::{
-    Admission, ConnId, ConnKind, PeerManager, PeerManagerConfig, Rotation,
-};
+use plexus_p2p::switch::{Admission, ConnId, ConnKind, PeerManager, PeerManagerConfig};
 use plexus_p2p::{Fault, Misbehavior, NodeId};
 
 #[derive(Arbitrary, Debug)]
@@ -139,12 +137,7 @@ fuzz_target!(|ops: Vec<Op>| {
             }
             Op::Rotate => {
                 // The switch disconnects whom the rotation names.
-                let leaving = match m.rotate_outbound(now) {
-                    Some(Rotation::Close(v)) => Some(v),
-                    Some(Rotation::Keep { evict, .. }) => evict,
-                    None => None,
-                };
-                if let Some(v) = leaving {
+                if let Some(v) = m.rotate_outbound(now).and_then(|r| r.leaving()) {
                     assert!(!m.is_protected(&v), "a protected peer was rotated out");
                     if let Some(p) = conns.iter().position(|(x, _)| *x == v) {
                         let (v, c) = conns.remove(p);

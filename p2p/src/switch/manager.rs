@@ -129,6 +129,17 @@ pub enum Rotation {
     },
 }
 
+impl Rotation {
+    /// The peer to disconnect, if any: the closed extra, or the outbound
+    /// peer the kept extra replaces.
+    pub fn leaving(&self) -> Option<NodeId> {
+        match self {
+            Rotation::Close(id) => Some(*id),
+            Rotation::Keep { evict, .. } => *evict,
+        }
+    }
+}
+
 /// Per-IP state before authentication.
 #[derive(Debug, Clone)]
 struct IpState {
@@ -775,10 +786,7 @@ impl PeerManager {
         let full = self.counts().0 >= self.cfg.max_outbound;
         let loser = if full {
             let regular = |(id, c): &(&NodeId, &Connected)| {
-                c.kind == ConnKind::Outbound
-                    && !c.evicting
-                    && !self.persistent.contains(*id)
-                    && !self.unconditional.contains(*id)
+                c.kind == ConnKind::Outbound && !c.evicting && !self.is_protected(id)
             };
             // Oldest novel block first (None before any), then the
             // youngest connection, then the id for a total order.

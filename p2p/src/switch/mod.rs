@@ -1177,20 +1177,9 @@ impl Switch {
                 manager.tick(std_now());
                 manager.rotate_outbound(std_now())
             };
-            match rotation {
-                Some(Rotation::Close(id)) => {
-                    if let Some(p) = self.peer(&id) {
-                        tracing::debug!(peer = %id, "closing the extra outbound peer");
-                        self.stop_peer(&p, StopReason::Rotated).await;
-                    }
-                }
-                Some(Rotation::Keep { id, evict: Some(v) }) => {
-                    if let Some(p) = self.peer(&v) {
-                        tracing::info!(peer = %v, kept = %id, "rotating out an outbound peer");
-                        self.stop_peer(&p, StopReason::Rotated).await;
-                    }
-                }
-                Some(Rotation::Keep { evict: None, .. }) | None => {}
+            if let Some(p) = rotation.and_then(|r| r.leaving()).and_then(|id| self.peer(&id)) {
+                tracing::info!(peer = %p.id(), "rotating out an outbound peer");
+                self.stop_peer(&p, StopReason::Rotated).await;
             }
             if idle.is_zero() {
                 continue;
